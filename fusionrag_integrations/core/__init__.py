@@ -1,0 +1,1 @@
+"""The engine: our model runtime, chunk-KV fusion and the stores behind it."""

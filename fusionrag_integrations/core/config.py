@@ -1,0 +1,58 @@
+"""Engine and fusion settings: validated pydantic models with documented defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import platformdirs
+from pydantic import BaseModel, ConfigDict, Field
+
+SelectorName = Literal["full", "none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip"]
+
+
+def default_cache_dir() -> Path:
+    """Per-user cache root (e.g. ~/.cache/fusionrag); `FUSIONRAG_CACHE_DIR` overrides it."""
+    import os
+
+    env = os.environ.get("FUSIONRAG_CACHE_DIR")
+    return Path(env) if env else Path(platformdirs.user_cache_dir("fusionrag"))
+
+
+class FusionConfig(BaseModel):
+    """How cached chunks are fused into a prompt and which of their tokens are recomputed."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    selector: SelectorName = Field("fusionrag", description="Token selector used when a call names none.")
+    recompute_ratio: float = Field(
+        0.15, ge=0.0, le=1.0, description="Share of chunk tokens recomputed (question tokens always are)."
+    )
+    check_layer: int = Field(1, ge=0, description="CacheBlend: layer whose K/V deviation ranks tokens.")
+    critical_layer: int | None = Field(
+        None, ge=0, description="QCFuse: probing layer; None = profile it on first use (see selectors.profile_critical_layer)."
+    )
+    min_chunk_chars: int = Field(
+        32, ge=8, description="Texts shorter than this are not indexed for drop-in detection (too ambiguous)."
+    )
+
+
+class EngineConfig(BaseModel):
+    """Everything about an engine that is not the model itself."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
+
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Root of the persistent caches.")
+    gpu_cache_bytes: int = Field(4 << 30, ge=0, description="Byte budget of the GPU tier of the chunk-KV store.")
+    cpu_cache_bytes: int = Field(8 << 30, ge=0, description="Byte budget of the CPU tier of the chunk-KV store.")
+    persist: bool = Field(True, description="Write chunk KV to disk under cache_dir/kv (the persistent tier).")
+    chunk_prefix: str = Field(
+        "",
+        description="Text placed after BOS and before every chunk at precompute time. With BOS it forms the shared "
+        "prefix that absorbs the attention sink, so a chunk's first tokens do not become one (CacheClip).",
+    )
+    precompute_batch_tokens: int = Field(8192, ge=1, description="Token budget of one batched precompute pass.")
+    fusion: FusionConfig = Field(default_factory=FusionConfig)
+    use_triton: Literal["auto", "always", "never"] = Field(
+        "auto", description="Sparse-attention kernel choice: Triton on CUDA when 'auto'."
+    )

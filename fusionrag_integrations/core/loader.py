@@ -1,0 +1,254 @@
+"""Model sources -> (our TransformerModel, tokenizer, fingerprints), with clear errors.
+
+Sources: a local Hugging Face directory with safetensors, a `.gguf` file, or a hub id that
+is already in the local HF cache (nothing is ever downloaded). GGUF files are dequantised
+by transformers once and kept as a plain safetensors directory under the cache dir, so
+later loads take about a second instead of twenty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from .errors import ModelNotFoundError, UnsupportedModelError
+from .model import ModelConfig, TransformerModel
+from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
+
+log = logging.getLogger(__name__)
+
+SUPPORTED_ARCHITECTURES = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2", "qwen3": "Qwen3"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class LoadedModel:
+    model: TransformerModel
+    tokenizer: object  # a transformers PreTrainedTokenizerBase
+    eos_token_ids: frozenset[int]
+    name: str
+    model_dir: Path  # a plain HF directory holding these weights (the converted one for GGUF)
+    model_fingerprint: str
+    tokenizer_fingerprint: str
+
+
+def load_model(source: str | os.PathLike, device: torch.device, dtype: torch.dtype, cache_dir: Path) -> LoadedModel:
+    model_dir, name = resolve_model_dir(source, cache_dir)
+    hf_config = _auto_config(model_dir)
+    config, rope = model_config_from_hf(hf_config)
+    state = load_state_dict(model_dir)
+    model = TransformerModel.from_state_dict(config, state, rope, device, dtype)
+    tokenizer = load_tokenizer(model_dir)
+    return LoadedModel(
+        model=model,
+        tokenizer=tokenizer,
+        eos_token_ids=eos_token_ids(model_dir, tokenizer),
+        name=name,
+        model_dir=model_dir,
+        model_fingerprint=model_fingerprint(model),
+        tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
+    )
+
+
+def resolve_model_dir(source: str | os.PathLike, cache_dir: Path) -> tuple[Path, str]:
+    """Return a local HF directory for `source` and a display name."""
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if text.lower().endswith(".gguf"):
+        if not path.is_file():
+            raise ModelNotFoundError(f"GGUF file not found: {path}")
+        return convert_gguf(path, cache_dir), path.stem
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} is a directory but has no config.json: not a Hugging Face model directory")
+        return path, path.name
+    if text.startswith((".", "/", "~")) or not _HUB_ID.match(text):
+        raise ModelNotFoundError(f"model path not found: {path}")
+    return _hub_snapshot(text), text
+
+
+def _hub_snapshot(repo_id: str) -> Path:
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(repo_id=repo_id, local_files_only=True))
+    except Exception as exc:  # LocalEntryNotFoundError, HFValidationError, ...
+        raise ModelNotFoundError(
+            f"{repo_id!r} is neither a local path nor a hub id in the local Hugging Face cache "
+            f"(downloads are disabled; pass a local directory or .gguf file): {exc}"
+        ) from None
+
+
+def convert_gguf(path: Path, cache_dir: Path) -> Path:
+    """Dequantise a GGUF file once (through transformers) into cache_dir/models/<name>-<key>/."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    out = cache_dir / "models" / f"{path.stem}-{key}"
+    if (out / "model.safetensors").is_file():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors under %s (once)", path, out)
+    kwargs = dict(gguf_file=path.name, local_files_only=True)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+    except ValueError as exc:  # transformers names the GGUF architecture it cannot read
+        raise UnsupportedModelError(f"cannot load GGUF {path.name}: {exc}") from None
+    _check_architecture(hf.config)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
+    try:
+        state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+        if hf.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "source": path.name})
+        cfg = hf.config.to_dict()
+        cfg.pop("quantization_config", None)
+        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+        tokenizer.save_pretrained(tmp)
+        if hf.generation_config is not None:
+            hf.generation_config.save_pretrained(tmp)
+        os.replace(tmp, out)  # atomic: a concurrent converter either wins or finds ours
+    except OSError:
+        if not (out / "model.safetensors").is_file():
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _auto_config(model_dir: Path):
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(model_dir, local_files_only=True)
+    except ValueError as exc:  # unknown model_type
+        raise UnsupportedModelError(f"cannot read the config in {model_dir}: {exc}") from None
+
+
+def _check_architecture(hf_config) -> str:
+    arch = getattr(hf_config, "model_type", None)
+    if arch not in SUPPORTED_ARCHITECTURES:
+        named = ", ".join(getattr(hf_config, "architectures", None) or [str(arch)])
+        raise UnsupportedModelError(
+            f"unsupported architecture {named} (model_type={arch!r}); supported families: "
+            + ", ".join(SUPPORTED_ARCHITECTURES.values())
+        )
+    return arch
+
+
+def model_config_from_hf(hf) -> tuple[ModelConfig, RotaryEmbedding]:
+    """Translate a transformers config; refuse what our forward does not implement."""
+    arch = _check_architecture(hf)
+    if getattr(hf, "hidden_act", "silu") != "silu":
+        raise UnsupportedModelError(f"{arch}: activation {hf.hidden_act!r} is not supported (only silu)")
+    if getattr(hf, "mlp_bias", False):
+        raise UnsupportedModelError(f"{arch}: MLP biases are not supported")
+    heads = hf.num_attention_heads
+    head_dim = getattr(hf, "head_dim", None) or hf.hidden_size // heads
+    window = getattr(hf, "sliding_window", None)
+    if arch != "mistral" and not getattr(hf, "use_sliding_window", False):
+        window = None
+    # A sliding window only changes attention past its length: serving at most that many
+    # positions keeps our full-attention forward exact.
+    context = min(hf.max_position_embeddings, window) if window else hf.max_position_embeddings
+    rope_type, rope = _rope_from_hf(hf, head_dim)
+    config = ModelConfig(
+        architecture=arch,
+        vocab_size=hf.vocab_size,
+        hidden_size=hf.hidden_size,
+        intermediate_size=hf.intermediate_size,
+        num_layers=hf.num_hidden_layers,
+        num_heads=heads,
+        num_kv_heads=getattr(hf, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        rms_norm_eps=hf.rms_norm_eps,
+        tie_word_embeddings=bool(getattr(hf, "tie_word_embeddings", False)),
+        context_window=int(context),
+        rope_type=rope_type,
+    )
+    return config, rope
+
+
+def _rope_from_hf(hf, head_dim: int) -> tuple[str, RotaryEmbedding]:
+    params = getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {}
+    rope_type = params.get("rope_type", params.get("type", "default")) or "default"
+    if rope_type not in SUPPORTED_ROPE_TYPES:
+        raise UnsupportedModelError(
+            f"{hf.model_type}: RoPE variant {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)}); "
+            "position-dependent variants such as 'dynamic' would make cached chunk keys depend on prompt length"
+        )
+    if float(getattr(hf, "partial_rotary_factor", 1.0) or 1.0) != 1.0:
+        raise UnsupportedModelError(f"{hf.model_type}: partial rotary embeddings are not supported")
+    if rope_type == "default":
+        theta = params.get("rope_theta", getattr(hf, "rope_theta", 10000.0))
+        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+        return rope_type, RotaryEmbedding(inv_freq, 1.0)
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    inv_freq, scaling = ROPE_INIT_FUNCTIONS[rope_type](hf, None)
+    return rope_type, RotaryEmbedding(inv_freq, scaling)
+
+
+def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ModelNotFoundError(f"no *.safetensors weights in {model_dir}")
+    state: dict[str, torch.Tensor] = {}
+    for f in files:
+        state.update(load_file(f))
+    return state
+
+
+def load_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(f"no usable tokenizer in {model_dir}: {exc}") from None
+
+
+def eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:
+    """The tokenizer's EOS plus generation_config's (Llama-3 instruct ends turns with <|eot_id|>)."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    path = model_dir / "generation_config.json"
+    if path.is_file():
+        eos = json.loads(path.read_text()).get("eos_token_id")
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return frozenset(int(i) for i in ids)
+
+
+def model_fingerprint(model: TransformerModel) -> str:
+    """sha256 over architecture, dtype and a strided sample of every weight tensor.
+
+    Sampling (<= 4096 values per tensor) keeps this fast for multi-GB models while any
+    retrained, re-quantised or differently cast checkpoint changes it.
+    """
+    h = hashlib.sha256(repr(model.config).encode() + str(model.dtype).encode())
+    tensors = [model.embed_weight, model.final_norm, model.lm_head]
+    for layer in model.layers:
+        tensors += [t for t in vars(layer).values() if t is not None]
+    for t in tensors:
+        flat = t.reshape(-1)
+        sample = flat[:: max(1, flat.numel() // 4096)][:4096].contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(sample.view(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    payload = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
+    return hashlib.sha256(payload.encode()).hexdigest()

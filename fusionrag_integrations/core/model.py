@@ -1,0 +1,263 @@
+"""Our Llama-family transformer: explicit positions, explicit KV in/out, token subsets.
+
+Why not transformers' module: fusion needs to run a *subset* of token positions through
+each layer while attending to a cache whose other rows came from elsewhere (cached
+chunks), with attention causal by absolute position. So the forward takes
+`(token_ids, positions, cache)`: each token's fresh K/V is written into the cache at its
+position, then its query attends to every cache row at a position <= its own.
+
+Covers Llama (incl. SmolLM2, Llama-3 RoPE scaling), Mistral, Qwen2 (qkv bias) and
+Qwen3 (per-head q/k RMSNorm). Weights come from transformers/safetensors (see loader).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+import torch.nn.functional as F
+
+from ..kernels.sparse_attention import sparse_query_attention
+from .rope import RotaryEmbedding, apply_rotary
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The shape of a checkpoint, as our forward needs it."""
+
+    architecture: str  # HF model_type: llama | mistral | qwen2 | qwen3
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    tie_word_embeddings: bool
+    context_window: int  # max positions we will serve (sliding window caps it: see loader)
+    rope_type: str = "default"
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: torch.Tensor
+    qkv: torch.Tensor  # [(Hq + 2 Hkv) * D, hidden]: q, k and v projections fused into one GEMM
+    qkv_bias: torch.Tensor | None
+    q_norm: torch.Tensor | None  # Qwen3: RMSNorm over head_dim, before RoPE
+    k_norm: torch.Tensor | None
+    o_proj: torch.Tensor
+    o_bias: torch.Tensor | None
+    mlp_norm: torch.Tensor
+    gate_up: torch.Tensor  # [2 * intermediate, hidden]: gate and up fused
+    down: torch.Tensor
+
+
+class AttentionMode(Enum):
+    CAUSAL_FROM_ZERO = "causal"  # positions 0..S-1, nothing earlier in the cache: plain causal SDPA
+    DECODE = "decode"  # one query at the last position: it sees every cached key
+    BY_POSITION = "by_position"  # anything else: query i sees keys at positions <= positions[i]
+
+
+class KVCache:
+    """Per-request K/V for every layer, indexed by absolute position: row p holds position p."""
+
+    def __init__(self, config: ModelConfig, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
+        shape = (config.num_layers, capacity, config.num_kv_heads, config.head_dim)
+        self.k = torch.empty(shape, device=device, dtype=dtype)  # [L, capacity, Hkv, D]
+        self.v = torch.empty(shape, device=device, dtype=dtype)
+        self.capacity = capacity
+
+    def write(self, layer: int, positions: torch.Tensor, start: int | None, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [S, Hkv, D]. `start` given means positions == start..start+S-1 (a slice copy)."""
+        if start is not None:
+            self.k[layer, start : start + k.shape[0]] = k
+            self.v[layer, start : start + v.shape[0]] = v
+        else:
+            self.k[layer].index_copy_(0, positions, k)
+            self.v[layer].index_copy_(0, positions, v)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """transformers' RMSNorm arithmetic exactly (float32 statistics, weight applied in x's dtype)."""
+    x32 = x.to(torch.float32)
+    x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * x32.to(x.dtype)
+
+
+class TransformerModel:
+    """Weights plus the forward. Stateless between calls: all state lives in a KVCache."""
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        embed: torch.Tensor,
+        layers: list[LayerWeights],
+        final_norm: torch.Tensor,
+        lm_head: torch.Tensor,
+        rope: RotaryEmbedding,
+    ) -> None:
+        self.config = config
+        self.embed_weight = embed
+        self.layers = layers
+        self.final_norm = final_norm
+        self.lm_head = lm_head
+        self.rope = rope.to(embed.device)
+        self.use_triton: str = "auto"
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_weight.dtype
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        config: ModelConfig,
+        state: dict[str, torch.Tensor],
+        rope: RotaryEmbedding,
+        device: torch.device,
+        dtype: torch.dtype,
+    ) -> "TransformerModel":
+        """Build from transformers' parameter names; consumes `state` to keep peak memory low."""
+
+        def take(name: str) -> torch.Tensor:
+            return state.pop(name).to(device=device, dtype=dtype)
+
+        def maybe(name: str) -> torch.Tensor | None:
+            return take(name) if name in state else None
+
+        layers = []
+        for i in range(config.num_layers):
+            p = f"model.layers.{i}."
+            q, k, v = (take(p + f"self_attn.{n}_proj.weight") for n in "qkv")
+            biases = [maybe(p + f"self_attn.{n}_proj.bias") for n in "qkv"]
+            qkv_bias = torch.cat(biases) if all(b is not None for b in biases) else None
+            gate, up = take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")
+            layers.append(
+                LayerWeights(
+                    attn_norm=take(p + "input_layernorm.weight"),
+                    qkv=torch.cat((q, k, v)),
+                    qkv_bias=qkv_bias,
+                    q_norm=maybe(p + "self_attn.q_norm.weight"),
+                    k_norm=maybe(p + "self_attn.k_norm.weight"),
+                    o_proj=take(p + "self_attn.o_proj.weight"),
+                    o_bias=maybe(p + "self_attn.o_proj.bias"),
+                    mlp_norm=take(p + "post_attention_layernorm.weight"),
+                    gate_up=torch.cat((gate, up)),
+                    down=take(p + "mlp.down_proj.weight"),
+                )
+            )
+            del q, k, v, gate, up
+        embed = take("model.embed_tokens.weight")
+        lm_head = embed if config.tie_word_embeddings or "lm_head.weight" not in state else take("lm_head.weight")
+        return cls(config, embed, layers, take("model.norm.weight"), lm_head, rope)
+
+    def new_cache(self, capacity: int) -> KVCache:
+        return KVCache(self.config, capacity, self.device, self.dtype)
+
+    # -- the forward, in pieces the fusion code drives layer by layer ---------------------
+
+    def embed(self, token_ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(token_ids, self.embed_weight)  # [S, hidden]
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.rope.cos_sin(positions, self.dtype)
+
+    def qkv(self, layer: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Post-RoPE q [S, Hq, D] and k, v [S, Hkv, D] of hidden states h [S, hidden]."""
+        c, w = self.config, self.layers[layer]
+        x = rms_norm(h, w.attn_norm, c.rms_norm_eps)
+        qkv = F.linear(x, w.qkv, w.qkv_bias)
+        nq, nkv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+        q = qkv[:, :nq].view(-1, c.num_heads, c.head_dim)
+        k = qkv[:, nq : nq + nkv].view(-1, c.num_kv_heads, c.head_dim)
+        v = qkv[:, nq + nkv :].view(-1, c.num_kv_heads, c.head_dim)
+        if w.q_norm is not None:
+            q, k = rms_norm(q, w.q_norm, c.rms_norm_eps), rms_norm(k, w.k_norm, c.rms_norm_eps)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+
+    def attend(
+        self,
+        q: torch.Tensor,
+        cache: KVCache,
+        layer: int,
+        positions: torch.Tensor,
+        mode: AttentionMode,
+        max_position: int,
+        fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """q: [S, Hq, D] -> [S, Hq, D]; keys/values come from the cache (or fresh_kv when CAUSAL_FROM_ZERO)."""
+        if mode is AttentionMode.CAUSAL_FROM_ZERO:
+            k, v = fresh_kv if fresh_kv is not None else (cache.k[layer, : q.shape[0]], cache.v[layer, : q.shape[0]])
+            return _sdpa(q, k, v, causal=True)
+        k, v = cache.k[layer, : max_position + 1], cache.v[layer, : max_position + 1]
+        if mode is AttentionMode.DECODE:
+            return _sdpa(q, k, v, causal=False)
+        # On CPU the interpreted Triton kernel (TRITON_INTERPRET=1) is for kernel tests, not for serving.
+        backend = self.use_triton if (q.is_cuda or self.use_triton == "always") else "never"
+        return sparse_query_attention(q, k, v, positions, backend=backend)
+
+    def finish_layer(self, layer: int, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+        """Output projection + residual, then the MLP block + residual."""
+        c, w = self.config, self.layers[layer]
+        h = h + F.linear(attn.reshape(h.shape[0], -1), w.o_proj, w.o_bias)
+        x = rms_norm(h, w.mlp_norm, c.rms_norm_eps)
+        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
+        return h + F.linear(F.silu(gate) * up, w.down)
+
+    def layer_forward(
+        self,
+        layer: int,
+        h: torch.Tensor,
+        positions: torch.Tensor,
+        rotary: tuple[torch.Tensor, torch.Tensor],
+        cache: KVCache,
+        mode: AttentionMode,
+        max_position: int,
+        start: int | None = None,
+    ) -> torch.Tensor:
+        q, k, v = self.qkv(layer, h, *rotary)
+        cache.write(layer, positions, start, k, v)
+        attn = self.attend(q, cache, layer, positions, mode, max_position, fresh_kv=(k, v))
+        return self.finish_layer(layer, h, attn)
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """Final norm + LM head, in float32: [N, hidden] -> [N, vocab]."""
+        return F.linear(rms_norm(h, self.final_norm, self.config.rms_norm_eps), self.lm_head).float()
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        token_ids: torch.Tensor,
+        positions: torch.Tensor,
+        cache: KVCache,
+        mode: AttentionMode = AttentionMode.BY_POSITION,
+        max_position: int | None = None,
+        all_logits: bool = False,
+    ) -> torch.Tensor:
+        """Run every layer on these tokens; return logits of the last one ([1, V]) or of all ([S, V]).
+
+        `max_position` (a Python int, to avoid a device sync) must be positions.max();
+        contiguous positions (CAUSAL_FROM_ZERO, DECODE) are written with a slice copy.
+        """
+        if max_position is None:
+            max_position = int(positions.max())
+        start = None if mode is AttentionMode.BY_POSITION else max_position + 1 - token_ids.shape[0]
+        h = self.embed(token_ids)
+        rotary = self.rotary(positions)
+        for layer in range(self.config.num_layers):
+            h = self.layer_forward(layer, h, positions, rotary, cache, mode, max_position, start)
+        return self.logits(h if all_logits else h[-1:])
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
+    """[S, H, D] layout in and out; GQA without expanding K/V (enable_gqa)."""
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=causal, enable_gqa=True
+    )
+    return out.transpose(0, 1)

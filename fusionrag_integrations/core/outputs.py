@@ -1,0 +1,61 @@
+"""What generate() and stream() return."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Literal
+
+FinishReason = Literal["stop", "length"]
+
+
+@dataclass
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0  # prompt tokens whose KV came from the chunk store (not recomputed)
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "total_tokens": self.total_tokens}
+
+
+@dataclass
+class GenerationStats:
+    """Timing and reuse of one request, surfaced by every adapter so users can see reuse happen."""
+
+    ttft_ms: float = 0.0  # call start -> first token sampled (tokenising, fusion and prefill included)
+    prefill_ms: float = 0.0  # model work for the prompt (fusion, selection and recompute included)
+    decode_ms: float = 0.0  # first token -> last token
+    chunks_found: int = 0  # cached or given chunks located in the prompt
+    chunks_reused: int = 0  # of those, KV loaded from the store
+    chunks_computed: int = 0  # of those, KV computed during this call (then stored)
+    tokens_reused: int = 0  # chunk tokens whose cached KV was kept
+    tokens_recomputed: int = 0  # chunk tokens recomputed by selection
+    selector: str | None = None
+    recompute_ratio: float | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Generation:
+    text: str
+    token_ids: list[int]
+    finish_reason: FinishReason
+    usage: Usage
+    stats: GenerationStats
+
+
+@dataclass
+class GenerationChunk:
+    """One streamed piece. The last one has finish_reason, usage and stats set."""
+
+    text: str
+    token_ids: list[int] = field(default_factory=list)
+    finish_reason: FinishReason | None = None
+    usage: Usage | None = None
+    stats: GenerationStats | None = None

@@ -1,0 +1,79 @@
+"""Prompts: chat messages -> the model's own chat template text; text -> token ids."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Union
+
+from .errors import ChatTemplateError, EmptyPromptError
+
+Message = Union[Mapping[str, Any], tuple[str, str]]
+Prompt = Union[str, Sequence[Message]]
+ROLES = ("system", "user", "assistant", "tool")
+
+
+def normalize_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
+    """Dicts or (role, content) pairs -> dicts; consecutive same-role messages merged.
+
+    Merging matters because many templates (Llama-2, Mistral) raise on two user turns in a
+    row, and frameworks do send them (LangChain's double-message conversations).
+    """
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        msg = {"role": m[0], "content": m[1]} if isinstance(m, tuple) else dict(m)
+        role, content = msg.get("role"), msg.get("content")
+        if role not in ROLES:
+            raise ChatTemplateError(f"message role must be one of {ROLES}, got {role!r}")
+        if isinstance(content, list):  # OpenAI-style content parts: keep the text ones
+            content = "".join(p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content)
+        if content is None:
+            content = ""
+        if not isinstance(content, str):
+            raise ChatTemplateError(f"message content must be text, got {type(content).__name__}")
+        msg["content"] = content
+        mergeable = role != "tool" and not msg.get("tool_calls")
+        if out and out[-1]["role"] == role and mergeable and not out[-1].get("tool_calls"):
+            out[-1]["content"] = f"{out[-1]['content']}\n\n{content}" if out[-1]["content"] else content
+        else:
+            out.append(msg)
+    if not out:
+        raise EmptyPromptError("no messages given")
+    return out
+
+
+def render_chat(tokenizer, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> str:
+    """The tokenizer's chat template with a generation prompt (or continuing a final assistant turn)."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError(
+            "chat messages were given but this tokenizer has no chat template; pass a plain string prompt "
+            "or a model with a chat template"
+        )
+    msgs = normalize_messages(messages)
+    continue_final = msgs[-1]["role"] == "assistant"
+    try:
+        return tokenizer.apply_chat_template(
+            msgs,
+            tools=list(tools) if tools else None,
+            tokenize=False,
+            add_generation_prompt=not continue_final,
+            continue_final_message=continue_final,
+        )
+    except Exception as exc:  # jinja TemplateError / raise_exception() inside the template
+        raise ChatTemplateError(f"the chat template rejected these messages: {exc}") from None
+
+
+def is_chat(prompt: Prompt) -> bool:
+    return not isinstance(prompt, str)
+
+
+def encode_text(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+    return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
+
+
+def render_prompt(tokenizer, prompt: Prompt, tools: Sequence[dict] | None = None) -> tuple[str, bool]:
+    """-> (text, add_special_tokens). A rendered chat already holds its special tokens."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise EmptyPromptError("the prompt is empty")
+        return prompt, True
+    return render_chat(tokenizer, prompt, tools), False

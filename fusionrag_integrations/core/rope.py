@@ -1,0 +1,66 @@
+"""Rotary position embedding, and re-rotation of cached keys by a position delta.
+
+RoPE rotates each (x_i, x_{i+D/2}) pair of a query/key by angle `position * inv_freq_i`.
+Rotations compose, so a key stored post-RoPE at position p moves to p' by one more
+rotation of `p' - p`: that is how cached chunks are placed at new offsets.
+
+Angles are computed in float64 and only cos/sin are cast down. In float32 the angle
+`p * inv_freq` itself carries an error of about |p * inv_freq| * 6e-8 rad, which at long
+positions would make a re-rotated cached key differ from a freshly computed one by more
+than rounding. The frequency set is exactly the checkpoint's (`inv_freq` from transformers'
+own RoPE initialisers, so Llama-3 scaling, linear and YaRN are the library's math).
+"""
+
+from __future__ import annotations
+
+import torch
+
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+
+class RotaryEmbedding:
+    """cos/sin for any positions, applied HF-style (rotate-half, "neox" layout)."""
+
+    def __init__(self, inv_freq: torch.Tensor, attention_scaling: float = 1.0) -> None:
+        self.inv_freq = inv_freq.to(torch.float64)  # [D/2]
+        self.attention_scaling = float(attention_scaling)
+
+    def to(self, device: torch.device | str) -> "RotaryEmbedding":
+        return RotaryEmbedding(self.inv_freq.to(device), self.attention_scaling)
+
+    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype, scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions: [N] int -> cos, sin: [N, 1, D] in `dtype` (broadcast over heads)."""
+        angles = positions.to(device=self.inv_freq.device, dtype=torch.float64)[:, None] * self.inv_freq[None, :]
+        angles = torch.cat((angles, angles), dim=-1)
+        scale = self.attention_scaling if scaled else 1.0
+        cos = (angles.cos() * scale).to(dtype)[:, None, :]
+        sin = (angles.sin() * scale).to(dtype)[:, None, :]
+        return cos, sin
+
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x: [N, H, D]; cos/sin: [N, 1, D] in x's dtype (matches transformers' arithmetic)."""
+    return x * cos + rotate_half(x) * sin
+
+
+def rerotate_keys(keys: torch.Tensor, delta: int | torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
+    """Move post-RoPE keys [..., T, H, D] by `delta` positions (int, or [T] per token).
+
+    Uses the unscaled rotation: YaRN's attention scaling multiplies cos/sin once at the
+    original position and must not be applied twice. The product is formed in float32
+    (float64 on CPU float64 inputs) and cast back, so bf16 caches lose one rounding only.
+    """
+    T = keys.shape[-3]
+    if isinstance(delta, int):
+        if delta == 0:
+            return keys
+        delta = torch.full((T,), delta, dtype=torch.int64)
+    compute = torch.float64 if keys.dtype == torch.float64 else torch.float32
+    cos, sin = rope.cos_sin(delta.to(rope.inv_freq.device), compute, scaled=False)
+    x = keys.to(compute)
+    return apply_rotary(x, cos.to(x.device), sin.to(x.device)).to(keys.dtype)

@@ -1,0 +1,126 @@
+"""Sampling parameters, the token sampler, and streaming detokenisation with stop strings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import InvalidSamplingError
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Validated on construction, so a bad argument fails before any compute."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> InvalidSamplingError:
+            return InvalidSamplingError(msg)
+
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise bad(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature) or self.temperature < 0:
+            raise bad(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise bad(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise bad(f"seed must be an integer or None, got {self.seed!r}")
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
+        if any(not isinstance(s, str) or not s for s in stop):
+            raise bad(f"stop must be non-empty strings, got {self.stop!r}")
+        object.__setattr__(self, "stop", stop)
+
+
+class Sampler:
+    """Greedy, or temperature / top-k / top-p sampling from a seeded generator."""
+
+    def __init__(self, params: SamplingParams, device: torch.device) -> None:
+        self.params = params
+        self.generator = None
+        if params.temperature > 0:
+            self.generator = torch.Generator(device=device)
+            if params.seed is not None:
+                self.generator.manual_seed(params.seed)
+            else:
+                self.generator.seed()
+
+    def __call__(self, logits: torch.Tensor) -> int:
+        """logits: [V] float32 -> token id."""
+        p = self.params
+        if p.temperature == 0:
+            return int(torch.argmax(logits))
+        logits = logits / p.temperature
+        if p.top_k:
+            kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
+            logits = logits.masked_fill(logits < kth, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        if p.top_p < 1.0:
+            sorted_probs, order = torch.sort(probs, descending=True)
+            # drop a token when the mass before it already reaches top_p (the first always stays)
+            drop = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= p.top_p
+            probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
+        return int(torch.multinomial(probs, 1, generator=self.generator))
+
+
+class TextStream:
+    """Turns generated ids into text deltas that never include (part of) a stop string.
+
+    The whole id list is decoded each step (cheap at generation lengths) so multi-byte
+    characters and tokenizer-specific spacing come out exactly as a final decode would.
+    Text that could still grow into a stop string is held back until it cannot.
+    """
+
+    def __init__(self, tokenizer, stop: tuple[str, ...]) -> None:
+        self.tokenizer = tokenizer
+        self.stop = stop
+        self.ids: list[int] = []
+        self.text = ""  # everything emitted so far
+        self.stopped = False
+
+    def push(self, token_id: int) -> str:
+        self.ids.append(token_id)
+        full = self.tokenizer.decode(self.ids, skip_special_tokens=True)
+        if full.endswith("\ufffd"):  # an incomplete UTF-8 sequence: wait for the next token
+            return ""
+        cut = self._stop_index(full)
+        if cut is not None:
+            self.stopped = True
+            return self._emit(full[:cut])
+        return self._emit(full[: len(full) - self._held_back(full)])
+
+    def flush(self) -> str:
+        """At the end of generation: emit whatever was held back."""
+        if self.stopped:
+            return ""
+        return self._emit(self.tokenizer.decode(self.ids, skip_special_tokens=True))
+
+    def _emit(self, upto: str) -> str:
+        if len(upto) <= len(self.text) or not upto.startswith(self.text):
+            return ""
+        delta, self.text = upto[len(self.text) :], upto
+        return delta
+
+    def _stop_index(self, full: str) -> int | None:
+        start = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))
+        hits = [i for i in (full.find(s, start) for s in self.stop) if i >= 0]
+        return min(hits) if hits else None
+
+    def _held_back(self, full: str) -> int:
+        """Length of the longest suffix of `full` that is a proper prefix of a stop string."""
+        best = 0
+        for s in self.stop:
+            for n in range(min(len(s) - 1, len(full)), best, -1):
+                if full.endswith(s[:n]):
+                    best = n
+                    break
+        return best

@@ -1,0 +1,72 @@
+"""Sparse-query prefill attention: a subset of queries, each causal by its own absolute position.
+
+Shapes: q [Sq, Hq, D], k/v [Skv, Hkv, D], q_pos int [Sq]. Key j sits at position j;
+query i attends to keys j <= q_pos[i]. Queries may come in any order (selected tokens of
+fused chunks plus the question). GQA: Hq is a multiple of Hkv; K/V are never expanded.
+
+This is exact causal attention by position. CacheBlend's xformers path and LMCache's
+flash-attn path use a bottom-right-aligned mask instead, which lets a selected token see
+keys after it; the exact mask is a small fidelity gain and costs nothing here.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+QUERY_BLOCK = 1024  # bounds the reference's [block, Skv] mask and score memory
+
+
+def sparse_query_attention_ref(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, *, scale: float | None = None
+) -> torch.Tensor:
+    """Plain PyTorch reference: SDPA with an explicit boolean mask, one query block at a time."""
+    _check_shapes(q, k, v, q_pos)
+    out = torch.empty_like(q)
+    key_index = torch.arange(k.shape[0], device=k.device)
+    kt, vt = k.transpose(0, 1), v.transpose(0, 1)  # [Hkv, Skv, D]
+    for s in range(0, q.shape[0], QUERY_BLOCK):
+        pos = q_pos[s : s + QUERY_BLOCK]
+        n_keys = int(pos.max()) + 1  # keys past the block's last position are masked for every query
+        mask = key_index[None, :n_keys] <= pos[:, None]  # [block, n_keys]
+        o = F.scaled_dot_product_attention(
+            q[s : s + QUERY_BLOCK].transpose(0, 1),
+            kt[:, :n_keys],
+            vt[:, :n_keys],
+            attn_mask=mask,
+            scale=scale,
+            enable_gqa=True,
+        )
+        out[s : s + QUERY_BLOCK] = o.transpose(0, 1)
+    return out
+
+
+def sparse_query_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    *,
+    scale: float | None = None,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Dispatch: the Triton kernel where it runs (CUDA, or CPU under TRITON_INTERPRET=1), else the reference.
+
+    backend: "auto" | "always" (Triton, error if unavailable) | "never" (reference).
+    """
+    from . import _dispatch
+
+    if _dispatch.use_triton(q, backend):
+        from .sparse_attention_triton import sparse_query_attention_triton
+
+        return sparse_query_attention_triton(q, k, v, q_pos, scale=scale)
+    return sparse_query_attention_ref(q, k, v, q_pos, scale=scale)
+
+
+def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor) -> None:
+    if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape:
+        raise ValueError(f"expected q [Sq,Hq,D], k/v [Skv,Hkv,D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[1] % k.shape[1] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"Hq must be a multiple of Hkv and head dims equal: q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if q_pos.shape != (q.shape[0],):
+        raise ValueError(f"q_pos must be [Sq]={q.shape[0]}, got {tuple(q_pos.shape)}")

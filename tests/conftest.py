@@ -1,0 +1,108 @@
+"""Shared fixtures: the bundled SmolLM2 engine is loaded once per test session.
+
+Nothing may reach a model hub: the offline variables are set before transformers loads.
+TRITON_INTERPRET must be set before any Triton kernel is defined, so CPU runs exercise the
+real kernels; the engine itself uses Triton only on CUDA tensors.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # chromadb
+if not os.environ.get("CUDA_VISIBLE_DEVICES") and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import shutil  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+# Converted model weights are shared across sessions (the GGUF conversion takes ~20 s);
+# chunk KV for tests always goes to per-test temporary directories.
+MODEL_CACHE = Path(os.environ.get("FUSIONRAG_TEST_CACHE", REPO / ".cache" / "test"))
+
+
+@pytest.fixture(scope="session")
+def smol_engine(tmp_path_factory) -> FusionEngine:
+    engine = FusionEngine.from_pretrained(default_model_path(), device="cpu", config=EngineConfig(cache_dir=MODEL_CACHE))
+    return engine
+
+
+@pytest.fixture(scope="session")
+def hf_smol(smol_engine):
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smol_engine.loaded.model_dir, dtype=torch.float32).eval()
+
+
+TINY_SHAPE = dict(
+    vocab_size=49152,  # SmolLM2's tokenizer is copied in, so real text works
+    hidden_size=64,
+    intermediate_size=160,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=1024,
+    initializer_range=0.08,  # large enough that logits vary: a near-constant model would hide bugs
+)
+
+TINY_FAMILIES = {
+    "llama": ("LlamaConfig", {}),
+    "llama3_rope": (
+        "LlamaConfig",
+        dict(
+            rope_theta=500000.0,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
+        ),
+    ),
+    "llama_tied": ("LlamaConfig", dict(tie_word_embeddings=True)),
+    "mistral": ("MistralConfig", {}),
+    "qwen2": ("Qwen2Config", {}),
+    "qwen3": ("Qwen3Config", dict(head_dim=32)),
+}
+
+
+def make_tiny_model_dir(family: str, path: Path, tokenizer_dir: Path) -> Path:
+    """A random model of one family saved with save_pretrained, with SmolLM2's tokenizer."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    cls_name, extra = TINY_FAMILIES[family]
+    config = getattr(transformers, cls_name)(**TINY_SHAPE, **extra)
+    torch.manual_seed(hash(family) % 1000)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # default init makes norms 1 and biases 0: perturb so they are exercised
+        for name, p in model.named_parameters():
+            if "norm" in name or "bias" in name:
+                p.add_(torch.randn_like(p) * 0.2)
+    model.save_pretrained(path)
+    for f in tokenizer_dir.glob("tokenizer*"):
+        shutil.copy(f, path)
+    for f in ("special_tokens_map.json", "generation_config.json"):
+        if (tokenizer_dir / f).exists() and not (path / f).exists():
+            shutil.copy(tokenizer_dir / f, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, smol_engine) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tiny")
+    return {f: make_tiny_model_dir(f, root / f, smol_engine.loaded.model_dir) for f in TINY_FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def tiny_engines(tiny_model_dirs) -> dict[str, FusionEngine]:
+    return {
+        f: FusionEngine.from_pretrained(d, device="cpu", config=EngineConfig(cache_dir=MODEL_CACHE))
+        for f, d in tiny_model_dirs.items()
+    }
