@@ -5,18 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import platformdirs
 from pydantic import BaseModel, ConfigDict, Field
 
 SelectorName = Literal["full", "none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip"]
 
 
 def default_cache_dir() -> Path:
-    """Per-user cache root (e.g. ~/.cache/fusionrag); `FUSIONRAG_CACHE_DIR` overrides it."""
+    """Per-user cache root: $FUSIONRAG_CACHE_DIR, else $XDG_CACHE_HOME/fusionrag, else ~/.cache/fusionrag."""
     import os
 
-    env = os.environ.get("FUSIONRAG_CACHE_DIR")
-    return Path(env) if env else Path(platformdirs.user_cache_dir("fusionrag"))
+    if env := os.environ.get("FUSIONRAG_CACHE_DIR"):
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fusionrag"
 
 
 class FusionConfig(BaseModel):

@@ -201,6 +201,12 @@ def _rope_from_hf(hf, head_dim: int) -> tuple[str, RotaryEmbedding]:
     return rope_type, RotaryEmbedding(inv_freq, scaling)
 
 
+def model_from_hf(hf_model, device: torch.device, dtype: torch.dtype) -> TransformerModel:
+    """Our model over an in-memory transformers model's weights (benchmarks with random weights use this)."""
+    config, rope = model_config_from_hf(hf_model.config)
+    return TransformerModel.from_state_dict(config, dict(hf_model.state_dict()), rope, device, dtype)
+
+
 def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     files = sorted(model_dir.glob("*.safetensors"))
     if not files:

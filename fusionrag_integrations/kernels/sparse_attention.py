@@ -30,14 +30,14 @@ def sparse_query_attention_ref(
         n_keys = int(pos.max()) + 1  # keys past the block's last position are masked for every query
         mask = key_index[None, :n_keys] <= pos[:, None]  # [block, n_keys]
         o = F.scaled_dot_product_attention(
-            q[s : s + QUERY_BLOCK].transpose(0, 1),
-            kt[:, :n_keys],
-            vt[:, :n_keys],
+            q[s : s + QUERY_BLOCK].transpose(0, 1)[None],
+            kt[None, :, :n_keys],
+            vt[None, :, :n_keys],
             attn_mask=mask,
             scale=scale,
             enable_gqa=True,
         )
-        out[s : s + QUERY_BLOCK] = o.transpose(0, 1)
+        out[s : s + QUERY_BLOCK] = o[0].transpose(0, 1)
     return out
 
 
