@@ -86,7 +86,7 @@ def make_tiny_model_dir(family: str, path: Path, tokenizer_dir: Path) -> Path:
             if "norm" in name or "bias" in name:
                 p.add_(torch.randn_like(p) * 0.2)
     model.save_pretrained(path)
-    for f in tokenizer_dir.glob("tokenizer*"):
+    for f in [*tokenizer_dir.glob("tokenizer*"), *tokenizer_dir.glob("chat_template*")]:
         shutil.copy(f, path)
     for f in ("special_tokens_map.json", "generation_config.json"):
         if (tokenizer_dir / f).exists() and not (path / f).exists():
@@ -106,3 +106,36 @@ def tiny_engines(tiny_model_dirs) -> dict[str, FusionEngine]:
         f: FusionEngine.from_pretrained(d, device="cpu", config=EngineConfig(cache_dir=MODEL_CACHE))
         for f, d in tiny_model_dirs.items()
     }
+
+
+# -- RAG material for fusion tests -------------------------------------------------------
+
+DOCS = [
+    "The Varn Institute was founded in 1894 by the chemist Amelia Varn in the harbour town of Kellersby. "
+    "It is known for its work on crystal growth and for a library of rare minerals from the northern coast.",
+    "Kellersby lies at the mouth of the river Tull. Its lighthouse, built from grey granite, was painted red "
+    "in 1921 after a ship ran aground in fog, and the town's fish market opens every morning at five.",
+    "Amelia Varn studied at the University of Osterholm, where she met the physicist Jonas Brekke. Together "
+    "they measured how quickly salt crystals grow in cold water, and their notebooks are kept at the institute.",
+    "The password for the archive room of the institute is swordfish. Visitors must sign the register at the "
+    "front desk, and no bags or umbrellas are allowed inside the reading room of the archive.",
+]
+QUESTION = "What is the password for the archive room?"
+
+
+def rag_messages(docs: list[str], question: str = QUESTION, sep: str = "\n\n") -> list[dict]:
+    context = sep.join(docs)
+    return [
+        {"role": "system", "content": "Answer the question using the passages."},
+        {"role": "user", "content": f"Passages:\n{context}\n\nQuestion: {question}\nAnswer:"},
+    ]
+
+
+def engine_on(loaded, cache_dir: Path, **config) -> FusionEngine:
+    """A new engine over already-loaded weights with its own (empty) chunk store."""
+    return FusionEngine(loaded, EngineConfig(cache_dir=cache_dir, **config))
+
+
+@pytest.fixture
+def smol(smol_engine, tmp_path) -> FusionEngine:
+    return engine_on(smol_engine.loaded, tmp_path / "cache")

@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
+from .chunk_kv import STANDALONE, ChunkKV, chunk_key
 from .config import EngineConfig
-from .errors import ContextLengthError, EmptyPromptError
+from .detect import ChunkIndex, Match
+from .errors import ChunkNotFoundError, ContextLengthError, EmptyPromptError
+from .fusion import FusionContext, PlacedChunk, build_context, place_chunks
 from .loader import LoadedModel, load_model
-from .model import AttentionMode
+from .model import AttentionMode, KVCache
 from .outputs import Generation, GenerationChunk, GenerationStats, Usage
-from .prompt import Prompt, encode_text, render_prompt
+from .precompute import batches, compute_chunk_kv, prefix_kv
+from .prompt import Prompt, encode_text, render_prompt, split_at_matches
+from .registry import ChunkRegistry
 from .sampling import Sampler, SamplingParams, TextStream
+from .selectors import SELECTORS, CacheBlendSelector, CacheClipSelector, QCFuseSelector, Selector
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
            "float16": torch.float16, "fp16": torch.float16}
@@ -38,6 +49,24 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return _DTYPES[dtype]
 
 
+@dataclass
+class PreparedPrompt:
+    token_ids: list[int]
+    chunks: list[PlacedChunk] = field(default_factory=list)
+    stats: GenerationStats = field(default_factory=GenerationStats)
+
+
+@dataclass
+class Prefill:
+    """The state after the prompt: next-token logits, the filled KV cache, and what fusion did."""
+
+    logits: torch.Tensor  # [V] float32
+    token_ids: list[int]
+    cache: KVCache
+    stats: GenerationStats
+    selected: torch.Tensor | None = None  # recomputed chunk positions (None without fusion)
+
+
 class FusionEngine:
     """One model, one tokenizer, one chunk-KV store. Requests run one at a time (a lock)."""
 
@@ -48,6 +77,23 @@ class FusionEngine:
         self.model.use_triton = self.config.use_triton
         self.tokenizer = loaded.tokenizer
         self._lock = threading.RLock()
+        self.prefix_ids = self._shared_prefix_ids()
+        namespace = hashlib.sha256(
+            json.dumps([loaded.model_fingerprint, loaded.tokenizer_fingerprint, self.prefix_ids]).encode()
+        ).hexdigest()[:16]
+        self.chunks = ChunkRegistry(
+            namespace=namespace,
+            model_fingerprint=loaded.model_fingerprint,
+            device=self.model.device,
+            gpu_bytes=self.config.gpu_cache_bytes,
+            cpu_bytes=self.config.cpu_cache_bytes,
+            directory=self.config.cache_dir / "kv" / namespace if self.config.persist else None,
+            min_chunk_chars=self.config.fusion.min_chunk_chars,
+        )
+        self._prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.aux_model = None  # CacheClip's auxiliary model (same tokenizer); None = the model itself
+        self.critical_layer = self.config.fusion.critical_layer  # QCFuse; see selectors.profile_critical_layer
+        self.counters: Counter[str] = Counter()  # chunks_computed by precompute, across calls
 
     @classmethod
     def from_pretrained(
@@ -75,6 +121,89 @@ class FusionEngine:
     def device(self) -> torch.device:
         return self.model.device
 
+    # -- chunk KV ----------------------------------------------------------------------
+
+    def _shared_prefix_ids(self) -> list[int]:
+        """BOS (or EOS when the tokenizer has no BOS) + chunk_prefix: every chunk is computed after it,
+        so the attention sink sits on a token every prompt starts with, not on the chunk's first word."""
+        tok = self.tokenizer
+        sink = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
+        ids = [sink] if sink is not None else []
+        return ids + (encode_text(tok, self.config.chunk_prefix, False) if self.config.chunk_prefix else [])
+
+    def chunk_token_ids(self, text: str) -> list[int]:
+        stripped = text.strip()
+        if not stripped:
+            raise EmptyPromptError("a chunk text is empty (or only whitespace)")
+        ids = encode_text(self.tokenizer, stripped, False)
+        if len(self.prefix_ids) + len(ids) >= self.context_window:
+            raise ContextLengthError(
+                f"a chunk of {len(ids)} tokens does not fit the context window of {self.context_window} tokens "
+                "(split it into smaller chunks)"
+            )
+        return ids
+
+    def precompute(self, texts: Sequence[str], context: Sequence[str] | None = None,
+                   show_progress: bool | None = None) -> list[str]:
+        """Compute and store the KV of each text (stripped of surrounding whitespace); return their keys.
+
+        Idempotent: texts already stored are not computed again. `context` (optional) are texts
+        placed before every chunk at compute time; their KV is not stored, their identity is
+        part of each key (context id). Progress is shown for large inputs on a terminal.
+        """
+        with self._lock:
+            prefix_ids, context_id = self._prefix_for(context)
+            jobs: dict[str, tuple[str, list[int]]] = {}
+            keys = []
+            for text in texts:
+                ids = self.chunk_token_ids(text)
+                key = chunk_key(self.loaded.model_fingerprint, self.loaded.tokenizer_fingerprint, prefix_ids, ids,
+                                context_id)
+                keys.append(key)
+                if key not in jobs and not self.chunks.has(key):
+                    jobs[key] = (text.strip(), ids)
+            self._compute(list(jobs.items()), prefix_ids, context_id, show_progress)
+            return keys
+
+    def _prefix_for(self, context: Sequence[str] | None) -> tuple[list[int], str]:
+        if not context:
+            return self.prefix_ids, STANDALONE
+        ids = list(self.prefix_ids)
+        for text in context:
+            ids += self.chunk_token_ids(text)
+        return ids, "ctx:" + hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+
+    def _compute(self, jobs: list[tuple[str, tuple[str, list[int]]]], prefix_ids: list[int], context_id: str,
+                 show_progress: bool | None) -> None:
+        if not jobs:
+            return
+        if prefix_ids == self.prefix_ids:
+            if self._prefix_kv is None:
+                self._prefix_kv = prefix_kv(self.model, self.prefix_ids)
+            prefix = self._prefix_kv
+        else:
+            prefix = prefix_kv(self.model, prefix_ids)
+        lengths = [len(ids) for _, (_, ids) in jobs]
+        progress = tqdm(total=len(jobs), desc="precompute", unit="chunk",
+                        disable=(not show_progress) if show_progress is not None else (len(jobs) < 16 or None))
+        for batch in batches(lengths, self.config.precompute_batch_tokens):
+            kvs = compute_chunk_kv(self.model, prefix, [jobs[i][1][1] for i in batch])
+            entries = []
+            for i, (k, v) in zip(batch, kvs):
+                key, (text, ids) = jobs[i]
+                entry = ChunkKV(key, torch.tensor(ids, dtype=torch.long), k, v, len(prefix_ids),
+                                self.loaded.model_fingerprint, context_id)
+                entries.append((entry, text))
+            self.chunks.add(entries)
+            self.counters["chunks_computed"] += len(batch)
+            progress.update(len(batch))
+        progress.close()
+
+    def forget(self, keys: Sequence[str]) -> int:
+        """Remove these entries from every tier, the disk and the detection index; returns how many were known."""
+        with self._lock:
+            return len(self.chunks.forget(keys))
+
     # -- generation --------------------------------------------------------------------
 
     def generate(self, prompt: Prompt, **kwargs) -> Generation:
@@ -95,32 +224,107 @@ class FusionEngine:
         top_k: int = 0,
         seed: int | None = None,
         stop: str | Sequence[str] | None = None,
+        chunks: Sequence[str] | None = None,
+        recompute_ratio: float | None = None,
+        selector: str | Selector | None = None,
         tools: Sequence[dict] | None = None,
     ) -> Iterator[GenerationChunk]:
         """Yield text pieces as they are decoded; the last piece carries finish_reason, usage and stats.
 
         prompt: a string (used as is) or chat messages (rendered with the tokenizer's chat template).
+        chunks: None = detect every precomputed chunk inside the prompt; a list = these texts (computed
+        now if not cached) must occur in the prompt; [] = no fusion (plain prefill).
+        selector / recompute_ratio: which chunk tokens to recompute (defaults from EngineConfig.fusion).
         """
-        params = SamplingParams(max_new_tokens, temperature, top_p, top_k, seed, tuple([stop] if isinstance(stop, str) else stop or ()))
+        params = SamplingParams(max_new_tokens, temperature, top_p, top_k, seed,
+                                tuple([stop] if isinstance(stop, str) else stop or ()))
+        chosen, ratio = self._selector(selector), self._ratio(recompute_ratio)
         with self._lock:
-            yield from self._generate(prompt, params, tools)
+            yield from self._generate(prompt, params, tools, chunks, chosen, ratio)
 
-    def _generate(self, prompt: Prompt, params: SamplingParams, tools) -> Iterator[GenerationChunk]:
-        t_start = time.perf_counter()
-        text, add_special = render_prompt(self.tokenizer, prompt, tools)
-        prompt_ids = encode_text(self.tokenizer, text, add_special)
-        self._check_length(len(prompt_ids), params.max_new_tokens)
-        stats = GenerationStats()
-        cache = self.model.new_cache(len(prompt_ids) + params.max_new_tokens)
+    def _ratio(self, recompute_ratio: float | None) -> float:
+        ratio = self.config.fusion.recompute_ratio if recompute_ratio is None else recompute_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+            raise ValueError(f"recompute_ratio must be a number in [0, 1], got {recompute_ratio!r}")
+        return float(ratio)
 
+    def _selector(self, selector: str | Selector | None) -> Selector:
+        if isinstance(selector, Selector):
+            return selector
+        name = selector or self.config.fusion.selector
+        if name not in SELECTORS:
+            raise ValueError(f"unknown selector {name!r}; choose one of {sorted(SELECTORS)}")
+        if name == "cacheblend":
+            return CacheBlendSelector(self.config.fusion.check_layer)
+        if name == "qcfuse":
+            return QCFuseSelector(self.critical_layer)
+        if name == "cacheclip":
+            return CacheClipSelector(self.aux_model)
+        return SELECTORS[name]()
+
+    def prefill(
+        self,
+        prompt: Prompt,
+        *,
+        chunks: Sequence[str] | None = None,
+        selector: str | Selector | None = None,
+        recompute_ratio: float | None = None,
+        tools: Sequence[dict] | None = None,
+        max_new_tokens: int = 1,
+    ) -> Prefill:
+        """Process the prompt (fusing cached chunks) without sampling: the evaluation harness and
+        tests read the first-token distribution from here. Same fusion arguments as `stream`."""
+        chosen, ratio = self._selector(selector), self._ratio(recompute_ratio)
+        with self._lock:
+            return self._prefill(prompt, tools, chunks, chosen, ratio, max_new_tokens)
+
+    def fusion_context(self, prompt: Prompt, *, chunks: Sequence[str] | None = None,
+                       tools: Sequence[dict] | None = None) -> FusionContext:
+        """The fused cache before any recompute (chunks placed, fresh rows empty): for selectors'
+        tests and profiling. Raises ChunkNotFoundError when the prompt holds no known chunk."""
+        with self._lock:
+            prepared = self._prepare(prompt, tools, chunks)
+            if not prepared.chunks:
+                raise ChunkNotFoundError("the prompt contains no precomputed chunk")
+            cache = self.model.new_cache(len(prepared.token_ids))
+            place_chunks(self.model, cache, prepared.chunks)
+            return build_context(self.model, cache, torch.tensor(prepared.token_ids, device=self.device),
+                                 prepared.chunks)
+
+    def _prefill(self, prompt: Prompt, tools, chunks, selector: Selector, ratio: float,
+                 max_new_tokens: int) -> Prefill:
+        prepared = self._prepare(prompt, tools, chunks)
+        prompt_ids, stats = prepared.token_ids, prepared.stats
+        self._check_length(len(prompt_ids), max_new_tokens)
+        cache = self.model.new_cache(len(prompt_ids) + max_new_tokens)
         t_prefill = time.perf_counter()
         ids = torch.tensor(prompt_ids, device=self.device)
-        positions = torch.arange(len(prompt_ids), device=self.device)
-        logits = self.model.forward(ids, positions, cache, AttentionMode.CAUSAL_FROM_ZERO, len(prompt_ids) - 1)
+        selected = None
+        if prepared.chunks:
+            place_chunks(self.model, cache, prepared.chunks)
+            ctx = build_context(self.model, cache, ids, prepared.chunks)
+            n_chunk = int(ctx.chunk_positions.numel())
+            logits, selected = selector.run(ctx, round(ratio * n_chunk))
+            stats.selector, stats.recompute_ratio = selector.name, ratio
+            stats.tokens_recomputed = int(selected.numel())
+            stats.tokens_reused = n_chunk - stats.tokens_recomputed
+        else:
+            positions = torch.arange(len(prompt_ids), device=self.device)
+            logits = self.model.forward(ids, positions, cache, AttentionMode.CAUSAL_FROM_ZERO, len(prompt_ids) - 1)
+        logits = logits[-1]
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        stats.prefill_ms = (time.perf_counter() - t_prefill) * 1e3
+        return Prefill(logits, prompt_ids, cache, stats, selected)
+
+    def _generate(self, prompt: Prompt, params: SamplingParams, tools, chunks, selector: Selector,
+                  ratio: float) -> Iterator[GenerationChunk]:
+        t_start = time.perf_counter()
+        pre = self._prefill(prompt, tools, chunks, selector, ratio, params.max_new_tokens)
+        prompt_ids, stats, cache = pre.token_ids, pre.stats, pre.cache
         sampler = Sampler(params, self.device)
-        token = sampler(logits[-1])  # the .item() inside synchronises the device
+        token = sampler(pre.logits)
         t_first = time.perf_counter()
-        stats.prefill_ms = (t_first - t_prefill) * 1e3
         stats.ttft_ms = (t_first - t_start) * 1e3
 
         stream = TextStream(self.tokenizer, params.stop)
@@ -132,13 +336,9 @@ class FusionEngine:
                 break
             generated.append(token)
             delta = stream.push(token)
-            if stream.stopped:
-                finish = "stop"
-                if delta:
-                    yield GenerationChunk(delta, [token])
-                break
-            if len(generated) >= params.max_new_tokens:
-                delta += stream.flush()
+            if stream.stopped or len(generated) >= params.max_new_tokens:
+                finish = "stop" if stream.stopped else "length"
+                delta += "" if stream.stopped else stream.flush()
                 if delta:
                     yield GenerationChunk(delta, [token])
                 break
@@ -154,6 +354,54 @@ class FusionEngine:
         stats.decode_ms = (time.perf_counter() - t_first) * 1e3
         usage = Usage(len(prompt_ids), len(generated), stats.tokens_reused)
         yield GenerationChunk("", [], finish, usage, stats)
+
+    def _prepare(self, prompt: Prompt, tools, chunks: Sequence[str] | None) -> PreparedPrompt:
+        """Render, find chunks, and lay out token ids with each chunk's cached entry at its position."""
+        text, add_special = render_prompt(self.tokenizer, prompt, tools)
+        matches, computed_now = self._find_chunks(text, chunks)
+        prepared = PreparedPrompt([])
+        for kind, piece in split_at_matches(text, matches):
+            if kind == "text":
+                prepared.token_ids += encode_text(self.tokenizer, piece, add_special and not prepared.token_ids)
+                continue
+            entry, computed = self._entry_for(piece)
+            computed = computed or piece in computed_now
+            prepared.chunks.append(PlacedChunk(entry, len(prepared.token_ids)))
+            prepared.token_ids += entry.token_ids.tolist()
+            prepared.stats.chunks_found += 1
+            prepared.stats.chunks_computed += computed
+            prepared.stats.chunks_reused += not computed
+        return prepared
+
+    def _find_chunks(self, text: str, chunks: Sequence[str] | None) -> tuple[list[Match], set[str]]:
+        """-> (matches, texts whose KV this call had to compute)."""
+        if chunks is None:
+            return self.chunks.find(text), set()
+        if not chunks:
+            return [], set()
+        wanted = {c.strip() for c in chunks}
+        computed_now = {t for t in wanted if not any(self.chunks.has(r.key) for r in self.chunks.refs_for(t))}
+        self.precompute(chunks)
+        index = ChunkIndex(window=min(len(c) for c in wanted))
+        for c in wanted:
+            index.add(c)
+        matches = index.find(text)
+        missing = wanted - {m.text for m in matches}
+        if missing:
+            raise ChunkNotFoundError(f"{len(missing)} of the given chunks do not occur in the prompt, e.g. "
+                                     f"{next(iter(missing))[:60]!r}")
+        return matches, computed_now
+
+    def _entry_for(self, text: str) -> tuple[ChunkKV, bool]:
+        """The stored entry for a chunk text (context-aware preferred), computing it if missing or corrupt."""
+        for ref in self.chunks.refs_for(text):
+            entry = self.chunks.get(ref.key)
+            if entry is not None:
+                return entry, False
+        key = self.precompute([text])[0]
+        entry = self.chunks.get(key)
+        assert entry is not None, "a chunk just computed must be in the store"
+        return entry, True
 
     def _check_length(self, n_prompt: int, max_new_tokens: int) -> None:
         if n_prompt == 0:

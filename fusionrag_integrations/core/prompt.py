@@ -77,3 +77,18 @@ def render_prompt(tokenizer, prompt: Prompt, tools: Sequence[dict] | None = None
             raise EmptyPromptError("the prompt is empty")
         return prompt, True
     return render_chat(tokenizer, prompt, tools), False
+
+
+def split_at_matches(text: str, matches: list) -> list[tuple[str, str]]:
+    """-> [("text", fresh text) | ("chunk", chunk text), ...] in prompt order; empty fresh pieces dropped,
+    except a leading one so that a BOS (add_special_tokens) always has a segment to attach to."""
+    segments: list[tuple[str, str]] = []
+    cursor = 0
+    for m in matches:
+        if m.start > cursor or not segments:
+            segments.append(("text", text[cursor : m.start]))
+        segments.append(("chunk", m.text))
+        cursor = m.end
+    if cursor < len(text):
+        segments.append(("text", text[cursor:]))
+    return segments

@@ -14,30 +14,36 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-QUERY_BLOCK = 1024  # bounds the reference's [block, Skv] mask and score memory
+QUERY_BLOCK = 128  # small blocks of position-sorted queries skip most masked keys (1.65x at 6K keys on CPU)
 
 
 def sparse_query_attention_ref(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor, *, scale: float | None = None
 ) -> torch.Tensor:
-    """Plain PyTorch reference: SDPA with an explicit boolean mask, one query block at a time."""
+    """Plain PyTorch reference: SDPA with an explicit boolean mask, one block of queries at a time.
+
+    Queries are visited in position order, so each block only reads keys up to its own
+    largest position (the same skipping the Triton kernel does per tile).
+    """
     _check_shapes(q, k, v, q_pos)
     out = torch.empty_like(q)
+    order = torch.argsort(q_pos)
     key_index = torch.arange(k.shape[0], device=k.device)
     kt, vt = k.transpose(0, 1), v.transpose(0, 1)  # [Hkv, Skv, D]
     for s in range(0, q.shape[0], QUERY_BLOCK):
-        pos = q_pos[s : s + QUERY_BLOCK]
+        rows = order[s : s + QUERY_BLOCK]
+        pos = q_pos[rows]
         n_keys = int(pos.max()) + 1  # keys past the block's last position are masked for every query
         mask = key_index[None, :n_keys] <= pos[:, None]  # [block, n_keys]
         o = F.scaled_dot_product_attention(
-            q[s : s + QUERY_BLOCK].transpose(0, 1)[None],
+            q[rows].transpose(0, 1)[None],
             kt[None, :, :n_keys],
             vt[None, :, :n_keys],
             attn_mask=mask,
             scale=scale,
             enable_gqa=True,
         )
-        out[s : s + QUERY_BLOCK] = o[0].transpose(0, 1)
+        out[rows] = o[0].transpose(0, 1)
     return out
 
 

@@ -1,0 +1,102 @@
+"""Finding known chunk texts inside a rendered prompt, in time linear in the prompt's length.
+
+Every indexed chunk is keyed by a polynomial hash of its first W characters (its anchor).
+The prompt's hashes at every offset come from W shifted vector operations (numpy), each
+is looked up in the sorted anchor array (binary search: the cost barely moves between a
+hundred and ten thousand stored chunks), and each hit is verified by a plain string
+comparison, so a hash collision can never produce a false match.
+
+Chunks are indexed by their text stripped of surrounding whitespace: LlamaIndex strips
+node text before joining, LangChain users often join with custom separators, so the
+whitespace around a chunk belongs to the prompt, not to the chunk.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+
+_BASE = np.uint64(1_000_003)
+
+
+@dataclass(frozen=True)
+class Match:
+    start: int  # character offsets in the prompt
+    end: int
+    text: str  # the indexed (stripped) chunk text
+
+
+def _codes(text: str) -> np.ndarray:
+    return np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
+
+
+def _window_hashes(codes: np.ndarray, window: int) -> np.ndarray:
+    """Hash of codes[i : i + window] for every i (wrapping uint64 arithmetic)."""
+    n = codes.shape[0] - window + 1
+    h = np.zeros(max(n, 0), dtype=np.uint64)
+    if n <= 0:
+        return h
+    with np.errstate(over="ignore"):
+        for j in range(window):
+            h = h * _BASE + codes[j : j + n]
+    return h
+
+
+class ChunkIndex:
+    def __init__(self, window: int = 32) -> None:
+        self.window = window
+        self._texts_by_anchor: dict[int, set[str]] = defaultdict(set)
+        self._sorted_anchors = np.zeros(0, dtype=np.uint64)
+        self._dirty = False
+
+    def __len__(self) -> int:
+        return sum(len(t) for t in self._texts_by_anchor.values())
+
+    def __contains__(self, text: str) -> bool:
+        return len(text) >= self.window and text in self._texts_by_anchor.get(self._anchor(text), ())
+
+    def _anchor(self, text: str) -> int:
+        return int(_window_hashes(_codes(text[: self.window]), self.window)[0])
+
+    def add(self, text: str) -> bool:
+        """Index a (stripped) chunk text; False if it is too short to detect reliably."""
+        if len(text) < self.window:
+            return False
+        self._texts_by_anchor[self._anchor(text)].add(text)
+        self._dirty = True
+        return True
+
+    def remove(self, text: str) -> None:
+        if len(text) < self.window:
+            return
+        anchor = self._anchor(text)
+        texts = self._texts_by_anchor.get(anchor)
+        if texts is not None:
+            texts.discard(text)
+            if not texts:
+                del self._texts_by_anchor[anchor]
+            self._dirty = True
+
+    def find(self, prompt: str) -> list[Match]:
+        """Non-overlapping occurrences of indexed texts, left to right; the longest wins at one offset."""
+        if not self._texts_by_anchor or len(prompt) < self.window:
+            return []
+        if self._dirty:
+            self._sorted_anchors = np.array(sorted(self._texts_by_anchor), dtype=np.uint64)
+            self._dirty = False
+        hashes = _window_hashes(_codes(prompt), self.window)
+        slot = np.minimum(np.searchsorted(self._sorted_anchors, hashes), len(self._sorted_anchors) - 1)
+        candidates = np.nonzero(self._sorted_anchors[slot] == hashes)[0]
+        matches: list[Match] = []
+        next_free = 0
+        for offset in candidates.tolist():
+            if offset < next_free:
+                continue
+            found = [t for t in self._texts_by_anchor[int(hashes[offset])] if prompt.startswith(t, offset)]
+            if found:
+                text = max(found, key=len)
+                matches.append(Match(offset, offset + len(text), text))
+                next_free = offset + len(text)
+        return matches

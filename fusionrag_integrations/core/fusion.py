@@ -1,0 +1,142 @@
+"""Fusion: place cached chunks at their new positions, then selectively recompute.
+
+1. Each chunk's cached K is re-rotated by (new start - computed start) and copied, with
+   its V, into the request's cache at the chunk's place. Every other prompt token is
+   "fresh" (template text, separators, the question) and is always computed.
+2. A selector picks which chunk tokens to recompute (a budget of ratio x chunk tokens).
+3. One pass runs the fresh tokens plus the selected ones through every layer: at each
+   layer their new K/V overwrite the cached rows, and each query attends to every key at
+   a position <= its own, cached or fresh (exact causal by position).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .chunk_kv import ChunkKV
+from .model import AttentionMode, KVCache, TransformerModel
+from .rope import rerotate_keys
+
+
+@dataclass
+class PlacedChunk:
+    entry: ChunkKV  # on the model's device
+    start: int  # position of its first token in this prompt
+
+    @property
+    def end(self) -> int:
+        return self.start + self.entry.num_tokens
+
+
+@dataclass
+class FusionContext:
+    """What a selector may look at: the prompt, the fused cache, where chunks and question sit."""
+
+    model: TransformerModel
+    cache: KVCache
+    token_ids: torch.Tensor  # [N]
+    chunks: list[PlacedChunk]
+    chunk_positions: torch.Tensor  # [C] sorted
+    fresh_positions: torch.Tensor  # [F] sorted: always recomputed
+    question_positions: torch.Tensor  # fresh tokens after the last chunk (the question and template tail)
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.token_ids.numel())
+
+
+# before_write sees each layer's fresh q/k/v while the cache still holds the old rows; a
+# boolean mask it returns narrows the pass to those tokens from that layer's attention on.
+BeforeWrite = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
+# after_write sees each layer's queries once their K/V are in the cache (attention probes).
+AfterWrite = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def place_chunks(model: TransformerModel, cache: KVCache, chunks: list[PlacedChunk]) -> None:
+    """Copy each chunk's KV into the cache at its new start, keys re-rotated by the position delta."""
+    for c in chunks:
+        delta = c.start - c.entry.start
+        cache.k[:, c.start : c.end] = rerotate_keys(c.entry.k, delta, model.rope)
+        cache.v[:, c.start : c.end] = c.entry.v
+
+
+def build_context(model: TransformerModel, cache: KVCache, token_ids: torch.Tensor, chunks: list[PlacedChunk]) -> FusionContext:
+    dev, n = token_ids.device, int(token_ids.numel())
+    is_chunk = torch.zeros(n, dtype=torch.bool, device=dev)
+    for c in chunks:
+        is_chunk[c.start : c.end] = True
+    last_chunk_end = max((c.end for c in chunks), default=0)
+    positions = torch.arange(n, device=dev)
+    fresh = positions[~is_chunk]
+    return FusionContext(
+        model=model,
+        cache=cache,
+        token_ids=token_ids,
+        chunks=chunks,
+        chunk_positions=positions[is_chunk],
+        fresh_positions=fresh,
+        question_positions=fresh[fresh >= last_chunk_end],
+    )
+
+
+@torch.inference_mode()
+def run_layers(
+    model: TransformerModel,
+    cache: KVCache,
+    token_ids: torch.Tensor,
+    positions: torch.Tensor,
+    before_write: BeforeWrite | None = None,
+    after_write: AfterWrite | None = None,
+    num_layers: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run `positions` (sorted) through the first `num_layers` layers, writing their K/V by position.
+
+    Returns (hidden states, positions) of the tokens still running at the end.
+    """
+    h = model.embed(token_ids[positions])
+    cos, sin = model.rotary(positions)
+    max_position = int(positions[-1])
+    for layer in range(num_layers if num_layers is not None else model.config.num_layers):
+        q, k, v = model.qkv(layer, h, cos, sin)
+        keep = before_write(layer, q, k, v, positions) if before_write is not None else None
+        cache.write(layer, positions, None, k, v)
+        if after_write is not None:
+            after_write(layer, q, positions)
+        if keep is not None:
+            h, q, positions, cos, sin = h[keep], q[keep], positions[keep], cos[keep], sin[keep]
+        attn = model.attend(q, cache, layer, positions, AttentionMode.BY_POSITION, max_position)
+        h = model.finish_layer(layer, h, attn)
+    return h, positions
+
+
+def active_positions(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
+    """Fresh + selected + the last prompt position (its logits are the output), sorted and unique."""
+    last = torch.tensor([ctx.num_positions - 1], device=ctx.fresh_positions.device)
+    return torch.unique(torch.cat((ctx.fresh_positions, selected.to(last.device), last)))
+
+
+def recompute(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
+    """The selective-recompute pass over fresh + selected positions; returns the last token's logits [1, V]."""
+    h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, active_positions(ctx, selected))
+    return ctx.model.logits(h[-1:])
+
+
+def attention_to_positions(
+    q: torch.Tensor, keys: torch.Tensor, q_pos: torch.Tensor, key_positions: torch.Tensor
+) -> torch.Tensor:
+    """Attention probability mass each of `key_positions` receives from queries q (summed over heads and queries).
+
+    q: [Sq, Hq, D] at positions q_pos; keys: [N, Hkv, D] (row j at position j). Causal by position.
+    """
+    Sq, Hq, D = q.shape
+    Hkv = keys.shape[1]
+    group = Hq // Hkv
+    qg = q.float().view(Sq, Hkv, group, D).permute(1, 2, 0, 3).reshape(Hkv, group * Sq, D)
+    scores = qg @ keys.float().permute(1, 2, 0) / D**0.5  # [Hkv, group*Sq, N]
+    visible = torch.arange(keys.shape[0], device=q.device)[None, :] <= q_pos[:, None]  # [Sq, N]
+    scores = scores.view(Hkv, group, Sq, -1).masked_fill(~visible, float("-inf"))
+    probs = scores.softmax(dim=-1)
+    return probs.sum(dim=(0, 1, 2))[key_positions]

@@ -1,0 +1,80 @@
+"""Computing chunk KV: each chunk prefilled after a shared prefix, many chunks per batch.
+
+The shared prefix (BOS, plus EngineConfig.chunk_prefix, plus any context texts) is
+computed once and its KV broadcast to every chunk in a batch, so chunk i attends to the
+prefix and to its own earlier tokens only: exactly what a one-chunk prefill would do.
+Chunks are right-padded to the batch's longest; padding comes after every real token, so
+causal attention never lets a real token see it. Only the chunk rows are kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .model import AttentionMode, TransformerModel
+
+
+@torch.inference_mode()
+def prefix_kv(model: TransformerModel, prefix_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """K/V of the shared prefix: [L, P, Hkv, D] each (P may be 0)."""
+    cache = model.new_cache(max(1, len(prefix_ids)))
+    if prefix_ids:
+        ids = torch.tensor(prefix_ids, device=model.device)
+        model.forward(ids, torch.arange(len(prefix_ids), device=model.device), cache, AttentionMode.CAUSAL_FROM_ZERO)
+    n = len(prefix_ids)
+    return cache.k[:, :n].clone(), cache.v[:, :n].clone()
+
+
+def batches(lengths: list[int], batch_tokens: int) -> Iterator[list[int]]:
+    """Indices grouped so that (count x longest) stays within batch_tokens; similar lengths together."""
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i], reverse=True)
+    batch: list[int] = []
+    for i in order:
+        if batch and (len(batch) + 1) * lengths[batch[0]] > batch_tokens:
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+@torch.inference_mode()
+def compute_chunk_kv(
+    model: TransformerModel,
+    prefix: tuple[torch.Tensor, torch.Tensor],
+    chunks: list[list[int]],
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """KV of each chunk ([L, T_i, Hkv, D] pairs) computed after `prefix`, all in one padded batch."""
+    c, dev = model.config, model.device
+    pk, pv = prefix
+    P, B, T = pk.shape[1], len(chunks), max(len(ids) for ids in chunks)
+    ids = torch.zeros(B, T, dtype=torch.long, device=dev)
+    for b, chunk in enumerate(chunks):
+        ids[b, : len(chunk)] = torch.tensor(chunk, device=dev)
+    positions = torch.arange(P, P + T, device=dev).repeat(B)  # [B*T]
+    rotary = model.rotary(positions)
+    out_k = torch.empty(c.num_layers, B, T, c.num_kv_heads, c.head_dim, device=dev, dtype=model.dtype)
+    out_v = torch.empty_like(out_k)
+    # query i (at P+i) sees all P prefix keys and chunk keys 0..i: lower-right aligned causal
+    mask = torch.ones(T, P + T, dtype=torch.bool, device=dev).tril(diagonal=P)
+    h = model.embed(ids.reshape(-1))
+    for layer in range(c.num_layers):
+        q, k, v = model.qkv(layer, h, *rotary)
+        out_k[layer], out_v[layer] = k.view(B, T, *k.shape[1:]), v.view(B, T, *v.shape[1:])
+        if layer == c.num_layers - 1:
+            break  # the last layer's K/V are all we keep: skip its attention and MLP
+        keys = torch.cat((pk[layer].expand(B, -1, -1, -1), out_k[layer]), dim=1)  # [B, P+T, Hkv, D]
+        values = torch.cat((pv[layer].expand(B, -1, -1, -1), out_v[layer]), dim=1)
+        attn = F.scaled_dot_product_attention(
+            q.view(B, T, c.num_heads, c.head_dim).transpose(1, 2),
+            keys.transpose(1, 2),
+            values.transpose(1, 2),
+            attn_mask=mask,
+            enable_gqa=True,
+        )  # [B, Hq, T, D]
+        h = model.finish_layer(layer, h, attn.transpose(1, 2).reshape(B * T, c.num_heads, c.head_dim))
+    return [(out_k[:, b, : len(chunk)].clone(), out_v[:, b, : len(chunk)].clone()) for b, chunk in enumerate(chunks)]
+

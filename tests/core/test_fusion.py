@@ -1,0 +1,125 @@
+"""Fusion invariants: a full recompute equals a plain prefill; re-rotated keys equal fresh ones."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusionrag_integrations import ChunkNotFoundError
+from fusionrag_integrations.core.model import AttentionMode
+from tests.conftest import DOCS, engine_on, rag_messages
+
+
+def plain_prefill(engine, token_ids: list[int]):
+    n = len(token_ids)
+    cache = engine.model.new_cache(n)
+    logits = engine.model.forward(torch.tensor(token_ids), torch.arange(n), cache, AttentionMode.CAUSAL_FROM_ZERO)
+    return logits[-1], cache
+
+
+@pytest.fixture(params=["smollm2", "qwen3", "llama3_rope"])
+def any_engine(request, smol_engine, tiny_engines, tmp_path):
+    loaded = smol_engine.loaded if request.param == "smollm2" else tiny_engines[request.param].loaded
+    return engine_on(loaded, tmp_path / "cache")
+
+
+def test_full_selector_equals_plain_prefill(any_engine):
+    any_engine.precompute(DOCS)
+    pre = any_engine.prefill(rag_messages(DOCS), selector="full")
+    assert pre.stats.chunks_found == len(DOCS) and pre.stats.tokens_reused == 0
+    ref, _ = plain_prefill(any_engine, pre.token_ids)
+    assert ref.std() > 0.05
+    assert (pre.logits - ref).abs().max().item() < 1e-4
+
+
+def test_ratio_one_equals_plain_prefill_for_any_selector(smol):
+    smol.precompute(DOCS)
+    ref = None
+    for selector in ("fusionrag", "epic", "cacheblend"):
+        pre = smol.prefill(rag_messages(DOCS), selector=selector, recompute_ratio=1.0)
+        ref = plain_prefill(smol, pre.token_ids)[0] if ref is None else ref
+        assert (pre.logits - ref).abs().max().item() < 1e-4, selector
+
+
+def test_rerotated_chunk_keys_equal_fresh_layer0_keys(any_engine):
+    """Layer 0 sees only a token and its position, so re-rotation must reproduce it exactly."""
+    any_engine.precompute(DOCS)
+    pre = any_engine.prefill(rag_messages(DOCS), selector="none")
+    _, full_cache = plain_prefill(any_engine, pre.token_ids)
+    moved = 0
+    for chunk in any_engine.fusion_context(rag_messages(DOCS)).chunks:
+        rows = slice(chunk.start, chunk.end)
+        assert chunk.start != chunk.entry.start  # the chunk really moved
+        moved += 1
+        assert (pre.cache.k[0, rows] - full_cache.k[0, rows]).abs().max().item() < 1e-5
+        assert (pre.cache.v[0, rows] - full_cache.v[0, rows]).abs().max().item() < 1e-5
+    assert moved == len(DOCS)
+
+
+def test_none_selector_is_an_approximation(smol):
+    """Guards the invariant tests: without recompute the logits do differ from a full prefill."""
+    smol.precompute(DOCS)
+    none = smol.prefill(rag_messages(DOCS), selector="none")
+    full = smol.prefill(rag_messages(DOCS), selector="full")
+    assert (none.logits - full.logits).abs().max().item() > 1e-2
+
+
+def test_stats_report_reuse(smol):
+    smol.precompute(DOCS)
+    out = smol.generate(rag_messages(DOCS), max_new_tokens=4, selector="epic", recompute_ratio=0.2)
+    s = out.stats
+    n_chunk_tokens = sum(len(smol.chunk_token_ids(d)) for d in DOCS)
+    assert (s.chunks_found, s.chunks_reused, s.chunks_computed) == (4, 4, 0)
+    assert s.tokens_reused + s.tokens_recomputed == n_chunk_tokens
+    assert abs(s.tokens_recomputed - 0.2 * n_chunk_tokens) <= 1
+    assert s.selector == "epic" and s.recompute_ratio == 0.2
+    assert out.usage.cached_tokens == s.tokens_reused
+
+
+def test_detects_chunks_whose_whitespace_was_stripped_or_changed(smol):
+    smol.precompute([f"\n  {d}  \n\n" for d in DOCS])  # stored with surrounding whitespace
+    for sep in ("\n\n", "\n---\n", " | "):
+        pre = smol.prefill(rag_messages([d.strip() for d in DOCS], sep=sep), selector="none")
+        assert pre.stats.chunks_found == len(DOCS), sep
+
+
+def test_text_between_chunks_is_computed_fresh(smol):
+    smol.precompute(DOCS[:2])
+    ctx = smol.fusion_context(rag_messages(DOCS))
+    chunk_tokens = sum(c.entry.num_tokens for c in ctx.chunks)
+    assert len(ctx.chunks) == 2  # DOCS[2:] were never precomputed: they are plain prompt text
+    assert ctx.fresh_positions.numel() == ctx.num_positions - chunk_tokens
+    assert ctx.question_positions.numel() > 5
+
+
+def test_explicit_chunks_are_computed_on_demand_then_reused(smol):
+    first = smol.generate(rag_messages(DOCS), max_new_tokens=2, chunks=DOCS)
+    assert (first.stats.chunks_found, first.stats.chunks_computed, first.stats.chunks_reused) == (4, 4, 0)
+    again = smol.generate(rag_messages(DOCS), max_new_tokens=2, chunks=DOCS)
+    assert (again.stats.chunks_computed, again.stats.chunks_reused) == (0, 4)
+
+
+def test_explicit_chunk_absent_from_prompt_raises(smol):
+    with pytest.raises(ChunkNotFoundError, match="do not occur"):
+        smol.generate(rag_messages(DOCS[:2]), chunks=DOCS[:3])
+
+
+def test_empty_chunk_list_disables_fusion(smol):
+    smol.precompute(DOCS)
+    out = smol.generate(rag_messages(DOCS), max_new_tokens=2, chunks=[])
+    assert out.stats.chunks_found == 0 and out.stats.selector is None
+
+
+def test_segmented_tokenisation_differs_little_from_whole_string(smol):
+    """Chunks are tokenised alone; we measure how far that is from tokenising the whole prompt."""
+    smol.precompute(DOCS)
+    pre = smol.prefill(rag_messages(DOCS), selector="none")
+    rendered = smol.tokenizer.apply_chat_template(rag_messages(DOCS), tokenize=False, add_generation_prompt=True)
+    whole = smol.tokenizer(rendered, add_special_tokens=False).input_ids
+    import difflib
+
+    ops = difflib.SequenceMatcher(a=whole, b=pre.token_ids, autojunk=False).get_opcodes()
+    changed = sum(max(i2 - i1, j2 - j1) for tag, i1, i2, j1, j2 in ops if tag != "equal")
+    print(f"segmented vs whole tokenisation: {changed} of {len(whole)} tokens differ")
+    assert abs(len(whole) - len(pre.token_ids)) <= 2 * len(DOCS)
+    assert changed <= 4 * len(DOCS)  # at most a few tokens at each chunk boundary
