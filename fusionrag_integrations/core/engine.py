@@ -19,52 +19,21 @@ from .config import EngineConfig
 from .detect import ChunkIndex, Match
 from .errors import ChunkNotFoundError, ContextLengthError, EmptyPromptError
 from .fusion import FusionContext, PlacedChunk, build_context, place_chunks
-from .loader import LoadedModel, load_model
-from .model import AttentionMode, KVCache
-from .outputs import Generation, GenerationChunk, GenerationStats, Usage
-from .precompute import batches, compute_chunk_kv, prefix_kv
+from .generation import Prefill, decode_loop
+from .loader import LoadedModel, load_model, resolve_device, resolve_dtype
+from .model import AttentionMode
+from .outputs import Generation, GenerationChunk, GenerationStats
+from .precompute import compute_entries, prefix_kv
 from .prompt import Prompt, encode_text, render_prompt, split_at_matches
 from .registry import ChunkRegistry
-from .sampling import Sampler, SamplingParams, TextStream
-from .selectors import SELECTORS, CacheBlendSelector, CacheClipSelector, QCFuseSelector, Selector
-
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
-
-
-def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
-    """'auto': bfloat16 on CUDA (what checkpoints ship in), float32 on CPU (exact, and CPUs lack fast bf16 GEMMs)."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
-    return _DTYPES[dtype]
-
+from .sampling import SamplingParams
+from .selectors import Selector, make_selector
 
 @dataclass
 class PreparedPrompt:
     token_ids: list[int]
     chunks: list[PlacedChunk] = field(default_factory=list)
     stats: GenerationStats = field(default_factory=GenerationStats)
-
-
-@dataclass
-class Prefill:
-    """The state after the prompt: next-token logits, the filled KV cache, and what fusion did."""
-
-    logits: torch.Tensor  # [V] float32
-    token_ids: list[int]
-    cache: KVCache
-    stats: GenerationStats
-    selected: torch.Tensor | None = None  # recomputed chunk positions (None without fusion)
 
 
 class FusionEngine:
@@ -177,27 +146,18 @@ class FusionEngine:
                  show_progress: bool | None) -> None:
         if not jobs:
             return
-        if prefix_ids == self.prefix_ids:
-            if self._prefix_kv is None:
-                self._prefix_kv = prefix_kv(self.model, self.prefix_ids)
-            prefix = self._prefix_kv
-        else:
+        if prefix_ids != self.prefix_ids:
             prefix = prefix_kv(self.model, prefix_ids)
-        lengths = [len(ids) for _, (_, ids) in jobs]
-        progress = tqdm(total=len(jobs), desc="precompute", unit="chunk",
-                        disable=(not show_progress) if show_progress is not None else (len(jobs) < 16 or None))
-        for batch in batches(lengths, self.config.precompute_batch_tokens):
-            kvs = compute_chunk_kv(self.model, prefix, [jobs[i][1][1] for i in batch])
-            entries = []
-            for i, (k, v) in zip(batch, kvs):
-                key, (text, ids) = jobs[i]
-                entry = ChunkKV(key, torch.tensor(ids, dtype=torch.long), k, v, len(prefix_ids),
-                                self.loaded.model_fingerprint, context_id)
-                entries.append((entry, text))
-            self.chunks.add(entries)
-            self.counters["chunks_computed"] += len(batch)
-            progress.update(len(batch))
-        progress.close()
+        else:
+            self._prefix_kv = self._prefix_kv or prefix_kv(self.model, self.prefix_ids)
+            prefix = self._prefix_kv
+        show = (not show_progress) if show_progress is not None else (len(jobs) < 16 or None)
+        with tqdm(total=len(jobs), desc="precompute", unit="chunk", disable=show) as progress:
+            for entries in compute_entries(self.model, prefix, len(prefix_ids), jobs, self.loaded.model_fingerprint,
+                                           context_id, self.config.precompute_batch_tokens):
+                self.chunks.add(entries)
+                self.counters["chunks_computed"] += len(entries)
+                progress.update(len(entries))
 
     def forget(self, keys: Sequence[str]) -> int:
         """Remove these entries from every tier, the disk and the detection index; returns how many were known."""
@@ -249,34 +209,8 @@ class FusionEngine:
         return float(ratio)
 
     def _selector(self, selector: str | Selector | None) -> Selector:
-        if isinstance(selector, Selector):
-            return selector
-        name = selector or self.config.fusion.selector
-        if name not in SELECTORS:
-            raise ValueError(f"unknown selector {name!r}; choose one of {sorted(SELECTORS)}")
-        if name == "cacheblend":
-            return CacheBlendSelector(self.config.fusion.check_layer)
-        if name == "qcfuse":
-            return QCFuseSelector(self.critical_layer)
-        if name == "cacheclip":
-            return CacheClipSelector(self.aux_model)
-        return SELECTORS[name]()
-
-    def prefill(
-        self,
-        prompt: Prompt,
-        *,
-        chunks: Sequence[str] | None = None,
-        selector: str | Selector | None = None,
-        recompute_ratio: float | None = None,
-        tools: Sequence[dict] | None = None,
-        max_new_tokens: int = 1,
-    ) -> Prefill:
-        """Process the prompt (fusing cached chunks) without sampling: the evaluation harness and
-        tests read the first-token distribution from here. Same fusion arguments as `stream`."""
-        chosen, ratio = self._selector(selector), self._ratio(recompute_ratio)
-        with self._lock:
-            return self._prefill(prompt, tools, chunks, chosen, ratio, max_new_tokens)
+        return make_selector(selector or self.config.fusion.selector, self.config.fusion, self.critical_layer,
+                             self.aux_model)
 
     def fusion_context(self, prompt: Prompt, *, chunks: Sequence[str] | None = None,
                        tools: Sequence[dict] | None = None) -> FusionContext:
@@ -293,6 +227,7 @@ class FusionEngine:
 
     def _prefill(self, prompt: Prompt, tools, chunks, selector: Selector, ratio: float,
                  max_new_tokens: int) -> Prefill:
+        t_start = time.perf_counter()
         prepared = self._prepare(prompt, tools, chunks)
         prompt_ids, stats = prepared.token_ids, prepared.stats
         self._check_length(len(prompt_ids), max_new_tokens)
@@ -314,46 +249,28 @@ class FusionEngine:
         logits = logits[-1]
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
-        stats.prefill_ms = (time.perf_counter() - t_prefill) * 1e3
+        t_done = time.perf_counter()
+        stats.prefill_ms = (t_done - t_prefill) * 1e3
+        stats.ttft_ms = (t_done - t_start) * 1e3  # time to the logits; generation adds the sampling
         return Prefill(logits, prompt_ids, cache, stats, selected)
 
     def _generate(self, prompt: Prompt, params: SamplingParams, tools, chunks, selector: Selector,
                   ratio: float) -> Iterator[GenerationChunk]:
         t_start = time.perf_counter()
         pre = self._prefill(prompt, tools, chunks, selector, ratio, params.max_new_tokens)
-        prompt_ids, stats, cache = pre.token_ids, pre.stats, pre.cache
-        sampler = Sampler(params, self.device)
-        token = sampler(pre.logits)
-        t_first = time.perf_counter()
-        stats.ttft_ms = (t_first - t_start) * 1e3
+        yield from decode_loop(self.model, self.tokenizer, self.loaded.eos_token_ids, pre, params, t_start)
 
-        stream = TextStream(self.tokenizer, params.stop)
-        eos = self.loaded.eos_token_ids
-        pos, generated, finish = len(prompt_ids), [], "length"
-        while True:
-            if token in eos:
-                finish = "stop"
-                break
-            generated.append(token)
-            delta = stream.push(token)
-            if stream.stopped or len(generated) >= params.max_new_tokens:
-                finish = "stop" if stream.stopped else "length"
-                delta += "" if stream.stopped else stream.flush()
-                if delta:
-                    yield GenerationChunk(delta, [token])
-                break
-            yield GenerationChunk(delta, [token])
-            step = torch.tensor([token], device=self.device)
-            logits = self.model.forward(step, torch.tensor([pos], device=self.device), cache, AttentionMode.DECODE, pos)
-            token = sampler(logits[-1])
-            pos += 1
-        if finish == "stop" and not stream.stopped:
-            tail = stream.flush()
-            if tail:
-                yield GenerationChunk(tail, [])
-        stats.decode_ms = (time.perf_counter() - t_first) * 1e3
-        usage = Usage(len(prompt_ids), len(generated), stats.tokens_reused)
-        yield GenerationChunk("", [], finish, usage, stats)
+    def decode(self, pre: Prefill, **sampling) -> Generation:
+        """Continue generating from a `prefill` result (its cache is consumed): the evaluation harness
+        reads the first-token logits and the answer from one prefill. Sampling arguments as in `stream`."""
+        params = SamplingParams(**{"max_new_tokens": 256, **sampling})
+        self._check_length(len(pre.token_ids), params.max_new_tokens)
+        with self._lock:
+            pieces = list(decode_loop(self.model, self.tokenizer, self.loaded.eos_token_ids, pre, params,
+                                      time.perf_counter() - pre.stats.ttft_ms / 1e3))
+        last = pieces[-1]
+        return Generation("".join(p.text for p in pieces), [t for p in pieces for t in p.token_ids],
+                          last.finish_reason, last.usage, last.stats)
 
     def _prepare(self, prompt: Prompt, tools, chunks: Sequence[str] | None) -> PreparedPrompt:
         """Render, find chunks, and lay out token ids with each chunk's cached entry at its position."""

@@ -119,8 +119,15 @@ def active_positions(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor
 
 
 def recompute(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
-    """The selective-recompute pass over fresh + selected positions; returns the last token's logits [1, V]."""
-    h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, active_positions(ctx, selected))
+    """The selective-recompute pass over fresh + selected positions; returns the last token's logits [1, V].
+
+    When every position is active this is a plain prefill, run as one (causal flash attention).
+    """
+    active = active_positions(ctx, selected)
+    if active.numel() == ctx.num_positions:
+        positions = torch.arange(ctx.num_positions, device=active.device)
+        return ctx.model.forward(ctx.token_ids, positions, ctx.cache, AttentionMode.CAUSAL_FROM_ZERO, ctx.num_positions - 1)
+    h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, active)
     return ctx.model.logits(h[-1:])
 
 

@@ -42,6 +42,27 @@ class LoadedModel:
     tokenizer_fingerprint: str
 
 
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+           "float16": torch.float16, "fp16": torch.float16}
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """'auto': bfloat16 on CUDA (what checkpoints ship in), float32 on CPU (exact, and CPUs lack fast bf16 GEMMs)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
 def load_model(source: str | os.PathLike, device: torch.device, dtype: torch.dtype, cache_dir: Path) -> LoadedModel:
     model_dir, name = resolve_model_dir(source, cache_dir)
     hf_config = _auto_config(model_dir)

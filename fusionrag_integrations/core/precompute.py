@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
+from .chunk_kv import ChunkKV
 from .model import AttentionMode, TransformerModel
 
 
@@ -78,3 +79,23 @@ def compute_chunk_kv(
         h = model.finish_layer(layer, h, attn.transpose(1, 2).reshape(B * T, c.num_heads, c.head_dim))
     return [(out_k[:, b, : len(chunk)].clone(), out_v[:, b, : len(chunk)].clone()) for b, chunk in enumerate(chunks)]
 
+
+
+def compute_entries(
+    model: TransformerModel,
+    prefix: tuple[torch.Tensor, torch.Tensor],
+    start: int,
+    jobs: list[tuple[str, tuple[str, list[int]]]],
+    model_fingerprint: str,
+    context_id: str,
+    batch_tokens: int,
+) -> Iterator[list[tuple[ChunkKV, str]]]:
+    """jobs: (key, (text, token ids)) -> batches of (ChunkKV, text), computed after `prefix` at `start`."""
+    lengths = [len(ids) for _, (_, ids) in jobs]
+    for batch in batches(lengths, batch_tokens):
+        kvs = compute_chunk_kv(model, prefix, [jobs[i][1][1] for i in batch])
+        out = []
+        for i, (k, v) in zip(batch, kvs):
+            key, (text, ids) = jobs[i]
+            out.append((ChunkKV(key, torch.tensor(ids, dtype=torch.long), k, v, start, model_fingerprint, context_id), text))
+        yield out

@@ -21,6 +21,7 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
+from .config import FusionConfig
 from .fusion import FusionContext, active_positions, attention_to_positions, recompute, run_layers
 from .model import KVCache, TransformerModel
 
@@ -250,3 +251,23 @@ SELECTORS: dict[str, type[Selector]] = {
     for cls in (FullSelector, NoneSelector, EpicSelector, CacheBlendSelector, FusionRAGSelector, QCFuseSelector,
                 CacheClipSelector)
 }
+
+
+def make_selector(
+    selector: str | Selector,
+    config: FusionConfig,
+    critical_layer: int | None = None,
+    aux_model: TransformerModel | None = None,
+) -> Selector:
+    """A selector instance from its name (configured from `config`), or the instance itself."""
+    if isinstance(selector, Selector):
+        return selector
+    if selector not in SELECTORS:
+        raise ValueError(f"unknown selector {selector!r}; choose one of {sorted(SELECTORS)}")
+    if selector == "cacheblend":
+        return CacheBlendSelector(config.check_layer)
+    if selector == "qcfuse":
+        return QCFuseSelector(critical_layer)
+    if selector == "cacheclip":
+        return CacheClipSelector(aux_model)
+    return SELECTORS[selector]()

@@ -123,3 +123,17 @@ def test_segmented_tokenisation_differs_little_from_whole_string(smol):
     print(f"segmented vs whole tokenisation: {changed} of {len(whole)} tokens differ")
     assert abs(len(whole) - len(pre.token_ids)) <= 2 * len(DOCS)
     assert changed <= 4 * len(DOCS)  # at most a few tokens at each chunk boundary
+
+
+def test_selective_machinery_over_all_positions_equals_plain_prefill(any_engine):
+    """The by-position pass (what partial recompute runs) must reproduce a plain prefill when nothing is skipped."""
+    from fusionrag_integrations.core.fusion import run_layers
+
+    any_engine.precompute(DOCS)
+    ctx = any_engine.fusion_context(rag_messages(DOCS))
+    everything = torch.arange(ctx.num_positions)
+    h, _ = run_layers(any_engine.model, ctx.cache, ctx.token_ids, everything)
+    fused = any_engine.model.logits(h[-1:])[0]
+    ref, full_cache = plain_prefill(any_engine, ctx.token_ids.tolist())
+    assert (fused - ref).abs().max().item() < 1e-4
+    assert (ctx.cache.k - full_cache.k).abs().max().item() < 1e-4  # every layer's K, every row

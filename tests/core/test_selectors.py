@@ -16,7 +16,7 @@ from fusionrag_integrations.core.selectors import (
     allocate_budget,
     profile_critical_layer,
 )
-from tests.conftest import DOCS, engine_on, rag_messages
+from tests.conftest import DOCS, rag_messages
 
 
 @pytest.fixture

@@ -1,0 +1,159 @@
+"""The chunk-KV store: bit-identical round trips, LRU tiers, corrupt entries, several processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from fusionrag_integrations.core.chunk_kv import ChunkKV, CorruptEntryError, read_entry, write_entry
+from fusionrag_integrations.core.store import ChunkStore, LRUTier
+from tests.conftest import DOCS, MODEL_CACHE, REPO, engine_on, rag_messages
+
+
+def random_entry(key: str = "k" * 64, tokens: int = 7) -> ChunkKV:
+    g = torch.Generator().manual_seed(len(key) + tokens)
+    return ChunkKV(key, torch.randint(0, 1000, (tokens,), generator=g), torch.randn(2, tokens, 3, 8, generator=g),
+                   torch.randn(2, tokens, 3, 8, generator=g), start=1, model_fingerprint="fp")
+
+
+def test_round_trip_is_bit_identical(tmp_path):
+    entry = random_entry()
+    write_entry(entry, tmp_path / "e.safetensors")
+    back = read_entry(tmp_path / "e.safetensors", entry.key, "fp")
+    for name in ("token_ids", "k", "v"):
+        assert torch.equal(getattr(back, name), getattr(entry, name))
+    assert (back.start, back.context_id) == (entry.start, entry.context_id)
+    assert not list(tmp_path.glob(".*tmp"))  # no temporary file left behind
+
+
+def test_bf16_round_trip_is_bit_identical(tmp_path):
+    entry = random_entry()
+    entry.k, entry.v = entry.k.bfloat16(), entry.v.bfloat16()
+    write_entry(entry, tmp_path / "e.safetensors")
+    back = read_entry(tmp_path / "e.safetensors", entry.key, "fp")
+    assert back.k.dtype == torch.bfloat16 and torch.equal(back.k, entry.k)
+
+
+def test_lru_tier_evicts_least_recently_used_within_budget():
+    a, b, c = random_entry("a" * 64), random_entry("b" * 64), random_entry("c" * 64)
+    tier = LRUTier(torch.device("cpu"), budget_bytes=2 * a.nbytes)
+    assert tier.put(a) == [] and tier.put(b) == []
+    tier.get(a.key)  # a is now the most recent
+    evicted = tier.put(c)
+    assert [e.key for e in evicted] == [b.key] and tier.used == 2 * a.nbytes
+    assert set(tier.entries) == {a.key, c.key}
+
+
+def test_store_falls_back_to_disk_after_memory_eviction(tmp_path):
+    entries = [random_entry(ch * 64) for ch in "abc"]
+    store = ChunkStore("fp", torch.device("cpu"), 0, entries[0].nbytes, tmp_path)
+    for e in entries:
+        store.put(e)
+    assert len(store.cpu.entries) == 1
+    back = store.get(entries[0].key)
+    assert torch.equal(back.k, entries[0].k) and store.counts["disk"] == 1
+
+
+def corrupt(path, how: str) -> None:
+    data = bytearray(path.read_bytes())
+    if how == "truncate":
+        path.write_bytes(bytes(data[: len(data) // 2]))
+    elif how == "bitflip":
+        data[-5] ^= 0x10  # inside the V tensor's payload
+        path.write_bytes(bytes(data))
+    elif how == "foreign_model":
+        with safe_open(str(path), framework="pt") as f:
+            meta, tensors = dict(f.metadata()), {n: f.get_tensor(n) for n in f.keys()}
+        meta["model_fingerprint"] = "another-model"
+        save_file(tensors, str(path), metadata=meta)
+
+
+@pytest.mark.parametrize("how", ["truncate", "bitflip", "foreign_model"])
+def test_entry_level_corruption_is_detected(tmp_path, how):
+    entry = random_entry()
+    write_entry(entry, tmp_path / "e.safetensors")
+    corrupt(tmp_path / "e.safetensors", how)
+    with pytest.raises(CorruptEntryError):
+        read_entry(tmp_path / "e.safetensors", entry.key, "fp")
+
+
+@pytest.mark.parametrize("how", ["truncate", "bitflip", "foreign_model"])
+def test_corrupt_entries_are_recomputed_and_output_unchanged(smol_engine, tmp_path, how):
+    clean = engine_on(smol_engine.loaded, tmp_path / "clean")
+    clean.precompute(DOCS)
+    expected = clean.generate(rag_messages(DOCS), max_new_tokens=12, selector="fusionrag")
+
+    writer = engine_on(smol_engine.loaded, tmp_path / "c")
+    keys = writer.precompute(DOCS)
+    for key in keys:
+        corrupt(writer.chunks.store.path(key), how)
+    reader = engine_on(smol_engine.loaded, tmp_path / "c")  # fresh memory tiers: must read the disk
+    out = reader.generate(rag_messages(DOCS), max_new_tokens=12, selector="fusionrag")
+    assert reader.chunks.store.counts["corrupt"] == len(DOCS)
+    assert out.stats.chunks_found == len(DOCS) and out.stats.chunks_computed == len(DOCS)
+    assert out.token_ids == expected.token_ids
+    for key in keys:  # the recomputed entries are valid on disk again
+        read_entry(reader.chunks.store.path(key), key, smol_engine.loaded.model_fingerprint)
+
+
+CHILD = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path
+    from tests.conftest import DOCS, rag_messages
+    engine = FusionEngine.from_pretrained(default_model_path(), device="cpu",
+        config=EngineConfig(cache_dir={models!r}))
+    engine = FusionEngine(engine.loaded, EngineConfig(cache_dir={cache!r}))
+    mode = sys.argv[1]
+    if mode == "write":
+        texts = [d + sys.argv[2] for d in DOCS] + DOCS
+        engine.precompute(texts)
+        print(json.dumps({{"computed": engine.counters["chunks_computed"]}}))
+    else:
+        out = engine.generate(rag_messages(DOCS), max_new_tokens=4)
+        s = out.stats
+        print(json.dumps({{"found": s.chunks_found, "reused": s.chunks_reused, "computed": s.chunks_computed,
+                           "precomputed": engine.counters["chunks_computed"]}}))
+    """
+)
+
+
+def run_child(tmp_path, *args: str) -> subprocess.Popen:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD.format(repo=str(REPO), models=str(MODEL_CACHE), cache=str(tmp_path / "shared")))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+
+
+def result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def test_two_processes_writing_one_directory_lose_nothing(smol_engine, tmp_path):
+    a, b = run_child(tmp_path, "write", " (A)"), run_child(tmp_path, "write", " (B)")
+    result(a), result(b)
+    engine = engine_on(smol_engine.loaded, tmp_path / "shared")
+    texts = [d + " (A)" for d in DOCS] + [d + " (B)" for d in DOCS] + DOCS
+    assert len(engine.chunks) == len(texts)  # both processes' catalog rows are there
+    keys = engine.precompute(texts)
+    assert engine.counters["chunks_computed"] == 0
+    for key in keys:  # and every file verifies
+        read_entry(engine.chunks.store.path(key), key, smol_engine.loaded.model_fingerprint)
+
+
+def test_second_process_reuses_the_persistent_cache(smol_engine, tmp_path):
+    engine_on(smol_engine.loaded, tmp_path / "shared").precompute(DOCS)
+    stats = result(run_child(tmp_path, "read"))
+    assert stats == {"found": len(DOCS), "reused": len(DOCS), "computed": 0, "precomputed": 0}
