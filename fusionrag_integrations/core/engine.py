@@ -212,6 +212,23 @@ class FusionEngine:
         return make_selector(selector or self.config.fusion.selector, self.config.fusion, self.critical_layer,
                              self.aux_model)
 
+    def prefill(
+        self,
+        prompt: Prompt,
+        *,
+        chunks: Sequence[str] | None = None,
+        selector: str | Selector | None = None,
+        recompute_ratio: float | None = None,
+        tools: Sequence[dict] | None = None,
+        max_new_tokens: int = 1,
+    ) -> Prefill:
+        """Process the prompt (fusing cached chunks) without sampling: the evaluation harness and
+        tests read the first-token distribution from here. Same fusion arguments as `stream`."""
+        chosen, ratio = self._selector(selector), self._ratio(recompute_ratio)
+        with self._lock:
+            return self._prefill(prompt, tools, chunks, chosen, ratio, max_new_tokens)
+
+
     def fusion_context(self, prompt: Prompt, *, chunks: Sequence[str] | None = None,
                        tools: Sequence[dict] | None = None) -> FusionContext:
         """The fused cache before any recompute (chunks placed, fresh rows empty): for selectors'
