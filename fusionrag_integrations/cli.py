@@ -33,6 +33,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(model=args.model, device=args.device)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    if args.what == "quality":
+        from .evaluation.cli import main as quality_main
+
+        return quality_main(args.rest)
+    raise SystemExit(f"unknown benchmark {args.what!r}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fusionrag", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +62,11 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append")
     gen.add_argument("--stats", action="store_true", help="print timing and reuse stats to stderr")
     gen.set_defaults(func=cmd_generate)
+
+    bench = sub.add_parser("bench", help="benchmarks: `fusionrag bench quality --help`", add_help=False)
+    bench.add_argument("what", choices=["quality"])
+    bench.add_argument("rest", nargs=argparse.REMAINDER)
+    bench.set_defaults(func=cmd_bench)
 
     demo = sub.add_parser("demo", help="the README demo")
     model_args(demo)

@@ -18,7 +18,7 @@ from .chunk_kv import STANDALONE, ChunkKV, chunk_key
 from .config import EngineConfig
 from .detect import ChunkIndex, Match
 from .errors import ChunkNotFoundError, ContextLengthError, EmptyPromptError
-from .fusion import FusionContext, PlacedChunk, build_context, place_chunks
+from .fusion import FusionContext, PlacedChunk, build_context, fused_prefill, place_chunks
 from .generation import Prefill, decode_loop
 from .loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from .model import AttentionMode
@@ -253,10 +253,7 @@ class FusionEngine:
         ids = torch.tensor(prompt_ids, device=self.device)
         selected = None
         if prepared.chunks:
-            place_chunks(self.model, cache, prepared.chunks)
-            ctx = build_context(self.model, cache, ids, prepared.chunks)
-            n_chunk = int(ctx.chunk_positions.numel())
-            logits, selected = selector.run(ctx, round(ratio * n_chunk))
+            logits, selected, n_chunk = fused_prefill(self.model, cache, ids, prepared.chunks, selector, ratio)
             stats.selector, stats.recompute_ratio = selector.name, ratio
             stats.tokens_recomputed = int(selected.numel())
             stats.tokens_reused = n_chunk - stats.tokens_recomputed

@@ -18,7 +18,7 @@ import torch
 
 from .chunk_kv import ChunkKV
 from .model import AttentionMode, KVCache, TransformerModel
-from .rope import rerotate_keys
+from ..kernels.rope_gather import place_rotated, rotation
 
 
 @dataclass
@@ -56,10 +56,12 @@ AfterWrite = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
 def place_chunks(model: TransformerModel, cache: KVCache, chunks: list[PlacedChunk]) -> None:
-    """Copy each chunk's KV into the cache at its new start, keys re-rotated by the position delta."""
+    """Copy each chunk's KV into the cache at its new start, keys re-rotated by the position delta
+    (one fused read-rotate-write pass on CUDA; YaRN's scaling is not re-applied: it is in the cached keys)."""
+    backend = model.kernel_backend(cache.k)
     for c in chunks:
-        delta = c.start - c.entry.start
-        cache.k[:, c.start : c.end] = rerotate_keys(c.entry.k, delta, model.rope)
+        cos, sin = rotation(c.start - c.entry.start, model.rope.inv_freq)
+        place_rotated(cache.k[:, c.start : c.end], c.entry.k, cos, sin, backend=backend)
         cache.v[:, c.start : c.end] = c.entry.v
 
 
@@ -129,6 +131,20 @@ def recompute(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
         return ctx.model.forward(ctx.token_ids, positions, ctx.cache, AttentionMode.CAUSAL_FROM_ZERO, ctx.num_positions - 1)
     h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, active)
     return ctx.model.logits(h[-1:])
+
+
+def fused_prefill(
+    model: TransformerModel, cache: KVCache, token_ids: torch.Tensor, chunks: list[PlacedChunk], selector, ratio: float
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Place the chunks, let the selector pick ratio x chunk tokens, recompute.
+
+    Returns (last-token logits [1, V], selected positions, number of chunk tokens).
+    """
+    place_chunks(model, cache, chunks)
+    ctx = build_context(model, cache, token_ids, chunks)
+    n_chunk = int(ctx.chunk_positions.numel())
+    logits, selected = selector.run(ctx, round(ratio * n_chunk))
+    return logits, selected, n_chunk
 
 
 def attention_to_positions(

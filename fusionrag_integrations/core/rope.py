@@ -2,7 +2,8 @@
 
 RoPE rotates each (x_i, x_{i+D/2}) pair of a query/key by angle `position * inv_freq_i`.
 Rotations compose, so a key stored post-RoPE at position p moves to p' by one more
-rotation of `p' - p`: that is how cached chunks are placed at new offsets.
+rotation of `p' - p`: that is how cached chunks are placed at new offsets
+(kernels/rope_gather.py does that move).
 
 Angles are computed in float64 and only cos/sin are cast down. In float32 the angle
 `p * inv_freq` itself carries an error of about |p * inv_freq| * 6e-8 rad, which at long
@@ -46,21 +47,3 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [N, H, D]; cos/sin: [N, 1, D] in x's dtype (matches transformers' arithmetic)."""
     return x * cos + rotate_half(x) * sin
-
-
-def rerotate_keys(keys: torch.Tensor, delta: int | torch.Tensor, rope: RotaryEmbedding) -> torch.Tensor:
-    """Move post-RoPE keys [..., T, H, D] by `delta` positions (int, or [T] per token).
-
-    Uses the unscaled rotation: YaRN's attention scaling multiplies cos/sin once at the
-    original position and must not be applied twice. The product is formed in float32
-    (float64 on CPU float64 inputs) and cast back, so bf16 caches lose one rounding only.
-    """
-    T = keys.shape[-3]
-    if isinstance(delta, int):
-        if delta == 0:
-            return keys
-        delta = torch.full((T,), delta, dtype=torch.int64)
-    compute = torch.float64 if keys.dtype == torch.float64 else torch.float32
-    cos, sin = rope.cos_sin(delta.to(rope.inv_freq.device), compute, scaled=False)
-    x = keys.to(compute)
-    return apply_rotary(x, cos.to(x.device), sin.to(x.device)).to(keys.dtype)

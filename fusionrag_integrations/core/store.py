@@ -65,10 +65,12 @@ class ChunkStore:
         gpu_bytes: int,
         cpu_bytes: int,
         directory: Path | None,
+        hot_tier: bool | None = None,
     ) -> None:
+        """hot_tier: keep a tier on `device` in front of the CPU one (default: when device is CUDA)."""
         self.model_fingerprint = model_fingerprint
         self.device = device
-        self.gpu = LRUTier(device, gpu_bytes) if device.type == "cuda" else None
+        self.gpu = LRUTier(device, gpu_bytes) if (device.type == "cuda" if hot_tier is None else hot_tier) else None
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.directory = directory
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries
@@ -114,12 +116,14 @@ class ChunkStore:
         if self.gpu is None:
             self.cpu.put(entry)
             return entry if entry.device.type == "cpu" else entry.to(torch.device("cpu"))
-        self.cpu.pop(entry.key)
-        for old in self.gpu.put(entry):
-            if old.key != entry.key:
-                self.cpu.put(old)
-        hot = self.gpu.get(entry.key)
-        return hot if hot is not None else entry.to(self.device)
+        evicted = self.gpu.put(entry)
+        if any(old.key == entry.key for old in evicted):  # larger than the hot tier: it lives in the CPU tier
+            self.cpu.put(entry)
+            return entry.to(self.device)
+        self.cpu.pop(entry.key)  # tiers are exclusive: a promoted entry leaves the CPU tier
+        for old in evicted:
+            self.cpu.put(old)
+        return self.gpu.get(entry.key)
 
     def _read_disk(self, key: str) -> ChunkKV | None:
         if self.directory is None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -28,3 +29,12 @@ def use_triton(t: torch.Tensor, backend: str = "auto") -> bool:
     if backend == "always" and not ok:
         raise RuntimeError("Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 on CPU, and triton installed")
     return ok
+
+
+_warned: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)

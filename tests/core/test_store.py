@@ -157,3 +157,20 @@ def test_second_process_reuses_the_persistent_cache(smol_engine, tmp_path):
     engine_on(smol_engine.loaded, tmp_path / "shared").precompute(DOCS)
     stats = result(run_child(tmp_path, "read"))
     assert stats == {"found": len(DOCS), "reused": len(DOCS), "computed": 0, "precomputed": 0}
+
+
+def test_hot_tier_demotes_to_cpu_and_keeps_what_does_not_fit(tmp_path):
+    """The GPU tier's logic, run with a hot tier on the CPU device."""
+    entries = [random_entry(ch * 64) for ch in "abc"]
+    size = entries[0].nbytes
+    store = ChunkStore("fp", torch.device("cpu"), gpu_bytes=2 * size, cpu_bytes=10 * size, directory=None, hot_tier=True)
+    for e in entries:
+        store.put(e)
+    assert set(store.gpu.entries) == {"b" * 64, "c" * 64} and set(store.cpu.entries) == {"a" * 64}
+    assert torch.equal(store.get("a" * 64).k, entries[0].k)  # promoted back: b (least recent) is demoted
+    assert set(store.gpu.entries) == {"c" * 64, "a" * 64} and set(store.cpu.entries) == {"b" * 64}
+    tiny = ChunkStore("fp", torch.device("cpu"), gpu_bytes=size // 2, cpu_bytes=10 * size, directory=None, hot_tier=True)
+    tiny.put(entries[0])
+    for _ in range(3):  # too large for the hot tier: served from the CPU tier every time, never lost
+        assert torch.equal(tiny.get("a" * 64).k, entries[0].k)
+    assert tiny.counts["cpu"] == 3 and tiny.counts["miss"] == 0

@@ -1,0 +1,67 @@
+"""`fusionrag bench quality`: every selector at every ratio against full attention, with tables."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .data import load_examples, synthetic_examples
+from .harness import evaluate, markdown, summarize
+
+DEFAULT_SELECTORS = ["epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fusionrag bench quality", description=__doc__)
+    p.add_argument("--model", help="HF directory, .gguf or cached hub id (default: bundled SmolLM2)")
+    p.add_argument("--data", help="CacheBlend-style JSON ({ctxs, question, answers} list)")
+    p.add_argument("--synthetic", type=int, default=0, help="add N seeded synthetic two-hop questions")
+    p.add_argument("--selectors", nargs="+", default=DEFAULT_SELECTORS)
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.05, 0.10, 0.15, 0.30])
+    p.add_argument("--limit", type=int, help="at most this many examples from --data")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--profile-examples", type=int, default=5,
+                   help="synthetic examples (a disjoint seed) used to profile QCFuse's critical layer")
+    p.add_argument("--out", default="benchmarks/results/quality", help="output directory")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .. import EngineConfig, FusionEngine, default_model_path
+    from ..core.selectors import profile_critical_layer
+    from .prompts import musique_messages
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    examples = load_examples(args.data, args.limit) if args.data else []
+    examples += synthetic_examples(args.synthetic, seed=0) if args.synthetic else []
+    if not examples:
+        raise SystemExit("no examples: pass --data and/or --synthetic N")
+    engine = FusionEngine.from_pretrained(args.model or default_model_path(), device=args.device, dtype=args.dtype,
+                                          config=EngineConfig(cache_dir=out / "cache"))
+    if "qcfuse" in args.selectors and engine.critical_layer is None:
+        samples = synthetic_examples(args.profile_examples, seed=12345)
+        contexts = []
+        for ex in samples:
+            engine.precompute(ex.passages)
+            contexts.append(engine.fusion_context(musique_messages(ex)))
+        engine.critical_layer, recall = profile_critical_layer(contexts)
+        (out / "critical_layer.json").write_text(json.dumps({"layer": engine.critical_layer, "recall": recall}))
+        print(f"QCFuse critical layer: {engine.critical_layer} (probe recall {recall[engine.critical_layer]:.2f})")
+    rows = evaluate(engine, examples, args.selectors, args.ratios, out / "runs.jsonl", args.max_new_tokens)
+    table = summarize(rows)
+    (out / "summary.json").write_text(json.dumps(table, indent=2))
+    text = markdown(table)
+    (out / "summary.md").write_text(text + "\n")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,108 @@
+"""Run selectors x ratios against full attention on each example; append one JSON line per run.
+
+For every example: precompute its passages, run the `full` baseline (a plain prefill of the
+same token sequence, which is the quality ceiling), then each (selector, ratio): first-token
+logits -> KL to full and top-1 agreement; 32 greedy tokens -> agreement with full's,
+ROUGE-L to full's answer, F1 / exact match to the gold answers; TTFT and the share of chunk
+tokens recomputed. Rows already in the output file are skipped, so a run can be resumed.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..core.engine import FusionEngine
+from .data import Example
+from .metrics import exact_match, f1_score, kl_divergence, prefix_agreement, rouge_l
+from .prompts import musique_messages
+
+METRICS = ("kl", "top1", "agree", "rougeL", "f1", "em", "ttft_ms", "recomputed")
+
+
+def run_key(example_id: str, selector: str, ratio: float) -> tuple[str, str, float]:
+    return (str(example_id), selector, round(float(ratio), 4))
+
+
+def completed(path: Path) -> set[tuple[str, str, float]]:
+    if not path.exists():
+        return set()
+    done = set()
+    for line in path.read_text().splitlines():
+        if line.strip():
+            row = json.loads(line)
+            done.add(run_key(row["example"], row["selector"], row["ratio"]))
+    return done
+
+
+def evaluate(
+    engine: FusionEngine,
+    examples: list[Example],
+    selectors: Iterable[str],
+    ratios: Iterable[float],
+    out_path: Path,
+    max_new_tokens: int = 32,
+    progress: bool | None = None,
+) -> list[dict]:
+    """Append rows for every (example, selector, ratio) not yet in out_path; return all rows."""
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    done = completed(out_path)
+    runs = [("full", 1.0), ("none", 0.0)] + [(s, r) for s in selectors if s not in ("full", "none") for r in ratios]
+    with out_path.open("a") as out:
+        for ex in tqdm(examples, desc="examples", disable=progress is False):
+            todo = [(s, r) for s, r in runs if run_key(ex.id, s, r) not in done]
+            if not todo:
+                continue
+            messages = musique_messages(ex)
+            engine.precompute(ex.passages)
+            full_pre = engine.prefill(messages, selector="full", max_new_tokens=max_new_tokens)
+            full_logits = full_pre.logits.clone()
+            full = engine.decode(full_pre, max_new_tokens=max_new_tokens)
+            for selector, ratio in todo:
+                pre = engine.prefill(messages, selector=selector, recompute_ratio=ratio, max_new_tokens=max_new_tokens)
+                logits = pre.logits.clone()
+                gen = full if selector == "full" else engine.decode(pre, max_new_tokens=max_new_tokens)
+                s = gen.stats if selector != "full" else full.stats
+                chunk_tokens = s.tokens_reused + s.tokens_recomputed
+                row = {
+                    "example": ex.id, "selector": selector, "ratio": ratio,
+                    "kl": kl_divergence(full_logits, logits), "top1": float(full_logits.argmax() == logits.argmax()),
+                    "agree": prefix_agreement(full.token_ids, gen.token_ids),
+                    "rougeL": rouge_l(full.text, gen.text),
+                    "f1": f1_score(gen.text, ex.answers), "em": exact_match(gen.text, ex.answers),
+                    "ttft_ms": pre.stats.ttft_ms, "recomputed": s.tokens_recomputed / max(chunk_tokens, 1),
+                    "prompt_tokens": len(pre.token_ids), "chunks_found": s.chunks_found, "text": gen.text,
+                }
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+    return [json.loads(line) for line in out_path.read_text().splitlines() if line.strip()]
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean of every metric per (selector, ratio), with TTFT relative to full on the same examples."""
+    groups: dict[tuple[str, float], list[dict]] = defaultdict(list)
+    for row in rows:
+        groups[(row["selector"], row["ratio"])].append(row)
+    full_ttft = {r["example"]: r["ttft_ms"] for r in groups.get(("full", 1.0), [])}
+    table = []
+    for (selector, ratio), rs in sorted(groups.items(), key=lambda kv: (kv[0][0] != "full", kv[0][0] != "none", kv[0])):
+        entry = {"selector": selector, "ratio": ratio, "n": len(rs)}
+        for m in METRICS:
+            entry[m] = statistics.fmean(r[m] for r in rs)
+        speedups = [full_ttft[r["example"]] / r["ttft_ms"] for r in rs if r["example"] in full_ttft]
+        entry["ttft_speedup"] = statistics.fmean(speedups) if speedups else float("nan")
+        table.append(entry)
+    return table
+
+
+def markdown(table: list[dict]) -> str:
+    cols = ["selector", "ratio", "n", "kl", "top1", "agree", "rougeL", "f1", "em", "recomputed", "ttft_ms", "ttft_speedup"]
+    head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+    return head + "\n".join("| " + " | ".join(fmt(row[c]) for c in cols) + " |" for row in table)

@@ -1,0 +1,44 @@
+"""Triton kernel for rope_gather.place_rotated: one read of the cached keys, one write into the cache."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _place_rotated_kernel(
+    Dst, Src, Cos, Sin,  #
+    stride_dl, stride_dt, stride_sl, stride_st,  #
+    n_rows,  # T * H rows of one layer (rows are contiguous inside a token)
+    HALF: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+):
+    layer = tl.program_id(1)
+    rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
+    valid = rows < n_rows
+    offs = tl.arange(0, HALF)
+    # within a layer a (token, head) row sits at token * stride_t + head * HALF * 2; heads are contiguous
+    src = Src + layer * stride_sl + rows[:, None] * (2 * HALF) + offs[None, :]
+    dst = Dst + layer * stride_dl + rows[:, None] * (2 * HALF) + offs[None, :]
+    x1 = tl.load(src, mask=valid[:, None], other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF, mask=valid[:, None], other=0.0).to(tl.float32)
+    cos = tl.load(Cos + offs)[None, :]
+    sin = tl.load(Sin + offs)[None, :]
+    tl.store(dst, (x1 * cos - x2 * sin).to(Dst.dtype.element_ty), mask=valid[:, None])
+    tl.store(dst + HALF, (x2 * cos + x1 * sin).to(Dst.dtype.element_ty), mask=valid[:, None])
+
+
+def place_rotated_triton(dst: torch.Tensor, src: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
+    """dst, src: [L, T, H, D] with (T, H, D) laid out densely inside each layer; cos, sin: [D/2] float32."""
+    L, T, H, D = src.shape
+    for t in (dst, src):
+        assert t.stride(3) == 1 and t.stride(2) == D and t.stride(1) == H * D, "token rows must be dense"
+    n_rows = T * H
+    block_rows = 16 if src.device.type == "cpu" else 64
+    grid = (triton.cdiv(n_rows, block_rows), L)
+    _place_rotated_kernel[grid](
+        dst, src, cos.contiguous(), sin.contiguous(),  #
+        dst.stride(0), dst.stride(1), src.stride(0), src.stride(1),  #
+        n_rows, HALF=D // 2, BLOCK_ROWS=block_rows,
+    )
