@@ -164,6 +164,10 @@ class FusionEngine:
         with self._lock:
             return len(self.chunks.forget(keys))
 
+    def keys_for(self, texts: Sequence[str]) -> list[str]:
+        """Every stored key (standalone and context-aware) of these chunk texts: what vector stores forget on delete."""
+        return [ref.key for text in texts for ref in self.chunks.refs_for(text.strip())]
+
     # -- generation --------------------------------------------------------------------
 
     def generate(self, prompt: Prompt, **kwargs) -> Generation:

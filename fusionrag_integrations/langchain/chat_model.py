@@ -1,0 +1,209 @@
+"""ChatFusionRAG: a LangChain chat model over FusionEngine.
+
+Drop-in: an existing chain (retriever | format_docs | prompt | llm | parser) keeps working;
+the engine finds the retrieved chunks inside the rendered prompt and reuses their cached KV.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.messages.ai import UsageMetadata
+from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from pydantic import ConfigDict, Field, SecretStr, model_validator
+
+from ..core.engine import FusionEngine
+from ..core.outputs import GenerationChunk
+from ._engines import shared_engine
+
+_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "chat": "user"}
+
+
+def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages -> chat-template dicts (text content; tool calls and results kept)."""
+    out = []
+    for m in messages:
+        role = getattr(m, "role", None) if m.type == "chat" else _ROLES.get(m.type, "user")
+        msg: dict[str, Any] = {"role": role if role in ("system", "user", "assistant", "tool") else "user",
+                               "content": m.text if isinstance(m.text, str) else m.text()}
+        if isinstance(m, ToolMessage):
+            msg["tool_call_id"] = m.tool_call_id
+        if isinstance(m, AIMessage) and m.tool_calls:
+            msg["tool_calls"] = [{"type": "function", "id": c.get("id"),
+                                  "function": {"name": c["name"], "arguments": c["args"]}} for c in m.tool_calls]
+        out.append(msg)
+    return out
+
+
+class ChatFusionRAG(BaseChatModel):
+    """Chat model with chunk-KV reuse. Pass `engine=` (a FusionEngine) or `model=` (a local HF
+    directory, a .gguf file or a cached hub id; default: the bundled SmolLM2).
+
+    Setup:
+        pip install fusionrag-integrations[langchain]
+
+    Instantiate:
+        .. code-block:: python
+
+            from fusionrag_integrations.langchain import ChatFusionRAG
+            llm = ChatFusionRAG(model="path/to/model", temperature=0, max_tokens=256)
+
+    Invoke / stream / async:
+        .. code-block:: python
+
+            llm.invoke("Hello").content
+            for chunk in llm.stream("Hello"): print(chunk.content, end="")
+            await llm.ainvoke("Hello")
+
+    Reuse statistics are in ``response_metadata["stats"]``; prompt tokens whose cached KV was
+    reused are reported as ``usage_metadata["input_token_details"]["cache_read"]``.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+
+    engine: FusionEngine | None = Field(default=None, exclude=True)
+    model: str | None = None
+    model_name: str | None = None
+    device: str = "auto"
+    dtype: str = "auto"
+    temperature: float = 0.0
+    max_tokens: int = 256
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] | None = Field(default=None, alias="stop_sequences")
+    timeout: float | None = None
+    max_retries: int = 2  # accepted for API compatibility: a local engine has no transient failures to retry
+    streaming: bool = False
+    api_key: SecretStr | None = None  # accepted and ignored (no remote service)
+    selector: str | None = None
+    recompute_ratio: float | None = None
+
+    @model_validator(mode="after")
+    def _load_engine(self) -> "ChatFusionRAG":
+        if self.engine is None:
+            from .. import default_model_path
+
+            self.engine = shared_engine(self.model or str(default_model_path()), self.device, self.dtype)
+        if self.model_name is None:
+            self.model_name = self.engine.model_name
+        return self
+
+    @property
+    def _llm_type(self) -> str:
+        return "fusionrag"
+
+    @property
+    def _identifying_params(self) -> dict[str, Any]:
+        return {"model_name": self.model_name, "temperature": self.temperature, "max_tokens": self.max_tokens}
+
+    def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
+        return LangSmithParams(
+            ls_provider="fusionrag",
+            ls_model_name=kwargs.get("model", self.model_name),
+            ls_model_type="chat",
+            ls_temperature=kwargs.get("temperature", self.temperature),
+            ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
+            ls_stop=stop or self.stop,
+        )
+
+    # -- the engine call ---------------------------------------------------------------------
+
+    def _engine_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "max_new_tokens": kwargs.get("max_tokens", self.max_tokens),
+            "temperature": kwargs.get("temperature", self.temperature),
+            "top_p": kwargs.get("top_p", self.top_p),
+            "top_k": kwargs.get("top_k", self.top_k),
+            "seed": kwargs.get("seed", self.seed),
+            "stop": (stop or []) + (self.stop or []),
+            "selector": kwargs.get("selector", self.selector),
+            "recompute_ratio": kwargs.get("recompute_ratio", self.recompute_ratio),
+            "chunks": kwargs.get("chunks"),
+        }
+
+    def _pieces(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> Iterator[GenerationChunk]:
+        return self.engine.stream(to_engine_messages(messages), **self._engine_kwargs(stop, kwargs))
+
+    def _final_chunk(self, piece: GenerationChunk) -> AIMessageChunk:
+        """The one chunk that carries usage and metadata (so aggregation does not double count)."""
+        usage, stats = piece.usage, piece.stats
+        return AIMessageChunk(
+            content=piece.text,
+            usage_metadata=UsageMetadata(
+                input_tokens=usage.prompt_tokens,
+                output_tokens=usage.completion_tokens,
+                total_tokens=usage.total_tokens,
+                input_token_details={"cache_read": usage.cached_tokens},
+            ),
+            response_metadata={"model_name": self.model_name, "finish_reason": piece.finish_reason,
+                               "stats": stats.to_dict(), "model_provider": "fusionrag"},
+            chunk_position="last",
+        )
+
+    def _to_chunk(self, piece: GenerationChunk) -> ChatGenerationChunk:
+        message = self._final_chunk(piece) if piece.finish_reason else AIMessageChunk(content=piece.text)
+        info = {"finish_reason": piece.finish_reason} if piece.finish_reason else None
+        return ChatGenerationChunk(message=message, generation_info=info)
+
+    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        for piece in self._pieces(messages, stop, kwargs):
+            chunk = self._to_chunk(piece)
+            if run_manager and piece.text:
+                run_manager.on_llm_new_token(piece.text, chunk=chunk)
+            yield chunk
+
+    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        text, last = [], None
+        for piece in self._pieces(messages, stop, kwargs):
+            text.append(piece.text)
+            last = piece
+        final = self._final_chunk(last)
+        message = AIMessage(content="".join(text), usage_metadata=final.usage_metadata,
+                            response_metadata=final.response_metadata)
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info={"finish_reason": last.finish_reason})])
+
+    # -- real async: the engine runs in a worker thread, the event loop never blocks ------------
+
+    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+        return await asyncio.wait_for(asyncio.to_thread(self._generate, messages, stop, None, **kwargs), self.timeout)
+
+    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
+                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
+                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        done = object()
+        cancelled = threading.Event()
+
+        def produce() -> None:
+            try:
+                for piece in self._pieces(messages, stop, kwargs):
+                    if cancelled.is_set():
+                        break
+                    loop.call_soon_threadsafe(queue.put_nowait, piece)
+                loop.call_soon_threadsafe(queue.put_nowait, done)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+                loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+        worker = loop.run_in_executor(None, produce)
+        try:
+            while (item := await queue.get()) is not done:
+                if isinstance(item, BaseException):
+                    raise item
+                chunk = self._to_chunk(item)
+                if run_manager and item.text:
+                    await run_manager.on_llm_new_token(item.text, chunk=chunk)
+                yield chunk
+        finally:
+            cancelled.set()
+            await worker
