@@ -26,7 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--profile-examples", type=int, default=5,
                    help="synthetic examples (a disjoint seed) used to profile QCFuse's critical layer")
-    p.add_argument("--out", default="benchmarks/results/quality", help="output directory")
+    p.add_argument("--out", default="benchmarks/results/quality", help="output directory (runs.jsonl, summary, plots)")
+    p.add_argument("--cache-dir", default=".cache/bench", help="model conversion and chunk-KV cache")
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     return p
 
 
@@ -39,12 +41,16 @@ def main(argv: list[str] | None = None) -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     examples = load_examples(args.data, args.limit) if args.data else []
     examples += synthetic_examples(args.synthetic, seed=0) if args.synthetic else []
     if not examples:
         raise SystemExit("no examples: pass --data and/or --synthetic N")
     engine = FusionEngine.from_pretrained(args.model or default_model_path(), device=args.device, dtype=args.dtype,
-                                          config=EngineConfig(cache_dir=out / "cache"))
+                                          config=EngineConfig(cache_dir=Path(args.cache_dir)))
     if "qcfuse" in args.selectors and engine.critical_layer is None:
         samples = synthetic_examples(args.profile_examples, seed=12345)
         contexts = []
