@@ -16,6 +16,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("ANONYMIZED_TELEMETRY", "False")  # chromadb
 
 import shutil  # noqa: E402
+import socket  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -140,3 +144,36 @@ def engine_on(loaded, cache_dir: Path, **config) -> FusionEngine:
 @pytest.fixture
 def smol(smol_engine, tmp_path) -> FusionEngine:
     return engine_on(smol_engine.loaded, tmp_path / "cache")
+
+
+# -- a real Chroma HTTP server for the vector-store adapters ---------------------------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def chroma_server(tmp_path_factory):
+    """A real Chroma HTTP server (the `chroma run` that ships with chromadb) on a free local port."""
+    port = free_port()
+    chroma = Path(sys.executable).with_name("chroma")
+    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path_factory.mktemp("chroma-srv")),
+                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import chromadb
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            client = chromadb.HttpClient(host="127.0.0.1", port=port)
+            client.heartbeat()
+            break
+        except Exception:
+            if time.time() > deadline or proc.poll() is not None:
+                proc.kill()
+                raise RuntimeError("chroma server did not start") from None
+            time.sleep(0.3)
+    yield client
+    proc.terminate()
+    proc.wait(timeout=10)

@@ -7,7 +7,6 @@ the engine finds the retrieved chunks inside the rendered prompt and reuses thei
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -20,7 +19,7 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from ..core.engine import FusionEngine
 from ..core.outputs import GenerationChunk
-from ._engines import shared_engine
+from ..adapters import iterate_in_thread, shared_engine
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "chat": "user"}
 
@@ -180,30 +179,8 @@ class ChatFusionRAG(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
-        loop = asyncio.get_running_loop()
-        queue: asyncio.Queue = asyncio.Queue()
-        done = object()
-        cancelled = threading.Event()
-
-        def produce() -> None:
-            try:
-                for piece in self._pieces(messages, stop, kwargs):
-                    if cancelled.is_set():
-                        break
-                    loop.call_soon_threadsafe(queue.put_nowait, piece)
-                loop.call_soon_threadsafe(queue.put_nowait, done)
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-                loop.call_soon_threadsafe(queue.put_nowait, exc)
-
-        worker = loop.run_in_executor(None, produce)
-        try:
-            while (item := await queue.get()) is not done:
-                if isinstance(item, BaseException):
-                    raise item
-                chunk = self._to_chunk(item)
-                if run_manager and item.text:
-                    await run_manager.on_llm_new_token(item.text, chunk=chunk)
-                yield chunk
-        finally:
-            cancelled.set()
-            await worker
+        async for piece in iterate_in_thread(self._pieces(messages, stop, kwargs)):
+            chunk = self._to_chunk(piece)
+            if run_manager and piece.text:
+                await run_manager.on_llm_new_token(piece.text, chunk=chunk)
+            yield chunk

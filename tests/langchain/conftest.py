@@ -2,12 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 
 from fusionrag_integrations import EngineConfig, FusionEngine
@@ -27,34 +21,3 @@ def embeddings():
     from fusionrag_integrations.langchain import MiniLMEmbeddings
 
     return MiniLMEmbeddings()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="session")
-def chroma_server(tmp_path_factory):
-    """A real Chroma HTTP server (the `chroma run` that ships with chromadb) on a free local port."""
-    port = free_port()
-    chroma = Path(sys.executable).with_name("chroma")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path_factory.mktemp("chroma-srv")),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import chromadb
-
-    deadline = time.time() + 60
-    while True:
-        try:
-            client = chromadb.HttpClient(host="127.0.0.1", port=port)
-            client.heartbeat()
-            break
-        except Exception:
-            if time.time() > deadline or proc.poll() is not None:
-                proc.kill()
-                raise RuntimeError("chroma server did not start") from None
-            time.sleep(0.3)
-    yield client
-    proc.terminate()
-    proc.wait(timeout=10)

@@ -1,0 +1,52 @@
+"""Glue shared by the LangChain and LlamaIndex adapters (and only what is truly the same in both)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, TypeVar
+
+from .core.engine import FusionEngine
+
+T = TypeVar("T")
+_engines: dict[tuple[str, str, str], FusionEngine] = {}
+_lock = threading.Lock()
+
+
+def shared_engine(model: str, device: str = "auto", dtype: str = "auto") -> FusionEngine:
+    """One engine per (model, device, dtype) per process: framework model objects are constructed
+    often (chains, standard tests), and each engine holds a model's weights and its chunk store."""
+    key = (str(model), str(device), str(dtype))
+    with _lock:
+        if key not in _engines:
+            _engines[key] = FusionEngine.from_pretrained(model, device=device, dtype=dtype)
+        return _engines[key]
+
+
+async def iterate_in_thread(source: Iterator[T]) -> AsyncIterator[T]:
+    """Drive a blocking iterator (the engine's stream) in a worker thread and hand its items to the
+    event loop as they come, so async frameworks never block their loop on generation."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[Any] = asyncio.Queue()
+    done, stop = object(), threading.Event()
+
+    def produce() -> None:
+        try:
+            for item in source:
+                if stop.is_set():
+                    break
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            loop.call_soon_threadsafe(queue.put_nowait, done)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            loop.call_soon_threadsafe(queue.put_nowait, exc)
+
+    worker = loop.run_in_executor(None, produce)
+    try:
+        while (item := await queue.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        await worker

@@ -1,0 +1,192 @@
+"""FusionRAGLLM: a LlamaIndex LLM over FusionEngine.
+
+Drop-in for `VectorStoreIndex.as_query_engine(llm=...)` and chat engines: the engine finds
+the retrieved node texts inside the prompt LlamaIndex builds and reuses their cached KV.
+Chat goes through the tokenizer's own chat template (is_chat_model=True, so query engines
+send messages). Usage comes back OpenAI-style in `raw["usage"]` (LlamaIndex's
+TokenCountingHandler reads it) with the fusion stats beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator, Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import (
+    ChatMessage,
+    ChatResponse,
+    ChatResponseAsyncGen,
+    ChatResponseGen,
+    CompletionResponse,
+    CompletionResponseAsyncGen,
+    CompletionResponseGen,
+    LLMMetadata,
+    MessageRole,
+)
+from llama_index.core.llms import CustomLLM
+from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from pydantic import Field, PrivateAttr
+
+from ..core.engine import FusionEngine
+from ..core.outputs import GenerationChunk
+from ..adapters import iterate_in_thread, shared_engine
+
+_ROLES = {MessageRole.SYSTEM: "system", MessageRole.DEVELOPER: "system", MessageRole.USER: "user",
+          MessageRole.ASSISTANT: "assistant", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant",
+          MessageRole.TOOL: "tool", MessageRole.FUNCTION: "tool"}
+
+
+def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
+    return [{"role": _ROLES.get(m.role, "user"), "content": m.content or ""} for m in messages]
+
+
+class FusionRAGLLM(CustomLLM):
+    """LlamaIndex LLM with chunk-KV reuse. Pass `engine=` (a FusionEngine) or `model=` (a local HF
+    directory, a .gguf file or a cached hub id; default: the bundled SmolLM2).
+
+    .. code-block:: python
+
+        from fusionrag_integrations.llamaindex import FusionRAGLLM
+        llm = FusionRAGLLM(model="path/to/model", max_new_tokens=256)
+        query_engine = index.as_query_engine(llm=llm, similarity_top_k=4)
+        response = query_engine.query("...")
+        response.source_nodes, response.metadata
+    """
+
+    model: str | None = Field(default=None, description="HF directory, .gguf file or cached hub id")
+    model_name: str = Field(default="", description="Shown in metadata; defaults to the engine's model name")
+    device: str = "auto"
+    dtype: str = "auto"
+    max_new_tokens: int = Field(default=256, gt=0)
+    context_window: int | None = Field(default=None, gt=0, description="Cap below the model's window (LlamaIndex "
+                                       "packs retrieved text to fit it); default: the model's own")
+    temperature: float = Field(default=0.0, ge=0.0)
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] = Field(default_factory=list)
+    selector: str | None = None
+    recompute_ratio: float | None = None
+    _engine: FusionEngine = PrivateAttr()
+
+    def __init__(self, engine: FusionEngine | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if engine is None:
+            from .. import default_model_path
+
+            engine = shared_engine(self.model or str(default_model_path()), self.device, self.dtype)
+        self._engine = engine
+        if not self.model_name:
+            self.model_name = engine.model_name
+
+    @classmethod
+    def class_name(cls) -> str:
+        return "FusionRAGLLM"
+
+    @property
+    def engine(self) -> FusionEngine:
+        return self._engine
+
+    @property
+    def metadata(self) -> LLMMetadata:
+        window = min(self.context_window or self._engine.context_window, self._engine.context_window)
+        return LLMMetadata(context_window=window, num_output=self.max_new_tokens,
+                           model_name=self.model_name, is_chat_model=True, is_function_calling_model=False)
+
+    # -- the engine call ---------------------------------------------------------------------
+
+    def _pieces(self, prompt: str | list[dict], kwargs: dict[str, Any]) -> Iterator[GenerationChunk]:
+        return self._engine.stream(
+            prompt,
+            max_new_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
+            temperature=kwargs.get("temperature", self.temperature),
+            top_p=kwargs.get("top_p", self.top_p),
+            top_k=kwargs.get("top_k", self.top_k),
+            seed=kwargs.get("seed", self.seed),
+            stop=list(kwargs.get("stop") or []) + self.stop,
+            selector=kwargs.get("selector", self.selector),
+            recompute_ratio=kwargs.get("recompute_ratio", self.recompute_ratio),
+        )
+
+    @staticmethod
+    def _raw(last: GenerationChunk) -> dict[str, Any]:
+        u = last.usage
+        return {
+            "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                      "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}},
+            "stats": last.stats.to_dict(),
+            "finish_reason": last.finish_reason,
+        }
+
+    def _completions(self, prompt: str | list[dict], kwargs: dict[str, Any]) -> Iterator[CompletionResponse]:
+        text = ""
+        for piece in self._pieces(prompt, kwargs):
+            text += piece.text
+            if piece.finish_reason is None:
+                if piece.text:
+                    yield CompletionResponse(text=text, delta=piece.text)
+            else:
+                raw = self._raw(piece)
+                yield CompletionResponse(text=text, delta=piece.text, raw=raw, additional_kwargs=dict(raw))
+
+    def _prompt(self, prompt: str, formatted: bool) -> str | list[dict]:
+        """An unformatted completion prompt goes through the chat template as a user turn (an instruct
+        model expects its template); formatted=True sends the text exactly as given."""
+        if formatted or not getattr(self._engine.tokenizer, "chat_template", None):
+            return prompt
+        return [{"role": "user", "content": prompt}]
+
+    @llm_completion_callback()
+    def complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        *_, last = self._completions(self._prompt(prompt, formatted), kwargs)
+        return last
+
+    @llm_completion_callback()
+    def stream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseGen:
+        yield from self._completions(self._prompt(prompt, formatted), kwargs)
+
+    @staticmethod
+    def _to_chat(r: CompletionResponse) -> ChatResponse:
+        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta,
+                            raw=r.raw, additional_kwargs=r.additional_kwargs)
+
+    @llm_chat_callback()
+    def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        *_, last = self._completions(to_engine_messages(messages), kwargs)
+        return self._to_chat(last)
+
+    @llm_chat_callback()
+    def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        for r in self._completions(to_engine_messages(messages), kwargs):
+            yield self._to_chat(r)
+
+    # -- real async: the engine works in a thread; the event loop keeps running ----------------
+
+    @llm_completion_callback()
+    async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
+        return await asyncio.to_thread(lambda: list(self._completions(self._prompt(prompt, formatted), kwargs))[-1])
+
+    @llm_completion_callback()
+    async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
+        source = self._completions(self._prompt(prompt, formatted), kwargs)
+
+        async def gen() -> AsyncIterator[CompletionResponse]:
+            async for r in iterate_in_thread(source):
+                yield r
+        return gen()
+
+    @llm_chat_callback()
+    async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        last = await asyncio.to_thread(lambda: list(self._completions(to_engine_messages(messages), kwargs))[-1])
+        return self._to_chat(last)
+
+    @llm_chat_callback()
+    async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        source = self._completions(to_engine_messages(messages), kwargs)
+
+        async def gen() -> AsyncIterator[ChatResponse]:
+            async for r in iterate_in_thread(source):
+                yield self._to_chat(r)
+        return gen()
+
