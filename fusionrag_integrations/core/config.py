@@ -51,6 +51,10 @@ class EngineConfig(BaseModel):
         description="Text placed after BOS and before every chunk at precompute time. With BOS it forms the shared "
         "prefix that absorbs the attention sink, so a chunk's first tokens do not become one (CacheClip).",
     )
+    prefix_cache_entries: int = Field(
+        16, ge=0, description="Prompt prefixes (the text before the first chunk: system prompt, template head) "
+        "whose KV is kept in memory and reused exactly; 0 turns prefix caching off.",
+    )
     precompute_batch_tokens: int = Field(8192, ge=1, description="Token budget of one batched precompute pass.")
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     use_triton: Literal["auto", "always", "never"] = Field(

@@ -7,7 +7,7 @@ import json
 import os
 import threading
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -60,6 +60,7 @@ class FusionEngine:
             min_chunk_chars=self.config.fusion.min_chunk_chars,
         )
         self._prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._prompt_prefixes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.aux_model = None  # CacheClip's auxiliary model (same tokenizer); None = the model itself
         self.critical_layer = self.config.fusion.critical_layer  # QCFuse; see selectors.profile_critical_layer
         self.counters: Counter[str] = Counter()  # chunks_computed by precompute, across calls
@@ -257,7 +258,10 @@ class FusionEngine:
         ids = torch.tensor(prompt_ids, device=self.device)
         selected = None
         if prepared.chunks:
-            logits, selected, n_chunk = fused_prefill(self.model, cache, ids, prepared.chunks, selector, ratio)
+            prefix_ids, prefix_kv = self._cached_prompt_prefix(prompt_ids, prepared.chunks[0].start, selector)
+            logits, selected, n_chunk = fused_prefill(self.model, cache, ids, prepared.chunks, selector, ratio, prefix_kv)
+            self._remember_prompt_prefix(prefix_ids, prefix_kv, cache)
+            stats.prefix_tokens_reused = len(prefix_ids) if prefix_kv is not None else 0
             stats.selector, stats.recompute_ratio = selector.name, ratio
             stats.tokens_recomputed = int(selected.numel())
             stats.tokens_reused = n_chunk - stats.tokens_recomputed
@@ -271,6 +275,23 @@ class FusionEngine:
         stats.prefill_ms = (t_done - t_prefill) * 1e3
         stats.ttft_ms = (t_done - t_start) * 1e3  # time to the logits; generation adds the sampling
         return Prefill(logits, prompt_ids, cache, stats, selected)
+
+    def _cached_prompt_prefix(self, prompt_ids: list[int], length: int, selector: Selector):
+        """(prefix ids, cached KV or None). Selector `full` stays a true full prefill: the quality and speed baseline."""
+        if not length or not self.config.prefix_cache_entries or selector.name == "full":
+            return (), None
+        key = tuple(prompt_ids[:length])
+        kv = self._prompt_prefixes.get(key)
+        if kv is not None:
+            self._prompt_prefixes.move_to_end(key)
+        return key, kv
+
+    def _remember_prompt_prefix(self, key: tuple[int, ...], kv, cache) -> None:
+        if not key or kv is not None:
+            return
+        self._prompt_prefixes[key] = (cache.k[:, : len(key)].clone(), cache.v[:, : len(key)].clone())
+        while len(self._prompt_prefixes) > self.config.prefix_cache_entries:
+            self._prompt_prefixes.popitem(last=False)
 
     def _generate(self, prompt: Prompt, params: SamplingParams, tools, chunks, selector: Selector,
                   ratio: float) -> Iterator[GenerationChunk]:

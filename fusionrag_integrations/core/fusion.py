@@ -42,6 +42,7 @@ class FusionContext:
     chunk_positions: torch.Tensor  # [C] sorted
     fresh_positions: torch.Tensor  # [F] sorted: always recomputed
     question_positions: torch.Tensor  # fresh tokens after the last chunk (the question and template tail)
+    reused_prefix: int = 0  # positions [0, reused_prefix) came from the prefix cache (exact, never recomputed)
 
     @property
     def num_positions(self) -> int:
@@ -65,14 +66,16 @@ def place_chunks(model: TransformerModel, cache: KVCache, chunks: list[PlacedChu
         cache.v[:, c.start : c.end] = c.entry.v
 
 
-def build_context(model: TransformerModel, cache: KVCache, token_ids: torch.Tensor, chunks: list[PlacedChunk]) -> FusionContext:
+def build_context(
+    model: TransformerModel, cache: KVCache, token_ids: torch.Tensor, chunks: list[PlacedChunk], reused_prefix: int = 0
+) -> FusionContext:
     dev, n = token_ids.device, int(token_ids.numel())
     is_chunk = torch.zeros(n, dtype=torch.bool, device=dev)
     for c in chunks:
         is_chunk[c.start : c.end] = True
     last_chunk_end = max((c.end for c in chunks), default=0)
     positions = torch.arange(n, device=dev)
-    fresh = positions[~is_chunk]
+    fresh = positions[~is_chunk & (positions >= reused_prefix)]
     return FusionContext(
         model=model,
         cache=cache,
@@ -81,6 +84,7 @@ def build_context(model: TransformerModel, cache: KVCache, token_ids: torch.Tens
         chunk_positions=positions[is_chunk],
         fresh_positions=fresh,
         question_positions=fresh[fresh >= last_chunk_end],
+        reused_prefix=reused_prefix,
     )
 
 
@@ -134,14 +138,23 @@ def recompute(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
 
 
 def fused_prefill(
-    model: TransformerModel, cache: KVCache, token_ids: torch.Tensor, chunks: list[PlacedChunk], selector, ratio: float
+    model: TransformerModel,
+    cache: KVCache,
+    token_ids: torch.Tensor,
+    chunks: list[PlacedChunk],
+    selector,
+    ratio: float,
+    prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """Place the chunks, let the selector pick ratio x chunk tokens, recompute.
-
-    Returns (last-token logits [1, V], selected positions, number of chunk tokens).
+    """Place the chunks (and a cached prompt prefix, if given), let the selector pick ratio x chunk
+    tokens, recompute. Returns (last-token logits [1, V], selected positions, number of chunk tokens).
     """
+    reused = 0
+    if prefix_kv is not None:  # the prompt's text before the first chunk: exact, it attends to itself only
+        reused = prefix_kv[0].shape[1]
+        cache.k[:, :reused], cache.v[:, :reused] = prefix_kv
     place_chunks(model, cache, chunks)
-    ctx = build_context(model, cache, token_ids, chunks)
+    ctx = build_context(model, cache, token_ids, chunks, reused)
     n_chunk = int(ctx.chunk_positions.numel())
     logits, selected = selector.run(ctx, round(ratio * n_chunk))
     return logits, selected, n_chunk

@@ -62,5 +62,5 @@ def decode_loop(model: TransformerModel, tokenizer, eos: frozenset[int], pre: Pr
         if tail:
             yield GenerationChunk(tail, [])
     stats.decode_ms = (time.perf_counter() - t_first) * 1e3
-    usage = Usage(len(prompt_ids), len(generated), stats.tokens_reused)
+    usage = Usage(len(prompt_ids), len(generated), stats.tokens_reused + stats.prefix_tokens_reused)
     yield GenerationChunk("", [], finish, usage, stats)

@@ -12,7 +12,7 @@ FinishReason = Literal["stop", "length"]
 class Usage:
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    cached_tokens: int = 0  # prompt tokens whose KV came from the chunk store (not recomputed)
+    cached_tokens: int = 0  # prompt tokens whose KV was reused (chunk tokens kept + cached prefix), not recomputed
 
     @property
     def total_tokens(self) -> int:
@@ -34,6 +34,7 @@ class GenerationStats:
     chunks_computed: int = 0  # of those, KV computed during this call (then stored)
     tokens_reused: int = 0  # chunk tokens whose cached KV was kept
     tokens_recomputed: int = 0  # chunk tokens recomputed by selection
+    prefix_tokens_reused: int = 0  # prompt tokens before the first chunk served by the prefix cache (exact)
     selector: str | None = None
     recompute_ratio: float | None = None
 

@@ -122,7 +122,7 @@ class CacheBlendSelector(Selector):
     def run(self, ctx: FusionContext, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
         budget = min(budget, int(ctx.chunk_positions.numel()))
         check = min(self.check_layer, ctx.model.config.num_layers - 1)
-        all_positions = torch.arange(ctx.num_positions, device=ctx.chunk_positions.device)
+        all_positions = torch.arange(ctx.reused_prefix, ctx.num_positions, device=ctx.chunk_positions.device)
         chosen: list[torch.Tensor] = []
 
         def before_write(layer: int, q, k, v, positions) -> torch.Tensor | None:
@@ -130,11 +130,11 @@ class CacheBlendSelector(Selector):
                 return None
             old_k, old_v = ctx.cache.k[layer, positions], ctx.cache.v[layer, positions]
             deviation = ((k.float() - old_k.float()) ** 2).sum(dim=(1, 2)) + ((v.float() - old_v.float()) ** 2).sum(dim=(1, 2))
-            scores = deviation[ctx.chunk_positions]  # positions == arange here
+            scores = deviation[ctx.chunk_positions - ctx.reused_prefix]  # positions == arange(reused_prefix, N)
             chosen.append(top_global(ctx, scores, budget))
             keep = torch.zeros(ctx.num_positions, dtype=torch.bool, device=positions.device)
             keep[active_positions(ctx, chosen[0])] = True
-            return keep
+            return keep[ctx.reused_prefix :]
 
         h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, all_positions, before_write=before_write)
         return ctx.model.logits(h[-1:]), chosen[0]

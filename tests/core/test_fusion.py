@@ -137,3 +137,36 @@ def test_selective_machinery_over_all_positions_equals_plain_prefill(any_engine)
     ref, full_cache = plain_prefill(any_engine, ctx.token_ids.tolist())
     assert (fused - ref).abs().max().item() < 1e-4
     assert (ctx.cache.k - full_cache.k).abs().max().item() < 1e-4  # every layer's K, every row
+
+
+def test_prompt_prefix_is_reused_exactly_on_the_next_request(smol, smol_engine, tmp_path):
+    """The text before the first chunk attends only to itself: its cached KV is exact."""
+    smol.precompute(DOCS)
+    first = smol.prefill(rag_messages(DOCS), selector="fusionrag")
+    second = smol.prefill(rag_messages(DOCS[::-1]), selector="fusionrag")  # same prefix, other chunk order
+    again = smol.prefill(rag_messages(DOCS), selector="fusionrag")
+    n_prefix = first.stats.prefix_tokens_reused or smol.fusion_context(rag_messages(DOCS)).chunks[0].start
+    assert first.stats.prefix_tokens_reused == 0 and second.stats.prefix_tokens_reused == n_prefix > 10
+    assert again.stats.prefix_tokens_reused == n_prefix
+    assert (again.logits - first.logits).abs().max().item() < 1e-4
+    assert (again.cache.k[:, :n_prefix] - first.cache.k[:, :n_prefix]).abs().max().item() < 1e-5
+    off = engine_on(smol_engine.loaded, tmp_path / "off", prefix_cache_entries=0)
+    off.precompute(DOCS)
+    off.prefill(rag_messages(DOCS), selector="fusionrag")
+    assert off.prefill(rag_messages(DOCS), selector="fusionrag").stats.prefix_tokens_reused == 0
+
+
+def test_full_selector_never_uses_the_prefix_cache(smol):
+    smol.precompute(DOCS)
+    smol.prefill(rag_messages(DOCS), selector="epic")
+    assert smol.prefill(rag_messages(DOCS), selector="full").stats.prefix_tokens_reused == 0
+
+
+def test_a_changed_prefix_is_a_miss(smol):
+    smol.precompute(DOCS)
+    smol.prefill(rag_messages(DOCS), selector="none")
+    other = rag_messages(DOCS)
+    other[0]["content"] = "Use the passages below to answer."
+    assert smol.prefill(other, selector="none").stats.prefix_tokens_reused == 0
+    out = smol.generate(other, selector="cacheblend", max_new_tokens=3)  # cacheblend skips the cached prefix too
+    assert out.stats.prefix_tokens_reused > 0 and out.usage.cached_tokens == out.stats.tokens_reused + out.stats.prefix_tokens_reused
