@@ -29,7 +29,7 @@ from fusionrag_integrations.core.config import FusionConfig  # noqa: E402
 from fusionrag_integrations.core.fusion import PlacedChunk, build_context, fused_prefill, place_chunks  # noqa: E402
 from fusionrag_integrations.core.loader import model_from_hf  # noqa: E402
 from fusionrag_integrations.core.model import AttentionMode  # noqa: E402
-from fusionrag_integrations.core.precompute import compute_entries, prefix_kv  # noqa: E402
+from fusionrag_integrations.core.precompute import PrecomputeJob, compute_entries, prefix_kv  # noqa: E402
 from fusionrag_integrations.core.selectors import make_selector  # noqa: E402
 from fusionrag_integrations.core.store import ChunkStore  # noqa: E402
 
@@ -37,17 +37,27 @@ CHUNK, QUESTION, INSTRUCTION = 512, 64, 16
 SELECTORS = ["none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "full"]
 
 
-def build_chunks(model, n_chunks: int, gen: torch.Generator, batch_tokens: int) -> tuple[list, float]:
-    """Precompute n_chunks random 512-token chunks; returns (entries, seconds per chunk)."""
+def build_chunks(model, n_chunks: int, gen: torch.Generator, batch_tokens: int,
+                 neighbors: int = 0) -> tuple[list, float]:
+    """Precompute n_chunks random 512-token chunks; returns (entries, seconds per chunk).
+
+    neighbors > 0: similarity-guided precompute, each chunk computed after `neighbors` other chunks
+    (only its own KV kept): the cost FusionRAG's offline stage pays per chunk.
+    """
     dev = model.device
     prefix = prefix_kv(model, [1])
-    jobs = [(f"chunk{i}", (f"chunk{i}", torch.randint(0, model.config.vocab_size, (CHUNK,), generator=gen,
-                                                      device=dev).tolist())) for i in range(n_chunks)]
-    warm = jobs[: batch_tokens // CHUNK]  # compile / autotune / cuBLAS heuristics happen here, not in the timing
-    list(compute_entries(model, prefix, 1, warm, "bench", "standalone", batch_tokens))
+    ids = [torch.randint(0, model.config.vocab_size, (CHUNK,), generator=gen, device=dev).tolist()
+           for _ in range(n_chunks)]
+    jobs = []
+    for i in range(n_chunks):
+        context = [t for j in range(1, neighbors + 1) for t in ids[(i + j) % n_chunks]]
+        jobs.append(PrecomputeJob(f"chunk{i}-{neighbors}", f"chunk{i}", context, ids[i],
+                                  "standalone" if not neighbors else f"nbr:{i}"))
+    warm = jobs[: max(1, batch_tokens // (CHUNK * (neighbors + 1)))]  # compile / autotune happen here, untimed
+    list(compute_entries(model, prefix, warm, "bench", batch_tokens))
     sync(dev)
     t = time.perf_counter()
-    entries = [e for batch in compute_entries(model, prefix, 1, jobs, "bench", "standalone", batch_tokens) for e, _ in batch]
+    entries = [e for batch in compute_entries(model, prefix, jobs, "bench", batch_tokens) for e, _ in batch]
     sync(dev)
     return entries, (time.perf_counter() - t) / n_chunks
 
@@ -76,6 +86,8 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="skip HF and the CPU tier (kernel iteration)")
     p.add_argument("--breakdown", action="store_true", help="time the phases of fused fusionrag@0.15")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of one fused fusionrag@0.15 call")
+    p.add_argument("--neighbors", type=int, nargs="*", default=[],
+                   help="also time similarity-guided precompute with these neighbour counts (e.g. 3)")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ttft_gpu.json"))
     args = p.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
@@ -93,6 +105,11 @@ def main() -> None:
     print(f"precompute: {s_per_chunk * 1e3:.1f} ms per {CHUNK}-token chunk (batches of 16, {max_chunks} chunks)")
     rows.append({"device": name, "context_tokens": CHUNK, "method": "precompute", "selector": None, "ratio": None,
                  "kv_tier": None, "ttft_ms": s_per_chunk * 1e3, "peak_mem_gib": None})
+    for k in args.neighbors:
+        _, s_nbr = build_chunks(model, min(max_chunks, 32), gen, batch_tokens=8192, neighbors=k)
+        print(f"precompute with {k} neighbours: {s_nbr * 1e3:.1f} ms per {CHUNK}-token chunk")
+        rows.append({"device": name, "context_tokens": CHUNK, "method": f"precompute_{k}_neighbors", "selector": None,
+                     "ratio": None, "kv_tier": None, "ttft_ms": s_nbr * 1e3, "peak_mem_gib": None})
     gpu_store = ChunkStore("bench", dev, 64 << 30, 0, None)
     cpu_store = ChunkStore("bench", dev, 0, 64 << 30, None)  # nothing fits the GPU tier: every get copies from pinned CPU
     for e in entries:

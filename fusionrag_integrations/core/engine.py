@@ -23,7 +23,7 @@ from .generation import Prefill, decode_loop
 from .loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from .model import AttentionMode
 from .outputs import Generation, GenerationChunk, GenerationStats
-from .precompute import compute_entries, prefix_kv
+from .precompute import PrecomputeJob, compute_entries, prefix_kv
 from .prompt import Prompt, encode_text, render_prompt, split_at_matches
 from .registry import ChunkRegistry
 from .sampling import SamplingParams
@@ -113,49 +113,64 @@ class FusionEngine:
             )
         return ids
 
-    def precompute(self, texts: Sequence[str], context: Sequence[str] | None = None,
-                   show_progress: bool | None = None) -> list[str]:
+    def precompute(
+        self,
+        texts: Sequence[str],
+        context: Sequence[str] | None = None,
+        neighbors: Sequence[Sequence[str]] | None = None,
+        show_progress: bool | None = None,
+    ) -> list[str]:
         """Compute and store the KV of each text (stripped of surrounding whitespace); return their keys.
 
-        Idempotent: texts already stored are not computed again. `context` (optional) are texts
-        placed before every chunk at compute time; their KV is not stored, their identity is
-        part of each key (context id). Progress is shown for large inputs on a terminal.
+        Idempotent: texts already stored are not computed again. Progress is shown for large inputs
+        on a terminal. Standalone by default: each chunk after the shared prefix only.
+        neighbors: per text, the texts placed before it at compute time (FusionRAG's similarity-guided
+        preprocessing: its nearest chunks), so its cached KV already carries their cross-attention.
+        context: one such list for every text. Only the chunk's KV is stored; the context id in its
+        key names the neighbours, and at query time a context-aware entry is preferred.
         """
+        if context is not None and neighbors is not None:
+            raise ValueError("pass context= (shared by all texts) or neighbors= (one list per text), not both")
+        if neighbors is not None and len(neighbors) != len(texts):
+            raise ValueError(f"neighbors needs one list per text: {len(neighbors)} lists for {len(texts)} texts")
+        contexts = neighbors if neighbors is not None else [context or ()] * len(texts)
         with self._lock:
-            prefix_ids, context_id = self._prefix_for(context)
-            jobs: dict[str, tuple[str, list[int]]] = {}
+            jobs: dict[str, PrecomputeJob] = {}
             keys = []
-            for text in texts:
-                ids = self.chunk_token_ids(text)
-                key = chunk_key(self.loaded.model_fingerprint, self.loaded.tokenizer_fingerprint, prefix_ids, ids,
-                                context_id)
-                keys.append(key)
-                if key not in jobs and not self.chunks.has(key):
-                    jobs[key] = (text.strip(), ids)
-            self._compute(list(jobs.items()), prefix_ids, context_id, show_progress)
+            for text, nbrs in zip(texts, contexts):
+                job = self._job(text, nbrs)
+                keys.append(job.key)
+                if job.key not in jobs and not self.chunks.has(job.key):
+                    jobs[job.key] = job
+            self._compute(list(jobs.values()), show_progress)
             return keys
 
-    def _prefix_for(self, context: Sequence[str] | None) -> tuple[list[int], str]:
-        if not context:
-            return self.prefix_ids, STANDALONE
-        ids = list(self.prefix_ids)
-        for text in context:
-            ids += self.chunk_token_ids(text)
-        return ids, "ctx:" + hashlib.sha256(json.dumps(ids).encode()).hexdigest()[:16]
+    def _job(self, text: str, neighbors: Sequence[str]) -> PrecomputeJob:
+        ids = self.chunk_token_ids(text)
+        context_ids: list[int] = []
+        context_id = STANDALONE
+        if neighbors:
+            neighbor_ids = [self.chunk_token_ids(n) for n in neighbors]
+            context_ids = [t for n in neighbor_ids for t in n]
+            names = [self._key(n, [], STANDALONE) for n in neighbor_ids]  # the neighbours' own (standalone) keys
+            context_id = "nbr:" + hashlib.sha256("|".join(names).encode()).hexdigest()[:16]
+            if len(self.prefix_ids) + len(context_ids) + len(ids) >= self.context_window:
+                raise ContextLengthError(f"a chunk of {len(ids)} tokens after {len(context_ids)} neighbour tokens "
+                                         f"does not fit the context window of {self.context_window} tokens")
+        return PrecomputeJob(self._key(ids, context_ids, context_id), text.strip(), context_ids, ids, context_id)
 
-    def _compute(self, jobs: list[tuple[str, tuple[str, list[int]]]], prefix_ids: list[int], context_id: str,
-                 show_progress: bool | None) -> None:
+    def _key(self, ids: list[int], context_ids: list[int], context_id: str) -> str:
+        return chunk_key(self.loaded.model_fingerprint, self.loaded.tokenizer_fingerprint,
+                         self.prefix_ids + context_ids, ids, context_id)
+
+    def _compute(self, jobs: list[PrecomputeJob], show_progress: bool | None) -> None:
         if not jobs:
             return
-        if prefix_ids != self.prefix_ids:
-            prefix = prefix_kv(self.model, prefix_ids)
-        else:
-            self._prefix_kv = self._prefix_kv or prefix_kv(self.model, self.prefix_ids)
-            prefix = self._prefix_kv
+        self._prefix_kv = self._prefix_kv or prefix_kv(self.model, self.prefix_ids)
         show = (not show_progress) if show_progress is not None else (len(jobs) < 16 or None)
         with tqdm(total=len(jobs), desc="precompute", unit="chunk", disable=show) as progress:
-            for entries in compute_entries(self.model, prefix, len(prefix_ids), jobs, self.loaded.model_fingerprint,
-                                           context_id, self.config.precompute_batch_tokens):
+            for entries in compute_entries(self.model, self._prefix_kv, jobs, self.loaded.model_fingerprint,
+                                           self.config.precompute_batch_tokens):
                 self.chunks.add(entries)
                 self.counters["chunks_computed"] += len(entries)
                 progress.update(len(entries))

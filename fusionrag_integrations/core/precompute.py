@@ -10,6 +10,7 @@ causal attention never lets a real token see it. Only the chunk rows are kept.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -81,21 +82,31 @@ def compute_chunk_kv(
 
 
 
+@dataclass(frozen=True)
+class PrecomputeJob:
+    key: str
+    text: str  # as stored in the catalog (stripped)
+    context_ids: list[int]  # tokens computed before the chunk (its neighbours); their KV is not kept
+    token_ids: list[int]
+    context_id: str
+
+
 def compute_entries(
     model: TransformerModel,
     prefix: tuple[torch.Tensor, torch.Tensor],
-    start: int,
-    jobs: list[tuple[str, tuple[str, list[int]]]],
+    jobs: list[PrecomputeJob],
     model_fingerprint: str,
-    context_id: str,
     batch_tokens: int,
 ) -> Iterator[list[tuple[ChunkKV, str]]]:
-    """jobs: (key, (text, token ids)) -> batches of (ChunkKV, text), computed after `prefix` at `start`."""
-    lengths = [len(ids) for _, (_, ids) in jobs]
-    for batch in batches(lengths, batch_tokens):
-        kvs = compute_chunk_kv(model, prefix, [jobs[i][1][1] for i in batch])
+    """Batches of (ChunkKV, text): each job's [context + chunk] computed after the shared `prefix`,
+    only the chunk's rows kept, its start position counting the context before it."""
+    sequences = [job.context_ids + job.token_ids for job in jobs]
+    for batch in batches([len(s) for s in sequences], batch_tokens):
+        kvs = compute_chunk_kv(model, prefix, [sequences[i] for i in batch])
         out = []
         for i, (k, v) in zip(batch, kvs):
-            key, (text, ids) = jobs[i]
-            out.append((ChunkKV(key, torch.tensor(ids, dtype=torch.long), k, v, start, model_fingerprint, context_id), text))
+            job, skip = jobs[i], len(jobs[i].context_ids)
+            entry = ChunkKV(job.key, torch.tensor(job.token_ids, dtype=torch.long), k[:, skip:].clone(),
+                            v[:, skip:].clone(), prefix[0].shape[1] + skip, model_fingerprint, job.context_id)
+            out.append((entry, job.text))
         yield out

@@ -65,9 +65,10 @@ class ChunkRegistry:
             self._remember(ref)
 
     def refs_for(self, text: str) -> list[ChunkRef]:
-        """Refs of this text, the preferred first: a context-aware entry before the standalone one."""
-        refs = self._refs.get(text, {})
-        return sorted(refs.values(), key=lambda r: r.context_id == STANDALONE)
+        """Refs of this text, the preferred first: context-aware entries, newest first (neighbour sets
+        change as a store grows), then the standalone one."""
+        refs = list(self._refs.get(text, {}).values())[::-1]
+        return sorted(refs, key=lambda r: r.context_id == STANDALONE)
 
     def get(self, key: str) -> ChunkKV | None:
         return self.store.get(key)

@@ -16,6 +16,7 @@ may be overridden by a selector that decides inside that pass (CacheBlend).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import ClassVar
 
 import torch
@@ -181,17 +182,28 @@ class CacheClipSelector(Selector):
 
     name = "cacheclip"
     window = 3
+    # The auxiliary scores depend on the prompt only, not on the budget: a sweep over ratios
+    # (or a retried request) reuses them. Keyed by model identity, token ids and chunk layout.
+    _scores: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
     def __init__(self, aux_model: TransformerModel | None = None) -> None:
         self.aux_model = aux_model
 
     def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:
-        aux = self.aux_model or ctx.model
-        cache = aux.new_cache(ctx.num_positions)
-        last = aux.config.num_layers - 1
-        scores = probe_attention(ctx, aux, cache, layers={last}, full=True)[last]
+        scores = self.aux_scores(ctx)
         smooth = F.max_pool1d(scores[None, None], self.window, stride=1, padding=self.window // 2)[0, 0]
         return top_global(ctx, scores + 0.5 * smooth, budget)
+
+    def aux_scores(self, ctx: FusionContext) -> torch.Tensor:
+        aux = self.aux_model or ctx.model
+        key = (id(aux), ctx.token_ids.cpu().numpy().tobytes(), ctx.chunk_positions.cpu().numpy().tobytes())
+        if key not in self._scores:
+            last = aux.config.num_layers - 1
+            self._scores[key] = probe_attention(ctx, aux, aux.new_cache(ctx.num_positions), {last}, full=True)[last]
+            while len(self._scores) > 8:
+                self._scores.popitem(last=False)
+        self._scores.move_to_end(key)
+        return self._scores[key]
 
 
 def probe_attention(

@@ -66,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     text = markdown(table)
     (out / "summary.md").write_text(text + "\n")
     print(text)
+    from .plots import plot_summary
+
+    name = Path(args.data).stem if args.data else f"synthetic-{args.synthetic}"
+    for path in plot_summary(table, out / "plots", f"{engine.model_name}, {name}, {len(examples)} examples"):
+        print(f"plot: {path}")
     return 0
 
 

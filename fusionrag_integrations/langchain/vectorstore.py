@@ -32,11 +32,17 @@ class FusionRAGChroma(Chroma):
     Any other keyword argument is passed to ``langchain_chroma.Chroma``.
     """
 
-    def __init__(self, engine: FusionEngine | None = None, *, show_progress: bool | None = None, **kwargs: Any) -> None:
+    def __init__(self, engine: FusionEngine | None = None, *, precompute: str = "standalone", neighbors: int = 3,
+                 show_progress: bool | None = None, **kwargs: Any) -> None:
+        """precompute: "standalone" (each chunk alone) or "similar" (FusionRAG's similarity-guided
+        preprocessing: each new chunk is computed after its `neighbors` nearest chunks in the collection)."""
         if engine is None:
             raise ValueError("FusionRAGChroma needs engine= (a FusionEngine, e.g. ChatFusionRAG(...).engine)")
+        if precompute not in ("standalone", "similar"):
+            raise ValueError(f"precompute must be 'standalone' or 'similar', got {precompute!r}")
         super().__init__(**kwargs)
         self.engine = engine
+        self.precompute_mode, self.neighbors = precompute, neighbors
         self.show_progress = show_progress
 
     def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, ids: list[str] | None = None,
@@ -49,10 +55,22 @@ class FusionRAGChroma(Chroma):
             if stale:
                 self.engine.forget(self.engine.keys_for(stale))
         result = super().add_texts(texts, metadatas=metadatas, ids=ids, **kwargs)
-        nonempty = [t for t in texts if t.strip()]
-        if nonempty:
-            self.engine.precompute(nonempty, show_progress=self.show_progress)
+        keep = [i for i, t in enumerate(texts) if t.strip()]
+        if keep:
+            texts_ = [texts[i] for i in keep]
+            neighbors = self.nearest_texts([result[i] for i in keep]) if self.precompute_mode == "similar" else None
+            self.engine.precompute(texts_, neighbors=neighbors, show_progress=self.show_progress)
         return result
+
+    def nearest_texts(self, ids: list[str]) -> list[list[str]]:
+        """For each stored id: the texts of its `neighbors` nearest documents by the collection's own
+        metric (itself excluded), ordered farthest to nearest, so the nearest sits right before it."""
+        got = self._collection.get(ids=ids, include=["embeddings"])
+        embedding = dict(zip(got["ids"], got["embeddings"]))
+        n = min(self.neighbors + 1, self._collection.count())
+        res = self._collection.query(query_embeddings=[embedding[i] for i in ids], n_results=n, include=["documents"])
+        return [[doc for hit, doc in zip(hits, docs) if hit != own][: self.neighbors][::-1]
+                for own, hits, docs in zip(ids, res["ids"], res["documents"])]
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> None:
         if ids:

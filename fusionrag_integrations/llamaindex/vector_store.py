@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from llama_index.core.schema import BaseNode, MetadataMode
-from llama_index.core.vector_stores.types import MetadataFilters
+from llama_index.core.vector_stores.types import MetadataFilters, VectorStoreQuery
 from llama_index.vector_stores.chroma import ChromaVectorStore
 from llama_index.vector_stores.chroma.base import _to_chroma_filter
 from pydantic import PrivateAttr
@@ -38,13 +38,21 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
 
     _engine: FusionEngine = PrivateAttr()
     _show_progress: bool | None = PrivateAttr(default=None)
+    _precompute: str = PrivateAttr(default="standalone")
+    _neighbors: int = PrivateAttr(default=3)
 
-    def __init__(self, engine: FusionEngine | None = None, show_progress: bool | None = None, **kwargs: Any) -> None:
+    def __init__(self, engine: FusionEngine | None = None, precompute: str = "standalone", neighbors: int = 3,
+                 show_progress: bool | None = None, **kwargs: Any) -> None:
+        """precompute: "standalone" (each node alone) or "similar" (FusionRAG's similarity-guided
+        preprocessing: each new node is computed after its `neighbors` nearest nodes in the collection)."""
         if engine is None:
             raise ValueError("FusionRAGChromaVectorStore needs engine= (a FusionEngine, e.g. FusionRAGLLM(...).engine)")
+        if precompute not in ("standalone", "similar"):
+            raise ValueError(f"precompute must be 'standalone' or 'similar', got {precompute!r}")
         super().__init__(**kwargs)
         self._engine = engine
         self._show_progress = show_progress
+        self._precompute, self._neighbors = precompute, neighbors
 
     @classmethod
     def class_name(cls) -> str:
@@ -55,11 +63,21 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
         return self._engine
 
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:
-        ids = super().add(list(nodes), **add_kwargs)
-        texts = [t for t in map(prompt_text, nodes) if t.strip()]
-        if texts:
-            self._engine.precompute(texts, show_progress=self._show_progress)
+        nodes = list(nodes)
+        ids = super().add(nodes, **add_kwargs)
+        nodes = [n for n in nodes if prompt_text(n).strip()]
+        if nodes:
+            neighbors = [self.nearest_texts(n) for n in nodes] if self._precompute == "similar" else None
+            self._engine.precompute([prompt_text(n) for n in nodes], neighbors=neighbors,
+                                    show_progress=self._show_progress)
         return ids
+
+    def nearest_texts(self, node: BaseNode) -> list[str]:
+        """The prompt texts of the node's `neighbors` nearest nodes by the store's own query (itself
+        excluded), ordered farthest to nearest, so the nearest sits right before it."""
+        query = VectorStoreQuery(query_embedding=node.get_embedding(), similarity_top_k=self._neighbors + 1)
+        hits = [n for n in self.query(query).nodes if n.node_id != node.node_id][: self._neighbors]
+        return [prompt_text(n) for n in hits][::-1]
 
     def _forget(self, nodes: Sequence[BaseNode]) -> None:
         texts = [t for t in map(prompt_text, nodes) if t.strip()]

@@ -138,3 +138,14 @@ def test_profile_critical_layer_returns_a_shallow_layer(smol, ctx_factory):
     n = smol.model.config.num_layers
     assert len(recall) == n and 0 <= layer < n // 2
     assert recall[layer] == max(recall[: n // 2]) and all(0.0 <= r <= 1.0 for r in recall)
+
+
+def test_cacheclip_reuses_auxiliary_scores_across_budgets(ctx_factory, monkeypatch):
+    import fusionrag_integrations.core.selectors as sel
+
+    CacheClipSelector._scores.clear()
+    calls = []
+    real = sel.probe_attention
+    monkeypatch.setattr(sel, "probe_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
+    small, large = CacheClipSelector().select(ctx_factory(), 8), CacheClipSelector().select(ctx_factory(), 24)
+    assert len(calls) == 1 and set(small.tolist()) <= set(large.tolist())
