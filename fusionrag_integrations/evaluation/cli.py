@@ -29,6 +29,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="benchmarks/results/quality", help="output directory (runs.jsonl, summary, plots)")
     p.add_argument("--cache-dir", default=".cache/bench", help="model conversion and chunk-KV cache")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--precompute", choices=["standalone", "similar"], default="standalone",
+                   help="chunk KV computed alone, or after its most similar passages (FusionRAG's offline stage)")
+    p.add_argument("--neighbors", type=int, default=3, help="neighbours per passage with --precompute similar")
+    p.add_argument("--offset", type=int, default=0, help="skip this many examples of --data (to split a run)")
     return p
 
 
@@ -45,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    examples = load_examples(args.data, args.limit) if args.data else []
+    examples = load_examples(args.data, args.offset + args.limit if args.limit else None)[args.offset:] if args.data else []
     examples += synthetic_examples(args.synthetic, seed=0) if args.synthetic else []
     if not examples:
         raise SystemExit("no examples: pass --data and/or --synthetic N")
@@ -60,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
         engine.critical_layer, recall = profile_critical_layer(contexts)
         (out / "critical_layer.json").write_text(json.dumps({"layer": engine.critical_layer, "recall": recall}))
         print(f"QCFuse critical layer: {engine.critical_layer} (probe recall {recall[engine.critical_layer]:.2f})")
-    rows = evaluate(engine, examples, args.selectors, args.ratios, out / "runs.jsonl", args.max_new_tokens)
+    rows = evaluate(engine, examples, args.selectors, args.ratios, out / "runs.jsonl", args.max_new_tokens,
+                    precompute=args.precompute, neighbors=args.neighbors)
     table = summarize(rows)
     (out / "summary.json").write_text(json.dumps(table, indent=2))
     text = markdown(table)

@@ -40,6 +40,20 @@ def completed(path: Path) -> set[tuple[str, str, float]]:
     return done
 
 
+def nearest_passages(passages: list[str], k: int) -> list[list[str]]:
+    """Each passage's k most similar other passages (MiniLM cosine), farthest first: the neighbours a
+    vector store with precompute="similar" would pick from a collection holding these passages."""
+    import torch
+
+    from ..embeddings import shared_encoder
+
+    emb = torch.tensor(shared_encoder().encode(passages))
+    sim = emb @ emb.T
+    sim.fill_diagonal_(float("-inf"))
+    order = torch.argsort(sim, dim=1, descending=True)[:, :k]
+    return [[passages[j] for j in row.tolist()][::-1] for row in order]
+
+
 def evaluate(
     engine: FusionEngine,
     examples: list[Example],
@@ -48,8 +62,14 @@ def evaluate(
     out_path: Path,
     max_new_tokens: int = 32,
     progress: bool | None = None,
+    precompute: str = "standalone",
+    neighbors: int = 3,
 ) -> list[dict]:
-    """Append rows for every (example, selector, ratio) not yet in out_path; return all rows."""
+    """Append rows for every (example, selector, ratio) not yet in out_path; return all rows.
+
+    precompute="similar": each passage's KV is computed after its `neighbors` most similar passages
+    of the same example (FusionRAG's offline stage); the `full` baseline is unaffected by it.
+    """
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = completed(out_path)
     runs = [("full", 1.0), ("none", 0.0)] + [(s, r) for s in selectors if s not in ("full", "none") for r in ratios]
@@ -59,7 +79,10 @@ def evaluate(
             if not todo:
                 continue
             messages = musique_messages(ex)
-            engine.precompute(ex.passages)
+            if precompute == "similar":
+                engine.precompute(ex.passages, neighbors=nearest_passages(ex.passages, neighbors))
+            else:
+                engine.precompute(ex.passages)
             full_pre = engine.prefill(messages, selector="full", max_new_tokens=max_new_tokens)
             full_logits = full_pre.logits.clone()
             full = engine.decode(full_pre, max_new_tokens=max_new_tokens)
