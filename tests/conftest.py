@@ -177,3 +177,41 @@ def chroma_server(tmp_path_factory):
     yield client
     proc.terminate()
     proc.wait(timeout=10)
+
+
+# -- helpers shared by adapter tests ---------------------------------------------------------
+
+
+def run_example(name: str, tmp_path: Path) -> str:
+    """Run examples/<name> as a user would (a subprocess), reusing the converted model; return stdout."""
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "models").symlink_to(MODEL_CACHE / "models")  # not a 20 s GGUF conversion per test
+    plot = tmp_path / "ttft.png"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    out = subprocess.run([sys.executable, str(REPO / "examples" / name), "--cache-dir", str(cache), "--plot", str(plot)],
+                         capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert plot.stat().st_size > 10_000
+    return out.stdout
+
+
+class LoopTicker:
+    """Counts event-loop turns while async work runs: a blocked loop would not tick."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+
+    async def __aenter__(self) -> "LoopTicker":
+        import asyncio
+
+        async def tick() -> None:
+            while True:
+                await asyncio.sleep(0.01)
+                self.ticks += 1
+
+        self._task = asyncio.create_task(tick())
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self._task.cancel()

@@ -13,8 +13,6 @@ import json
 import logging
 import os
 import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import ModelNotFoundError, UnsupportedModelError
+from .files import build_directory_once
 from .model import ModelConfig, TransformerModel
 from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
 
@@ -127,9 +126,8 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
     except ValueError as exc:  # transformers names the GGUF architecture it cannot read
         raise UnsupportedModelError(f"cannot load GGUF {path.name}: {exc}") from None
     _check_architecture(hf.config)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=".tmp-"))
-    try:
+
+    def build(tmp: Path) -> None:
         state = {k: v.contiguous() for k, v in hf.state_dict().items()}
         if hf.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)
@@ -140,13 +138,8 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
         tokenizer.save_pretrained(tmp)
         if hf.generation_config is not None:
             hf.generation_config.save_pretrained(tmp)
-        os.replace(tmp, out)  # atomic: a concurrent converter either wins or finds ours
-    except OSError:
-        if not (out / "model.safetensors").is_file():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+
+    return build_directory_once(out, "model.safetensors", build)
 
 
 def _auto_config(model_dir: Path):

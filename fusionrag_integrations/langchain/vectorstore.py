@@ -12,6 +12,7 @@ from typing import Any
 
 from langchain_chroma import Chroma
 
+from ..adapters import check_precompute_mode
 from ..core.engine import FusionEngine
 
 
@@ -36,10 +37,7 @@ class FusionRAGChroma(Chroma):
                  show_progress: bool | None = None, **kwargs: Any) -> None:
         """precompute: "standalone" (each chunk alone) or "similar" (FusionRAG's similarity-guided
         preprocessing: each new chunk is computed after its `neighbors` nearest chunks in the collection)."""
-        if engine is None:
-            raise ValueError("FusionRAGChroma needs engine= (a FusionEngine, e.g. ChatFusionRAG(...).engine)")
-        if precompute not in ("standalone", "similar"):
-            raise ValueError(f"precompute must be 'standalone' or 'similar', got {precompute!r}")
+        check_precompute_mode(precompute, engine, "FusionRAGChroma", "ChatFusionRAG")
         super().__init__(**kwargs)
         self.engine = engine
         self.precompute_mode, self.neighbors = precompute, neighbors

@@ -16,6 +16,7 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 from llama_index.vector_stores.chroma.base import _to_chroma_filter
 from pydantic import PrivateAttr
 
+from ..adapters import check_precompute_mode
 from ..core.engine import FusionEngine
 
 
@@ -45,10 +46,7 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
                  show_progress: bool | None = None, **kwargs: Any) -> None:
         """precompute: "standalone" (each node alone) or "similar" (FusionRAG's similarity-guided
         preprocessing: each new node is computed after its `neighbors` nearest nodes in the collection)."""
-        if engine is None:
-            raise ValueError("FusionRAGChromaVectorStore needs engine= (a FusionEngine, e.g. FusionRAGLLM(...).engine)")
-        if precompute not in ("standalone", "similar"):
-            raise ValueError(f"precompute must be 'standalone' or 'similar', got {precompute!r}")
+        check_precompute_mode(precompute, engine, "FusionRAGChromaVectorStore", "FusionRAGLLM")
         super().__init__(**kwargs)
         self._engine = engine
         self._show_progress = show_progress

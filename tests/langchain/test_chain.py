@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import chromadb
 import pytest
 import torch
@@ -15,7 +13,7 @@ from langchain_core.runnables import RunnablePassthrough
 from fusionrag_integrations import EngineConfig, FusionEngine
 from fusionrag_integrations.langchain import ChatFusionRAG, FusionRAGChroma
 from fusionrag_integrations.langchain.chat_model import to_engine_messages
-from tests.conftest import DOCS
+from tests.conftest import DOCS, LoopTicker
 
 EXTRA = [
     "The harbour of Kellersby freezes in January, so the fishing fleet moves south to Brenmouth for the winter.",
@@ -131,18 +129,9 @@ def test_chroma_http_client(chroma_server, lc_engine, embeddings):
 async def test_async_chain_does_not_block_the_event_loop(store, lc_engine):
     llm = ChatFusionRAG(engine=lc_engine, max_tokens=24)
     chain = rag_chain(store.as_retriever(search_kwargs={"k": 4}), llm)
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    message = await chain.ainvoke("What is the password for the archive room?")
-    pieces = [c async for c in llm.astream("Count to five.")]
-    task.cancel()
+    async with LoopTicker() as ticker:
+        message = await chain.ainvoke("What is the password for the archive room?")
+        pieces = [c async for c in llm.astream("Count to five.")]
     assert message.response_metadata["stats"]["chunks_reused"] == 4
-    assert ticks > 10  # the loop kept running while the engine worked in a thread
+    assert ticker.ticks > 10  # the loop kept running while the engine worked in a thread
     assert sum(1 for c in pieces if c.usage_metadata) == 1

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from llama_index.core.base.llms.base import BaseLLM
 from llama_index.core.callbacks import CallbackManager, TokenCountingHandler
 from llama_index.core.llms import ChatMessage, MessageRole
 
 from fusionrag_integrations.llamaindex import FusionRAGLLM
+from tests.conftest import LoopTicker
 
 
 def test_is_a_base_llm(li_engine):
@@ -60,19 +59,10 @@ def test_token_counting_handler_reads_usage(li_engine):
 
 async def test_async_methods_do_not_block_the_loop(li_engine):
     llm = FusionRAGLLM(engine=li_engine, max_new_tokens=24)
-    ticks = 0
-
-    async def ticker():
-        nonlocal ticks
-        while True:
-            await asyncio.sleep(0.01)
-            ticks += 1
-
-    task = asyncio.create_task(ticker())
-    done = await llm.acomplete("Write one sentence about the sea.")
-    deltas = [r.delta async for r in await llm.astream_complete("Write one sentence about the sea.")]
-    reply = await llm.achat([ChatMessage(role=MessageRole.USER, content="What is the capital of France?")])
-    chat_deltas = [r.delta async for r in await llm.astream_chat([ChatMessage(role=MessageRole.USER, content="Hi")])]
-    task.cancel()
+    async with LoopTicker() as ticker:
+        done = await llm.acomplete("Write one sentence about the sea.")
+        deltas = [r.delta async for r in await llm.astream_complete("Write one sentence about the sea.")]
+        reply = await llm.achat([ChatMessage(role=MessageRole.USER, content="What is the capital of France?")])
+        chat_deltas = [r.delta async for r in await llm.astream_chat([ChatMessage(role=MessageRole.USER, content="Hi")])]
     assert "".join(deltas) == done.text and "Paris" in reply.message.content and chat_deltas
-    assert ticks > 10
+    assert ticker.ticks > 10
