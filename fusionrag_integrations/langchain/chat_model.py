@@ -7,35 +7,49 @@ the engine finds the retrieved chunks inside the rendered prompt and reuses thei
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator, Sequence
+import json
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
+from langchain_core.language_models.base import LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.runnables import Runnable
+from langchain_core.tools import BaseTool
+from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from ..core.engine import FusionEngine
 from ..core.outputs import GenerationChunk
+from ..tools import parse_tool_calls, template_supports_tools, tool_instruction
 from ..adapters import iterate_in_thread, shared_engine
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "chat": "user"}
 
 
-def to_engine_messages(messages: Sequence[BaseMessage]) -> list[dict[str, Any]]:
-    """LangChain messages -> chat-template dicts (text content; tool calls and results kept)."""
+def to_engine_messages(messages: Sequence[BaseMessage], native_tools: bool = True) -> list[dict[str, Any]]:
+    """LangChain messages -> chat-template dicts. Tool calls and results go in the template's own fields
+    when it supports tools; otherwise they are written as text (the call's JSON, a user turn for the result)."""
     out = []
     for m in messages:
         role = getattr(m, "role", None) if m.type == "chat" else _ROLES.get(m.type, "user")
         msg: dict[str, Any] = {"role": role if role in ("system", "user", "assistant", "tool") else "user",
                                "content": m.text if isinstance(m.text, str) else m.text()}
         if isinstance(m, ToolMessage):
-            msg["tool_call_id"] = m.tool_call_id
+            if native_tools:
+                msg["tool_call_id"] = m.tool_call_id
+            else:
+                msg = {"role": "user", "content": f"Tool result ({m.name or m.tool_call_id}): {msg['content']}"}
         if isinstance(m, AIMessage) and m.tool_calls:
-            msg["tool_calls"] = [{"type": "function", "id": c.get("id"),
-                                  "function": {"name": c["name"], "arguments": c["args"]}} for c in m.tool_calls]
+            if native_tools:
+                msg["tool_calls"] = [{"type": "function", "id": c.get("id"),
+                                      "function": {"name": c["name"], "arguments": c["args"]}} for c in m.tool_calls]
+            else:
+                calls = "\n".join(json.dumps({"name": c["name"], "arguments": c["args"]}) for c in m.tool_calls)
+                msg["content"] = f"{msg['content']}\n{calls}".strip()
         out.append(msg)
     return out
 
@@ -127,8 +141,30 @@ class ChatFusionRAG(BaseChatModel):
             "chunks": kwargs.get("chunks"),
         }
 
+    def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable | BaseTool], *,
+                   tool_choice: str | None = None, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
+        """Tools go to the chat template (when it supports them) or into a system instruction; calls are
+        parsed from the output (Hermes <tool_call> tags or a bare JSON object). tool_choice: None/"auto",
+        "any"/"required", a tool name, or "none". A local model is asked, not forced, to call a tool."""
+        formatted = [convert_to_openai_tool(t) for t in tools]
+        if tool_choice == "none":
+            formatted = []
+        return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
+
     def _pieces(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> Iterator[GenerationChunk]:
-        return self.engine.stream(to_engine_messages(messages), **self._engine_kwargs(stop, kwargs))
+        tools = kwargs.get("tools") or None
+        native = template_supports_tools(self.engine.tokenizer)
+        prompt = to_engine_messages(messages, native_tools=native)
+        if tools and not native:
+            prompt = [{"role": "system", "content": tool_instruction(tools, kwargs.get("tool_choice"))}, *prompt]
+        return self.engine.stream(prompt, tools=tools if native else None, **self._engine_kwargs(stop, kwargs))
+
+    def _with_tool_calls(self, text: str, kwargs: dict) -> tuple[str, list[dict[str, Any]]]:
+        tools = kwargs.get("tools") or None
+        if not tools:
+            return text, []
+        parsed = parse_tool_calls(text, {t["function"]["name"] for t in tools})
+        return parsed.content, parsed.tool_calls
 
     def _final_chunk(self, piece: GenerationChunk) -> AIMessageChunk:
         """The one chunk that carries usage and metadata (so aggregation does not double count)."""
@@ -153,11 +189,27 @@ class ChatFusionRAG(BaseChatModel):
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+        if kwargs.get("tools"):  # a tool call is only known once complete: one chunk carries it all
+            result = self._generate(messages, stop, run_manager, **kwargs)
+            yield self._tool_result_chunk(result)
+            return
         for piece in self._pieces(messages, stop, kwargs):
             chunk = self._to_chunk(piece)
             if run_manager and piece.text:
                 run_manager.on_llm_new_token(piece.text, chunk=chunk)
             yield chunk
+
+    @staticmethod
+    def _tool_result_chunk(result: ChatResult) -> ChatGenerationChunk:
+        message = result.generations[0].message
+        chunks = [{"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
+                  for i, c in enumerate(message.tool_calls)]
+        return ChatGenerationChunk(
+            message=AIMessageChunk(content=message.content, tool_call_chunks=chunks,
+                                   usage_metadata=message.usage_metadata,
+                                   response_metadata=message.response_metadata, chunk_position="last"),
+            generation_info=result.generations[0].generation_info,
+        )
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
@@ -166,7 +218,8 @@ class ChatFusionRAG(BaseChatModel):
             text.append(piece.text)
             last = piece
         final = self._final_chunk(last)
-        message = AIMessage(content="".join(text), usage_metadata=final.usage_metadata,
+        content, calls = self._with_tool_calls("".join(text), kwargs)
+        message = AIMessage(content=content, tool_calls=calls, usage_metadata=final.usage_metadata,
                             response_metadata=final.response_metadata)
         return ChatResult(generations=[ChatGeneration(message=message, generation_info={"finish_reason": last.finish_reason})])
 
@@ -179,6 +232,9 @@ class ChatFusionRAG(BaseChatModel):
     async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
                        run_manager: AsyncCallbackManagerForLLMRun | None = None,
                        **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+        if kwargs.get("tools"):
+            yield self._tool_result_chunk(await self._agenerate(messages, stop, None, **kwargs))
+            return
         async for piece in iterate_in_thread(self._pieces(messages, stop, kwargs)):
             chunk = self._to_chunk(piece)
             if run_manager and piece.text:
