@@ -42,6 +42,24 @@ def tool_instruction(tools: list[dict], tool_choice: str | None = None) -> str:
     )
 
 
+def call_as_text(name: str, args: dict[str, Any]) -> str:
+    """An earlier tool call, written as the JSON the instruction asks for (templates without tool support)."""
+    return json.dumps({"name": name, "arguments": args})
+
+
+def result_as_user_turn(name: str, content: str) -> dict[str, str]:
+    """A tool result as a user turn (templates without a tool role or tool support)."""
+    return {"role": "user", "content": f"Tool result ({name}): {content}"}
+
+
+def prompt_with_tools(prompt: list[dict], tools: list[dict] | None, tool_choice: str | None,
+                      native: bool) -> tuple[list[dict], list[dict] | None]:
+    """-> (messages, tools for the chat template): native templates get the schemas, others an instruction."""
+    if not tools or native:
+        return prompt, tools or None
+    return [{"role": "system", "content": tool_instruction(tools, tool_choice)}, *prompt], None
+
+
 def parse_tool_calls(text: str, tool_names: set[str] | None = None) -> ParsedOutput:
     """Split generated text into plain content and tool calls (names checked against tool_names if given)."""
     calls: list[dict[str, Any]] = []

@@ -24,7 +24,7 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from ..core.engine import FusionEngine
 from ..core.outputs import GenerationChunk
-from ..tools import parse_tool_calls, template_supports_tools, tool_instruction
+from ..tools import call_as_text, parse_tool_calls, prompt_with_tools, result_as_user_turn, template_supports_tools
 from ..adapters import iterate_in_thread, shared_engine
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "chat": "user"}
@@ -42,13 +42,13 @@ def to_engine_messages(messages: Sequence[BaseMessage], native_tools: bool = Tru
             if native_tools:
                 msg["tool_call_id"] = m.tool_call_id
             else:
-                msg = {"role": "user", "content": f"Tool result ({m.name or m.tool_call_id}): {msg['content']}"}
+                msg = result_as_user_turn(m.name or m.tool_call_id, msg["content"])
         if isinstance(m, AIMessage) and m.tool_calls:
             if native_tools:
                 msg["tool_calls"] = [{"type": "function", "id": c.get("id"),
                                       "function": {"name": c["name"], "arguments": c["args"]}} for c in m.tool_calls]
             else:
-                calls = "\n".join(json.dumps({"name": c["name"], "arguments": c["args"]}) for c in m.tool_calls)
+                calls = "\n".join(call_as_text(c["name"], c["args"]) for c in m.tool_calls)
                 msg["content"] = f"{msg['content']}\n{calls}".strip()
         out.append(msg)
     return out
@@ -152,12 +152,10 @@ class ChatFusionRAG(BaseChatModel):
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def _pieces(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> Iterator[GenerationChunk]:
-        tools = kwargs.get("tools") or None
         native = template_supports_tools(self.engine.tokenizer)
-        prompt = to_engine_messages(messages, native_tools=native)
-        if tools and not native:
-            prompt = [{"role": "system", "content": tool_instruction(tools, kwargs.get("tool_choice"))}, *prompt]
-        return self.engine.stream(prompt, tools=tools if native else None, **self._engine_kwargs(stop, kwargs))
+        prompt, tools = prompt_with_tools(to_engine_messages(messages, native_tools=native), kwargs.get("tools"),
+                                          kwargs.get("tool_choice"), native)
+        return self.engine.stream(prompt, tools=tools, **self._engine_kwargs(stop, kwargs))
 
     def _with_tool_calls(self, text: str, kwargs: dict) -> tuple[str, list[dict[str, Any]]]:
         tools = kwargs.get("tools") or None

@@ -24,24 +24,47 @@ from llama_index.core.base.llms.types import (
     LLMMetadata,
     MessageRole,
 )
-from llama_index.core.llms import CustomLLM
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
+from llama_index.core.llms.function_calling import FunctionCallingLLM
+from llama_index.core.llms.llm import ToolSelection
 from pydantic import Field, PrivateAttr
 
 from ..core.engine import FusionEngine
 from ..core.outputs import GenerationChunk
 from ..adapters import iterate_in_thread, shared_engine
+from ..tools import call_as_text, parse_tool_calls, prompt_with_tools, result_as_user_turn, template_supports_tools
 
 _ROLES = {MessageRole.SYSTEM: "system", MessageRole.DEVELOPER: "system", MessageRole.USER: "user",
           MessageRole.ASSISTANT: "assistant", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant",
           MessageRole.TOOL: "tool", MessageRole.FUNCTION: "tool"}
 
 
-def to_engine_messages(messages: Sequence[ChatMessage]) -> list[dict[str, Any]]:
-    return [{"role": _ROLES.get(m.role, "user"), "content": m.content or ""} for m in messages]
+def to_engine_messages(messages: Sequence[ChatMessage], native_tools: bool = True) -> list[dict[str, Any]]:
+    """LlamaIndex messages -> chat-template dicts; tool calls and results as in the LangChain adapter."""
+    out = []
+    names: dict[str, str] = {}  # tool call id -> tool name (agents' tool messages carry only the id)
+    for m in messages:
+        msg: dict[str, Any] = {"role": _ROLES.get(m.role, "user"), "content": m.content or ""}
+        calls = m.additional_kwargs.get("tool_calls") or []
+        names.update({c["id"]: c["name"] for c in calls})
+        if msg["role"] == "tool":
+            call_id = m.additional_kwargs.get("tool_call_id", "")
+            name = m.additional_kwargs.get("name") or names.get(call_id) or call_id or "tool"
+            if native_tools:
+                msg["tool_call_id"] = m.additional_kwargs.get("tool_call_id")
+            else:
+                msg = result_as_user_turn(name, msg["content"])
+        elif calls:
+            if native_tools:
+                msg["tool_calls"] = [{"type": "function", "id": c["id"],
+                                      "function": {"name": c["name"], "arguments": c["args"]}} for c in calls]
+            else:
+                msg["content"] = "\n".join([msg["content"], *(call_as_text(c["name"], c["args"]) for c in calls)]).strip()
+        out.append(msg)
+    return out
 
 
-class FusionRAGLLM(CustomLLM):
+class FusionRAGLLM(FunctionCallingLLM):
     """LlamaIndex LLM with chunk-KV reuse. Pass `engine=` (a FusionEngine) or `model=` (a local HF
     directory, a .gguf file or a cached hub id; default: the bundled SmolLM2).
 
@@ -92,7 +115,7 @@ class FusionRAGLLM(CustomLLM):
     def metadata(self) -> LLMMetadata:
         window = min(self.context_window or self._engine.context_window, self._engine.context_window)
         return LLMMetadata(context_window=window, num_output=self.max_new_tokens,
-                           model_name=self.model_name, is_chat_model=True, is_function_calling_model=False)
+                           model_name=self.model_name, is_chat_model=True, is_function_calling_model=True)
 
     # -- the engine call ---------------------------------------------------------------------
 
@@ -107,6 +130,7 @@ class FusionRAGLLM(CustomLLM):
             stop=list(kwargs.get("stop") or []) + self.stop,
             selector=kwargs.get("selector", self.selector),
             recompute_ratio=kwargs.get("recompute_ratio", self.recompute_ratio),
+            tools=kwargs.get("template_tools"),
         )
 
     @staticmethod
@@ -151,15 +175,51 @@ class FusionRAGLLM(CustomLLM):
         return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta,
                             raw=r.raw, additional_kwargs=r.additional_kwargs)
 
+    def _chat_prompt(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> list[dict]:
+        native = template_supports_tools(self._engine.tokenizer)
+        choice = "required" if kwargs.get("tool_required") else kwargs.get("tool_choice")
+        prompt, kwargs["template_tools"] = prompt_with_tools(to_engine_messages(messages, native), kwargs.get("tools"),
+                                                            choice, native)
+        return prompt
+
+    def _with_tool_calls(self, response: ChatResponse, kwargs: dict[str, Any]) -> ChatResponse:
+        tools = kwargs.get("tools")
+        if tools:
+            parsed = parse_tool_calls(response.message.content or "", {t["function"]["name"] for t in tools})
+            if parsed.tool_calls:
+                response.message.content = parsed.content
+                response.message.additional_kwargs["tool_calls"] = parsed.tool_calls
+        return response
+
     @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        *_, last = self._completions(to_engine_messages(messages), kwargs)
-        return self._to_chat(last)
+        *_, last = self._completions(self._chat_prompt(messages, kwargs), kwargs)
+        return self._with_tool_calls(self._to_chat(last), kwargs)
 
     @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
-        for r in self._completions(to_engine_messages(messages), kwargs):
-            yield self._to_chat(r)
+        for r in self._completions(self._chat_prompt(messages, kwargs), kwargs):
+            yield self._with_tool_calls(self._to_chat(r), kwargs) if r.raw else self._to_chat(r)
+
+    # -- function calling (agents): tools to the template or an instruction, calls parsed back -------
+
+    def _prepare_chat_with_tools(self, tools: Sequence[Any], user_msg: str | ChatMessage | None = None,
+                                 chat_history: list[ChatMessage] | None = None, verbose: bool = False,
+                                 allow_parallel_tool_calls: bool = False, tool_required: bool = False,
+                                 **kwargs: Any) -> dict[str, Any]:
+        messages = list(chat_history or [])
+        if user_msg is not None:
+            messages.append(user_msg if isinstance(user_msg, ChatMessage) else ChatMessage(role=MessageRole.USER,
+                                                                                          content=user_msg))
+        return {"messages": messages, "tools": [t.metadata.to_openai_tool() for t in tools],
+                "tool_required": tool_required, **kwargs}
+
+    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
+                                     **kwargs: Any) -> list[ToolSelection]:
+        calls = response.message.additional_kwargs.get("tool_calls") or []
+        if not calls and error_on_no_tool_call:
+            raise ValueError(f"expected a tool call from the model, got: {response.message.content!r}")
+        return [ToolSelection(tool_id=c["id"], tool_name=c["name"], tool_kwargs=c["args"]) for c in calls]
 
     # -- real async: the engine works in a thread; the event loop keeps running ----------------
 
@@ -178,15 +238,16 @@ class FusionRAGLLM(CustomLLM):
 
     @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
-        last = await asyncio.to_thread(lambda: list(self._completions(to_engine_messages(messages), kwargs))[-1])
-        return self._to_chat(last)
+        prompt = self._chat_prompt(messages, kwargs)
+        last = await asyncio.to_thread(lambda: list(self._completions(prompt, kwargs))[-1])
+        return self._with_tool_calls(self._to_chat(last), kwargs)
 
     @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
-        source = self._completions(to_engine_messages(messages), kwargs)
+        source = self._completions(self._chat_prompt(messages, kwargs), kwargs)
 
         async def gen() -> AsyncIterator[ChatResponse]:
             async for r in iterate_in_thread(source):
-                yield self._to_chat(r)
+                yield self._with_tool_calls(self._to_chat(r), kwargs) if r.raw else self._to_chat(r)
         return gen()
 
