@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test bench-cpu clean
+.PHONY: install demo test lint bench-cpu clean
 
 install: $(STAMP)
 
@@ -29,3 +29,8 @@ bench-cpu: install
 
 clean:
 	rm -rf $(VENV) .cache
+
+lint: install
+	$(VENV)/bin/python -m pip install -q ruff
+	$(VENV)/bin/ruff check fusionrag_integrations benchmarks tests examples
+	$(VENV)/bin/ruff format --check fusionrag_integrations benchmarks tests examples/*.py

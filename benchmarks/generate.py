@@ -43,7 +43,9 @@ def bench(ours, hf, n_prompt: int, n_decode: int, repeats: int, device: torch.de
 
     def ours_prefill():
         cache = ours.new_cache(n_prompt + n_decode)
-        return ours.forward(ids, torch.arange(n_prompt, device=device), cache, AttentionMode.CAUSAL_FROM_ZERO, n_prompt - 1), cache
+        return ours.forward(
+            ids, torch.arange(n_prompt, device=device), cache, AttentionMode.CAUSAL_FROM_ZERO, n_prompt - 1
+        ), cache
 
     def hf_prefill():
         out = hf(ids[None], use_cache=True, logits_to_keep=1)
@@ -79,15 +81,21 @@ def bench(ours, hf, n_prompt: int, n_decode: int, repeats: int, device: torch.de
     rows = []
     # interleave the two engines so drift in clocks or thermal state hits both alike
     prefill = {"ours": median_ms(ours_prefill, device, repeats), "transformers": median_ms(hf_prefill, device, repeats)}
-    decode = {name: sorted(fn() for _ in range(max(3, repeats // 2)))[max(3, repeats // 2) // 2]
-              for name, fn in (("ours", ours_decode), ("transformers", hf_decode))}
+    decode = {
+        name: sorted(fn() for _ in range(max(3, repeats // 2)))[max(3, repeats // 2) // 2]
+        for name, fn in (("ours", ours_decode), ("transformers", hf_decode))
+    }
     for name in ("transformers", "ours"):
-        rows.append({
-            "engine": name, "prompt_tokens": n_prompt, "prefill_ms": prefill[name],
-            "decode_tok_s": n_decode / (decode[name] / 1e3),
-            "prefill_speedup_vs_hf": prefill["transformers"] / prefill[name],
-            "decode_speedup_vs_hf": decode["transformers"] / decode[name],
-        })
+        rows.append(
+            {
+                "engine": name,
+                "prompt_tokens": n_prompt,
+                "prefill_ms": prefill[name],
+                "decode_tok_s": n_decode / (decode[name] / 1e3),
+                "prefill_speedup_vs_hf": prefill["transformers"] / prefill[name],
+                "decode_speedup_vs_hf": decode["transformers"] / decode[name],
+            }
+        )
     return rows
 
 
@@ -109,9 +117,16 @@ def main() -> None:
         rows += bench(ours, hf, n, args.decode_tokens, args.repeats, device)
     for r in rows:
         r.update(device=device_name(device), shape=args.shape, dtype=str(dtype).replace("torch.", ""))
-    print(f"\n{device_name(device)}, {args.shape}, {dtype}, decode {args.decode_tokens} tokens, median of {args.repeats}\n")
-    print(markdown_table(rows, ["engine", "prompt_tokens", "prefill_ms", "decode_tok_s", "prefill_speedup_vs_hf",
-                                "decode_speedup_vs_hf"]))
+    print(
+        f"\n{device_name(device)}, {args.shape}, {dtype}, decode {args.decode_tokens} tokens, "
+        f"median of {args.repeats}\n"
+    )
+    print(
+        markdown_table(
+            rows,
+            ["engine", "prompt_tokens", "prefill_ms", "decode_tok_s", "prefill_speedup_vs_hf", "decode_speedup_vs_hf"],
+        )
+    )
     out = Path(args.out or Path(__file__).parent / "results" / f"generate_{device.type}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))

@@ -55,10 +55,19 @@ def main() -> None:
                 tokens += [e.num_tokens for e in entries]
                 mem_bytes += [e.nbytes for e in entries]
                 disk_bytes += [engine.chunks.store.path(k).stat().st_size for k in keys]
-        rows.append((mode, statistics.median(per_chunk) * 1e3, statistics.fmean(tokens), statistics.fmean(mem_bytes),
-                     statistics.fmean(disk_bytes)))
-    print(f"\n{base.model_name} on {base.device}, {len(examples)} examples x {len(examples[0].passages)} passages, "
-          f"{args.neighbors} neighbours\n")
+        rows.append(
+            (
+                mode,
+                statistics.median(per_chunk) * 1e3,
+                statistics.fmean(tokens),
+                statistics.fmean(mem_bytes),
+                statistics.fmean(disk_bytes),
+            )
+        )
+    print(
+        f"\n{base.model_name} on {base.device}, {len(examples)} examples x {len(examples[0].passages)} passages, "
+        f"{args.neighbors} neighbours\n"
+    )
     print("| precompute | ms per chunk (median) | tokens per chunk | KV bytes per chunk | file bytes per chunk |")
     print("|---|---|---|---|---|")
     for mode, ms, tok, mem, disk in rows:

@@ -54,11 +54,25 @@ def main() -> None:
     rows = []
 
     q_all = torch.randn(skv, hq, d, device=dev, dtype=dtype)
-    dense_ms = bench_ms(lambda: F.scaled_dot_product_attention(
-        q_all.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], is_causal=True, enable_gqa=True))
+    dense_ms = bench_ms(
+        lambda: F.scaled_dot_product_attention(
+            q_all.transpose(0, 1)[None],
+            k.transpose(0, 1)[None],
+            v.transpose(0, 1)[None],
+            is_causal=True,
+            enable_gqa=True,
+        )
+    )
     dense_flops = 4.0 * hq * d * skv * (skv + 1) / 2
-    rows.append({"method": "dense SDPA (causal, all queries)", "sq": skv, "ms": dense_ms,
-                 "useful_tflops": dense_flops / dense_ms / 1e9, "vs_dense": 1.0})
+    rows.append(
+        {
+            "method": "dense SDPA (causal, all queries)",
+            "sq": skv,
+            "ms": dense_ms,
+            "useful_tflops": dense_flops / dense_ms / 1e9,
+            "vs_dense": 1.0,
+        }
+    )
 
     for sq in args.sq:
         pos = selected_positions(sq, skv, gen).to(dev)
@@ -77,8 +91,16 @@ def main() -> None:
         for name, fn in methods.items():
             ms = bench_ms(fn)
             tf = useful / ms / 1e9
-            rows.append({"method": name, "sq": sq, "ms": ms, "useful_tflops": tf,
-                         "vs_dense": tf / rows[0]["useful_tflops"], "max_abs_err": err if name == "triton kernel" else None})
+            rows.append(
+                {
+                    "method": name,
+                    "sq": sq,
+                    "ms": ms,
+                    "useful_tflops": tf,
+                    "vs_dense": tf / rows[0]["useful_tflops"],
+                    "max_abs_err": err if name == "triton kernel" else None,
+                }
+            )
     print(f"\n{device_name(dev)}, Skv={skv}, Hq={hq}, Hkv={hkv}, D={d}, bf16\n")
     print(markdown_table(rows, ["method", "sq", "ms", "useful_tflops", "vs_dense", "max_abs_err"]))
 

@@ -37,8 +37,9 @@ CHUNK, QUESTION, INSTRUCTION = 512, 64, 16
 SELECTORS = ["none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "full"]
 
 
-def build_chunks(model, n_chunks: int, gen: torch.Generator, batch_tokens: int,
-                 neighbors: int = 0) -> tuple[list, float]:
+def build_chunks(
+    model, n_chunks: int, gen: torch.Generator, batch_tokens: int, neighbors: int = 0
+) -> tuple[list, float]:
     """Precompute n_chunks random 512-token chunks; returns (entries, seconds per chunk).
 
     neighbors > 0: similarity-guided precompute, each chunk computed after `neighbors` other chunks
@@ -46,13 +47,17 @@ def build_chunks(model, n_chunks: int, gen: torch.Generator, batch_tokens: int,
     """
     dev = model.device
     prefix = prefix_kv(model, [1])
-    ids = [torch.randint(0, model.config.vocab_size, (CHUNK,), generator=gen, device=dev).tolist()
-           for _ in range(n_chunks)]
+    ids = [
+        torch.randint(0, model.config.vocab_size, (CHUNK,), generator=gen, device=dev).tolist() for _ in range(n_chunks)
+    ]
     jobs = []
     for i in range(n_chunks):
         context = [t for j in range(1, neighbors + 1) for t in ids[(i + j) % n_chunks]]
-        jobs.append(PrecomputeJob(f"chunk{i}-{neighbors}", f"chunk{i}", context, ids[i],
-                                  "standalone" if not neighbors else f"nbr:{i}"))
+        jobs.append(
+            PrecomputeJob(
+                f"chunk{i}-{neighbors}", f"chunk{i}", context, ids[i], "standalone" if not neighbors else f"nbr:{i}"
+            )
+        )
     warm = jobs[: max(1, batch_tokens // (CHUNK * (neighbors + 1)))]  # compile / autotune happen here, untimed
     list(compute_entries(model, prefix, warm, "bench", batch_tokens))
     sync(dev)
@@ -86,8 +91,13 @@ def main() -> None:
     p.add_argument("--quick", action="store_true", help="skip HF and the CPU tier (kernel iteration)")
     p.add_argument("--breakdown", action="store_true", help="time the phases of fused fusionrag@0.15")
     p.add_argument("--profile", action="store_true", help="torch.profiler table of one fused fusionrag@0.15 call")
-    p.add_argument("--neighbors", type=int, nargs="*", default=[],
-                   help="also time similarity-guided precompute with these neighbour counts (e.g. 3)")
+    p.add_argument(
+        "--neighbors",
+        type=int,
+        nargs="*",
+        default=[],
+        help="also time similarity-guided precompute with these neighbour counts (e.g. 3)",
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ttft_gpu.json"))
     args = p.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
@@ -103,15 +113,37 @@ def main() -> None:
     max_chunks = max(args.contexts) // CHUNK
     entries, s_per_chunk = build_chunks(model, max_chunks, gen, batch_tokens=8192)
     print(f"precompute: {s_per_chunk * 1e3:.1f} ms per {CHUNK}-token chunk (batches of 16, {max_chunks} chunks)")
-    rows.append({"device": name, "context_tokens": CHUNK, "method": "precompute", "selector": None, "ratio": None,
-                 "kv_tier": None, "ttft_ms": s_per_chunk * 1e3, "peak_mem_gib": None})
+    rows.append(
+        {
+            "device": name,
+            "context_tokens": CHUNK,
+            "method": "precompute",
+            "selector": None,
+            "ratio": None,
+            "kv_tier": None,
+            "ttft_ms": s_per_chunk * 1e3,
+            "peak_mem_gib": None,
+        }
+    )
     for k in args.neighbors:
         _, s_nbr = build_chunks(model, min(max_chunks, 32), gen, batch_tokens=8192, neighbors=k)
         print(f"precompute with {k} neighbours: {s_nbr * 1e3:.1f} ms per {CHUNK}-token chunk")
-        rows.append({"device": name, "context_tokens": CHUNK, "method": f"precompute_{k}_neighbors", "selector": None,
-                     "ratio": None, "kv_tier": None, "ttft_ms": s_nbr * 1e3, "peak_mem_gib": None})
+        rows.append(
+            {
+                "device": name,
+                "context_tokens": CHUNK,
+                "method": f"precompute_{k}_neighbors",
+                "selector": None,
+                "ratio": None,
+                "kv_tier": None,
+                "ttft_ms": s_nbr * 1e3,
+                "peak_mem_gib": None,
+            }
+        )
     gpu_store = ChunkStore("bench", dev, 64 << 30, 0, None)
-    cpu_store = ChunkStore("bench", dev, 0, 64 << 30, None)  # nothing fits the GPU tier: every get copies from pinned CPU
+    cpu_store = ChunkStore(
+        "bench", dev, 0, 64 << 30, None
+    )  # nothing fits the GPU tier: every get copies from pinned CPU
     for e in entries:
         gpu_store.put(e)
         cpu_store.put(e)
@@ -122,10 +154,23 @@ def main() -> None:
         torch.cuda.reset_peak_memory_stats()
         ms = median_ms(fn, dev, args.repeats, warmup=2)
         peak = torch.cuda.max_memory_allocated() / 2**30
-        rows.append({"device": name, "context_tokens": context, "method": method, "selector": selector,
-                     "ratio": ratio, "kv_tier": tier, "ttft_ms": ms, "peak_mem_gib": peak})
-        print(f"{context:>6} {method:<10} {str(selector):<10} {str(ratio):<5} {str(tier):<4} {ms:9.1f} ms {peak:6.1f} GiB",
-              flush=True)
+        rows.append(
+            {
+                "device": name,
+                "context_tokens": context,
+                "method": method,
+                "selector": selector,
+                "ratio": ratio,
+                "kv_tier": tier,
+                "ttft_ms": ms,
+                "peak_mem_gib": peak,
+            }
+        )
+        print(
+            f"{context:>6} {method:<10} {str(selector):<10} {str(ratio):<5} {str(tier):<4} "
+            f"{ms:9.1f} ms {peak:6.1f} GiB",
+            flush=True,
+        )
 
     for context in args.contexts:
         n_chunks = (context - INSTRUCTION - QUESTION) // CHUNK
@@ -150,6 +195,7 @@ def main() -> None:
                     placed = [PlacedChunk(store.get(k), s) for k, s in zip(keys, prompt.starts())]
                     cache = model.new_cache(n + 1)
                     return fused_prefill(model, cache, ids, placed, selector, ratio)[0]
+
             return run
 
         if hf is not None:
@@ -178,11 +224,18 @@ def main() -> None:
 
     table_rows = []
     for r in rows:
-        ref = next((x["ttft_ms"] for x in rows if x["context_tokens"] == r["context_tokens"] and x["method"] == "hf_full"), None)
+        ref = next(
+            (x["ttft_ms"] for x in rows if x["context_tokens"] == r["context_tokens"] and x["method"] == "hf_full"),
+            None,
+        )
         table_rows.append({**r, "speedup_vs_hf": (ref / r["ttft_ms"]) if ref and r["method"] != "precompute" else None})
     print()
-    print(markdown_table(table_rows, ["context_tokens", "method", "selector", "ratio", "kv_tier", "ttft_ms",
-                                      "speedup_vs_hf", "peak_mem_gib"]))
+    print(
+        markdown_table(
+            table_rows,
+            ["context_tokens", "method", "selector", "ratio", "kv_tier", "ttft_ms", "speedup_vs_hf", "peak_mem_gib"],
+        )
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))
@@ -204,8 +257,10 @@ def breakdown(model, store, keys, prompt, ids, cfg, repeats) -> None:
         select_ms = median_ms(lambda: selector.select(ctx, budget), dev, repeats)
         chosen = selector.select(ctx, budget)
         recompute_ms = median_ms(lambda: recompute(ctx, chosen), dev, repeats)
-    print(f"breakdown fusionrag@0.15: place {place_ms:.1f} ms, select (probe) {select_ms:.1f} ms, "
-          f"recompute {recompute_ms:.1f} ms")
+    print(
+        f"breakdown fusionrag@0.15: place {place_ms:.1f} ms, select (probe) {select_ms:.1f} ms, "
+        f"recompute {recompute_ms:.1f} ms"
+    )
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -223,8 +278,13 @@ def plot(rows: list[dict], path: Path) -> None:
     for r in (0.0, 0.05, 0.15, 0.30):
         series[f"fused fusionrag @ {r:.2f}"] = ("fused", r)
     for label, (method, ratio) in series.items():
-        pts = sorted((x["context_tokens"], x["ttft_ms"]) for x in rows if x["method"] == method
-                     and x["kv_tier"] in (None, "gpu") and (ratio is None or (x["ratio"] == ratio and x["selector"] == "fusionrag")))
+        pts = sorted(
+            (x["context_tokens"], x["ttft_ms"])
+            for x in rows
+            if x["method"] == method
+            and x["kv_tier"] in (None, "gpu")
+            and (ratio is None or (x["ratio"] == ratio and x["selector"] == "fusionrag"))
+        )
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
     ax.set_xscale("log", base=2)

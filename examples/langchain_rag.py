@@ -42,8 +42,12 @@ def main() -> None:
     llm = ChatFusionRAG(engine=engine, max_tokens=48)
 
     # 2. The vector store: Chroma, plus KV precompute on every add.
-    store = FusionRAGChroma(engine=engine, embedding_function=MiniLMEmbeddings(), collection_name="space",
-                            persist_directory=str(cache / "chroma"))
+    store = FusionRAGChroma(
+        engine=engine,
+        embedding_function=MiniLMEmbeddings(),
+        collection_name="space",
+        persist_directory=str(cache / "chroma"),
+    )
     t = time.perf_counter()
     store.add_texts(PASSAGES, ids=[f"p{i}" for i in range(len(PASSAGES))])
     print(f"added {len(PASSAGES)} documents in {time.perf_counter() - t:.1f} s (embedding + KV precompute)")
@@ -52,10 +56,12 @@ def main() -> None:
     def format_docs(docs):
         return "\n\n".join(doc.page_content for doc in docs)
 
-    prompt = ChatPromptTemplate.from_messages([
-        ("system", "Answer the question in one sentence, using only this context:\n\n{context}"),
-        ("human", "{question}"),
-    ])
+    prompt = ChatPromptTemplate.from_messages(
+        [
+            ("system", "Answer the question in one sentence, using only this context:\n\n{context}"),
+            ("human", "{question}"),
+        ]
+    )
     retriever = store.as_retriever(search_kwargs={"k": 4})
     rag = {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt
 
@@ -67,9 +73,11 @@ def main() -> None:
         full = (rag | llm.bind(selector="full")).invoke(question).response_metadata["stats"]
         fused_ms.append(fused["ttft_ms"])
         full_ms.append(full["ttft_ms"])
-        print(f"Q: {question}\nA: {answer.strip()}\n   TTFT {fused['ttft_ms']:.0f} ms fused vs {full['ttft_ms']:.0f} ms "
-              f"full prefill; {fused['chunks_reused']} chunks reused, {fused['tokens_recomputed']} of "
-              f"{fused['tokens_recomputed'] + fused['tokens_reused']} chunk tokens recomputed")
+        print(
+            f"Q: {question}\nA: {answer.strip()}\n   TTFT {fused['ttft_ms']:.0f} ms fused vs {full['ttft_ms']:.0f} ms "
+            f"full prefill; {fused['chunks_reused']} chunks reused, {fused['tokens_recomputed']} of "
+            f"{fused['tokens_recomputed'] + fused['tokens_reused']} chunk tokens recomputed"
+        )
     print(f"mean TTFT ratio full/fused: {sum(full_ms) / sum(fused_ms):.2f}x")
 
     # 5. A bar plot of the TTFTs.

@@ -58,13 +58,15 @@ def main() -> None:
 
     # 2. The usual index (documents with metadata: the cached text includes the metadata lines).
     docs = [Document(text=p, metadata={"source": f"passage-{i}"}) for i, p in enumerate(PASSAGES)]
-    index = VectorStoreIndex.from_documents(docs, storage_context=StorageContext.from_defaults(vector_store=store),
-                                            embed_model=MiniLMEmbedding())
+    index = VectorStoreIndex.from_documents(
+        docs, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=MiniLMEmbedding()
+    )
 
     # 3. Query engine: fused vs a full prefill of the same prompts (selector "full").
     fused_engine = index.as_query_engine(llm=FusionRAGLLM(engine=engine, max_new_tokens=48), similarity_top_k=4)
-    full_engine = index.as_query_engine(llm=FusionRAGLLM(engine=engine, max_new_tokens=48, selector="full"),
-                                        similarity_top_k=4)
+    full_engine = index.as_query_engine(
+        llm=FusionRAGLLM(engine=engine, max_new_tokens=48, selector="full"), similarity_top_k=4
+    )
     fused_ms, full_ms = [], []
     for question in QUESTIONS:
         answer = fused_engine.query(question)
@@ -73,15 +75,18 @@ def main() -> None:
         full = recorder.stats[-1]
         fused_ms.append(fused["ttft_ms"])
         full_ms.append(full["ttft_ms"])
-        print(f"Q: {question}\nA: {str(answer).strip()}\n   TTFT {fused['ttft_ms']:.0f} ms fused vs "
-              f"{full['ttft_ms']:.0f} ms full prefill; {fused['chunks_reused']} nodes reused, "
-              f"{fused['tokens_recomputed']} of {fused['tokens_recomputed'] + fused['tokens_reused']} chunk tokens "
-              f"recomputed")
+        print(
+            f"Q: {question}\nA: {str(answer).strip()}\n   TTFT {fused['ttft_ms']:.0f} ms fused vs "
+            f"{full['ttft_ms']:.0f} ms full prefill; {fused['chunks_reused']} nodes reused, "
+            f"{fused['tokens_recomputed']} of {fused['tokens_recomputed'] + fused['tokens_reused']} chunk tokens "
+            f"recomputed"
+        )
     print(f"mean TTFT ratio full/fused: {sum(full_ms) / sum(fused_ms):.2f}x")
 
     # 4. A chat engine over the same index.
-    chat = index.as_chat_engine(chat_mode="condense_plus_context", llm=FusionRAGLLM(engine=engine, max_new_tokens=48),
-                                similarity_top_k=3)
+    chat = index.as_chat_engine(
+        chat_mode="condense_plus_context", llm=FusionRAGLLM(engine=engine, max_new_tokens=48), similarity_top_k=3
+    )
     print(f"chat: {str(chat.chat('Tell me about the Hubble Space Telescope.')).strip()}")
     print(f"chat (follow-up): {str(chat.chat('How was its mirror fixed?')).strip()}")
     print(f"   nodes reused in the last chat turn: {recorder.stats[-1]['chunks_reused']}")

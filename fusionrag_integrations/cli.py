@@ -9,16 +9,24 @@ from . import EngineConfig, FusionEngine, default_model_path
 
 
 def _engine(args: argparse.Namespace) -> FusionEngine:
-    return FusionEngine.from_pretrained(args.model or default_model_path(), device=args.device, dtype=args.dtype,
-                                        config=EngineConfig())
+    return FusionEngine.from_pretrained(
+        args.model or default_model_path(), device=args.device, dtype=args.dtype, config=EngineConfig()
+    )
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
     engine = _engine(args)
     prompt = args.prompt if args.raw else [{"role": "user", "content": args.prompt}]
     last = None
-    for piece in engine.stream(prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                               top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop):
+    for piece in engine.stream(
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=args.seed,
+        stop=args.stop,
+    ):
         print(piece.text, end="", flush=True)
         last = piece
     print()
@@ -40,8 +48,10 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     engine = _engine(args)
     t = time.perf_counter()
     keys = engine.precompute(texts, show_progress=True)
-    print(f"{len(set(keys))} chunks ({engine.counters['chunks_computed']} computed now, the rest already cached) "
-          f"in {time.perf_counter() - t:.1f} s, cache: {engine.config.cache_dir}")
+    print(
+        f"{len(set(keys))} chunks ({engine.counters['chunks_computed']} computed now, the rest already cached) "
+        f"in {time.perf_counter() - t:.1f} s, cache: {engine.config.cache_dir}"
+    )
     return 0
 
 

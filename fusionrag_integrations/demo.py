@@ -34,33 +34,47 @@ def main(model: str | None = None, device: str = "auto", cache_dir: str | Path =
 
     cache_dir = Path(cache_dir)
     t = time.perf_counter()
-    engine = FusionEngine.from_pretrained(model or default_model_path(), device=device,
-                                          config=EngineConfig(cache_dir=cache_dir))
-    print(f"model: {engine.model_name} on {engine.device} ({engine.model.dtype}), loaded in {time.perf_counter() - t:.1f} s")
-    store = FusionRAGChroma(engine=engine, persist_directory=str(cache_dir / "chroma"), collection_name="demo",
-                            embedding_function=MiniLMEmbeddings())
+    engine = FusionEngine.from_pretrained(
+        model or default_model_path(), device=device, config=EngineConfig(cache_dir=cache_dir)
+    )
+    print(
+        f"model: {engine.model_name} on {engine.device} ({engine.model.dtype}), "
+        f"loaded in {time.perf_counter() - t:.1f} s"
+    )
+    store = FusionRAGChroma(
+        engine=engine,
+        persist_directory=str(cache_dir / "chroma"),
+        collection_name="demo",
+        embedding_function=MiniLMEmbeddings(),
+    )
     stored = len(store.get(include=[])["ids"])
     if stored < len(PASSAGES):
         t = time.perf_counter()
         store.add_texts(PASSAGES, ids=[f"passage-{i}" for i in range(len(PASSAGES))])
-        print(f"indexed {len(PASSAGES)} passages: embedded + KV precomputed in {time.perf_counter() - t:.1f} s "
-              f"({engine.counters['chunks_computed']} chunks computed)")
+        print(
+            f"indexed {len(PASSAGES)} passages: embedded + KV precomputed in {time.perf_counter() - t:.1f} s "
+            f"({engine.counters['chunks_computed']} chunks computed)"
+        )
     else:
         print(f"reusing {stored} passages from {cache_dir}: nothing to embed or precompute")
 
     def format_docs(docs) -> str:
         return "\n\n".join(doc.page_content for doc in docs)
 
-    prompt = ChatPromptTemplate.from_messages([
-        ("system", "Answer the question in one sentence, using only this context:\n\n{context}"),
-        ("human", "{question}"),
-    ])
+    prompt = ChatPromptTemplate.from_messages(
+        [
+            ("system", "Answer the question in one sentence, using only this context:\n\n{context}"),
+            ("human", "{question}"),
+        ]
+    )
     retriever = store.as_retriever(search_kwargs={"k": 4})
     stats = LastStats()
 
     def chain(selector: str):
         llm = ChatFusionRAG(engine=engine, max_tokens=64, selector=selector, callbacks=[stats])
-        return {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()
+        return (
+            {"context": retriever | format_docs, "question": RunnablePassthrough()} | prompt | llm | StrOutputParser()
+        )
 
     fused, full = chain("fusionrag"), chain("full")
     print()
@@ -71,10 +85,12 @@ def main(model: str | None = None, device: str = "auto", cache_dir: str | Path =
         reuse = stats.stats
         full.invoke(question)
         baseline = stats.stats
-        print(f"\n   [TTFT fused {reuse['ttft_ms']:.0f} ms vs full prefill {baseline['ttft_ms']:.0f} ms "
-              f"({baseline['ttft_ms'] / reuse['ttft_ms']:.1f}x) | chunks reused {reuse['chunks_reused']}/"
-              f"{reuse['chunks_found']} | {reuse['tokens_recomputed']} of "
-              f"{reuse['tokens_recomputed'] + reuse['tokens_reused']} chunk tokens recomputed]\n")
+        print(
+            f"\n   [TTFT fused {reuse['ttft_ms']:.0f} ms vs full prefill {baseline['ttft_ms']:.0f} ms "
+            f"({baseline['ttft_ms'] / reuse['ttft_ms']:.1f}x) | chunks reused {reuse['chunks_reused']}/"
+            f"{reuse['chunks_found']} | {reuse['tokens_recomputed']} of "
+            f"{reuse['tokens_recomputed'] + reuse['tokens_reused']} chunk tokens recomputed]\n"
+        )
     computed = engine.counters["chunks_computed"]
     print(f"chunk KV computed in this run: {computed}" + ("" if computed else " (all reused from disk)"))
     return 0

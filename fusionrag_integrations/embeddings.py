@@ -41,8 +41,9 @@ def minilm_path(cache_dir: Path | None = None) -> Path:
 class SentenceEncoder:
     """Mean-pooled, L2-normalised sentence embeddings from a BERT-style encoder directory."""
 
-    def __init__(self, path: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 32,
-                 max_length: int = 256) -> None:
+    def __init__(
+        self, path: str | os.PathLike | None = None, device: str = "cpu", batch_size: int = 32, max_length: int = 256
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         path = Path(path) if path else minilm_path()
@@ -57,8 +58,13 @@ class SentenceEncoder:
         out: list[list[float]] = []
         with self._lock:
             for i in range(0, len(texts), self.batch_size):
-                batch = self.tokenizer(texts[i : i + self.batch_size], padding=True, truncation=True,
-                                       max_length=self.max_length, return_tensors="pt").to(self.device)
+                batch = self.tokenizer(
+                    texts[i : i + self.batch_size],
+                    padding=True,
+                    truncation=True,
+                    max_length=self.max_length,
+                    return_tensors="pt",
+                ).to(self.device)
                 hidden = self.model(**batch).last_hidden_state  # [B, T, H]
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp_min(1e-9)

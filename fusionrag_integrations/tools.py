@@ -34,8 +34,11 @@ def tool_instruction(tools: list[dict], tool_choice: str | None = None) -> str:
     """A system message for models whose template has no tool support."""
     specs = "\n".join(json.dumps(t.get("function", t)) for t in tools)
     must = {"any": "You must call one of the tools.", "required": "You must call one of the tools."}.get(
-        tool_choice or "", f"You must call the tool {tool_choice}." if tool_choice not in (None, "auto", "none") else
-        "Call a tool only if it helps answer.")
+        tool_choice or "",
+        f"You must call the tool {tool_choice}."
+        if tool_choice not in (None, "auto", "none")
+        else "Call a tool only if it helps answer.",
+    )
     return (
         "You can call these tools:\n" + specs + "\n\nTo call a tool, reply with only a JSON object: "
         '{"name": <tool name>, "arguments": {<argument name>: <value>}}. ' + must
@@ -52,8 +55,9 @@ def result_as_user_turn(name: str, content: str) -> dict[str, str]:
     return {"role": "user", "content": f"Tool result ({name}): {content}"}
 
 
-def prompt_with_tools(prompt: list[dict], tools: list[dict] | None, tool_choice: str | None,
-                      native: bool) -> tuple[list[dict], list[dict] | None]:
+def prompt_with_tools(
+    prompt: list[dict], tools: list[dict] | None, tool_choice: str | None, native: bool
+) -> tuple[list[dict], list[dict] | None]:
     """-> (messages, tools for the chat template): native templates get the schemas, others an instruction."""
     if not tools or native:
         return prompt, tools or None

@@ -38,7 +38,9 @@ MODEL_CACHE = Path(os.environ.get("FUSIONRAG_TEST_CACHE", REPO / ".cache" / "tes
 
 @pytest.fixture(scope="session")
 def smol_engine(tmp_path_factory) -> FusionEngine:
-    engine = FusionEngine.from_pretrained(default_model_path(), device="cpu", config=EngineConfig(cache_dir=MODEL_CACHE))
+    engine = FusionEngine.from_pretrained(
+        default_model_path(), device="cpu", config=EngineConfig(cache_dir=MODEL_CACHE)
+    )
     return engine
 
 
@@ -66,8 +68,13 @@ TINY_FAMILIES = {
         "LlamaConfig",
         dict(
             rope_theta=500000.0,
-            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                          "high_freq_factor": 4.0, "original_max_position_embeddings": 128},
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 128,
+            },
         ),
     ),
     "llama_tied": ("LlamaConfig", dict(tie_word_embeddings=True)),
@@ -148,6 +155,7 @@ def smol(smol_engine, tmp_path) -> FusionEngine:
 
 # -- a real Chroma HTTP server for the vector-store adapters ---------------------------
 
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -159,8 +167,11 @@ def chroma_server(tmp_path_factory):
     """A real Chroma HTTP server (the `chroma run` that ships with chromadb) on a free local port."""
     port = free_port()
     chroma = Path(sys.executable).with_name("chroma")
-    proc = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path_factory.mktemp("chroma-srv")),
-                             "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [str(chroma), "run", "--path", str(tmp_path_factory.mktemp("chroma-srv")), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     import chromadb
 
     deadline = time.time() + 60
@@ -189,8 +200,14 @@ def run_example(name: str, tmp_path: Path) -> str:
     (cache / "models").symlink_to(MODEL_CACHE / "models")  # not a 20 s GGUF conversion per test
     plot = tmp_path / "ttft.png"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    out = subprocess.run([sys.executable, str(REPO / "examples" / name), "--cache-dir", str(cache), "--plot", str(plot)],
-                         capture_output=True, text=True, env=env, timeout=900, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, str(REPO / "examples" / name), "--cache-dir", str(cache), "--plot", str(plot)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=900,
+        cwd=REPO,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     assert plot.stat().st_size > 10_000
     return out.stdout
@@ -202,7 +219,7 @@ class LoopTicker:
     def __init__(self) -> None:
         self.ticks = 0
 
-    async def __aenter__(self) -> "LoopTicker":
+    async def __aenter__(self) -> LoopTicker:
         import asyncio
 
         async def tick() -> None:

@@ -57,7 +57,9 @@ class Catalog:
                 )
             ]
         with self._lock, self._db:
-            self._db.executemany("DELETE FROM chunks WHERE model_fp = ? AND key = ?", [(self.model_fp, k) for k in keys])
+            self._db.executemany(
+                "DELETE FROM chunks WHERE model_fp = ? AND key = ?", [(self.model_fp, k) for k in keys]
+            )
         return removed
 
     def refs(self) -> list[ChunkRef]:

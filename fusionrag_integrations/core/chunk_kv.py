@@ -57,7 +57,7 @@ class ChunkKV:
     def device(self) -> torch.device:
         return self.k.device
 
-    def to(self, device: torch.device, pin: bool = False) -> "ChunkKV":
+    def to(self, device: torch.device, pin: bool = False) -> ChunkKV:
         if self.k.device == device:
             return self
         k, v = self.k.to(device, non_blocking=True), self.v.to(device, non_blocking=True)
@@ -89,7 +89,11 @@ def write_entry(entry: ChunkKV, path: Path) -> None:
         "start": str(entry.start),
         "sha256": payload_sha256(entry),
     }
-    tensors = {"token_ids": entry.token_ids.contiguous().cpu(), "k": entry.k.contiguous().cpu(), "v": entry.v.contiguous().cpu()}
+    tensors = {
+        "token_ids": entry.token_ids.contiguous().cpu(),
+        "k": entry.k.contiguous().cpu(),
+        "v": entry.v.contiguous().cpu(),
+    }
     try:
         save_file(tensors, str(tmp), metadata=metadata)
         os.replace(tmp, path)

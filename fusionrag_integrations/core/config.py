@@ -30,7 +30,9 @@ class FusionConfig(BaseModel):
     )
     check_layer: int = Field(1, ge=0, description="CacheBlend: layer whose K/V deviation ranks tokens.")
     critical_layer: int | None = Field(
-        None, ge=0, description="QCFuse: probing layer; None = profile it on first use (see selectors.profile_critical_layer)."
+        None,
+        ge=0,
+        description="QCFuse: probing layer; None = profile it on first use (see selectors.profile_critical_layer).",
     )
     min_chunk_chars: int = Field(
         32, ge=8, description="Texts shorter than this are not indexed for drop-in detection (too ambiguous)."
@@ -52,7 +54,9 @@ class EngineConfig(BaseModel):
         "prefix that absorbs the attention sink, so a chunk's first tokens do not become one (CacheClip).",
     )
     prefix_cache_entries: int = Field(
-        16, ge=0, description="Prompt prefixes (the text before the first chunk: system prompt, template head) "
+        16,
+        ge=0,
+        description="Prompt prefixes (the text before the first chunk: system prompt, template head) "
         "whose KV is kept in memory and reused exactly; 0 turns prefix caching off.",
     )
     precompute_batch_tokens: int = Field(8192, ge=1, description="Token budget of one batched precompute pass.")

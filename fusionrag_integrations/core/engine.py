@@ -29,6 +29,7 @@ from .registry import ChunkRegistry
 from .sampling import SamplingParams
 from .selectors import Selector, make_selector
 
+
 @dataclass
 class PreparedPrompt:
     token_ids: list[int]
@@ -72,7 +73,7 @@ class FusionEngine:
         device: str | torch.device = "auto",
         dtype: str | torch.dtype = "auto",
         config: EngineConfig | None = None,
-    ) -> "FusionEngine":
+    ) -> FusionEngine:
         """model: a local HF directory (safetensors), a .gguf file, or a hub id already in the local HF cache."""
         config = config or EngineConfig()
         dev = resolve_device(device)
@@ -155,13 +156,20 @@ class FusionEngine:
             names = [self._key(n, [], STANDALONE) for n in neighbor_ids]  # the neighbours' own (standalone) keys
             context_id = "nbr:" + hashlib.sha256("|".join(names).encode()).hexdigest()[:16]
             if len(self.prefix_ids) + len(context_ids) + len(ids) >= self.context_window:
-                raise ContextLengthError(f"a chunk of {len(ids)} tokens after {len(context_ids)} neighbour tokens "
-                                         f"does not fit the context window of {self.context_window} tokens")
+                raise ContextLengthError(
+                    f"a chunk of {len(ids)} tokens after {len(context_ids)} neighbour tokens "
+                    f"does not fit the context window of {self.context_window} tokens"
+                )
         return PrecomputeJob(self._key(ids, context_ids, context_id), text.strip(), context_ids, ids, context_id)
 
     def _key(self, ids: list[int], context_ids: list[int], context_id: str) -> str:
-        return chunk_key(self.loaded.model_fingerprint, self.loaded.tokenizer_fingerprint,
-                         self.prefix_ids + context_ids, ids, context_id)
+        return chunk_key(
+            self.loaded.model_fingerprint,
+            self.loaded.tokenizer_fingerprint,
+            self.prefix_ids + context_ids,
+            ids,
+            context_id,
+        )
 
     def _compute(self, jobs: list[PrecomputeJob], show_progress: bool | None) -> None:
         if not jobs:
@@ -169,8 +177,9 @@ class FusionEngine:
         self._prefix_kv = self._prefix_kv or prefix_kv(self.model, self.prefix_ids)
         show = (not show_progress) if show_progress is not None else (len(jobs) < 16 or None)
         with tqdm(total=len(jobs), desc="precompute", unit="chunk", disable=show) as progress:
-            for entries in compute_entries(self.model, self._prefix_kv, jobs, self.loaded.model_fingerprint,
-                                           self.config.precompute_batch_tokens):
+            for entries in compute_entries(
+                self.model, self._prefix_kv, jobs, self.loaded.model_fingerprint, self.config.precompute_batch_tokens
+            ):
                 self.chunks.add(entries)
                 self.counters["chunks_computed"] += len(entries)
                 progress.update(len(entries))
@@ -216,8 +225,9 @@ class FusionEngine:
         now if not cached) must occur in the prompt; [] = no fusion (plain prefill).
         selector / recompute_ratio: which chunk tokens to recompute (defaults from EngineConfig.fusion).
         """
-        params = SamplingParams(max_new_tokens, temperature, top_p, top_k, seed,
-                                tuple([stop] if isinstance(stop, str) else stop or ()))
+        params = SamplingParams(
+            max_new_tokens, temperature, top_p, top_k, seed, tuple([stop] if isinstance(stop, str) else stop or ())
+        )
         chosen, ratio = self._selector(selector), self._ratio(recompute_ratio)
         with self._lock:
             yield from self._generate(prompt, params, tools, chunks, chosen, ratio)
@@ -229,8 +239,9 @@ class FusionEngine:
         return float(ratio)
 
     def _selector(self, selector: str | Selector | None) -> Selector:
-        return make_selector(selector or self.config.fusion.selector, self.config.fusion, self.critical_layer,
-                             self.aux_model)
+        return make_selector(
+            selector or self.config.fusion.selector, self.config.fusion, self.critical_layer, self.aux_model
+        )
 
     def prefill(
         self,
@@ -248,9 +259,9 @@ class FusionEngine:
         with self._lock:
             return self._prefill(prompt, tools, chunks, chosen, ratio, max_new_tokens)
 
-
-    def fusion_context(self, prompt: Prompt, *, chunks: Sequence[str] | None = None,
-                       tools: Sequence[dict] | None = None) -> FusionContext:
+    def fusion_context(
+        self, prompt: Prompt, *, chunks: Sequence[str] | None = None, tools: Sequence[dict] | None = None
+    ) -> FusionContext:
         """The fused cache before any recompute (chunks placed, fresh rows empty): for selectors'
         tests and profiling. Raises ChunkNotFoundError when the prompt holds no known chunk."""
         with self._lock:
@@ -259,11 +270,11 @@ class FusionEngine:
                 raise ChunkNotFoundError("the prompt contains no precomputed chunk")
             cache = self.model.new_cache(len(prepared.token_ids))
             place_chunks(self.model, cache, prepared.chunks)
-            return build_context(self.model, cache, torch.tensor(prepared.token_ids, device=self.device),
-                                 prepared.chunks)
+            return build_context(
+                self.model, cache, torch.tensor(prepared.token_ids, device=self.device), prepared.chunks
+            )
 
-    def _prefill(self, prompt: Prompt, tools, chunks, selector: Selector, ratio: float,
-                 max_new_tokens: int) -> Prefill:
+    def _prefill(self, prompt: Prompt, tools, chunks, selector: Selector, ratio: float, max_new_tokens: int) -> Prefill:
         t_start = time.perf_counter()
         prepared = self._prepare(prompt, tools, chunks)
         prompt_ids, stats = prepared.token_ids, prepared.stats
@@ -274,7 +285,9 @@ class FusionEngine:
         selected = None
         if prepared.chunks:
             prefix_ids, prefix_kv = self._cached_prompt_prefix(prompt_ids, prepared.chunks[0].start, selector)
-            logits, selected, n_chunk = fused_prefill(self.model, cache, ids, prepared.chunks, selector, ratio, prefix_kv)
+            logits, selected, n_chunk = fused_prefill(
+                self.model, cache, ids, prepared.chunks, selector, ratio, prefix_kv
+            )
             self._remember_prompt_prefix(prefix_ids, prefix_kv, cache)
             stats.prefix_tokens_reused = len(prefix_ids) if prefix_kv is not None else 0
             stats.selector, stats.recompute_ratio = selector.name, ratio
@@ -292,7 +305,8 @@ class FusionEngine:
         return Prefill(logits, prompt_ids, cache, stats, selected)
 
     def _cached_prompt_prefix(self, prompt_ids: list[int], length: int, selector: Selector):
-        """(prefix ids, cached KV or None). Selector `full` stays a true full prefill: the quality and speed baseline."""
+        """(prefix ids, cached KV or None). Selector `full` stays a true full prefill: the quality
+        and speed baseline."""
         if not length or not self.config.prefix_cache_entries or selector.name == "full":
             return (), None
         key = tuple(prompt_ids[:length])
@@ -308,8 +322,9 @@ class FusionEngine:
         while len(self._prompt_prefixes) > self.config.prefix_cache_entries:
             self._prompt_prefixes.popitem(last=False)
 
-    def _generate(self, prompt: Prompt, params: SamplingParams, tools, chunks, selector: Selector,
-                  ratio: float) -> Iterator[GenerationChunk]:
+    def _generate(
+        self, prompt: Prompt, params: SamplingParams, tools, chunks, selector: Selector, ratio: float
+    ) -> Iterator[GenerationChunk]:
         t_start = time.perf_counter()
         pre = self._prefill(prompt, tools, chunks, selector, ratio, params.max_new_tokens)
         yield from decode_loop(self.model, self.tokenizer, self.loaded.eos_token_ids, pre, params, t_start)
@@ -320,11 +335,24 @@ class FusionEngine:
         params = SamplingParams(**{"max_new_tokens": 256, **sampling})
         self._check_length(len(pre.token_ids), params.max_new_tokens)
         with self._lock:
-            pieces = list(decode_loop(self.model, self.tokenizer, self.loaded.eos_token_ids, pre, params,
-                                      time.perf_counter() - pre.stats.ttft_ms / 1e3))
+            pieces = list(
+                decode_loop(
+                    self.model,
+                    self.tokenizer,
+                    self.loaded.eos_token_ids,
+                    pre,
+                    params,
+                    time.perf_counter() - pre.stats.ttft_ms / 1e3,
+                )
+            )
         last = pieces[-1]
-        return Generation("".join(p.text for p in pieces), [t for p in pieces for t in p.token_ids],
-                          last.finish_reason, last.usage, last.stats)
+        return Generation(
+            "".join(p.text for p in pieces),
+            [t for p in pieces for t in p.token_ids],
+            last.finish_reason,
+            last.usage,
+            last.stats,
+        )
 
     def _prepare(self, prompt: Prompt, tools, chunks: Sequence[str] | None) -> PreparedPrompt:
         """Render, find chunks, and lay out token ids with each chunk's cached entry at its position."""
@@ -359,8 +387,9 @@ class FusionEngine:
         matches = index.find(text)
         missing = wanted - {m.text for m in matches}
         if missing:
-            raise ChunkNotFoundError(f"{len(missing)} of the given chunks do not occur in the prompt, e.g. "
-                                     f"{next(iter(missing))[:60]!r}")
+            raise ChunkNotFoundError(
+                f"{len(missing)} of the given chunks do not occur in the prompt, e.g. {next(iter(missing))[:60]!r}"
+            )
         return matches, computed_now
 
     def _entry_for(self, text: str) -> tuple[ChunkKV, bool]:

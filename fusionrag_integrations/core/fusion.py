@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels.rope_gather import place_rotated, rotation
 from .chunk_kv import ChunkKV
 from .model import AttentionMode, KVCache, TransformerModel
-from ..kernels.rope_gather import place_rotated, rotation
 
 
 @dataclass
@@ -132,7 +132,9 @@ def recompute(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
     active = active_positions(ctx, selected)
     if active.numel() == ctx.num_positions:
         positions = torch.arange(ctx.num_positions, device=active.device)
-        return ctx.model.forward(ctx.token_ids, positions, ctx.cache, AttentionMode.CAUSAL_FROM_ZERO, ctx.num_positions - 1)
+        return ctx.model.forward(
+            ctx.token_ids, positions, ctx.cache, AttentionMode.CAUSAL_FROM_ZERO, ctx.num_positions - 1
+        )
     h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, active)
     return ctx.model.logits(h[-1:])
 

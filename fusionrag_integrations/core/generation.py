@@ -25,14 +25,17 @@ class Prefill:
     selected: torch.Tensor | None = None  # recomputed chunk positions (None without fusion)
 
 
-def decode_loop(model: TransformerModel, tokenizer, eos: frozenset[int], pre: Prefill, params: SamplingParams,
-                t_start: float) -> Iterator[GenerationChunk]:
+def decode_loop(
+    model: TransformerModel, tokenizer, eos: frozenset[int], pre: Prefill, params: SamplingParams, t_start: float
+) -> Iterator[GenerationChunk]:
     """Sample the first token from the prefill's logits, then decode step by step until EOS, a stop
     string or max_new_tokens; text pieces never contain (part of) a stop string."""
     prompt_ids, stats, cache = pre.token_ids, pre.stats, pre.cache
     if cache.capacity < len(prompt_ids) + params.max_new_tokens:
-        raise ContextLengthError(f"this prefill has room for {cache.capacity - len(prompt_ids)} new tokens, "
-                                 f"not {params.max_new_tokens}: pass max_new_tokens to prefill()")
+        raise ContextLengthError(
+            f"this prefill has room for {cache.capacity - len(prompt_ids)} new tokens, "
+            f"not {params.max_new_tokens}: pass max_new_tokens to prefill()"
+        )
     sampler = Sampler(params, model.device)
     token = sampler(pre.logits)
     t_first = time.perf_counter()

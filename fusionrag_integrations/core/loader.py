@@ -41,8 +41,14 @@ class LoadedModel:
     tokenizer_fingerprint: str
 
 
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-           "float16": torch.float16, "fp16": torch.float16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -90,7 +96,9 @@ def resolve_model_dir(source: str | os.PathLike, cache_dir: Path) -> tuple[Path,
         return convert_gguf(path, cache_dir), path.stem
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"{path} is a directory but has no config.json: not a Hugging Face model directory")
+            raise ModelNotFoundError(
+                f"{path} is a directory but has no config.json: not a Hugging Face model directory"
+            )
         return path, path.name
     if text.startswith((".", "/", "~")) or not _HUB_ID.match(text):
         raise ModelNotFoundError(f"model path not found: {path}")
@@ -200,7 +208,8 @@ def _rope_from_hf(hf, head_dim: int) -> tuple[str, RotaryEmbedding]:
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     if rope_type not in SUPPORTED_ROPE_TYPES:
         raise UnsupportedModelError(
-            f"{hf.model_type}: RoPE variant {rope_type!r} is not supported (supported: {', '.join(SUPPORTED_ROPE_TYPES)}); "
+            f"{hf.model_type}: RoPE variant {rope_type!r} is not supported "
+            f"(supported: {', '.join(SUPPORTED_ROPE_TYPES)}); "
             "position-dependent variants such as 'dynamic' would make cached chunk keys depend on prompt length"
         )
     if float(getattr(hf, "partial_rotary_factor", 1.0) or 1.0) != 1.0:

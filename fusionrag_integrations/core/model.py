@@ -128,7 +128,7 @@ class TransformerModel:
         rope: RotaryEmbedding,
         device: torch.device,
         dtype: torch.dtype,
-    ) -> "TransformerModel":
+    ) -> TransformerModel:
         """Build from transformers' parameter names; consumes `state` to keep peak memory low."""
 
         def take(name: str) -> torch.Tensor:

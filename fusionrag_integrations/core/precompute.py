@@ -81,7 +81,6 @@ def compute_chunk_kv(
     return [(out_k[:, b, : len(chunk)].clone(), out_v[:, b, : len(chunk)].clone()) for b, chunk in enumerate(chunks)]
 
 
-
 @dataclass(frozen=True)
 class PrecomputeJob:
     key: str
@@ -106,7 +105,14 @@ def compute_entries(
         out = []
         for i, (k, v) in zip(batch, kvs):
             job, skip = jobs[i], len(jobs[i].context_ids)
-            entry = ChunkKV(job.key, torch.tensor(job.token_ids, dtype=torch.long), k[:, skip:].clone(),
-                            v[:, skip:].clone(), prefix[0].shape[1] + skip, model_fingerprint, job.context_id)
+            entry = ChunkKV(
+                job.key,
+                torch.tensor(job.token_ids, dtype=torch.long),
+                k[:, skip:].clone(),
+                v[:, skip:].clone(),
+                prefix[0].shape[1] + skip,
+                model_fingerprint,
+                job.context_id,
+            )
             out.append((entry, job.text))
         yield out

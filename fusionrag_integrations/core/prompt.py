@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Union
+from typing import Any
 
 from .errors import ChatTemplateError, EmptyPromptError
 
-Message = Union[Mapping[str, Any], tuple[str, str]]
-Prompt = Union[str, Sequence[Message]]
+Message = Mapping[str, Any] | tuple[str, str]
+Prompt = str | Sequence[Message]
 ROLES = ("system", "user", "assistant", "tool")
 
 

@@ -26,10 +26,12 @@ class RotaryEmbedding:
         self.inv_freq = inv_freq.to(torch.float64)  # [D/2]
         self.attention_scaling = float(attention_scaling)
 
-    def to(self, device: torch.device | str) -> "RotaryEmbedding":
+    def to(self, device: torch.device | str) -> RotaryEmbedding:
         return RotaryEmbedding(self.inv_freq.to(device), self.attention_scaling)
 
-    def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype, scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    def cos_sin(
+        self, positions: torch.Tensor, dtype: torch.dtype, scaled: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """positions: [N] int -> cos, sin: [N, 1, D] in `dtype` (broadcast over heads)."""
         angles = positions.to(device=self.inv_freq.device, dtype=torch.float64)[:, None] * self.inv_freq[None, :]
         angles = torch.cat((angles, angles), dim=-1)

@@ -106,8 +106,10 @@ class EpicSelector(Selector):
 
     def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:
         lengths = [c.entry.num_tokens for c in ctx.chunks]
-        parts = [torch.arange(c.start, c.start + n, device=ctx.chunk_positions.device)
-                 for c, n in zip(ctx.chunks, allocate_budget(lengths, budget))]
+        parts = [
+            torch.arange(c.start, c.start + n, device=ctx.chunk_positions.device)
+            for c, n in zip(ctx.chunks, allocate_budget(lengths, budget))
+        ]
         return _sorted(parts, ctx)
 
 
@@ -130,7 +132,9 @@ class CacheBlendSelector(Selector):
             if layer != check:
                 return None
             old_k, old_v = ctx.cache.k[layer, positions], ctx.cache.v[layer, positions]
-            deviation = ((k.float() - old_k.float()) ** 2).sum(dim=(1, 2)) + ((v.float() - old_v.float()) ** 2).sum(dim=(1, 2))
+            deviation = ((k.float() - old_k.float()) ** 2).sum(dim=(1, 2)) + ((v.float() - old_v.float()) ** 2).sum(
+                dim=(1, 2)
+            )
             scores = deviation[ctx.chunk_positions - ctx.reused_prefix]  # positions == arange(reused_prefix, N)
             chosen.append(top_global(ctx, scores, budget))
             keep = torch.zeros(ctx.num_positions, dtype=torch.bool, device=positions.device)
@@ -228,7 +232,9 @@ def probe_attention(
     return scores
 
 
-def profile_critical_layer(contexts: list[FusionContext], ratio: float = 0.15, max_fraction: float = 0.5) -> tuple[int, list[float]]:
+def profile_critical_layer(
+    contexts: list[FusionContext], ratio: float = 0.15, max_fraction: float = 0.5
+) -> tuple[int, list[float]]:
     """QCFuse's offline profiling: the layer whose cheap probe best predicts full attention.
 
     For each sample (a fused context; its cache is used up), the reference ranking is the
@@ -260,8 +266,15 @@ def default_critical_layer(model: TransformerModel) -> int:
 
 SELECTORS: dict[str, type[Selector]] = {
     cls.name: cls
-    for cls in (FullSelector, NoneSelector, EpicSelector, CacheBlendSelector, FusionRAGSelector, QCFuseSelector,
-                CacheClipSelector)
+    for cls in (
+        FullSelector,
+        NoneSelector,
+        EpicSelector,
+        CacheBlendSelector,
+        FusionRAGSelector,
+        QCFuseSelector,
+        CacheClipSelector,
+    )
 }
 
 

@@ -24,13 +24,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--dtype", default="auto")
     p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--profile-examples", type=int, default=5,
-                   help="synthetic examples (a disjoint seed) used to profile QCFuse's critical layer")
+    p.add_argument(
+        "--profile-examples",
+        type=int,
+        default=5,
+        help="synthetic examples (a disjoint seed) used to profile QCFuse's critical layer",
+    )
     p.add_argument("--out", default="benchmarks/results/quality", help="output directory (runs.jsonl, summary, plots)")
     p.add_argument("--cache-dir", default=".cache/bench", help="model conversion and chunk-KV cache")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
-    p.add_argument("--precompute", choices=["standalone", "similar"], default="standalone",
-                   help="chunk KV computed alone, or after its most similar passages (FusionRAG's offline stage)")
+    p.add_argument(
+        "--precompute",
+        choices=["standalone", "similar"],
+        default="standalone",
+        help="chunk KV computed alone, or after its most similar passages (FusionRAG's offline stage)",
+    )
     p.add_argument("--neighbors", type=int, default=3, help="neighbours per passage with --precompute similar")
     p.add_argument("--offset", type=int, default=0, help="skip this many examples of --data (to split a run)")
     return p
@@ -49,12 +57,18 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    examples = load_examples(args.data, args.offset + args.limit if args.limit else None)[args.offset:] if args.data else []
+    examples = (
+        load_examples(args.data, args.offset + args.limit if args.limit else None)[args.offset :] if args.data else []
+    )
     examples += synthetic_examples(args.synthetic, seed=0) if args.synthetic else []
     if not examples:
         raise SystemExit("no examples: pass --data and/or --synthetic N")
-    engine = FusionEngine.from_pretrained(args.model or default_model_path(), device=args.device, dtype=args.dtype,
-                                          config=EngineConfig(cache_dir=Path(args.cache_dir)))
+    engine = FusionEngine.from_pretrained(
+        args.model or default_model_path(),
+        device=args.device,
+        dtype=args.dtype,
+        config=EngineConfig(cache_dir=Path(args.cache_dir)),
+    )
     if "qcfuse" in args.selectors and engine.critical_layer is None:
         samples = synthetic_examples(args.profile_examples, seed=12345)
         contexts = []
@@ -64,8 +78,16 @@ def main(argv: list[str] | None = None) -> int:
         engine.critical_layer, recall = profile_critical_layer(contexts)
         (out / "critical_layer.json").write_text(json.dumps({"layer": engine.critical_layer, "recall": recall}))
         print(f"QCFuse critical layer: {engine.critical_layer} (probe recall {recall[engine.critical_layer]:.2f})")
-    rows = evaluate(engine, examples, args.selectors, args.ratios, out / "runs.jsonl", args.max_new_tokens,
-                    precompute=args.precompute, neighbors=args.neighbors)
+    rows = evaluate(
+        engine,
+        examples,
+        args.selectors,
+        args.ratios,
+        out / "runs.jsonl",
+        args.max_new_tokens,
+        precompute=args.precompute,
+        neighbors=args.neighbors,
+    )
     table = summarize(rows)
     (out / "summary.json").write_text(json.dumps(table, indent=2))
     text = markdown(table)

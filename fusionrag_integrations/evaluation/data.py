@@ -56,13 +56,17 @@ def synthetic_examples(n: int, seed: int = 0, passages: int = 10) -> list[Exampl
         countries = [_name(rng, 2) + "ia" for _ in people]
         docs = []
         for person, town in zip(people, towns):
-            docs.append(f"{person}\n\n{person} was born in the town of {town} and later worked there as a "
-                        f"{rng.choice(['baker', 'teacher', 'surveyor', 'printer', 'nurse'])}. {rng.choice(_FILLER)}")
+            docs.append(
+                f"{person}\n\n{person} was born in the town of {town} and later worked there as a "
+                f"{rng.choice(['baker', 'teacher', 'surveyor', 'printer', 'nurse'])}. {rng.choice(_FILLER)}"
+            )
         for town, country in zip(towns, countries):
-            docs.append(f"{town}\n\n{town} is a town in the north of {country}. {rng.choice(_FILLER)} "
-                        f"{rng.choice(_FILLER)}")
+            docs.append(
+                f"{town}\n\n{town} is a town in the north of {country}. {rng.choice(_FILLER)} {rng.choice(_FILLER)}"
+            )
         rng.shuffle(docs)
         target = rng.randrange(len(people))
-        examples.append(Example(f"syn-{seed}-{i}", docs, f"In which country was {people[target]} born?",
-                                [countries[target]]))
+        examples.append(
+            Example(f"syn-{seed}-{i}", docs, f"In which country was {people[target]} born?", [countries[target]])
+        )
     return examples

@@ -93,13 +93,20 @@ def evaluate(
                 s = gen.stats if selector != "full" else full.stats
                 chunk_tokens = s.tokens_reused + s.tokens_recomputed
                 row = {
-                    "example": ex.id, "selector": selector, "ratio": ratio,
-                    "kl": kl_divergence(full_logits, logits), "top1": float(full_logits.argmax() == logits.argmax()),
+                    "example": ex.id,
+                    "selector": selector,
+                    "ratio": ratio,
+                    "kl": kl_divergence(full_logits, logits),
+                    "top1": float(full_logits.argmax() == logits.argmax()),
                     "agree": prefix_agreement(full.token_ids, gen.token_ids),
                     "rougeL": rouge_l(full.text, gen.text),
-                    "f1": f1_score(gen.text, ex.answers), "em": exact_match(gen.text, ex.answers),
-                    "ttft_ms": pre.stats.ttft_ms, "recomputed": s.tokens_recomputed / max(chunk_tokens, 1),
-                    "prompt_tokens": len(pre.token_ids), "chunks_found": s.chunks_found, "text": gen.text,
+                    "f1": f1_score(gen.text, ex.answers),
+                    "em": exact_match(gen.text, ex.answers),
+                    "ttft_ms": pre.stats.ttft_ms,
+                    "recomputed": s.tokens_recomputed / max(chunk_tokens, 1),
+                    "prompt_tokens": len(pre.token_ids),
+                    "chunks_found": s.chunks_found,
+                    "text": gen.text,
                 }
                 out.write(json.dumps(row) + "\n")
                 out.flush()
@@ -124,8 +131,23 @@ def summarize(rows: list[dict]) -> list[dict]:
 
 
 def markdown(table: list[dict]) -> str:
-    cols = ["selector", "ratio", "n", "kl", "top1", "agree", "rougeL", "f1", "em", "recomputed", "ttft_ms", "ttft_speedup"]
+    cols = [
+        "selector",
+        "ratio",
+        "n",
+        "kl",
+        "top1",
+        "agree",
+        "rougeL",
+        "f1",
+        "em",
+        "recomputed",
+        "ttft_ms",
+        "ttft_speedup",
+    ]
     head = "| " + " | ".join(cols) + " |\n|" + "---|" * len(cols) + "\n"
+
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
+
     return head + "\n".join("| " + " | ".join(fmt(row[c]) for c in cols) + " |" for row in table)

@@ -17,8 +17,11 @@ def plot_summary(table: list[dict], out_dir: Path, title: str = "") -> list[Path
     paths = []
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, metric, label in zip(axes, ("kl", "agree", "f1"),
-                                 ("first-token KL to full (lower is better)", "greedy agreement with full", "F1 vs gold")):
+    for ax, metric, label in zip(
+        axes,
+        ("kl", "agree", "f1"),
+        ("first-token KL to full (lower is better)", "greedy agreement with full", "F1 vs gold"),
+    ):
         for sel in selectors:
             pts = sorted((r["ratio"], r[metric]) for r in table if r["selector"] == sel)
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=sel)

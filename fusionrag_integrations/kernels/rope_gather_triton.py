@@ -9,10 +9,17 @@ import triton.language as tl
 
 @triton.jit
 def _place_rotated_kernel(
-    Dst, Src, Cos, Sin,  #
-    stride_dl, stride_dt, stride_sl, stride_st,  #
+    Dst,
+    Src,
+    Cos,
+    Sin,  #
+    stride_dl,
+    stride_dt,
+    stride_sl,
+    stride_st,  #
     n_rows,  # T * H rows of one layer (rows are contiguous inside a token)
-    HALF: tl.constexpr, BLOCK_ROWS: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
 ):
     layer = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
@@ -38,7 +45,15 @@ def place_rotated_triton(dst: torch.Tensor, src: torch.Tensor, cos: torch.Tensor
     block_rows = 16 if src.device.type == "cpu" else 64
     grid = (triton.cdiv(n_rows, block_rows), L)
     _place_rotated_kernel[grid](
-        dst, src, cos.contiguous(), sin.contiguous(),  #
-        dst.stride(0), dst.stride(1), src.stride(0), src.stride(1),  #
-        n_rows, HALF=D // 2, BLOCK_ROWS=block_rows,
+        dst,
+        src,
+        cos.contiguous(),
+        sin.contiguous(),  #
+        dst.stride(0),
+        dst.stride(1),
+        src.stride(0),
+        src.stride(1),  #
+        n_rows,
+        HALF=D // 2,
+        BLOCK_ROWS=block_rows,
     )

@@ -78,14 +78,18 @@ def sparse_query_attention(
             from .sparse_attention_triton import sparse_query_attention_triton
 
             return sparse_query_attention_triton(q, k, v, q_pos, scale=scale, positions_sorted=positions_sorted)
-        _dispatch.warn_once(f"sparse_query_attention: no Triton kernel for head_dim={q.shape[-1]} / {q.dtype}; "
-                            "using the PyTorch reference")
+        _dispatch.warn_once(
+            f"sparse_query_attention: no Triton kernel for head_dim={q.shape[-1]} / {q.dtype}; "
+            "using the PyTorch reference"
+        )
     return sparse_query_attention_ref(q, k, v, q_pos, scale=scale, positions_sorted=positions_sorted)
 
 
 def _check_shapes(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Tensor) -> None:
     if q.dim() != 3 or k.dim() != 3 or v.shape != k.shape:
-        raise ValueError(f"expected q [Sq,Hq,D], k/v [Skv,Hkv,D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"expected q [Sq,Hq,D], k/v [Skv,Hkv,D]; got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if q.shape[1] % k.shape[1] or q.shape[2] != k.shape[2]:
         raise ValueError(f"Hq must be a multiple of Hkv and head dims equal: q {tuple(q.shape)}, k {tuple(k.shape)}")
     if q_pos.shape != (q.shape[0],):

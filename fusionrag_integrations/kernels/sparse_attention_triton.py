@@ -19,11 +19,30 @@ RCP_LN2 = 1.4426950408889634  # 1 / ln(2): softmax in base 2
 
 @triton.jit
 def _sparse_query_attn_fwd(
-    Q, K, V, Out, QPos, Order,  #
-    stride_qs, stride_qh, stride_ks, stride_kh, stride_vs, stride_vh, stride_os, stride_oh,  #
-    n_queries, qk_scale,  #
-    GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,  #
-    HEAD_DIM: tl.constexpr, IEEE: tl.constexpr, DOT_F32: tl.constexpr, SORTED: tl.constexpr,
+    Q,
+    K,
+    V,
+    Out,
+    QPos,
+    Order,  #
+    stride_qs,
+    stride_qh,
+    stride_ks,
+    stride_kh,
+    stride_vs,
+    stride_vh,
+    stride_os,
+    stride_oh,  #
+    n_queries,
+    qk_scale,  #
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,  #
+    HEAD_DIM: tl.constexpr,
+    IEEE: tl.constexpr,
+    DOT_F32: tl.constexpr,
+    SORTED: tl.constexpr,
 ):
     BLOCK_Q: tl.constexpr = BLOCK_M // GROUP_PAD  # GROUP_PAD: the group size rounded up to a power of two
     # heaviest tiles (largest positions) first, so the last wave is not left with the longest ones
@@ -40,8 +59,11 @@ def _sparse_query_attn_fwd(
         q_index = tl.load(Order + q_slot, mask=row_valid, other=0)
     pos = tl.load(QPos + q_index, mask=row_valid, other=0)
     offs_d = tl.arange(0, HEAD_DIM)
-    q = tl.load(Q + q_index[:, None] * stride_qs + head[:, None] * stride_qh + offs_d[None, :],
-                mask=row_valid[:, None], other=0.0)
+    q = tl.load(
+        Q + q_index[:, None] * stride_qs + head[:, None] * stride_qh + offs_d[None, :],
+        mask=row_valid[:, None],
+        other=0.0,
+    )
     if DOT_F32:
         q = q.to(tl.float32)
     # -- online softmax state ------------------------------------------------------------------
@@ -84,17 +106,29 @@ def _sparse_query_attn_fwd(
         m_i = m_new
     # epilogue
     out = acc / l_i[:, None]
-    tl.store(Out + q_index[:, None] * stride_os + head[:, None] * stride_oh + offs_d[None, :],
-             out.to(Out.dtype.element_ty), mask=row_valid[:, None])
+    tl.store(
+        Out + q_index[:, None] * stride_os + head[:, None] * stride_oh + offs_d[None, :],
+        out.to(Out.dtype.element_ty),
+        mask=row_valid[:, None],
+    )
 
 
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
-    for m, n, w, st in [(128, 64, 8, 2), (128, 64, 8, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 64, 4, 3),
-                        (64, 128, 4, 2), (256, 64, 8, 2)]
+    for m, n, w, st in [
+        (128, 64, 8, 2),
+        (128, 64, 8, 3),
+        (128, 128, 8, 2),
+        (128, 64, 4, 3),
+        (64, 64, 4, 3),
+        (64, 128, 4, 2),
+        (256, 64, 8, 2),
+    ]
 ]
 # Tuned once per (head_dim, GQA group) on the GPU; the interpreter keeps one small tile shape.
-_sparse_query_attn_fwd_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["HEAD_DIM", "GROUP_PAD"])(_sparse_query_attn_fwd)
+_sparse_query_attn_fwd_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["HEAD_DIM", "GROUP_PAD"])(
+    _sparse_query_attn_fwd
+)
 
 
 def sparse_query_attention_triton(
@@ -120,20 +154,38 @@ def sparse_query_attention_triton(
     interpret = q.device.type == "cpu"
     scale = (D**-0.5) if scale is None else scale
     args = (
-        q, k, v, out, q_pos, order,  #
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1), out.stride(0), out.stride(1),  #
-        Sq, scale * RCP_LN2,
+        q,
+        k,
+        v,
+        out,
+        q_pos,
+        order,  #
+        q.stride(0),
+        q.stride(1),
+        k.stride(0),
+        k.stride(1),
+        v.stride(0),
+        v.stride(1),
+        out.stride(0),
+        out.stride(1),  #
+        Sq,
+        scale * RCP_LN2,
     )
     flags = dict(
-        GROUP=group, GROUP_PAD=group_pad, HEAD_DIM=D, IEEE=q.dtype == torch.float32 or interpret,
+        GROUP=group,
+        GROUP_PAD=group_pad,
+        HEAD_DIM=D,
+        IEEE=q.dtype == torch.float32 or interpret,
         # Triton 3.9's CPU interpreter computes bf16 tl.dot wrongly (2e10 error on a 16x16 product,
         # fp16 exact): interpreted, bf16 tiles are upcast first. Compiled GPU code runs bf16 natively.
-        DOT_F32=interpret and q.dtype == torch.bfloat16, SORTED=positions_sorted,
+        DOT_F32=interpret and q.dtype == torch.bfloat16,
+        SORTED=positions_sorted,
     )
     if interpret:
         block_m = 16 * group_pad
         _sparse_query_attn_fwd[(triton.cdiv(Sq, block_m // group_pad), Hkv)](
-            *args, **flags, BLOCK_M=block_m, BLOCK_N=16, num_warps=1, num_stages=1)
+            *args, **flags, BLOCK_M=block_m, BLOCK_N=16, num_warps=1, num_stages=1
+        )
     else:
         grid = lambda meta: (triton.cdiv(Sq, max(1, meta["BLOCK_M"] // group_pad)), Hkv)  # noqa: E731
         _sparse_query_attn_fwd_tuned[grid](*args, **flags)

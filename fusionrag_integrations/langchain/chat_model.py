@@ -22,10 +22,10 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, SecretStr, model_validator
 
+from ..adapters import iterate_in_thread, shared_engine
 from ..core.engine import FusionEngine
 from ..core.outputs import GenerationChunk
 from ..tools import call_as_text, parse_tool_calls, prompt_with_tools, result_as_user_turn, template_supports_tools
-from ..adapters import iterate_in_thread, shared_engine
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "chat": "user"}
 
@@ -36,8 +36,10 @@ def to_engine_messages(messages: Sequence[BaseMessage], native_tools: bool = Tru
     out = []
     for m in messages:
         role = getattr(m, "role", None) if m.type == "chat" else _ROLES.get(m.type, "user")
-        msg: dict[str, Any] = {"role": role if role in ("system", "user", "assistant", "tool") else "user",
-                               "content": m.text if isinstance(m.text, str) else m.text()}
+        msg: dict[str, Any] = {
+            "role": role if role in ("system", "user", "assistant", "tool") else "user",
+            "content": m.text if isinstance(m.text, str) else m.text(),
+        }
         if isinstance(m, ToolMessage):
             if native_tools:
                 msg["tool_call_id"] = m.tool_call_id
@@ -45,8 +47,10 @@ def to_engine_messages(messages: Sequence[BaseMessage], native_tools: bool = Tru
                 msg = result_as_user_turn(m.name or m.tool_call_id, msg["content"])
         if isinstance(m, AIMessage) and m.tool_calls:
             if native_tools:
-                msg["tool_calls"] = [{"type": "function", "id": c.get("id"),
-                                      "function": {"name": c["name"], "arguments": c["args"]}} for c in m.tool_calls]
+                msg["tool_calls"] = [
+                    {"type": "function", "id": c.get("id"), "function": {"name": c["name"], "arguments": c["args"]}}
+                    for c in m.tool_calls
+                ]
             else:
                 calls = "\n".join(call_as_text(c["name"], c["args"]) for c in m.tool_calls)
                 msg["content"] = f"{msg['content']}\n{calls}".strip()
@@ -99,7 +103,7 @@ class ChatFusionRAG(BaseChatModel):
     recompute_ratio: float | None = None
 
     @model_validator(mode="after")
-    def _load_engine(self) -> "ChatFusionRAG":
+    def _load_engine(self) -> ChatFusionRAG:
         if self.engine is None:
             from .. import default_model_path
 
@@ -141,8 +145,13 @@ class ChatFusionRAG(BaseChatModel):
             "chunks": kwargs.get("chunks"),
         }
 
-    def bind_tools(self, tools: Sequence[dict[str, Any] | type | Callable | BaseTool], *,
-                   tool_choice: str | None = None, **kwargs: Any) -> Runnable[LanguageModelInput, AIMessage]:
+    def bind_tools(
+        self,
+        tools: Sequence[dict[str, Any] | type | Callable | BaseTool],
+        *,
+        tool_choice: str | None = None,
+        **kwargs: Any,
+    ) -> Runnable[LanguageModelInput, AIMessage]:
         """Tools go to the chat template (when it supports them) or into a system instruction; calls are
         parsed from the output (Hermes <tool_call> tags or a bare JSON object). tool_choice: None/"auto",
         "any"/"required", a tool name, or "none". A local model is asked, not forced, to call a tool."""
@@ -153,8 +162,9 @@ class ChatFusionRAG(BaseChatModel):
 
     def _pieces(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> Iterator[GenerationChunk]:
         native = template_supports_tools(self.engine.tokenizer)
-        prompt, tools = prompt_with_tools(to_engine_messages(messages, native_tools=native), kwargs.get("tools"),
-                                          kwargs.get("tool_choice"), native)
+        prompt, tools = prompt_with_tools(
+            to_engine_messages(messages, native_tools=native), kwargs.get("tools"), kwargs.get("tool_choice"), native
+        )
         return self.engine.stream(prompt, tools=tools, **self._engine_kwargs(stop, kwargs))
 
     def _with_tool_calls(self, text: str, kwargs: dict) -> tuple[str, list[dict[str, Any]]]:
@@ -175,8 +185,12 @@ class ChatFusionRAG(BaseChatModel):
                 total_tokens=usage.total_tokens,
                 input_token_details={"cache_read": usage.cached_tokens},
             ),
-            response_metadata={"model_name": self.model_name, "finish_reason": piece.finish_reason,
-                               "stats": stats.to_dict(), "model_provider": "fusionrag"},
+            response_metadata={
+                "model_name": self.model_name,
+                "finish_reason": piece.finish_reason,
+                "stats": stats.to_dict(),
+                "model_provider": "fusionrag",
+            },
             chunk_position="last",
         )
 
@@ -185,8 +199,13 @@ class ChatFusionRAG(BaseChatModel):
         info = {"finish_reason": piece.finish_reason} if piece.finish_reason else None
         return ChatGenerationChunk(message=message, generation_info=info)
 
-    def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
+    def _stream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> Iterator[ChatGenerationChunk]:
         if kwargs.get("tools"):  # a tool call is only known once complete: one chunk carries it all
             result = self._generate(messages, stop, run_manager, **kwargs)
             yield self._tool_result_chunk(result)
@@ -200,36 +219,62 @@ class ChatFusionRAG(BaseChatModel):
     @staticmethod
     def _tool_result_chunk(result: ChatResult) -> ChatGenerationChunk:
         message = result.generations[0].message
-        chunks = [{"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
-                  for i, c in enumerate(message.tool_calls)]
+        chunks = [
+            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
+            for i, c in enumerate(message.tool_calls)
+        ]
         return ChatGenerationChunk(
-            message=AIMessageChunk(content=message.content, tool_call_chunks=chunks,
-                                   usage_metadata=message.usage_metadata,
-                                   response_metadata=message.response_metadata, chunk_position="last"),
+            message=AIMessageChunk(
+                content=message.content,
+                tool_call_chunks=chunks,
+                usage_metadata=message.usage_metadata,
+                response_metadata=message.response_metadata,
+                chunk_position="last",
+            ),
             generation_info=result.generations[0].generation_info,
         )
 
-    def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                  run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    def _generate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: CallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         text, last = [], None
         for piece in self._pieces(messages, stop, kwargs):
             text.append(piece.text)
             last = piece
         final = self._final_chunk(last)
         content, calls = self._with_tool_calls("".join(text), kwargs)
-        message = AIMessage(content=content, tool_calls=calls, usage_metadata=final.usage_metadata,
-                            response_metadata=final.response_metadata)
-        return ChatResult(generations=[ChatGeneration(message=message, generation_info={"finish_reason": last.finish_reason})])
+        message = AIMessage(
+            content=content,
+            tool_calls=calls,
+            usage_metadata=final.usage_metadata,
+            response_metadata=final.response_metadata,
+        )
+        return ChatResult(
+            generations=[ChatGeneration(message=message, generation_info={"finish_reason": last.finish_reason})]
+        )
 
     # -- real async: the engine runs in a worker thread, the event loop never blocks ------------
 
-    async def _agenerate(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                         run_manager: AsyncCallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
+    async def _agenerate(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> ChatResult:
         return await asyncio.wait_for(asyncio.to_thread(self._generate, messages, stop, None, **kwargs), self.timeout)
 
-    async def _astream(self, messages: list[BaseMessage], stop: list[str] | None = None,
-                       run_manager: AsyncCallbackManagerForLLMRun | None = None,
-                       **kwargs: Any) -> AsyncIterator[ChatGenerationChunk]:
+    async def _astream(
+        self,
+        messages: list[BaseMessage],
+        stop: list[str] | None = None,
+        run_manager: AsyncCallbackManagerForLLMRun | None = None,
+        **kwargs: Any,
+    ) -> AsyncIterator[ChatGenerationChunk]:
         if kwargs.get("tools"):
             yield self._tool_result_chunk(await self._agenerate(messages, stop, None, **kwargs))
             return

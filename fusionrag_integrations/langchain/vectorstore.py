@@ -33,8 +33,15 @@ class FusionRAGChroma(Chroma):
     Any other keyword argument is passed to ``langchain_chroma.Chroma``.
     """
 
-    def __init__(self, engine: FusionEngine | None = None, *, precompute: str = "standalone", neighbors: int = 3,
-                 show_progress: bool | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        engine: FusionEngine | None = None,
+        *,
+        precompute: str = "standalone",
+        neighbors: int = 3,
+        show_progress: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         """precompute: "standalone" (each chunk alone) or "similar" (FusionRAG's similarity-guided
         preprocessing: each new chunk is computed after its `neighbors` nearest chunks in the collection)."""
         check_precompute_mode(precompute, engine, "FusionRAGChroma", "ChatFusionRAG")
@@ -43,8 +50,9 @@ class FusionRAGChroma(Chroma):
         self.precompute_mode, self.neighbors = precompute, neighbors
         self.show_progress = show_progress
 
-    def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None, ids: list[str] | None = None,
-                  **kwargs: Any) -> list[str]:
+    def add_texts(
+        self, texts: Iterable[str], metadatas: list[dict] | None = None, ids: list[str] | None = None, **kwargs: Any
+    ) -> list[str]:
         texts = list(texts)
         if ids:  # an upsert that replaces a document's text leaves the old text's KV unused: drop it
             old = self.get(ids=[i for i in ids if i is not None], include=["documents"])
@@ -67,8 +75,10 @@ class FusionRAGChroma(Chroma):
         embedding = dict(zip(got["ids"], got["embeddings"]))
         n = min(self.neighbors + 1, self._collection.count())
         res = self._collection.query(query_embeddings=[embedding[i] for i in ids], n_results=n, include=["documents"])
-        return [[doc for hit, doc in zip(hits, docs) if hit != own][: self.neighbors][::-1]
-                for own, hits, docs in zip(ids, res["ids"], res["documents"])]
+        return [
+            [doc for hit, doc in zip(hits, docs) if hit != own][: self.neighbors][::-1]
+            for own, hits, docs in zip(ids, res["ids"], res["documents"])
+        ]
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> None:
         if ids:

@@ -29,14 +29,21 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from pydantic import Field, PrivateAttr
 
+from ..adapters import iterate_in_thread, shared_engine
 from ..core.engine import FusionEngine
 from ..core.outputs import GenerationChunk
-from ..adapters import iterate_in_thread, shared_engine
 from ..tools import call_as_text, parse_tool_calls, prompt_with_tools, result_as_user_turn, template_supports_tools
 
-_ROLES = {MessageRole.SYSTEM: "system", MessageRole.DEVELOPER: "system", MessageRole.USER: "user",
-          MessageRole.ASSISTANT: "assistant", MessageRole.CHATBOT: "assistant", MessageRole.MODEL: "assistant",
-          MessageRole.TOOL: "tool", MessageRole.FUNCTION: "tool"}
+_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.CHATBOT: "assistant",
+    MessageRole.MODEL: "assistant",
+    MessageRole.TOOL: "tool",
+    MessageRole.FUNCTION: "tool",
+}
 
 
 def to_engine_messages(messages: Sequence[ChatMessage], native_tools: bool = True) -> list[dict[str, Any]]:
@@ -56,10 +63,14 @@ def to_engine_messages(messages: Sequence[ChatMessage], native_tools: bool = Tru
                 msg = result_as_user_turn(name, msg["content"])
         elif calls:
             if native_tools:
-                msg["tool_calls"] = [{"type": "function", "id": c["id"],
-                                      "function": {"name": c["name"], "arguments": c["args"]}} for c in calls]
+                msg["tool_calls"] = [
+                    {"type": "function", "id": c["id"], "function": {"name": c["name"], "arguments": c["args"]}}
+                    for c in calls
+                ]
             else:
-                msg["content"] = "\n".join([msg["content"], *(call_as_text(c["name"], c["args"]) for c in calls)]).strip()
+                msg["content"] = "\n".join(
+                    [msg["content"], *(call_as_text(c["name"], c["args"]) for c in calls)]
+                ).strip()
         out.append(msg)
     return out
 
@@ -82,8 +93,12 @@ class FusionRAGLLM(FunctionCallingLLM):
     device: str = "auto"
     dtype: str = "auto"
     max_new_tokens: int = Field(default=256, gt=0)
-    context_window: int | None = Field(default=None, gt=0, description="Cap below the model's window (LlamaIndex "
-                                       "packs retrieved text to fit it); default: the model's own")
+    context_window: int | None = Field(
+        default=None,
+        gt=0,
+        description="Cap below the model's window (LlamaIndex "
+        "packs retrieved text to fit it); default: the model's own",
+    )
     temperature: float = Field(default=0.0, ge=0.0)
     top_p: float = 1.0
     top_k: int = 0
@@ -114,8 +129,13 @@ class FusionRAGLLM(FunctionCallingLLM):
     @property
     def metadata(self) -> LLMMetadata:
         window = min(self.context_window or self._engine.context_window, self._engine.context_window)
-        return LLMMetadata(context_window=window, num_output=self.max_new_tokens,
-                           model_name=self.model_name, is_chat_model=True, is_function_calling_model=True)
+        return LLMMetadata(
+            context_window=window,
+            num_output=self.max_new_tokens,
+            model_name=self.model_name,
+            is_chat_model=True,
+            is_function_calling_model=True,
+        )
 
     # -- the engine call ---------------------------------------------------------------------
 
@@ -137,8 +157,12 @@ class FusionRAGLLM(FunctionCallingLLM):
     def _raw(last: GenerationChunk) -> dict[str, Any]:
         u = last.usage
         return {
-            "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
-                      "total_tokens": u.total_tokens, "prompt_tokens_details": {"cached_tokens": u.cached_tokens}},
+            "usage": {
+                "prompt_tokens": u.prompt_tokens,
+                "completion_tokens": u.completion_tokens,
+                "total_tokens": u.total_tokens,
+                "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
+            },
             "stats": last.stats.to_dict(),
             "finish_reason": last.finish_reason,
         }
@@ -172,14 +196,19 @@ class FusionRAGLLM(FunctionCallingLLM):
 
     @staticmethod
     def _to_chat(r: CompletionResponse) -> ChatResponse:
-        return ChatResponse(message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text), delta=r.delta,
-                            raw=r.raw, additional_kwargs=r.additional_kwargs)
+        return ChatResponse(
+            message=ChatMessage(role=MessageRole.ASSISTANT, content=r.text),
+            delta=r.delta,
+            raw=r.raw,
+            additional_kwargs=r.additional_kwargs,
+        )
 
     def _chat_prompt(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> list[dict]:
         native = template_supports_tools(self._engine.tokenizer)
         choice = "required" if kwargs.get("tool_required") else kwargs.get("tool_choice")
-        prompt, kwargs["template_tools"] = prompt_with_tools(to_engine_messages(messages, native), kwargs.get("tools"),
-                                                            choice, native)
+        prompt, kwargs["template_tools"] = prompt_with_tools(
+            to_engine_messages(messages, native), kwargs.get("tools"), choice, native
+        )
         return prompt
 
     def _with_tool_calls(self, response: ChatResponse, kwargs: dict[str, Any]) -> ChatResponse:
@@ -203,19 +232,31 @@ class FusionRAGLLM(FunctionCallingLLM):
 
     # -- function calling (agents): tools to the template or an instruction, calls parsed back -------
 
-    def _prepare_chat_with_tools(self, tools: Sequence[Any], user_msg: str | ChatMessage | None = None,
-                                 chat_history: list[ChatMessage] | None = None, verbose: bool = False,
-                                 allow_parallel_tool_calls: bool = False, tool_required: bool = False,
-                                 **kwargs: Any) -> dict[str, Any]:
+    def _prepare_chat_with_tools(
+        self,
+        tools: Sequence[Any],
+        user_msg: str | ChatMessage | None = None,
+        chat_history: list[ChatMessage] | None = None,
+        verbose: bool = False,
+        allow_parallel_tool_calls: bool = False,
+        tool_required: bool = False,
+        **kwargs: Any,
+    ) -> dict[str, Any]:
         messages = list(chat_history or [])
         if user_msg is not None:
-            messages.append(user_msg if isinstance(user_msg, ChatMessage) else ChatMessage(role=MessageRole.USER,
-                                                                                          content=user_msg))
-        return {"messages": messages, "tools": [t.metadata.to_openai_tool() for t in tools],
-                "tool_required": tool_required, **kwargs}
+            messages.append(
+                user_msg if isinstance(user_msg, ChatMessage) else ChatMessage(role=MessageRole.USER, content=user_msg)
+            )
+        return {
+            "messages": messages,
+            "tools": [t.metadata.to_openai_tool() for t in tools],
+            "tool_required": tool_required,
+            **kwargs,
+        }
 
-    def get_tool_calls_from_response(self, response: ChatResponse, error_on_no_tool_call: bool = True,
-                                     **kwargs: Any) -> list[ToolSelection]:
+    def get_tool_calls_from_response(
+        self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
+    ) -> list[ToolSelection]:
         calls = response.message.additional_kwargs.get("tool_calls") or []
         if not calls and error_on_no_tool_call:
             raise ValueError(f"expected a tool call from the model, got: {response.message.content!r}")
@@ -234,6 +275,7 @@ class FusionRAGLLM(FunctionCallingLLM):
         async def gen() -> AsyncIterator[CompletionResponse]:
             async for r in iterate_in_thread(source):
                 yield r
+
         return gen()
 
     @llm_chat_callback()
@@ -249,5 +291,5 @@ class FusionRAGLLM(FunctionCallingLLM):
         async def gen() -> AsyncIterator[ChatResponse]:
             async for r in iterate_in_thread(source):
                 yield self._with_tool_calls(self._to_chat(r), kwargs) if r.raw else self._to_chat(r)
-        return gen()
 
+        return gen()

@@ -42,8 +42,14 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
     _precompute: str = PrivateAttr(default="standalone")
     _neighbors: int = PrivateAttr(default=3)
 
-    def __init__(self, engine: FusionEngine | None = None, precompute: str = "standalone", neighbors: int = 3,
-                 show_progress: bool | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        engine: FusionEngine | None = None,
+        precompute: str = "standalone",
+        neighbors: int = 3,
+        show_progress: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         """precompute: "standalone" (each node alone) or "similar" (FusionRAG's similarity-guided
         preprocessing: each new node is computed after its `neighbors` nearest nodes in the collection)."""
         check_precompute_mode(precompute, engine, "FusionRAGChromaVectorStore", "FusionRAGLLM")
@@ -66,8 +72,9 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
         nodes = [n for n in nodes if prompt_text(n).strip()]
         if nodes:
             neighbors = [self.nearest_texts(n) for n in nodes] if self._precompute == "similar" else None
-            self._engine.precompute([prompt_text(n) for n in nodes], neighbors=neighbors,
-                                    show_progress=self._show_progress)
+            self._engine.precompute(
+                [prompt_text(n) for n in nodes], neighbors=neighbors, show_progress=self._show_progress
+            )
         return ids
 
     def nearest_texts(self, node: BaseNode) -> list[str]:
@@ -86,8 +93,9 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
         self._forget(self._get(None, where={"document_id": ref_doc_id}).nodes)
         super().delete(ref_doc_id, **delete_kwargs)
 
-    def delete_nodes(self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None,
-                     **delete_kwargs: Any) -> None:
+    def delete_nodes(
+        self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **delete_kwargs: Any
+    ) -> None:
         if not node_ids and not filters:
             return
         self._forget(self.get_nodes(node_ids, filters))

@@ -169,4 +169,7 @@ def test_a_changed_prefix_is_a_miss(smol):
     other[0]["content"] = "Use the passages below to answer."
     assert smol.prefill(other, selector="none").stats.prefix_tokens_reused == 0
     out = smol.generate(other, selector="cacheblend", max_new_tokens=3)  # cacheblend skips the cached prefix too
-    assert out.stats.prefix_tokens_reused > 0 and out.usage.cached_tokens == out.stats.tokens_reused + out.stats.prefix_tokens_reused
+    assert (
+        out.stats.prefix_tokens_reused > 0
+        and out.usage.cached_tokens == out.stats.tokens_reused + out.stats.prefix_tokens_reused
+    )

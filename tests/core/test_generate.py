@@ -25,7 +25,7 @@ def test_greedy_tokens_identical_to_transformers_generate(smol_engine, hf_smol, 
     ids = tok(rendered, add_special_tokens=False, return_tensors="pt").input_ids
     with torch.no_grad():
         ref = hf_smol.generate(ids, max_new_tokens=32, do_sample=False, attention_mask=torch.ones_like(ids))
-    ref_new = [t for t in ref[0, ids.shape[1]:].tolist() if t not in smol_engine.loaded.eos_token_ids]
+    ref_new = [t for t in ref[0, ids.shape[1] :].tolist() if t not in smol_engine.loaded.eos_token_ids]
     out = smol_engine.generate(chat(question), max_new_tokens=32)
     assert out.token_ids == ref_new
     assert out.usage.prompt_tokens == ids.shape[1]
@@ -59,8 +59,10 @@ def test_stop_string_ends_generation_and_is_not_returned(smol_engine):
     assert out.finish_reason == "stop"
     assert stop not in out.text
     assert free.text.startswith(out.text)
-    streamed = "".join(p.text for p in smol_engine.stream(chat("Count from 1 to 10, separated by commas."),
-                                                          max_new_tokens=40, stop=[stop]))
+    streamed = "".join(
+        p.text
+        for p in smol_engine.stream(chat("Count from 1 to 10, separated by commas."), max_new_tokens=40, stop=[stop])
+    )
     assert streamed == out.text
 
 
@@ -81,13 +83,20 @@ def test_seeded_sampling_is_reproducible_and_differs_from_greedy(smol_engine):
 def test_consecutive_same_role_messages_are_merged(smol_engine):
     split = [{"role": "user", "content": "What is the capital"}, {"role": "user", "content": "of France?"}]
     merged = [{"role": "user", "content": "What is the capital\n\nof France?"}]
-    assert smol_engine.generate(split, max_new_tokens=8).token_ids == smol_engine.generate(merged, max_new_tokens=8).token_ids
+    assert (
+        smol_engine.generate(split, max_new_tokens=8).token_ids
+        == smol_engine.generate(merged, max_new_tokens=8).token_ids
+    )
 
 
 def test_system_and_assistant_turns(smol_engine):
     out = smol_engine.generate(
-        [("system", "Answer in one word."), ("user", "Capital of Italy?"), ("assistant", "Rome."),
-         ("user", "Capital of Spain?")],
+        [
+            ("system", "Answer in one word."),
+            ("user", "Capital of Italy?"),
+            ("assistant", "Rome."),
+            ("user", "Capital of Spain?"),
+        ],
         max_new_tokens=8,
     )
     assert out.text.strip()

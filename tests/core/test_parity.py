@@ -24,7 +24,9 @@ def hf_logits(model, ids: list[int]) -> torch.Tensor:
 
 @pytest.mark.parametrize("mode", [AttentionMode.CAUSAL_FROM_ZERO, AttentionMode.BY_POSITION])
 def test_smollm2_gguf_logits_match_transformers(smol_engine, hf_smol, mode):
-    ids = torch.randint(0, smol_engine.model.config.vocab_size, (64,), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = torch.randint(
+        0, smol_engine.model.config.vocab_size, (64,), generator=torch.Generator().manual_seed(0)
+    ).tolist()
     ours, ref = our_logits(smol_engine, ids, mode), hf_logits(hf_smol, ids)
     assert ref.std() > 1.0  # a real model: logits spread widely
     assert (ours - ref).abs().max().item() <= 1e-3
@@ -43,8 +45,9 @@ def test_tiny_family_logits_match_transformers_fp32(family, tiny_engines, tiny_m
 
 @pytest.mark.parametrize("family", ["llama3_rope", "qwen3"])
 def test_tiny_family_logits_match_transformers_bf16(family, tiny_model_dirs):
-    engine = FusionEngine.from_pretrained(tiny_model_dirs[family], device="cpu", dtype="bfloat16",
-                                          config=EngineConfig(cache_dir=MODEL_CACHE))
+    engine = FusionEngine.from_pretrained(
+        tiny_model_dirs[family], device="cpu", dtype="bfloat16", config=EngineConfig(cache_dir=MODEL_CACHE)
+    )
     hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family], dtype=torch.bfloat16).eval()
     ids = torch.randint(0, 49152, (64,), generator=torch.Generator().manual_seed(2)).tolist()
     ours, ref = our_logits(engine, ids, AttentionMode.CAUSAL_FROM_ZERO), hf_logits(hf, ids)

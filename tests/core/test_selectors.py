@@ -66,7 +66,9 @@ def test_cacheblend_selects_tokens_whose_cached_kv_deviates(smol):
     smol.precompute(DOCS)
     ctx = smol.fusion_context(rag_messages(DOCS))
     check = 1
-    corrupted = ctx.chunk_positions[torch.randperm(ctx.chunk_positions.numel(), generator=torch.Generator().manual_seed(0))[:12]]
+    corrupted = ctx.chunk_positions[
+        torch.randperm(ctx.chunk_positions.numel(), generator=torch.Generator().manual_seed(0))[:12]
+    ]
     ctx.cache.v[check, corrupted] += 5.0  # cached values far from what the check layer will compute
     _, selected = CacheBlendSelector(check_layer=check).run(ctx, budget=12)
     assert set(selected.tolist()) == set(corrupted.tolist())
@@ -107,7 +109,10 @@ def test_qcfuse_combines_critical_layer_attention_and_key_norm(ctx_factory):
     mixed = set(_qcfuse(ctx_factory(), layer, budget, share=0.75).tolist())
     top_attention = set(_qcfuse(ctx_factory(), layer, 15, share=1.0).tolist())
     assert top_attention <= mixed and top_attention <= by_attention
-    rest = sorted(set(ctx.chunk_positions.tolist()) - top_attention, key=lambda p: -norms[(ctx.chunk_positions == p).nonzero()[0, 0]].item())
+    rest = sorted(
+        set(ctx.chunk_positions.tolist()) - top_attention,
+        key=lambda p: -norms[(ctx.chunk_positions == p).nonzero()[0, 0]].item(),
+    )
     assert mixed - top_attention == set(rest[:5])
 
 

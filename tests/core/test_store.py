@@ -20,8 +20,14 @@ from tests.conftest import DOCS, MODEL_CACHE, REPO, engine_on, rag_messages
 
 def random_entry(key: str = "k" * 64, tokens: int = 7) -> ChunkKV:
     g = torch.Generator().manual_seed(len(key) + tokens)
-    return ChunkKV(key, torch.randint(0, 1000, (tokens,), generator=g), torch.randn(2, tokens, 3, 8, generator=g),
-                   torch.randn(2, tokens, 3, 8, generator=g), start=1, model_fingerprint="fp")
+    return ChunkKV(
+        key,
+        torch.randint(0, 1000, (tokens,), generator=g),
+        torch.randn(2, tokens, 3, 8, generator=g),
+        torch.randn(2, tokens, 3, 8, generator=g),
+        start=1,
+        model_fingerprint="fp",
+    )
 
 
 def test_round_trip_is_bit_identical(tmp_path):
@@ -131,8 +137,9 @@ def run_child(tmp_path, *args: str) -> subprocess.Popen:
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(repo=str(REPO), models=str(MODEL_CACHE), cache=str(tmp_path / "shared")))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+    )
 
 
 def result(proc: subprocess.Popen) -> dict:
@@ -163,13 +170,17 @@ def test_hot_tier_demotes_to_cpu_and_keeps_what_does_not_fit(tmp_path):
     """The GPU tier's logic, run with a hot tier on the CPU device."""
     entries = [random_entry(ch * 64) for ch in "abc"]
     size = entries[0].nbytes
-    store = ChunkStore("fp", torch.device("cpu"), gpu_bytes=2 * size, cpu_bytes=10 * size, directory=None, hot_tier=True)
+    store = ChunkStore(
+        "fp", torch.device("cpu"), gpu_bytes=2 * size, cpu_bytes=10 * size, directory=None, hot_tier=True
+    )
     for e in entries:
         store.put(e)
     assert set(store.gpu.entries) == {"b" * 64, "c" * 64} and set(store.cpu.entries) == {"a" * 64}
     assert torch.equal(store.get("a" * 64).k, entries[0].k)  # promoted back: b (least recent) is demoted
     assert set(store.gpu.entries) == {"c" * 64, "a" * 64} and set(store.cpu.entries) == {"b" * 64}
-    tiny = ChunkStore("fp", torch.device("cpu"), gpu_bytes=size // 2, cpu_bytes=10 * size, directory=None, hot_tier=True)
+    tiny = ChunkStore(
+        "fp", torch.device("cpu"), gpu_bytes=size // 2, cpu_bytes=10 * size, directory=None, hot_tier=True
+    )
     tiny.put(entries[0])
     for _ in range(3):  # too large for the hot tier: served from the CPU tier every time, never lost
         assert torch.equal(tiny.get("a" * 64).k, entries[0].k)

@@ -56,8 +56,17 @@ def test_similar_precompute_mode_uses_nearest_passages(smol, tmp_path):
     ex = synthetic_examples(1, seed=2)[0]
     nbrs = nearest_passages(ex.passages, 2)
     assert all(len(n) == 2 and p not in n for p, n in zip(ex.passages, nbrs))
-    rows = evaluate(smol, [ex], ["fusionrag"], [0.15], tmp_path / "r.jsonl", max_new_tokens=4, progress=False,
-                    precompute="similar", neighbors=2)
+    rows = evaluate(
+        smol,
+        [ex],
+        ["fusionrag"],
+        [0.15],
+        tmp_path / "r.jsonl",
+        max_new_tokens=4,
+        progress=False,
+        precompute="similar",
+        neighbors=2,
+    )
     assert len(rows) == 3 and all(r["chunks_found"] == 10 for r in rows)
     ctx = smol.fusion_context(musique_messages(ex))
     assert all(c.entry.context_id.startswith("nbr:") for c in ctx.chunks)

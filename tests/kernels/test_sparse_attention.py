@@ -58,15 +58,16 @@ def check(q, k, v, pos, tol):
     return err
 
 
-SMALL = list(itertools.product([(4, 4), (4, 1), (8, 1), (9, 3)], [64, 128], ["sorted", "shuffled", "clustered", "with_zero"]))
+SMALL = list(
+    itertools.product([(4, 4), (4, 1), (8, 1), (9, 3)], [64, 128], ["sorted", "shuffled", "clustered", "with_zero"])
+)
 
 
 @needs_triton
 @pytest.mark.parametrize("heads, d, kind", SMALL)
 def test_kernel_matches_reference_fp32_small(heads, d, kind):
     hq, hkv = heads
-    q, k, v, pos = random_case(n_q=13, n_kv=47, hq=hq, hkv=hkv, d=d, dtype=torch.float32, kind=kind,
-                               seed=hq * 100 + d)
+    q, k, v, pos = random_case(n_q=13, n_kv=47, hq=hq, hkv=hkv, d=d, dtype=torch.float32, kind=kind, seed=hq * 100 + d)
     check(q, k, v, pos, tol=1e-4)
 
 

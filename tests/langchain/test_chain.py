@@ -21,10 +21,12 @@ EXTRA = [
     "The institute's garden has forty species of moss, collected by volunteers on weekend walks along the coast.",
     "Every spring the town holds a regatta; the winning crew receives a silver oar kept at the town hall.",
 ]
-PROMPT = ChatPromptTemplate.from_messages([
-    ("system", "Answer the question using only this context:\n\n{context}"),
-    ("human", "{question}"),
-])
+PROMPT = ChatPromptTemplate.from_messages(
+    [
+        ("system", "Answer the question using only this context:\n\n{context}"),
+        ("human", "{question}"),
+    ]
+)
 
 
 def format_docs(docs: list[Document]) -> str:
@@ -61,12 +63,18 @@ def test_full_selector_answer_equals_plain_prefill_token_for_token(store, lc_eng
     message = rag_chain(retriever, llm).invoke(question)
     assert message.response_metadata["stats"]["chunks_reused"] == 4
     # the same token sequence, prefilled and decoded greedily by transformers itself
-    prompt_messages = ({"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT).invoke(question)
+    prompt_messages = ({"context": retriever | format_docs, "question": RunnablePassthrough()} | PROMPT).invoke(
+        question
+    )
     ids = lc_engine.prefill(to_engine_messages(prompt_messages.to_messages()), selector="full").token_ids
     with torch.no_grad():
-        ref = hf_smol.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
-                               attention_mask=torch.ones(1, len(ids), dtype=torch.long))
-    expected = lc_engine.tokenizer.decode(ref[0, len(ids):], skip_special_tokens=True)
+        ref = hf_smol.generate(
+            torch.tensor([ids]),
+            max_new_tokens=24,
+            do_sample=False,
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+        )
+    expected = lc_engine.tokenizer.decode(ref[0, len(ids) :], skip_special_tokens=True)
     assert message.content == expected.strip() or message.content == expected
 
 
@@ -100,22 +108,26 @@ def test_upsert_with_new_text_forgets_the_old_kv(store, lc_engine):
 def test_second_process_reuses_persistent_store_without_precompute(smol_engine, embeddings, tmp_path):
     kv_dir, chroma_dir = tmp_path / "kv", tmp_path / "chroma"
     first = FusionEngine(smol_engine.loaded, EngineConfig(cache_dir=kv_dir))
-    FusionRAGChroma.from_texts(DOCS + EXTRA, embeddings, engine=first, persist_directory=str(chroma_dir),
-                               collection_name="persist")
+    FusionRAGChroma.from_texts(
+        DOCS + EXTRA, embeddings, engine=first, persist_directory=str(chroma_dir), collection_name="persist"
+    )
     assert first.counters["chunks_computed"] == 8
     # a "new process": new engine over the same KV directory, Chroma reopened from disk
     second = FusionEngine(smol_engine.loaded, EngineConfig(cache_dir=kv_dir))
-    reopened = FusionRAGChroma(engine=second, persist_directory=str(chroma_dir), collection_name="persist",
-                               embedding_function=embeddings)
-    message = rag_chain(reopened.as_retriever(search_kwargs={"k": 4}), ChatFusionRAG(engine=second, max_tokens=4)).invoke(
-        "Where is the institute?")
+    reopened = FusionRAGChroma(
+        engine=second, persist_directory=str(chroma_dir), collection_name="persist", embedding_function=embeddings
+    )
+    message = rag_chain(
+        reopened.as_retriever(search_kwargs={"k": 4}), ChatFusionRAG(engine=second, max_tokens=4)
+    ).invoke("Where is the institute?")
     assert message.response_metadata["stats"]["chunks_reused"] == 4
     assert second.counters["chunks_computed"] == 0 and second.chunks.store.counts["disk"] == 4
 
 
 def test_chroma_http_client(chroma_server, lc_engine, embeddings):
-    store = FusionRAGChroma(engine=lc_engine, client=chroma_server, collection_name="http-docs",
-                            embedding_function=embeddings)
+    store = FusionRAGChroma(
+        engine=lc_engine, client=chroma_server, collection_name="http-docs", embedding_function=embeddings
+    )
     ids = store.add_texts(DOCS)
     assert len(lc_engine.keys_for(DOCS)) >= len(DOCS)
     llm = ChatFusionRAG(engine=lc_engine, max_tokens=4)

@@ -11,8 +11,14 @@ from tests.langchain.test_chain import EXTRA
 
 def test_similar_precompute_uses_the_stores_nearest_documents(lc_engine, embeddings, tmp_path):
     client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
-    store = FusionRAGChroma(engine=lc_engine, client=client, collection_name="similar", embedding_function=embeddings,
-                            precompute="similar", neighbors=2)
+    store = FusionRAGChroma(
+        engine=lc_engine,
+        client=client,
+        collection_name="similar",
+        embedding_function=embeddings,
+        precompute="similar",
+        neighbors=2,
+    )
     store.add_texts(DOCS, ids=[f"d{i}" for i in range(4)])
     seen = []
     original = lc_engine.precompute

@@ -61,8 +61,9 @@ class TestFusionRAGChromaStandard(VectorStoreIntegrationTests):
     @pytest.fixture
     def vectorstore(self, tmp_path):
         client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
-        store = FusionRAGChroma(engine=conftest.ENGINE, client=client, collection_name="standard",
-                                embedding_function=self.get_embeddings())
+        store = FusionRAGChroma(
+            engine=conftest.ENGINE, client=client, collection_name="standard", embedding_function=self.get_embeddings()
+        )
         try:
             yield store
         finally:

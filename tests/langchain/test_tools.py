@@ -24,13 +24,19 @@ def magic_function(input: int) -> int:
     return input + 2
 
 
-@pytest.mark.parametrize("text, content", [
-    ('<tool_call>\n{"name": "magic_function", "arguments": {"input": 3}}\n</tool_call>', ""),
-    ('Let me check.\n<tool_call>{"name": "magic_function", "arguments": {"input": 3}}</tool_call>', "Let me check."),
-    ('{"name": "magic_function", "parameters": {"input": 3}}', ""),
-    ('<|python_tag|>{"name": "magic_function", "parameters": {"input": 3}}', ""),
-    ('```json\n{"name": "magic_function", "arguments": "{\\"input\\": 3}"}\n```', ""),
-])
+@pytest.mark.parametrize(
+    "text, content",
+    [
+        ('<tool_call>\n{"name": "magic_function", "arguments": {"input": 3}}\n</tool_call>', ""),
+        (
+            'Let me check.\n<tool_call>{"name": "magic_function", "arguments": {"input": 3}}</tool_call>',
+            "Let me check.",
+        ),
+        ('{"name": "magic_function", "parameters": {"input": 3}}', ""),
+        ('<|python_tag|>{"name": "magic_function", "parameters": {"input": 3}}', ""),
+        ('```json\n{"name": "magic_function", "arguments": "{\\"input\\": 3}"}\n```', ""),
+    ],
+)
 def test_parses_the_formats_models_emit(text, content):
     parsed = parse_tool_calls(text, {"magic_function"})
     assert parsed.content == content
@@ -95,8 +101,11 @@ def test_plain_answers_still_work_with_tools_bound(lc_engine, scripted):
 
 def test_tool_history_round_trips_without_native_support():
     call = {"name": "magic_function", "args": {"input": 3}, "id": "call_1", "type": "tool_call"}
-    history = [HumanMessage("What is magic_function(3)?"), AIMessage("", tool_calls=[call]),
-               ToolMessage("5", tool_call_id="call_1", name="magic_function")]
+    history = [
+        HumanMessage("What is magic_function(3)?"),
+        AIMessage("", tool_calls=[call]),
+        ToolMessage("5", tool_call_id="call_1", name="magic_function"),
+    ]
     plain = to_engine_messages(history, native_tools=False)
     assert plain[1] == {"role": "assistant", "content": '{"name": "magic_function", "arguments": {"input": 3}}'}
     assert plain[2] == {"role": "user", "content": "Tool result (magic_function): 5"}
@@ -107,8 +116,10 @@ def test_tool_history_round_trips_without_native_support():
 
 def test_a_template_with_tool_support_receives_the_schemas(lc_engine):
     tok = copy.deepcopy(lc_engine.tokenizer)
-    tok.chat_template = ("{% if tools %}TOOLS:{% for t in tools %} {{ t.function.name }}{% endfor %}\n{% endif %}"
-                         "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:")
+    tok.chat_template = (
+        "{% if tools %}TOOLS:{% for t in tools %} {{ t.function.name }}{% endfor %}\n{% endif %}"
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}assistant:"
+    )
     assert template_supports_tools(tok)
     from langchain_core.utils.function_calling import convert_to_openai_tool
 

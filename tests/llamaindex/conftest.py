@@ -32,8 +32,7 @@ def engine_calls(li_engine):
 
     def stream(prompt, **kwargs):
         pieces = list(original(prompt, **kwargs))
-        calls.append({"prompt": prompt, "last": pieces[-1], "text": "".join(p.text for p in pieces),
-                      "kwargs": kwargs})
+        calls.append({"prompt": prompt, "last": pieces[-1], "text": "".join(p.text for p in pieces), "kwargs": kwargs})
         yield from pieces
 
     li_engine.stream = stream

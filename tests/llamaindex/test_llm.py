@@ -24,7 +24,9 @@ def test_stream_complete_deltas_concatenate_to_complete(li_engine):
     deltas = [r.delta for r in llm.stream_complete("Write one sentence about the sea.")]
     assert full.text and "".join(deltas) == full.text
     usage = full.raw["usage"]
-    assert usage["completion_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    assert (
+        usage["completion_tokens"] > 0 and usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+    )
     assert full.raw["stats"]["ttft_ms"] > 0 and full.additional_kwargs["usage"] == usage
 
 
@@ -63,6 +65,8 @@ async def test_async_methods_do_not_block_the_loop(li_engine):
         done = await llm.acomplete("Write one sentence about the sea.")
         deltas = [r.delta async for r in await llm.astream_complete("Write one sentence about the sea.")]
         reply = await llm.achat([ChatMessage(role=MessageRole.USER, content="What is the capital of France?")])
-        chat_deltas = [r.delta async for r in await llm.astream_chat([ChatMessage(role=MessageRole.USER, content="Hi")])]
+        chat_deltas = [
+            r.delta async for r in await llm.astream_chat([ChatMessage(role=MessageRole.USER, content="Hi")])
+        ]
     assert "".join(deltas) == done.text and "Paris" in reply.message.content and chat_deltas
     assert ticker.ticks > 10

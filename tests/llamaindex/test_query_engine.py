@@ -14,15 +14,19 @@ from fusionrag_integrations.llamaindex import FusionRAGChromaVectorStore, Fusion
 def build_index(engine, embed_model, tmp_path, with_metadata: bool):
     client = chromadb.PersistentClient(path=str(tmp_path / "chroma"))
     store = FusionRAGChromaVectorStore(engine=engine, chroma_collection=client.get_or_create_collection("space"))
-    docs = [Document(text=p, metadata={"source": f"passage-{i}", "topic": "spaceflight"} if with_metadata else {})
-            for i, p in enumerate(PASSAGES)]
-    return VectorStoreIndex.from_documents(docs, storage_context=StorageContext.from_defaults(vector_store=store),
-                                           embed_model=embed_model)
+    docs = [
+        Document(text=p, metadata={"source": f"passage-{i}", "topic": "spaceflight"} if with_metadata else {})
+        for i, p in enumerate(PASSAGES)
+    ]
+    return VectorStoreIndex.from_documents(
+        docs, storage_context=StorageContext.from_defaults(vector_store=store), embed_model=embed_model
+    )
 
 
 @pytest.mark.parametrize("with_metadata", [False, True])
-def test_default_query_engine_reuses_every_retrieved_node(li_engine, embed_model, tmp_path, engine_calls,
-                                                         with_metadata):
+def test_default_query_engine_reuses_every_retrieved_node(
+    li_engine, embed_model, tmp_path, engine_calls, with_metadata
+):
     index = build_index(li_engine, embed_model, tmp_path, with_metadata)
     assert li_engine.counters["chunks_computed"] == len(PASSAGES)  # precomputed on insert
     llm = FusionRAGLLM(engine=li_engine, max_new_tokens=24)
@@ -50,10 +54,14 @@ def test_context_overflow_resplit_still_answers_exactly(li_engine, embed_model, 
     for call in engine_calls:
         ids = li_engine.prefill(call["prompt"], selector="full").token_ids
         with torch.no_grad():
-            ref = hf_smol.generate(torch.tensor([ids]), max_new_tokens=12, do_sample=False,
-                                   attention_mask=torch.ones(1, len(ids), dtype=torch.long))
+            ref = hf_smol.generate(
+                torch.tensor([ids]),
+                max_new_tokens=12,
+                do_sample=False,
+                attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            )
         assert call["last"].stats.chunks_found == li_engine.prefill(call["prompt"]).stats.chunks_found
-        assert call["text"] == li_engine.tokenizer.decode(ref[0, len(ids):], skip_special_tokens=True)
+        assert call["text"] == li_engine.tokenizer.decode(ref[0, len(ids) :], skip_special_tokens=True)
 
 
 def test_chat_engine_condense_plus_context_reuses_chunks(li_engine, embed_model, tmp_path, engine_calls):

@@ -13,9 +13,12 @@ from tests.conftest import DOCS
 
 def test_similar_precompute_uses_the_stores_nearest_nodes(li_engine, embed_model, tmp_path):
     collection = chromadb.PersistentClient(path=str(tmp_path / "c")).get_or_create_collection("similar")
-    store = FusionRAGChromaVectorStore(engine=li_engine, chroma_collection=collection, precompute="similar",
-                                       neighbors=2)
-    nodes = [TextNode(text=t, metadata={"n": i}, embedding=embed_model.get_text_embedding(t)) for i, t in enumerate(DOCS)]
+    store = FusionRAGChromaVectorStore(
+        engine=li_engine, chroma_collection=collection, precompute="similar", neighbors=2
+    )
+    nodes = [
+        TextNode(text=t, metadata={"n": i}, embedding=embed_model.get_text_embedding(t)) for i, t in enumerate(DOCS)
+    ]
     store.add(nodes[:3])
     seen = []
     original = li_engine.precompute

@@ -61,10 +61,15 @@ def test_no_tool_call_is_an_error_only_when_asked(li_engine, script):
 
 
 def test_tool_history_becomes_text_for_templates_without_tools():
-    history = [ChatMessage(role=MessageRole.USER, content="2 + 3?"),
-               ChatMessage(role=MessageRole.ASSISTANT, content="",
-                           additional_kwargs={"tool_calls": [{"id": "c1", "name": "add", "args": {"a": 2, "b": 3}}]}),
-               ChatMessage(role=MessageRole.TOOL, content="5", additional_kwargs={"tool_call_id": "c1", "name": "add"})]
+    history = [
+        ChatMessage(role=MessageRole.USER, content="2 + 3?"),
+        ChatMessage(
+            role=MessageRole.ASSISTANT,
+            content="",
+            additional_kwargs={"tool_calls": [{"id": "c1", "name": "add", "args": {"a": 2, "b": 3}}]},
+        ),
+        ChatMessage(role=MessageRole.TOOL, content="5", additional_kwargs={"tool_call_id": "c1", "name": "add"}),
+    ]
     plain = to_engine_messages(history, native_tools=False)
     assert plain[1]["content"] == '{"name": "add", "arguments": {"a": 2, "b": 3}}'
     assert plain[2] == {"role": "user", "content": "Tool result (add): 5"}

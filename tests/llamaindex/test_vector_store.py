@@ -25,15 +25,27 @@ TEXTS = [
 
 def make_nodes() -> list[TextNode]:
     return [
-        TextNode(text=TEXTS[0], id_="c330d77f-90bd-4c51-9ed2-57d8d693b3b0",
-                 relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="test-0")},
-                 metadata={"author": "Stephen King", "theme": "Friendship"}, embedding=[1.0, 0.0, 0.0]),
-        TextNode(text=TEXTS[1], id_="c3d1e1dd-8fb4-4b8f-b7ea-7fa96038d39d",
-                 relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="test-0")},
-                 metadata={"director": "Francis Ford Coppola", "theme": "Mafia"}, embedding=[0.0, 1.0, 0.0]),
-        TextNode(text=TEXTS[2], id_="c3ew11cd-8fb4-4b8f-b7ea-7fa96038d39d",
-                 relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="test-1")},
-                 metadata={"director": "Christopher Nolan"}, embedding=[0.0, 0.0, 1.0]),
+        TextNode(
+            text=TEXTS[0],
+            id_="c330d77f-90bd-4c51-9ed2-57d8d693b3b0",
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="test-0")},
+            metadata={"author": "Stephen King", "theme": "Friendship"},
+            embedding=[1.0, 0.0, 0.0],
+        ),
+        TextNode(
+            text=TEXTS[1],
+            id_="c3d1e1dd-8fb4-4b8f-b7ea-7fa96038d39d",
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="test-0")},
+            metadata={"director": "Francis Ford Coppola", "theme": "Mafia"},
+            embedding=[0.0, 1.0, 0.0],
+        ),
+        TextNode(
+            text=TEXTS[2],
+            id_="c3ew11cd-8fb4-4b8f-b7ea-7fa96038d39d",
+            relationships={NodeRelationship.SOURCE: RelatedNodeInfo(node_id="test-1")},
+            metadata={"director": "Christopher Nolan"},
+            embedding=[0.0, 0.0, 1.0],
+        ),
     ]
 
 
@@ -50,12 +62,14 @@ def test_is_a_pydantic_vector_store():
 
 
 def test_from_params_persist_dir(li_engine, tmp_path):
-    store = FusionRAGChromaVectorStore.from_params(collection_name="test", persist_dir=str(tmp_path / "p"),
-                                                   engine=li_engine)
+    store = FusionRAGChromaVectorStore.from_params(
+        collection_name="test", persist_dir=str(tmp_path / "p"), engine=li_engine
+    )
     assert isinstance(store, FusionRAGChromaVectorStore) and store.engine is li_engine
     store.add(make_nodes())
-    reopened = FusionRAGChromaVectorStore.from_params(collection_name="test", persist_dir=str(tmp_path / "p"),
-                                                      engine=li_engine)
+    reopened = FusionRAGChromaVectorStore.from_params(
+        collection_name="test", persist_dir=str(tmp_path / "p"), engine=li_engine
+    )
     assert len(reopened.get_nodes(None)) == 3
 
 
@@ -75,8 +89,9 @@ async def test_add_precomputes_the_llm_text_and_query_works(store, li_engine, us
 @pytest.mark.parametrize("use_async", [False, True])
 async def test_metadata_filter_query(store, use_async):
     store.add(make_nodes())
-    filters = MetadataFilters(filters=[MetadataFilter(key="director", value="Christopher Nolan",
-                                                      operator=FilterOperator.EQ)])
+    filters = MetadataFilters(
+        filters=[MetadataFilter(key="director", value="Christopher Nolan", operator=FilterOperator.EQ)]
+    )
     query = VectorStoreQuery(query_embedding=[1.0, 0.0, 0.0], similarity_top_k=3, filters=filters)
     res = await store.aquery(query) if use_async else store.query(query)
     assert [n.get_content() for n in res.nodes] == [TEXTS[2]]
