@@ -59,6 +59,13 @@ class EngineConfig(BaseModel):
         description="Prompt prefixes (the text before the first chunk: system prompt, template head) "
         "whose KV is kept in memory and reused exactly; 0 turns prefix caching off.",
     )
+    learn_chunks: bool = Field(
+        False,
+        description="Keep the KV of long paragraphs of every prompt (blank-line separated) so that later prompts "
+        "containing them reuse it: chunk reuse with any vector store, no precompute step. Changes tokenisation "
+        "at paragraph boundaries (as any chunk boundary does).",
+    )
+    learn_min_chars: int = Field(200, ge=32, description="Shortest paragraph kept by learn_chunks.")
     precompute_batch_tokens: int = Field(8192, ge=1, description="Token budget of one batched precompute pass.")
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     use_triton: Literal["auto", "always", "never"] = Field(

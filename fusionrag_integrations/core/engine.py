@@ -24,7 +24,7 @@ from .loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from .model import AttentionMode
 from .outputs import Generation, GenerationChunk, GenerationStats
 from .precompute import PrecomputeJob, compute_entries, prefix_kv
-from .prompt import Prompt, encode_text, render_prompt, split_at_matches
+from .prompt import Prompt, encode_text, render_prompt, split_at_matches, split_paragraphs
 from .registry import ChunkRegistry
 from .sampling import SamplingParams
 from .selectors import Selector, make_selector
@@ -35,6 +35,7 @@ class PreparedPrompt:
     token_ids: list[int]
     chunks: list[PlacedChunk] = field(default_factory=list)
     stats: GenerationStats = field(default_factory=GenerationStats)
+    learnable: list[tuple[str, int, int]] = field(default_factory=list)  # (paragraph text, start, end) to keep
 
 
 class FusionEngine:
@@ -64,7 +65,9 @@ class FusionEngine:
         self._prompt_prefixes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.aux_model = None  # CacheClip's auxiliary model (same tokenizer); None = the model itself
         self.critical_layer = self.config.fusion.critical_layer  # QCFuse; see selectors.profile_critical_layer
-        self.counters: Counter[str] = Counter()  # chunks_computed by precompute, across calls
+        self.counters: Counter[str] = Counter()  # chunks computed / learned, across calls
+        # chat-template markup ends a paragraph for learn_chunks
+        self._special_tokens = [*self.tokenizer.all_special_tokens, *self.tokenizer.get_added_vocab()]
 
     @classmethod
     def from_pretrained(
@@ -217,6 +220,7 @@ class FusionEngine:
         recompute_ratio: float | None = None,
         selector: str | Selector | None = None,
         tools: Sequence[dict] | None = None,
+        learn_chunks: bool | None = None,
     ) -> Iterator[GenerationChunk]:
         """Yield text pieces as they are decoded; the last piece carries finish_reason, usage and stats.
 
@@ -224,13 +228,15 @@ class FusionEngine:
         chunks: None = detect every precomputed chunk inside the prompt; a list = these texts (computed
         now if not cached) must occur in the prompt; [] = no fusion (plain prefill).
         selector / recompute_ratio: which chunk tokens to recompute (defaults from EngineConfig.fusion).
+        learn_chunks: keep the KV of this prompt's long paragraphs for later prompts (default: EngineConfig).
         """
         params = SamplingParams(
             max_new_tokens, temperature, top_p, top_k, seed, tuple([stop] if isinstance(stop, str) else stop or ())
         )
         chosen, ratio = self._selector(selector), self._ratio(recompute_ratio)
+        learn = self.config.learn_chunks if learn_chunks is None else learn_chunks
         with self._lock:
-            yield from self._generate(prompt, params, tools, chunks, chosen, ratio)
+            yield from self._generate(prompt, params, tools, chunks, chosen, ratio, learn)
 
     def _ratio(self, recompute_ratio: float | None) -> float:
         ratio = self.config.fusion.recompute_ratio if recompute_ratio is None else recompute_ratio
@@ -252,12 +258,14 @@ class FusionEngine:
         recompute_ratio: float | None = None,
         tools: Sequence[dict] | None = None,
         max_new_tokens: int = 1,
+        learn_chunks: bool | None = None,
     ) -> Prefill:
         """Process the prompt (fusing cached chunks) without sampling: the evaluation harness and
         tests read the first-token distribution from here. Same fusion arguments as `stream`."""
         chosen, ratio = self._selector(selector), self._ratio(recompute_ratio)
+        learn = self.config.learn_chunks if learn_chunks is None else learn_chunks
         with self._lock:
-            return self._prefill(prompt, tools, chunks, chosen, ratio, max_new_tokens)
+            return self._prefill(prompt, tools, chunks, chosen, ratio, max_new_tokens, learn)
 
     def fusion_context(
         self, prompt: Prompt, *, chunks: Sequence[str] | None = None, tools: Sequence[dict] | None = None
@@ -274,9 +282,11 @@ class FusionEngine:
                 self.model, cache, torch.tensor(prepared.token_ids, device=self.device), prepared.chunks
             )
 
-    def _prefill(self, prompt: Prompt, tools, chunks, selector: Selector, ratio: float, max_new_tokens: int) -> Prefill:
+    def _prefill(
+        self, prompt: Prompt, tools, chunks, selector: Selector, ratio: float, max_new_tokens: int, learn: bool = False
+    ) -> Prefill:
         t_start = time.perf_counter()
-        prepared = self._prepare(prompt, tools, chunks)
+        prepared = self._prepare(prompt, tools, chunks, learn)
         prompt_ids, stats = prepared.token_ids, prepared.stats
         self._check_length(len(prompt_ids), max_new_tokens)
         cache = self.model.new_cache(len(prompt_ids) + max_new_tokens)
@@ -300,6 +310,7 @@ class FusionEngine:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         t_done = time.perf_counter()
+        self._learn(prepared, cache)  # after the timing: storing is not on the path to the first token
         stats.prefill_ms = (t_done - t_prefill) * 1e3
         stats.ttft_ms = (t_done - t_start) * 1e3  # time to the logits; generation adds the sampling
         return Prefill(logits, prompt_ids, cache, stats, selected)
@@ -323,10 +334,10 @@ class FusionEngine:
             self._prompt_prefixes.popitem(last=False)
 
     def _generate(
-        self, prompt: Prompt, params: SamplingParams, tools, chunks, selector: Selector, ratio: float
+        self, prompt: Prompt, params: SamplingParams, tools, chunks, selector: Selector, ratio: float, learn: bool
     ) -> Iterator[GenerationChunk]:
         t_start = time.perf_counter()
-        pre = self._prefill(prompt, tools, chunks, selector, ratio, params.max_new_tokens)
+        pre = self._prefill(prompt, tools, chunks, selector, ratio, params.max_new_tokens, learn)
         yield from decode_loop(self.model, self.tokenizer, self.loaded.eos_token_ids, pre, params, t_start)
 
     def decode(self, pre: Prefill, **sampling) -> Generation:
@@ -354,14 +365,14 @@ class FusionEngine:
             last.stats,
         )
 
-    def _prepare(self, prompt: Prompt, tools, chunks: Sequence[str] | None) -> PreparedPrompt:
+    def _prepare(self, prompt: Prompt, tools, chunks: Sequence[str] | None, learn: bool = False) -> PreparedPrompt:
         """Render, find chunks, and lay out token ids with each chunk's cached entry at its position."""
         text, add_special = render_prompt(self.tokenizer, prompt, tools)
         matches, computed_now = self._find_chunks(text, chunks)
         prepared = PreparedPrompt([])
         for kind, piece in split_at_matches(text, matches):
             if kind == "text":
-                prepared.token_ids += encode_text(self.tokenizer, piece, add_special and not prepared.token_ids)
+                self._add_fresh_text(prepared, piece, add_special, learn)
                 continue
             entry, computed = self._entry_for(piece)
             computed = computed or piece in computed_now
@@ -371,6 +382,44 @@ class FusionEngine:
             prepared.stats.chunks_computed += computed
             prepared.stats.chunks_reused += not computed
         return prepared
+
+    def _add_fresh_text(self, prepared: PreparedPrompt, text: str, add_special: bool, learn: bool) -> None:
+        """Tokenise fresh text; when learning, each long paragraph alone (its KV is kept after the prefill)."""
+        if not learn:
+            prepared.token_ids += encode_text(self.tokenizer, text, add_special and not prepared.token_ids)
+            return
+        for learnable, piece in split_paragraphs(text, self.config.learn_min_chars, self._special_tokens):
+            start = len(prepared.token_ids)
+            prepared.token_ids += encode_text(self.tokenizer, piece, add_special and not prepared.token_ids)
+            if learnable and piece not in self.chunks.index:
+                prepared.learnable.append((piece, start, len(prepared.token_ids)))
+
+    def _learn(self, prepared: PreparedPrompt, cache) -> None:
+        """Keep the KV this prefill computed for long fresh paragraphs, so later prompts containing them
+        reuse it. Their context id names what preceded them here (they are not standalone)."""
+        entries = []
+        for text, start, end in prepared.learnable:
+            before = prepared.token_ids[:start]
+            context_id = "seen:" + hashlib.sha256(json.dumps(before).encode()).hexdigest()[:16]
+            ids = prepared.token_ids[start:end]
+            key = chunk_key(self.loaded.model_fingerprint, self.loaded.tokenizer_fingerprint, before, ids, context_id)
+            entries.append(
+                (
+                    ChunkKV(
+                        key,
+                        torch.tensor(ids, dtype=torch.long),
+                        cache.k[:, start:end].clone(),
+                        cache.v[:, start:end].clone(),
+                        start,
+                        self.loaded.model_fingerprint,
+                        context_id,
+                    ),
+                    text,
+                )
+            )
+        if entries:
+            self.chunks.add(entries)
+            self.counters["chunks_learned"] += len(entries)
 
     def _find_chunks(self, text: str, chunks: Sequence[str] | None) -> tuple[list[Match], set[str]]:
         """-> (matches, texts whose KV this call had to compute)."""

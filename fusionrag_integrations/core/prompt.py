@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -92,3 +93,26 @@ def split_at_matches(text: str, matches: list) -> list[tuple[str, str]]:
     if cursor < len(text):
         segments.append(("text", text[cursor:]))
     return segments
+
+
+def split_paragraphs(text: str, min_chars: int, special_tokens: Sequence[str] = ()) -> list[tuple[bool, str]]:
+    """Fresh text -> [(learnable, piece), ...]: paragraphs of at least `min_chars`, delimited by blank lines
+    and by special tokens (chat-template markup ends a message), are their own pieces, stripped, with the
+    whitespace and markup around them in the neighbouring pieces, so each is tokenised alone, exactly as
+    a precomputed chunk of the same text would be."""
+    separators = [r"\n\s*\n", *(re.escape(t) for t in sorted(special_tokens, key=len, reverse=True) if t)]
+    pieces: list[tuple[bool, str]] = []
+    rest = ""
+    for part in re.split("(" + "|".join(separators) + ")", text):
+        stripped = part.strip()
+        if len(stripped) >= min_chars:
+            lead = part[: len(part) - len(part.lstrip())]
+            if rest + lead:
+                pieces.append((False, rest + lead))
+            pieces.append((True, stripped))
+            rest = part[len(part.rstrip()) :]
+        else:
+            rest += part
+    if rest or not pieces:
+        pieces.append((False, rest))
+    return pieces

@@ -101,6 +101,7 @@ class ChatFusionRAG(BaseChatModel):
     api_key: SecretStr | None = None  # accepted and ignored (no remote service)
     selector: str | None = None
     recompute_ratio: float | None = None
+    learn_chunks: bool = False  # keep long prompt paragraphs' KV: reuse with any vector store (no precompute)
 
     @model_validator(mode="after")
     def _load_engine(self) -> ChatFusionRAG:
@@ -143,6 +144,7 @@ class ChatFusionRAG(BaseChatModel):
             "selector": kwargs.get("selector", self.selector),
             "recompute_ratio": kwargs.get("recompute_ratio", self.recompute_ratio),
             "chunks": kwargs.get("chunks"),
+            "learn_chunks": kwargs.get("learn_chunks", self.learn_chunks),
         }
 
     def bind_tools(

@@ -106,6 +106,7 @@ class FusionRAGLLM(FunctionCallingLLM):
     stop: list[str] = Field(default_factory=list)
     selector: str | None = None
     recompute_ratio: float | None = None
+    learn_chunks: bool = Field(default=False, description="Keep long prompt paragraphs' KV (any vector store)")
     _engine: FusionEngine = PrivateAttr()
 
     def __init__(self, engine: FusionEngine | None = None, **kwargs: Any) -> None:
@@ -151,6 +152,7 @@ class FusionRAGLLM(FunctionCallingLLM):
             selector=kwargs.get("selector", self.selector),
             recompute_ratio=kwargs.get("recompute_ratio", self.recompute_ratio),
             tools=kwargs.get("template_tools"),
+            learn_chunks=kwargs.get("learn_chunks", self.learn_chunks),
         )
 
     @staticmethod

@@ -173,3 +173,23 @@ def test_a_changed_prefix_is_a_miss(smol):
         out.stats.prefix_tokens_reused > 0
         and out.usage.cached_tokens == out.stats.tokens_reused + out.stats.prefix_tokens_reused
     )
+
+
+def test_learned_paragraphs_are_reused_by_later_prompts(smol_engine, tmp_path):
+    """learn_chunks: no precompute; the first prompt's long paragraphs are kept and found in the next one."""
+    engine = engine_on(smol_engine.loaded, tmp_path / "learn", learn_chunks=True, learn_min_chars=100)
+    first = engine.prefill(rag_messages(DOCS), selector="none")
+    assert first.stats.chunks_found == 0 and engine.counters["chunks_learned"] == len(DOCS)
+    # the first passage shares its paragraph with the "Passages:" line above it: that variant only
+    # matches in first position; the other three are found wherever they move
+    reordered = engine.prefill(rag_messages(DOCS[::-1], question="Who founded the institute?"), selector="none")
+    assert reordered.stats.chunks_found == len(DOCS) - 1 and reordered.stats.chunks_reused == len(DOCS) - 1
+    assert engine.counters["chunks_computed"] == 0
+    again = engine.prefill(rag_messages(DOCS, question="Where is Kellersby?"), selector="none")
+    assert again.stats.chunks_found == len(DOCS)
+    entry = engine.chunks.get(engine.keys_for([DOCS[1]])[0])
+    rows = slice(entry.start, entry.start + entry.num_tokens)
+    assert entry.context_id.startswith("seen:") and torch.equal(entry.k, first.cache.k[:, rows])
+    plain = engine_on(smol_engine.loaded, tmp_path / "plain")  # off by default
+    plain.prefill(rag_messages(DOCS), selector="none")
+    assert plain.counters["chunks_learned"] == 0 and len(plain.chunks) == 0

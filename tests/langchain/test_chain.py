@@ -147,3 +147,19 @@ async def test_async_chain_does_not_block_the_event_loop(store, lc_engine):
     assert message.response_metadata["stats"]["chunks_reused"] == 4
     assert ticker.ticks > 10  # the loop kept running while the engine worked in a thread
     assert sum(1 for c in pieces if c.usage_metadata) == 1
+
+
+def test_any_vector_store_with_learned_chunks(smol_engine, embeddings, tmp_path):
+    """The LangChain tutorial's InMemoryVectorStore (no precompute at all): the model keeps the retrieved
+    passages' KV from the first question and reuses it for the next one that retrieves them."""
+    from langchain_core.vectorstores import InMemoryVectorStore
+
+    engine = FusionEngine(smol_engine.loaded, EngineConfig(cache_dir=tmp_path / "kv", learn_min_chars=80))
+    store = InMemoryVectorStore(embeddings)
+    store.add_texts(DOCS + EXTRA)
+    llm = ChatFusionRAG(engine=engine, max_tokens=4, learn_chunks=True)
+    chain = rag_chain(store.as_retriever(search_kwargs={"k": 4}), llm)
+    first = chain.invoke("What is the password for the archive room?").response_metadata["stats"]
+    again = chain.invoke("What is the archive room's password?").response_metadata["stats"]
+    assert first["chunks_reused"] == 0 and engine.counters["chunks_learned"] == 4
+    assert again["chunks_reused"] == 4 and again["chunks_found"] == 4
