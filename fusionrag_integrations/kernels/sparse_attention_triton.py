@@ -6,9 +6,16 @@ the key blocks up to its largest position: blocks every query sees run without a
 the few at the tail of the range apply the per-query causal mask. GQA: one program serves
 all query heads of one KV head (its BLOCK_Q queries x GROUP heads form the M rows of the
 tile), so K/V tiles are loaded once per group and K/V are never expanded in memory.
+
+Few queries over a long cache (the selection probe's question tokens, ~64 queries over 16K
+keys) make too few tiles to fill the GPU, and each would walk every key block alone. Then the
+key range is also split (flash-decoding): each split writes its normalised partial output
+and log-sum-exp, and a small combine step weighs the splits together.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -23,6 +30,7 @@ def _sparse_query_attn_fwd(
     K,
     V,
     Out,
+    Lse,
     QPos,
     Order,  #
     stride_qs,
@@ -32,7 +40,10 @@ def _sparse_query_attn_fwd(
     stride_vs,
     stride_vh,
     stride_os,
-    stride_oh,  #
+    stride_oh,
+    stride_osplit,
+    stride_lsplit,
+    stride_lq,  #
     n_queries,
     qk_scale,  #
     GROUP: tl.constexpr,
@@ -43,6 +54,7 @@ def _sparse_query_attn_fwd(
     IEEE: tl.constexpr,
     DOT_F32: tl.constexpr,
     SORTED: tl.constexpr,
+    KEYS_PER_SPLIT: tl.constexpr,  # 0: one program walks all keys; else a multiple of BLOCK_N
 ):
     BLOCK_Q: tl.constexpr = BLOCK_M // GROUP_PAD  # GROUP_PAD: the group size rounded up to a power of two
     # heaviest tiles (largest positions) first, so the last wave is not left with the longest ones
@@ -76,10 +88,16 @@ def _sparse_query_attn_fwd(
     offs_n = tl.arange(0, BLOCK_N)
     k_base = K + kv_head * stride_kh
     v_base = V + kv_head * stride_vh
-    for start_n in range(0, highest + 1, BLOCK_N):
+    if KEYS_PER_SPLIT > 0:
+        key_lo = tl.program_id(2) * KEYS_PER_SPLIT
+        key_hi = tl.minimum(highest + 1, key_lo + KEYS_PER_SPLIT)
+    else:
+        key_lo = 0
+        key_hi = highest + 1
+    for start_n in range(key_lo, key_hi, BLOCK_N):
         keys = start_n + offs_n
-        # -- compute qk (keys past `highest` are masked: they are never read as valid) ----------
-        k = tl.load(k_base + keys[:, None] * stride_ks + offs_d[None, :], mask=(keys <= highest)[:, None], other=0.0)
+        # -- compute qk (keys at or past `key_hi` are masked: they are never read as valid) -----
+        k = tl.load(k_base + keys[:, None] * stride_ks + offs_d[None, :], mask=(keys < key_hi)[:, None], other=0.0)
         if DOT_F32:
             k = k.to(tl.float32)
         if IEEE:
@@ -91,11 +109,14 @@ def _sparse_query_attn_fwd(
             qk = tl.where(keys[None, :] <= pos[:, None], qk, float("-inf"))
         # -- update m_i and l_i ---------------------------------------------------------------
         m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        p = tl.math.exp2(qk - m_new[:, None])
-        alpha = tl.math.exp2(m_i - m_new)
+        m_sub = m_new
+        if KEYS_PER_SPLIT > 0:  # a row may see no key of this split yet: keep exp2 away from -inf - -inf
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_sub[:, None])
+        alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, axis=1)
         # -- update output accumulator -------------------------------------------------------
-        v = tl.load(v_base + keys[:, None] * stride_vs + offs_d[None, :], mask=(keys <= highest)[:, None], other=0.0)
+        v = tl.load(v_base + keys[:, None] * stride_vs + offs_d[None, :], mask=(keys < key_hi)[:, None], other=0.0)
         if DOT_F32:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None]
@@ -105,7 +126,18 @@ def _sparse_query_attn_fwd(
             acc += tl.dot(p.to(v.dtype), v)
         m_i = m_new
     # epilogue
-    out = acc / l_i[:, None]
+    if KEYS_PER_SPLIT > 0:  # partial result of this split, and its log2-sum-exp2 for the combine
+        seen = l_i > 0.0
+        out = acc / tl.where(seen, l_i, 1.0)[:, None]
+        split = tl.program_id(2)
+        tl.store(
+            Lse + split * stride_lsplit + q_index * stride_lq + head,
+            tl.where(seen, m_i + tl.math.log2(tl.where(seen, l_i, 1.0)), float("-inf")),
+            mask=row_valid,
+        )
+        Out += split * stride_osplit
+    else:
+        out = acc / l_i[:, None]
     tl.store(
         Out + q_index[:, None] * stride_os + head[:, None] * stride_oh + offs_d[None, :],
         out.to(Out.dtype.element_ty),
@@ -131,6 +163,27 @@ _sparse_query_attn_fwd_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["HEAD_
 )
 
 
+MIN_KEYS_PER_SPLIT = 512
+
+
+def plan_key_splits(n_queries: int, n_keys: int, n_kv_heads: int, group_pad: int, sm_count: int) -> int:
+    """How many key ranges to split into: 1 when the query tiles alone fill the GPU, else enough
+    programs for about four waves, each split keeping at least MIN_KEYS_PER_SPLIT keys."""
+    tiles = triton.cdiv(n_queries, _split_block_m(group_pad) // group_pad) * n_kv_heads
+    if tiles >= sm_count or n_keys < 2 * MIN_KEYS_PER_SPLIT:
+        return 1
+    return max(1, min(triton.cdiv(4 * sm_count, tiles), n_keys // MIN_KEYS_PER_SPLIT))
+
+
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _split_block_m(group_pad: int) -> int:
+    return max(64, 16 * group_pad)  # at least 16 queries per tile (tl.dot's minimum M per head group)
+
+
 def sparse_query_attention_triton(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -139,10 +192,14 @@ def sparse_query_attention_triton(
     *,
     scale: float | None = None,
     positions_sorted: bool = False,
+    num_splits: int | None = None,
 ) -> torch.Tensor:
-    """Same contract as sparse_query_attention_ref; D must be 64 or 128 (the dispatcher checks)."""
+    """Same contract as sparse_query_attention_ref; D must be 64 or 128 (the dispatcher checks).
+
+    num_splits: key ranges per tile (None: `plan_key_splits` on the GPU, 1 in the interpreter).
+    """
     Sq, Hq, D = q.shape
-    Hkv = k.shape[1]
+    Skv, Hkv = k.shape[0], k.shape[1]
     assert q.stride(-1) == 1 and k.stride(-1) == 1 and v.stride(-1) == 1, "head_dim must be contiguous"
     group = Hq // Hkv
     group_pad = triton.next_power_of_2(group)
@@ -152,12 +209,23 @@ def sparse_query_attention_triton(
     q_pos = q_pos.to(torch.int32)
     order = q_pos if positions_sorted else torch.argsort(q_pos).to(torch.int32)  # unused when sorted
     interpret = q.device.type == "cpu"
+    if num_splits is None:
+        num_splits = 1 if interpret else plan_key_splits(Sq, Skv, Hkv, group_pad, _sm_count(q.device))
+    block_n = 16 if interpret else 64
+    keys_per_split = triton.cdiv(triton.cdiv(Skv, num_splits), block_n) * block_n if num_splits > 1 else 0
+    num_splits = triton.cdiv(Skv, keys_per_split) if keys_per_split else 1
+    if num_splits > 1:  # partial outputs and log2-sum-exp2 per split, combined below
+        target = torch.empty((num_splits, Sq, Hq, D), device=q.device, dtype=torch.float32)
+        lse = torch.empty((num_splits, Sq, Hq), device=q.device, dtype=torch.float32)
+    else:
+        target, lse = out, out  # Lse is never touched without splits
     scale = (D**-0.5) if scale is None else scale
     args = (
         q,
         k,
         v,
-        out,
+        target,
+        lse,
         q_pos,
         order,  #
         q.stride(0),
@@ -166,8 +234,11 @@ def sparse_query_attention_triton(
         k.stride(1),
         v.stride(0),
         v.stride(1),
-        out.stride(0),
-        out.stride(1),  #
+        target.stride(-3),
+        target.stride(-2),
+        target.stride(0) if num_splits > 1 else 0,
+        lse.stride(0) if num_splits > 1 else 0,
+        lse.stride(1) if num_splits > 1 else 0,  #
         Sq,
         scale * RCP_LN2,
     )
@@ -180,13 +251,21 @@ def sparse_query_attention_triton(
         # fp16 exact): interpreted, bf16 tiles are upcast first. Compiled GPU code runs bf16 natively.
         DOT_F32=interpret and q.dtype == torch.bfloat16,
         SORTED=positions_sorted,
+        KEYS_PER_SPLIT=keys_per_split,
     )
     if interpret:
         block_m = 16 * group_pad
-        _sparse_query_attn_fwd[(triton.cdiv(Sq, block_m // group_pad), Hkv)](
-            *args, **flags, BLOCK_M=block_m, BLOCK_N=16, num_warps=1, num_stages=1
-        )
+        grid = (triton.cdiv(Sq, block_m // group_pad), Hkv, num_splits)
+        _sparse_query_attn_fwd[grid](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=1, num_stages=1)
+    elif num_splits > 1:
+        block_m = _split_block_m(group_pad)
+        grid = (triton.cdiv(Sq, block_m // group_pad), Hkv, num_splits)
+        warps = 4 if block_m <= 64 else 8
+        _sparse_query_attn_fwd[grid](*args, **flags, BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=3)
     else:
-        grid = lambda meta: (triton.cdiv(Sq, max(1, meta["BLOCK_M"] // group_pad)), Hkv)  # noqa: E731
+        grid = lambda meta: (triton.cdiv(Sq, max(1, meta["BLOCK_M"] // group_pad)), Hkv, 1)  # noqa: E731
         _sparse_query_attn_fwd_tuned[grid](*args, **flags)
+    if num_splits > 1:
+        weights = torch.exp2(lse - lse.amax(dim=0))  # split 0 holds key 0, seen by every query: max is finite
+        out.copy_((target * weights[..., None]).sum(dim=0) / weights.sum(dim=0)[..., None])
     return out

@@ -14,6 +14,7 @@ import torch
 
 from fusionrag_integrations.kernels import _dispatch
 from fusionrag_integrations.kernels.sparse_attention import sparse_query_attention, sparse_query_attention_ref
+from fusionrag_integrations.kernels.sparse_attention_triton import plan_key_splits, sparse_query_attention_triton
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
@@ -139,3 +140,37 @@ def test_sorted_hint_is_correct_for_any_order(kind):
     got = sparse_query_attention(q, k, v, pos, backend="always", positions_sorted=True)
     ref = sparse_query_attention_ref(q.double(), k.double(), v.double(), pos)
     assert (got.double() - ref).abs().max().item() < 1e-4
+
+
+@needs_triton
+@pytest.mark.parametrize("heads, d", [((4, 1), 64), ((9, 3), 128)])
+@pytest.mark.parametrize("num_splits", [2, 3, 7])
+@pytest.mark.parametrize("kind", ["sorted", "shuffled", "with_zero"])
+def test_split_keys_match_reference(heads, d, num_splits, kind):
+    """Key ranges split over programs (few queries, long cache) combine to the same softmax; some
+    queries see no key of a split at all (positions below its range)."""
+    hq, hkv = heads
+    q, k, v, pos = random_case(n_q=21, n_kv=203, hq=hq, hkv=hkv, d=d, dtype=torch.float32, kind=kind, seed=num_splits)
+    got = sparse_query_attention_triton(q, k, v, pos, num_splits=num_splits)
+    ref = sparse_query_attention_ref(q.double(), k.double(), v.double(), pos)
+    assert torch.isfinite(got).all()
+    assert ((got.double() - ref).norm() / ref.norm()).item() < 1e-5
+
+
+@pytest.mark.skipif(not CUDA, reason="GPU only")
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 2e-2), (torch.float32, 1e-4)])
+@pytest.mark.parametrize("n_q", [1, 64, 80])
+def test_probe_sized_calls_split_and_match_reference(dtype, tol, n_q):
+    """The selection probe's shape: a question's tokens at the end of a 16K cache."""
+    assert plan_key_splits(n_q, 16384, 8, 4, 132) > 1
+    g = torch.Generator().manual_seed(n_q)
+    q, k, v = (torch.randn(n, h, 128, generator=g).to(DEVICE, dtype) for n, h in ((n_q, 32), (16384, 8), (16384, 8)))
+    pos = torch.arange(16384 - n_q, 16384, device=DEVICE)
+    check(q, k, v, pos, tol=tol)
+
+
+def test_split_plan():
+    assert plan_key_splits(2400, 16384, 8, 4, 132) == 1  # enough query tiles: no split
+    assert plan_key_splits(64, 600, 8, 4, 132) == 1  # short cache: no split
+    splits = plan_key_splits(64, 16384, 8, 4, 132)
+    assert 2 <= splits <= 16384 // 512
