@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import LLAMA31_8B, device_name, markdown_table, median_ms, random_hf_llama, sync  # noqa: E402
 
+from fusionrag_integrations.core.decode_step import can_graph, make_decode_step  # noqa: E402
 from fusionrag_integrations.core.loader import model_from_hf  # noqa: E402
 from fusionrag_integrations.core.model import AttentionMode  # noqa: E402
 
@@ -51,48 +53,48 @@ def bench(ours, hf, n_prompt: int, n_decode: int, repeats: int, device: torch.de
         out = hf(ids[None], use_cache=True, logits_to_keep=1)
         return out.logits[0], out.past_key_values
 
-    def ours_decode():
+    def ours_decode(cuda_graph: bool):
         logits, cache = ours_prefill()
+        step = make_decode_step(ours, cache, cuda_graph)
         sync(device)
-        import time
-
         t = time.perf_counter()
-        tok = logits[-1].argmax()
-        for i in range(n_decode):
-            pos = n_prompt + i
-            logits = ours.forward(tok.view(1), torch.tensor([pos], device=device), cache, AttentionMode.DECODE, pos)
-            tok = logits[-1].argmax()
+        tok = int(logits[-1].argmax())
+        for i in range(n_decode):  # the graph is captured inside the timed loop, on the first step
+            tok = int(step(tok, n_prompt + i).argmax())
         sync(device)
         return (time.perf_counter() - t) * 1e3
 
     def hf_decode():
         logits, past = hf_prefill()
         sync(device)
-        import time
-
         t = time.perf_counter()
         tok = logits[-1].argmax()
         for _ in range(n_decode):
             out = hf(tok.view(1, 1), past_key_values=past, use_cache=True)
-            past, tok = out.past_key_values, out.logits[0, -1].argmax()
+            past, tok = out.past_key_values, int(out.logits[0, -1].argmax())
+            tok = torch.tensor(tok, device=device)
         sync(device)
         return (time.perf_counter() - t) * 1e3
 
     rows = []
-    # interleave the two engines so drift in clocks or thermal state hits both alike
+    # interleave the engines so drift in clocks or thermal state hits all alike
     prefill = {"ours": median_ms(ours_prefill, device, repeats), "transformers": median_ms(hf_prefill, device, repeats)}
+    decoders = {"transformers": hf_decode, "ours": lambda: ours_decode(False)}
+    if can_graph(ours):
+        decoders["ours_cuda_graph"] = lambda: ours_decode(True)
     decode = {
         name: sorted(fn() for _ in range(max(3, repeats // 2)))[max(3, repeats // 2) // 2]
-        for name, fn in (("ours", ours_decode), ("transformers", hf_decode))
+        for name, fn in decoders.items()
     }
-    for name in ("transformers", "ours"):
+    for name in decoders:
+        engine_prefill = prefill["ours" if name.startswith("ours") else name]
         rows.append(
             {
                 "engine": name,
                 "prompt_tokens": n_prompt,
-                "prefill_ms": prefill[name],
+                "prefill_ms": engine_prefill,
                 "decode_tok_s": n_decode / (decode[name] / 1e3),
-                "prefill_speedup_vs_hf": prefill["transformers"] / prefill[name],
+                "prefill_speedup_vs_hf": prefill["transformers"] / engine_prefill,
                 "decode_speedup_vs_hf": decode["transformers"] / decode[name],
             }
         )

@@ -71,3 +71,8 @@ class EngineConfig(BaseModel):
     use_triton: Literal["auto", "always", "never"] = Field(
         "auto", description="Sparse-attention kernel choice: Triton on CUDA when 'auto'."
     )
+    cuda_graph_decode: bool = Field(
+        True,
+        description="On CUDA, capture each request's decode step in a CUDA graph on its first token and replay it "
+        "(decoding is launch-bound without); needs the Triton kernel (head_dim 64 or 128).",
+    )

@@ -338,7 +338,9 @@ class FusionEngine:
     ) -> Iterator[GenerationChunk]:
         t_start = time.perf_counter()
         pre = self._prefill(prompt, tools, chunks, selector, ratio, params.max_new_tokens, learn)
-        yield from decode_loop(self.model, self.tokenizer, self.loaded.eos_token_ids, pre, params, t_start)
+        yield from decode_loop(
+            self.model, self.tokenizer, self.loaded.eos_token_ids, pre, params, t_start, self.config.cuda_graph_decode
+        )
 
     def decode(self, pre: Prefill, **sampling) -> Generation:
         """Continue generating from a `prefill` result (its cache is consumed): the evaluation harness
@@ -354,6 +356,7 @@ class FusionEngine:
                     pre,
                     params,
                     time.perf_counter() - pre.stats.ttft_ms / 1e3,
+                    self.config.cuda_graph_decode,
                 )
             )
         last = pieces[-1]

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .decode_step import make_decode_step
 from .errors import ContextLengthError
-from .model import AttentionMode, KVCache, TransformerModel
+from .model import KVCache, TransformerModel
 from .outputs import GenerationChunk, GenerationStats, Usage
 from .sampling import Sampler, SamplingParams, TextStream
 
@@ -26,10 +27,17 @@ class Prefill:
 
 
 def decode_loop(
-    model: TransformerModel, tokenizer, eos: frozenset[int], pre: Prefill, params: SamplingParams, t_start: float
+    model: TransformerModel,
+    tokenizer,
+    eos: frozenset[int],
+    pre: Prefill,
+    params: SamplingParams,
+    t_start: float,
+    cuda_graph: bool = False,
 ) -> Iterator[GenerationChunk]:
     """Sample the first token from the prefill's logits, then decode step by step until EOS, a stop
-    string or max_new_tokens; text pieces never contain (part of) a stop string."""
+    string or max_new_tokens; text pieces never contain (part of) a stop string. cuda_graph: replay
+    the decode step from a CUDA graph where possible (decode_step.py)."""
     prompt_ids, stats, cache = pre.token_ids, pre.stats, pre.cache
     if cache.capacity < len(prompt_ids) + params.max_new_tokens:
         raise ContextLengthError(
@@ -43,6 +51,7 @@ def decode_loop(
 
     stream = TextStream(tokenizer, params.stop)
     pos, generated, finish = len(prompt_ids), [], "length"
+    decode_step = make_decode_step(model, cache, cuda_graph and params.max_new_tokens > 2)
     while True:
         if token in eos:
             finish = "stop"
@@ -56,9 +65,7 @@ def decode_loop(
                 yield GenerationChunk(delta, [token])
             break
         yield GenerationChunk(delta, [token])
-        step = torch.tensor([token], device=model.device)
-        logits = model.forward(step, torch.tensor([pos], device=model.device), cache, AttentionMode.DECODE, pos)
-        token = sampler(logits[-1])
+        token = sampler(decode_step(token, pos))
         pos += 1
     if finish == "stop" and not stream.stopped:
         tail = stream.flush()
