@@ -97,20 +97,26 @@ def run_layers(
     before_write: BeforeWrite | None = None,
     after_write: AfterWrite | None = None,
     num_layers: int | None = None,
+    finish_last: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `positions` (sorted) through the first `num_layers` layers, writing their K/V by position.
 
+    finish_last=False stops the last layer after its K/V write (and after_write): a probe that
+    only reads that layer's queries skips its attention and MLP.
     Returns (hidden states, positions) of the tokens still running at the end.
     """
     h = model.embed(token_ids[positions])
     cos, sin = model.rotary(positions)
     max_position = int(positions[-1])
-    for layer in range(num_layers if num_layers is not None else model.config.num_layers):
+    num_layers = num_layers if num_layers is not None else model.config.num_layers
+    for layer in range(num_layers):
         q, k, v = model.qkv(layer, h, cos, sin)
         keep = before_write(layer, q, k, v, positions) if before_write is not None else None
         cache.write(layer, positions, None, k, v)
         if after_write is not None:
             after_write(layer, q, positions)
+        if layer == num_layers - 1 and not finish_last:
+            break
         if keep is not None:
             h, q, positions, cos, sin = h[keep], q[keep], positions[keep], cos[keep], sin[keep]
         attn = model.attend(q, cache, layer, positions, AttentionMode.BY_POSITION, max_position)

@@ -18,6 +18,7 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 
+from ..kernels.silu_mul import silu_mul
 from ..kernels.sparse_attention import sparse_query_attention
 from .rope import RotaryEmbedding, apply_rotary
 
@@ -218,8 +219,7 @@ class TransformerModel:
         # residual adds ride in the GEMM epilogue (addmm): one launch and one rounding fewer each
         h = h + F.linear(attn, w.o_proj, w.o_bias) if w.o_bias is not None else torch.addmm(h, attn, w.o_proj.t())
         x = rms_norm(h, w.mlp_norm, c.rms_norm_eps)
-        gate, up = F.linear(x, w.gate_up).chunk(2, dim=-1)
-        return torch.addmm(h, F.silu(gate) * up, w.down.t())
+        return torch.addmm(h, silu_mul(F.linear(x, w.gate_up), backend=self.kernel_backend(x)), w.down.t())
 
     def layer_forward(
         self,

@@ -228,7 +228,9 @@ def probe_attention(
             keys = cache.k[layer, : ctx.num_positions]
             scores[layer] = attention_to_positions(q[in_question], keys, pos[in_question], ctx.chunk_positions)
 
-    run_layers(model, cache, ctx.token_ids, positions, after_write=after_write, num_layers=max(layers) + 1)
+    run_layers(
+        model, cache, ctx.token_ids, positions, after_write=after_write, num_layers=max(layers) + 1, finish_last=False
+    )
     return scores
 
 

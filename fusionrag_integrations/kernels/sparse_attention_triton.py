@@ -145,6 +145,29 @@ def _sparse_query_attn_fwd(
     )
 
 
+@triton.jit
+def _combine_key_splits(
+    Part,
+    Lse,
+    Out,
+    num_splits,
+    stride_psplit,
+    stride_lsplit,
+    SPLITS_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+):
+    """One (query, head) row: weigh each split's normalised output by its share of the softmax mass."""
+    row = tl.program_id(0)
+    split = tl.arange(0, SPLITS_PAD)
+    in_range = split < num_splits
+    lse = tl.load(Lse + split * stride_lsplit + row, mask=in_range, other=float("-inf"))
+    weight = tl.math.exp2(lse - tl.max(lse, axis=0))  # split 0 holds key 0, seen by every query: max is finite
+    offs_d = tl.arange(0, HEAD_DIM)
+    part = tl.load(Part + split[:, None] * stride_psplit + row * HEAD_DIM + offs_d[None, :], mask=in_range[:, None])
+    out = tl.sum(part * weight[:, None], axis=0) / tl.sum(weight, axis=0)
+    tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty))
+
+
 _GPU_CONFIGS = [
     triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
     for m, n, w, st in [
@@ -266,6 +289,7 @@ def sparse_query_attention_triton(
         grid = lambda meta: (triton.cdiv(Sq, max(1, meta["BLOCK_M"] // group_pad)), Hkv, 1)  # noqa: E731
         _sparse_query_attn_fwd_tuned[grid](*args, **flags)
     if num_splits > 1:
-        weights = torch.exp2(lse - lse.amax(dim=0))  # split 0 holds key 0, seen by every query: max is finite
-        out.copy_((target * weights[..., None]).sum(dim=0) / weights.sum(dim=0)[..., None])
+        _combine_key_splits[(Sq * Hq,)](
+            target, lse, out, num_splits, target.stride(0), lse.stride(0), triton.next_power_of_2(num_splits), D
+        )
     return out
