@@ -61,6 +61,7 @@ class GraphedDecodeStep:
         self.position = torch.zeros(1, dtype=torch.long, device=model.device)
         self.graph: torch.cuda.CUDAGraph | None = None
         self.logits: torch.Tensor | None = None
+        self.eager: EagerDecodeStep | None = None  # set when capture fails
 
     @torch.inference_mode()
     def _step(self) -> torch.Tensor:
@@ -88,9 +89,21 @@ class GraphedDecodeStep:
             with torch.cuda.stream(stream):
                 first = self._step().clone()
             torch.cuda.current_stream(self.model.device).wait_stream(stream)
-            self.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self.graph):
-                self.logits = self._step()
+            self._capture()
             return first
+        if self.eager is not None:
+            return self.eager(token, position)
         self.graph.replay()
         return self.logits
+
+    def _capture(self) -> None:
+        """Record the step. thread_local: CUDA work of other threads (a vector store precomputing
+        chunks) may go on meanwhile. A capture that fails leaves this request on the eager step."""
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                self.logits = self._step()
+        except RuntimeError as err:
+            _dispatch.warn_once(f"CUDA graph capture of the decode step failed, decoding eagerly: {err}")
+            self.eager = EagerDecodeStep(self.model, self.cache)
+        self.graph = graph

@@ -67,3 +67,24 @@ def test_graph_replay_matches_eager_decode(dtype, tol, capacity):
     for a, b in zip(eager, graphed, strict=True):
         assert torch.isfinite(b).all()
         assert ((a.double() - b.double()).norm() / a.double().norm()).item() < tol
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+def test_failed_capture_falls_back_to_eager_decode(monkeypatch):
+    import contextlib
+
+    @contextlib.contextmanager
+    def failing_graph(*args, **kwargs):
+        raise RuntimeError("capture refused")
+        yield
+
+    model = tiny_model("cuda", torch.float32)
+    prompt = torch.randint(0, 512, (100,), generator=torch.Generator().manual_seed(3)).cuda()
+    tokens = [5, 17, 99, 3]
+    eager, _ = decode(model, EagerDecodeStep, prompt, tokens, 200)
+    monkeypatch.setattr(torch.cuda, "graph", failing_graph)
+    with pytest.warns(RuntimeWarning, match="capture"):
+        graphed, step = decode(model, GraphedDecodeStep, prompt, tokens, 200)
+    assert step.eager is not None
+    for a, b in zip(eager, graphed, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
