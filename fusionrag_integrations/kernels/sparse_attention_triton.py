@@ -163,7 +163,9 @@ def _combine_key_splits(
     lse = tl.load(Lse + split * stride_lsplit + row, mask=in_range, other=float("-inf"))
     weight = tl.math.exp2(lse - tl.max(lse, axis=0))  # split 0 holds key 0, seen by every query: max is finite
     offs_d = tl.arange(0, HEAD_DIM)
-    part = tl.load(Part + split[:, None] * stride_psplit + row * HEAD_DIM + offs_d[None, :], mask=in_range[:, None])
+    part = tl.load(
+        Part + split[:, None] * stride_psplit + row * HEAD_DIM + offs_d[None, :], mask=in_range[:, None], other=0.0
+    )
     out = tl.sum(part * weight[:, None], axis=0) / tl.sum(weight, axis=0)
     tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty))
 
