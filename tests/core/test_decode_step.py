@@ -8,6 +8,7 @@ import torch
 from fusionrag_integrations.core.decode_step import EagerDecodeStep, GraphedDecodeStep, make_decode_step
 from fusionrag_integrations.core.loader import model_from_hf
 from fusionrag_integrations.core.model import AttentionMode
+from tests.conftest import TINY_SHAPE
 
 CUDA = torch.cuda.is_available()
 
@@ -16,16 +17,9 @@ def tiny_model(device: str, dtype: torch.dtype):
     """Random Llama with head_dim 64 (a size the Triton kernel, hence the graph, supports)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    config = LlamaConfig(
-        vocab_size=512,
-        hidden_size=256,
-        intermediate_size=384,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        initializer_range=0.1,
-    )
+    # the shared tiny shape, widened so that head_dim = 256 / 4 = 64
+    shape = dict(TINY_SHAPE, vocab_size=512, hidden_size=256, intermediate_size=384, max_position_embeddings=4096)
+    config = LlamaConfig(**shape)
     torch.manual_seed(0)
     return model_from_hf(LlamaForCausalLM(config).eval(), torch.device(device), dtype)
 
