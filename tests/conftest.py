@@ -62,6 +62,19 @@ TINY_SHAPE = dict(
     initializer_range=0.08,  # large enough that logits vary: a near-constant model would hide bugs
 )
 
+
+def tiny_llama(device: str, dtype: torch.dtype):
+    """Our model over a random Llama with head_dim 64 (a size the Triton kernels support), no files."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from fusionrag_integrations.core.loader import model_from_hf
+
+    # the shared tiny shape, widened so that head_dim = 256 / 4 = 64
+    shape = dict(TINY_SHAPE, vocab_size=512, hidden_size=256, intermediate_size=384, max_position_embeddings=4096)
+    torch.manual_seed(0)
+    return model_from_hf(LlamaForCausalLM(LlamaConfig(**shape)).eval(), torch.device(device), dtype)
+
+
 TINY_FAMILIES = {
     "llama": ("LlamaConfig", {}),
     "llama3_rope": (

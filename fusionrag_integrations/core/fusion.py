@@ -43,6 +43,7 @@ class FusionContext:
     fresh_positions: torch.Tensor  # [F] sorted: always recomputed
     question_positions: torch.Tensor  # fresh tokens after the last chunk (the question and template tail)
     reused_prefix: int = 0  # positions [0, reused_prefix) came from the prefix cache (exact, never recomputed)
+    last_fresh_position: int = -1  # fresh_positions[-1] known on the host (-1: no fresh token)
 
     @property
     def num_positions(self) -> int:
@@ -58,33 +59,47 @@ AfterWrite = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 def place_chunks(model: TransformerModel, cache: KVCache, chunks: list[PlacedChunk]) -> None:
     """Copy each chunk's KV into the cache at its new start, keys re-rotated by the position delta
-    (one fused read-rotate-write pass on CUDA; YaRN's scaling is not re-applied: it is in the cached keys)."""
+    (one fused read-rotate-write pass per chunk on CUDA; YaRN's scaling is not re-applied: it is in
+    the cached keys). The angles of all chunks are computed on the host and sent in one copy."""
+    if not chunks:
+        return
     backend = model.kernel_backend(cache.k)
-    for c in chunks:
-        cos, sin = rotation(c.start - c.entry.start, model.rope.inv_freq)
-        place_rotated(cache.k[:, c.start : c.end], c.entry.k, cos, sin, backend=backend)
-        cache.v[:, c.start : c.end] = c.entry.v
+    cos, sin = rotation([c.start - c.entry.start for c in chunks], model.rope.inv_freq_host)
+    cos, sin = to_device(torch.stack((cos, sin)), cache.k.device)
+    for i, c in enumerate(chunks):
+        span = slice(c.start, c.end)
+        place_rotated(
+            cache.k[:, span], c.entry.k, cos[i], sin[i], values=(cache.v[:, span], c.entry.v), backend=backend
+        )
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the device's queue (pinned, asynchronous copy on CUDA)."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
 
 
 def build_context(
     model: TransformerModel, cache: KVCache, token_ids: torch.Tensor, chunks: list[PlacedChunk], reused_prefix: int = 0
 ) -> FusionContext:
-    dev, n = token_ids.device, int(token_ids.numel())
-    is_chunk = torch.zeros(n, dtype=torch.bool, device=dev)
+    """The layout is known on the host: positions are computed there and sent without a device sync,
+    so the selector's launches queue up behind the placement still running on the GPU."""
+    n = int(token_ids.numel())
+    is_chunk = torch.zeros(n, dtype=torch.bool)
     for c in chunks:
         is_chunk[c.start : c.end] = True
     last_chunk_end = max((c.end for c in chunks), default=0)
-    positions = torch.arange(n, device=dev)
+    positions = torch.arange(n)
     fresh = positions[~is_chunk & (positions >= reused_prefix)]
     return FusionContext(
         model=model,
         cache=cache,
         token_ids=token_ids,
         chunks=chunks,
-        chunk_positions=positions[is_chunk],
-        fresh_positions=fresh,
-        question_positions=fresh[fresh >= last_chunk_end],
+        chunk_positions=to_device(positions[is_chunk], token_ids.device),
+        fresh_positions=to_device(fresh, token_ids.device),
+        question_positions=to_device(fresh[fresh >= last_chunk_end], token_ids.device),
         reused_prefix=reused_prefix,
+        last_fresh_position=int(fresh[-1]) if fresh.numel() else -1,
     )
 
 
@@ -98,16 +113,18 @@ def run_layers(
     after_write: AfterWrite | None = None,
     num_layers: int | None = None,
     finish_last: bool = True,
+    max_position: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Run `positions` (sorted) through the first `num_layers` layers, writing their K/V by position.
 
     finish_last=False stops the last layer after its K/V write (and after_write): a probe that
     only reads that layer's queries skips its attention and MLP.
+    max_position: positions[-1] if the caller knows it on the host (reading it waits for the GPU).
     Returns (hidden states, positions) of the tokens still running at the end.
     """
     h = model.embed(token_ids[positions])
     cos, sin = model.rotary(positions)
-    max_position = int(positions[-1])
+    max_position = int(positions[-1]) if max_position is None else max_position
     num_layers = num_layers if num_layers is not None else model.config.num_layers
     for layer in range(num_layers):
         q, k, v = model.qkv(layer, h, cos, sin)
@@ -125,9 +142,15 @@ def run_layers(
 
 
 def active_positions(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
-    """Fresh + selected + the last prompt position (its logits are the output), sorted and unique."""
+    """Fresh + selected + the last prompt position (its logits are the output), sorted and unique.
+
+    Selected positions are chunk positions, never fresh ones: when the prompt ends with a fresh
+    token (the usual question), the union is a sort, with no device sync."""
+    selected = selected.to(ctx.fresh_positions.device)
+    if ctx.last_fresh_position == ctx.num_positions - 1:
+        return torch.sort(torch.cat((ctx.fresh_positions, selected))).values
     last = torch.tensor([ctx.num_positions - 1], device=ctx.fresh_positions.device)
-    return torch.unique(torch.cat((ctx.fresh_positions, selected.to(last.device), last)))
+    return torch.unique(torch.cat((ctx.fresh_positions, selected, last)))
 
 
 def recompute(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
@@ -141,7 +164,7 @@ def recompute(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
         return ctx.model.forward(
             ctx.token_ids, positions, ctx.cache, AttentionMode.CAUSAL_FROM_ZERO, ctx.num_positions - 1
         )
-    h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, active)
+    h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, active, max_position=ctx.num_positions - 1)
     return ctx.model.logits(h[-1:])
 
 

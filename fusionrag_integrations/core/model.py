@@ -18,9 +18,10 @@ from enum import Enum
 import torch
 import torch.nn.functional as F
 
+from ..kernels.rotary import apply_rotary_
 from ..kernels.silu_mul import silu_mul
 from ..kernels.sparse_attention import sparse_query_attention
-from .rope import RotaryEmbedding, apply_rotary
+from .rope import RotaryEmbedding
 
 
 @dataclass(frozen=True)
@@ -182,12 +183,15 @@ class TransformerModel:
         qkv = F.linear(x, w.qkv, w.qkv_bias)
         nq, nkv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         v = qkv[:, nq + nkv :].view(-1, c.num_kv_heads, c.head_dim)
-        if w.q_norm is None:  # rotate q and k heads together: one set of launches instead of two
-            qk = apply_rotary(qkv[:, : nq + nkv].view(-1, c.num_heads + c.num_kv_heads, c.head_dim), cos, sin)
+        backend = self.kernel_backend(qkv)
+        if w.q_norm is None:  # rotate q and k heads together, in place in the projection's output: one launch
+            qk = apply_rotary_(
+                qkv[:, : nq + nkv].view(-1, c.num_heads + c.num_kv_heads, c.head_dim), cos, sin, backend=backend
+            )
             return qk[:, : c.num_heads], qk[:, c.num_heads :], v
         q = rms_norm(qkv[:, :nq].view(-1, c.num_heads, c.head_dim), w.q_norm, c.rms_norm_eps)
         k = rms_norm(qkv[:, nq : nq + nkv].view(-1, c.num_kv_heads, c.head_dim), w.k_norm, c.rms_norm_eps)
-        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin), v
+        return apply_rotary_(q, cos, sin, backend=backend), apply_rotary_(k, cos, sin, backend=backend), v
 
     def attend(
         self,

@@ -24,6 +24,7 @@ class RotaryEmbedding:
 
     def __init__(self, inv_freq: torch.Tensor, attention_scaling: float = 1.0) -> None:
         self.inv_freq = inv_freq.to(torch.float64)  # [D/2]
+        self.inv_freq_host = inv_freq.to("cpu", torch.float64)  # chunk re-rotation angles: no device launch
         self.attention_scaling = float(attention_scaling)
 
     def to(self, device: torch.device | str) -> RotaryEmbedding:
@@ -39,13 +40,3 @@ class RotaryEmbedding:
         cos = (angles.cos() * scale).to(dtype)[:, None, :]
         sin = (angles.sin() * scale).to(dtype)[:, None, :]
         return cos, sin
-
-
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-
-
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x: [N, H, D]; cos/sin: [N, 1, D] in x's dtype (matches transformers' arithmetic)."""
-    return x * cos + rotate_half(x) * sin

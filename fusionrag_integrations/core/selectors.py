@@ -141,7 +141,14 @@ class CacheBlendSelector(Selector):
             keep[active_positions(ctx, chosen[0])] = True
             return keep[ctx.reused_prefix :]
 
-        h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, all_positions, before_write=before_write)
+        h, _ = run_layers(
+            ctx.model,
+            ctx.cache,
+            ctx.token_ids,
+            all_positions,
+            before_write=before_write,
+            max_position=ctx.num_positions - 1,
+        )
         return ctx.model.logits(h[-1:]), chosen[0]
 
 
@@ -218,18 +225,27 @@ def probe_attention(
     full=False runs only the fresh tokens over the fused (stale) cache and stops after the
     deepest requested layer; full=True runs every token (a plain prefill on `cache`).
     """
-    question = ctx.question_positions if ctx.question_positions.numel() else ctx.fresh_positions[-1:]
-    positions = torch.arange(ctx.num_positions, device=question.device) if full else ctx.fresh_positions
-    in_question = torch.isin(positions, question)
+    positions = torch.arange(ctx.num_positions, device=ctx.fresh_positions.device) if full else ctx.fresh_positions
+    # the question is the tokens after the last chunk: a suffix of `positions` either way (sliced,
+    # not masked: no device sync). Without one, the last running token probes.
+    n_question = max(1, int(ctx.question_positions.numel()))
+    last = ctx.num_positions - 1 if full else ctx.last_fresh_position
     scores: dict[int, torch.Tensor] = {}
 
     def after_write(layer: int, q: torch.Tensor, pos: torch.Tensor) -> None:
         if layer in layers:
             keys = cache.k[layer, : ctx.num_positions]
-            scores[layer] = attention_to_positions(q[in_question], keys, pos[in_question], ctx.chunk_positions)
+            scores[layer] = attention_to_positions(q[-n_question:], keys, pos[-n_question:], ctx.chunk_positions)
 
     run_layers(
-        model, cache, ctx.token_ids, positions, after_write=after_write, num_layers=max(layers) + 1, finish_last=False
+        model,
+        cache,
+        ctx.token_ids,
+        positions,
+        after_write=after_write,
+        num_layers=max(layers) + 1,
+        finish_last=False,
+        max_position=last if last >= 0 else None,
     )
     return scores
 

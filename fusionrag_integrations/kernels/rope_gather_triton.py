@@ -12,14 +12,17 @@ def _place_rotated_kernel(
     Dst,
     Src,
     Cos,
-    Sin,  #
+    Sin,
+    DstV,
+    SrcV,  #
     stride_dl,
-    stride_dt,
     stride_sl,
-    stride_st,  #
+    stride_dvl,
+    stride_svl,  #
     n_rows,  # T * H rows of one layer (rows are contiguous inside a token)
     HALF: tl.constexpr,
     BLOCK_ROWS: tl.constexpr,
+    COPY_V: tl.constexpr,
 ):
     layer = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
@@ -34,12 +37,23 @@ def _place_rotated_kernel(
     sin = tl.load(Sin + offs)[None, :]
     tl.store(dst, (x1 * cos - x2 * sin).to(Dst.dtype.element_ty), mask=valid[:, None])
     tl.store(dst + HALF, (x2 * cos + x1 * sin).to(Dst.dtype.element_ty), mask=valid[:, None])
+    if COPY_V:
+        row_offs = rows[:, None] * (2 * HALF) + tl.arange(0, 2 * HALF)[None, :]
+        v = tl.load(SrcV + layer * stride_svl + row_offs, mask=valid[:, None])
+        tl.store(DstV + layer * stride_dvl + row_offs, v, mask=valid[:, None])
 
 
-def place_rotated_triton(dst: torch.Tensor, src: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> None:
-    """dst, src: [L, T, H, D] with (T, H, D) laid out densely inside each layer; cos, sin: [D/2] float32."""
+def place_rotated_triton(
+    dst: torch.Tensor,
+    src: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    values: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
+    """dst, src (and values' dst, src): [L, T, H, D] with (T, H, D) dense inside each layer; cos, sin: [D/2] float32."""
     L, T, H, D = src.shape
-    for t in (dst, src):
+    dst_v, src_v = values if values is not None else (dst, src)  # unused without COPY_V
+    for t in (dst, src, dst_v, src_v):
         assert t.stride(3) == 1 and t.stride(2) == D and t.stride(1) == H * D, "token rows must be dense"
     n_rows = T * H
     block_rows = 16 if src.device.type == "cpu" else 64
@@ -48,12 +62,15 @@ def place_rotated_triton(dst: torch.Tensor, src: torch.Tensor, cos: torch.Tensor
         dst,
         src,
         cos.contiguous(),
-        sin.contiguous(),  #
+        sin.contiguous(),
+        dst_v,
+        src_v,  #
         dst.stride(0),
-        dst.stride(1),
         src.stride(0),
-        src.stride(1),  #
+        dst_v.stride(0),
+        src_v.stride(0),  #
         n_rows,
         HALF=D // 2,
         BLOCK_ROWS=block_rows,
+        COPY_V=values is not None,
     )

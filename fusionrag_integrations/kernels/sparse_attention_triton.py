@@ -25,6 +25,67 @@ RCP_LN2 = 1.4426950408889634  # 1 / ln(2): softmax in base 2
 
 
 @triton.jit
+def _attend_key_range(
+    acc,
+    l_i,
+    m_i,
+    q,
+    pos,
+    k_base,
+    v_base,
+    stride_ks,
+    stride_vs,
+    lo,
+    hi,
+    key_hi,
+    qk_scale,
+    offs_n,
+    offs_d,
+    BLOCK_N: tl.constexpr,
+    MASKED: tl.constexpr,  # the tail blocks: keys past key_hi or past a row's position are masked
+    SPLIT: tl.constexpr,  # a row may see no key of its split yet: keep exp2 away from -inf - -inf
+    IEEE: tl.constexpr,
+    DOT_F32: tl.constexpr,
+):
+    """Online-softmax update of (acc, l_i, m_i) over the key blocks starting in [lo, hi)."""
+    for start_n in range(lo, hi, BLOCK_N):
+        keys = start_n + offs_n
+        if MASKED:
+            k = tl.load(k_base + keys[:, None] * stride_ks + offs_d[None, :], mask=(keys < key_hi)[:, None], other=0.0)
+        else:
+            k = tl.load(k_base + keys[:, None] * stride_ks + offs_d[None, :])
+        if DOT_F32:
+            k = k.to(tl.float32)
+        if IEEE:
+            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            qk = tl.dot(q, tl.trans(k))
+        qk = qk * qk_scale
+        if MASKED:
+            qk = tl.where(keys[None, :] <= pos[:, None], qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
+        m_sub = m_new
+        if SPLIT:
+            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(qk - m_sub[:, None])
+        alpha = tl.math.exp2(m_i - m_sub)
+        l_i = l_i * alpha + tl.sum(p, axis=1)
+        if MASKED:
+            v = tl.load(v_base + keys[:, None] * stride_vs + offs_d[None, :], mask=(keys < key_hi)[:, None], other=0.0)
+        else:
+            v = tl.load(v_base + keys[:, None] * stride_vs + offs_d[None, :])
+        if DOT_F32:
+            v = v.to(tl.float32)
+        acc = acc * alpha[:, None]
+        if IEEE:
+            acc += tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc += tl.dot(p.to(v.dtype), v)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
 def _sparse_query_attn_fwd(
     Q,
     K,
@@ -69,7 +130,7 @@ def _sparse_query_attn_fwd(
         q_index = tl.where(row_valid, q_slot, 0)
     else:
         q_index = tl.load(Order + q_slot, mask=row_valid, other=0)
-    pos = tl.load(QPos + q_index, mask=row_valid, other=0)
+    pos = tl.load(QPos + q_index, mask=row_valid, other=0).to(tl.int32)  # int64 positions read as they are
     offs_d = tl.arange(0, HEAD_DIM)
     q = tl.load(
         Q + q_index[:, None] * stride_qs + head[:, None] * stride_qh + offs_d[None, :],
@@ -84,47 +145,63 @@ def _sparse_query_attn_fwd(
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     lowest = tl.min(tl.where(row_valid, pos, 2147483647), axis=0)
     highest = tl.max(tl.where(row_valid, pos, 0), axis=0)
-    unmasked_end = ((lowest + 1) // BLOCK_N) * BLOCK_N  # key blocks below this are visible to every row
     offs_n = tl.arange(0, BLOCK_N)
     k_base = K + kv_head * stride_kh
     v_base = V + kv_head * stride_vh
     if KEYS_PER_SPLIT > 0:
         key_lo = tl.program_id(2) * KEYS_PER_SPLIT
         key_hi = tl.minimum(highest + 1, key_lo + KEYS_PER_SPLIT)
+        unmasked_hi = tl.minimum(((lowest + 1) // BLOCK_N) * BLOCK_N, key_lo + KEYS_PER_SPLIT)
     else:
         key_lo = 0
         key_hi = highest + 1
-    for start_n in range(key_lo, key_hi, BLOCK_N):
-        keys = start_n + offs_n
-        # -- compute qk (keys at or past `key_hi` are masked: they are never read as valid) -----
-        k = tl.load(k_base + keys[:, None] * stride_ks + offs_d[None, :], mask=(keys < key_hi)[:, None], other=0.0)
-        if DOT_F32:
-            k = k.to(tl.float32)
-        if IEEE:
-            qk = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            qk = tl.dot(q, tl.trans(k))
-        qk = qk * qk_scale
-        if start_n >= unmasked_end:
-            qk = tl.where(keys[None, :] <= pos[:, None], qk, float("-inf"))
-        # -- update m_i and l_i ---------------------------------------------------------------
-        m_new = tl.maximum(m_i, tl.max(qk, axis=1))
-        m_sub = m_new
-        if KEYS_PER_SPLIT > 0:  # a row may see no key of this split yet: keep exp2 away from -inf - -inf
-            m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(qk - m_sub[:, None])
-        alpha = tl.math.exp2(m_i - m_sub)
-        l_i = l_i * alpha + tl.sum(p, axis=1)
-        # -- update output accumulator -------------------------------------------------------
-        v = tl.load(v_base + keys[:, None] * stride_vs + offs_d[None, :], mask=(keys < key_hi)[:, None], other=0.0)
-        if DOT_F32:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None]
-        if IEEE:
-            acc += tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc += tl.dot(p.to(v.dtype), v)
-        m_i = m_new
+        unmasked_hi = ((lowest + 1) // BLOCK_N) * BLOCK_N
+    # key blocks below `unmasked_hi` are whole and visible to every row: no load mask, no causal mask
+    unmasked_hi = tl.maximum(unmasked_hi, key_lo)
+    acc, l_i, m_i = _attend_key_range(
+        acc,
+        l_i,
+        m_i,
+        q,
+        pos,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        key_lo,
+        unmasked_hi,
+        key_hi,
+        qk_scale,
+        offs_n,
+        offs_d,
+        BLOCK_N,
+        False,
+        KEYS_PER_SPLIT > 0,
+        IEEE,
+        DOT_F32,
+    )
+    acc, l_i, m_i = _attend_key_range(
+        acc,
+        l_i,
+        m_i,
+        q,
+        pos,
+        k_base,
+        v_base,
+        stride_ks,
+        stride_vs,
+        unmasked_hi,
+        key_hi,
+        key_hi,
+        qk_scale,
+        offs_n,
+        offs_d,
+        BLOCK_N,
+        True,
+        KEYS_PER_SPLIT > 0,
+        IEEE,
+        DOT_F32,
+    )
     # epilogue
     if KEYS_PER_SPLIT > 0:  # partial result of this split, and its log2-sum-exp2 for the combine
         seen = l_i > 0.0
@@ -231,8 +308,7 @@ def sparse_query_attention_triton(
     out = torch.empty_like(q)
     if Sq == 0:
         return out
-    q_pos = q_pos.to(torch.int32)
-    order = q_pos if positions_sorted else torch.argsort(q_pos).to(torch.int32)  # unused when sorted
+    order = q_pos if positions_sorted else torch.argsort(q_pos)  # unused when sorted
     interpret = q.device.type == "cpu"
     if num_splits is None:
         num_splits = 1 if interpret else plan_key_splits(Sq, Skv, Hkv, group_pad, _sm_count(q.device))

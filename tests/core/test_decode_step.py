@@ -6,22 +6,10 @@ import pytest
 import torch
 
 from fusionrag_integrations.core.decode_step import EagerDecodeStep, GraphedDecodeStep, make_decode_step
-from fusionrag_integrations.core.loader import model_from_hf
 from fusionrag_integrations.core.model import AttentionMode
-from tests.conftest import TINY_SHAPE
+from tests.conftest import tiny_llama as tiny_model
 
 CUDA = torch.cuda.is_available()
-
-
-def tiny_model(device: str, dtype: torch.dtype):
-    """Random Llama with head_dim 64 (a size the Triton kernel, hence the graph, supports)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    # the shared tiny shape, widened so that head_dim = 256 / 4 = 64
-    shape = dict(TINY_SHAPE, vocab_size=512, hidden_size=256, intermediate_size=384, max_position_embeddings=4096)
-    config = LlamaConfig(**shape)
-    torch.manual_seed(0)
-    return model_from_hf(LlamaForCausalLM(config).eval(), torch.device(device), dtype)
 
 
 def decode(model, step_kind, prompt: torch.Tensor, tokens: list[int], capacity: int) -> tuple[list, object]:

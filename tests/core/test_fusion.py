@@ -193,3 +193,19 @@ def test_learned_paragraphs_are_reused_by_later_prompts(smol_engine, tmp_path):
     plain = engine_on(smol_engine.loaded, tmp_path / "plain")  # off by default
     plain.prefill(rag_messages(DOCS), selector="none")
     assert plain.counters["chunks_learned"] == 0 and len(plain.chunks) == 0
+
+
+def test_active_positions_is_the_sorted_union_with_or_without_a_trailing_chunk(smol):
+    """The sync-free path (prompt ends with fresh tokens) and the general one agree with a set union."""
+    from dataclasses import replace
+
+    from fusionrag_integrations.core.fusion import active_positions
+
+    smol.precompute(DOCS)
+    ctx = smol.fusion_context(rag_messages(DOCS))
+    assert ctx.last_fresh_position == ctx.num_positions - 1  # a chat prompt ends with template tokens
+    selected = ctx.chunk_positions[torch.randperm(ctx.chunk_positions.numel())[:17]].sort().values
+    for last_is_fresh in (True, False):
+        c = ctx if last_is_fresh else replace(ctx, last_fresh_position=ctx.num_positions - 2)
+        expected = sorted(set(ctx.fresh_positions.tolist()) | set(selected.tolist()) | {ctx.num_positions - 1})
+        assert active_positions(c, selected).tolist() == expected

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.core.rope import RotaryEmbedding, apply_rotary
+from fusionrag_integrations.core.rope import RotaryEmbedding
 from fusionrag_integrations.kernels import _dispatch
 from fusionrag_integrations.kernels.rope_gather import place_rotated, place_rotated_ref, rotation
+from fusionrag_integrations.kernels.rotary import apply_rotary_ref as apply_rotary
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(
@@ -49,3 +50,28 @@ def test_kernel_matches_reference_into_a_cache_slice(dtype, tol, d, heads, token
     got = cache[:, 20 : 20 + tokens].float()
     assert ((got - ref.float()).abs() / ref.float().abs().clamp_min(1.0)).max().item() <= tol
     assert torch.equal(cache[:, :20], before[:, :20]) and torch.equal(cache[:, 20 + tokens :], before[:, 20 + tokens :])
+
+
+@needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_kernel_copies_values_beside_the_rotated_keys(dtype):
+    g = torch.Generator().manual_seed(11)
+    k_src, v_src = (torch.randn(3, 21, 2, 64, generator=g).to(DEVICE, dtype) for _ in range(2))
+    k_cache, v_cache = (torch.randn(3, 60, 2, 64, generator=g).to(DEVICE, dtype) for _ in range(2))
+    v_before = v_cache.clone()
+    cos, sin = rotation(-5, rope(64).inv_freq)
+    place_rotated(k_cache[:, 30:51], k_src, cos, sin, values=(v_cache[:, 30:51], v_src), backend="always")
+    ref = torch.empty_like(k_src)
+    place_rotated_ref(ref, k_src, cos.to(DEVICE), sin.to(DEVICE))
+    assert ((k_cache[:, 30:51].float() - ref.float()).abs() / ref.float().abs().clamp_min(1.0)).max() <= 2**-7
+    assert torch.equal(v_cache[:, 30:51], v_src)
+    assert torch.equal(v_cache[:, :30], v_before[:, :30]) and torch.equal(v_cache[:, 51:], v_before[:, 51:])
+
+
+def test_batched_rotation_equals_one_delta_at_a_time():
+    inv_freq = rope(128).inv_freq
+    cos, sin = rotation([0, 7, -300, 40000], inv_freq)
+    assert cos.shape == (4, 64)
+    for i, delta in enumerate([0, 7, -300, 40000]):
+        c, s = rotation(delta, inv_freq)
+        assert torch.equal(cos[i], c) and torch.equal(sin[i], s)
