@@ -75,6 +75,22 @@ def tiny_llama(device: str, dtype: torch.dtype):
     return model_from_hf(LlamaForCausalLM(LlamaConfig(**shape)).eval(), torch.device(device), dtype)
 
 
+def tiny_fused_prompt(model, seed: int = 5, question_tokens: int = 9):
+    """A fused-prompt layout over precomputed random chunks: (token ids, chunk entries, chunk starts).
+    6 fresh tokens, three chunks of 40, 33 and 47 tokens, then the question."""
+    from fusionrag_integrations.core.precompute import PrecomputeJob, compute_entries, prefix_kv
+
+    g = torch.Generator().manual_seed(seed)
+    chunk_ids = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (40, 33, 47)]
+    jobs = [PrecomputeJob(f"c{i}", f"c{i}", [], ids, "standalone") for i, ids in enumerate(chunk_ids)]
+    by_key = {e.key: e for batch in compute_entries(model, prefix_kv(model, [1]), jobs, "t", 4096) for e, _ in batch}
+    entries = [by_key[job.key] for job in jobs]  # batches come sorted by length
+    head = torch.randint(0, 512, (6,), generator=g).tolist()
+    question = torch.randint(0, 512, (question_tokens,), generator=g).tolist()
+    ids = torch.tensor(head + [t for c in chunk_ids for t in c] + question, device=model.device)
+    return ids, entries, [6, 46, 79]
+
+
 TINY_FAMILIES = {
     "llama": ("LlamaConfig", {}),
     "llama3_rope": (

@@ -76,3 +76,8 @@ class EngineConfig(BaseModel):
         description="On CUDA, capture each request's decode step in a CUDA graph on its first token and replay it "
         "(decoding is launch-bound without); needs the Triton kernel (head_dim 64 or 128).",
     )
+    cuda_graph_probe: bool = Field(
+        True,
+        description="On CUDA, replay the FusionRAG/QCFuse selection probe from a CUDA graph once a prompt layout "
+        "(fresh-token count rounded up to 16, cache size) recurs; the probe is launch-bound without.",
+    )

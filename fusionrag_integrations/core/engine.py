@@ -46,6 +46,7 @@ class FusionEngine:
         self.loaded = loaded
         self.model = loaded.model
         self.model.use_triton = self.config.use_triton
+        self.model.graph_probe = self.config.cuda_graph_probe
         self.tokenizer = loaded.tokenizer
         self._lock = threading.RLock()
         self.prefix_ids = self._shared_prefix_ids()

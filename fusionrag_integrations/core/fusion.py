@@ -107,22 +107,26 @@ def build_context(
 def run_layers(
     model: TransformerModel,
     cache: KVCache,
-    token_ids: torch.Tensor,
+    ids: torch.Tensor,
     positions: torch.Tensor,
     before_write: BeforeWrite | None = None,
     after_write: AfterWrite | None = None,
     num_layers: int | None = None,
     finish_last: bool = True,
     max_position: int | None = None,
+    last_row_only: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Run `positions` (sorted) through the first `num_layers` layers, writing their K/V by position.
+    """Run the tokens `ids` at `positions` (sorted) through the first `num_layers` layers, writing
+    their K/V by position.
 
     finish_last=False stops the last layer after its K/V write (and after_write): a probe that
     only reads that layer's queries skips its attention and MLP.
+    last_row_only: the caller reads only the last token's output (its logits), so the last layer
+    runs attention and MLP for that token alone, once every token's K/V is written (exact).
     max_position: positions[-1] if the caller knows it on the host (reading it waits for the GPU).
     Returns (hidden states, positions) of the tokens still running at the end.
     """
-    h = model.embed(token_ids[positions])
+    h = model.embed(ids)
     cos, sin = model.rotary(positions)
     max_position = int(positions[-1]) if max_position is None else max_position
     num_layers = num_layers if num_layers is not None else model.config.num_layers
@@ -132,11 +136,15 @@ def run_layers(
         cache.write(layer, positions, None, k, v)
         if after_write is not None:
             after_write(layer, q, positions)
-        if layer == num_layers - 1 and not finish_last:
+        last = layer == num_layers - 1
+        if last and not finish_last:
             break
         if keep is not None:
             h, q, positions, cos, sin = h[keep], q[keep], positions[keep], cos[keep], sin[keep]
-        attn = model.attend(q, cache, layer, positions, AttentionMode.BY_POSITION, max_position)
+        mode = AttentionMode.BY_POSITION
+        if last and last_row_only:  # one query at the largest position: it sees every key up to it
+            h, q, positions, mode = h[-1:], q[-1:], positions[-1:], AttentionMode.DECODE
+        attn = model.attend(q, cache, layer, positions, mode, max_position)
         h = model.finish_layer(layer, h, attn)
     return h, positions
 
@@ -164,7 +172,9 @@ def recompute(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
         return ctx.model.forward(
             ctx.token_ids, positions, ctx.cache, AttentionMode.CAUSAL_FROM_ZERO, ctx.num_positions - 1
         )
-    h, _ = run_layers(ctx.model, ctx.cache, ctx.token_ids, active, max_position=ctx.num_positions - 1)
+    h, _ = run_layers(
+        ctx.model, ctx.cache, ctx.token_ids[active], active, max_position=ctx.num_positions - 1, last_row_only=True
+    )
     return ctx.model.logits(h[-1:])
 
 

@@ -113,6 +113,7 @@ class TransformerModel:
         self.lm_head = lm_head
         self.rope = rope.to(embed.device)
         self.use_triton: str = "auto"
+        self.graph_probe: bool = True  # replay the selection probe from CUDA graphs where possible (probe_graph.py)
 
     @property
     def device(self) -> torch.device:
@@ -235,9 +236,13 @@ class TransformerModel:
         mode: AttentionMode,
         max_position: int,
         start: int | None = None,
+        last_row_only: bool = False,
     ) -> torch.Tensor:
+        """last_row_only: attention and MLP for the last token alone (its K/V written with the rest)."""
         q, k, v = self.qkv(layer, h, *rotary)
         cache.write(layer, positions, start, k, v)
+        if last_row_only:  # the last token sits at max_position and sees every key up to it
+            h, q, mode = h[-1:], q[-1:], AttentionMode.DECODE
         attn = self.attend(q, cache, layer, positions, mode, max_position, fresh_kv=(k, v))
         return self.finish_layer(layer, h, attn)
 
@@ -265,8 +270,10 @@ class TransformerModel:
         start = None if mode is AttentionMode.BY_POSITION else max_position + 1 - token_ids.shape[0]
         h = self.embed(token_ids)
         rotary = self.rotary(positions)
+        last = self.config.num_layers - 1
         for layer in range(self.config.num_layers):
-            h = self.layer_forward(layer, h, positions, rotary, cache, mode, max_position, start)
+            only_last = layer == last and not all_logits  # the last layer's other rows would be thrown away
+            h = self.layer_forward(layer, h, positions, rotary, cache, mode, max_position, start, only_last)
         return self.logits(h if all_logits else h[-1:])
 
 

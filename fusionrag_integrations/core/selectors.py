@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from .config import FusionConfig
 from .fusion import FusionContext, active_positions, attention_to_positions, recompute, run_layers
 from .model import KVCache, TransformerModel
+from .probe_graph import probe_graphs
 
 
 def allocate_budget(lengths: list[int], budget: int) -> list[int]:
@@ -144,10 +145,11 @@ class CacheBlendSelector(Selector):
         h, _ = run_layers(
             ctx.model,
             ctx.cache,
-            ctx.token_ids,
+            ctx.token_ids[all_positions],
             all_positions,
             before_write=before_write,
             max_position=ctx.num_positions - 1,
+            last_row_only=True,
         )
         return ctx.model.logits(h[-1:]), chosen[0]
 
@@ -226,21 +228,27 @@ def probe_attention(
     deepest requested layer; full=True runs every token (a plain prefill on `cache`).
     """
     positions = torch.arange(ctx.num_positions, device=ctx.fresh_positions.device) if full else ctx.fresh_positions
+    ids = ctx.token_ids[positions]
     # the question is the tokens after the last chunk: a suffix of `positions` either way (sliced,
     # not masked: no device sync). Without one, the last running token probes.
     n_question = max(1, int(ctx.question_positions.numel()))
     last = ctx.num_positions - 1 if full else ctx.last_fresh_position
+    keys = lambda layer: cache.k[layer, : ctx.num_positions]  # noqa: E731
     scores: dict[int, torch.Tensor] = {}
 
     def after_write(layer: int, q: torch.Tensor, pos: torch.Tensor) -> None:
         if layer in layers:
-            keys = cache.k[layer, : ctx.num_positions]
-            scores[layer] = attention_to_positions(q[-n_question:], keys, pos[-n_question:], ctx.chunk_positions)
+            scores[layer] = attention_to_positions(q[-n_question:], keys(layer), pos[-n_question:], ctx.chunk_positions)
 
+    graphs = probe_graphs(model) if not full and len(layers) == 1 else None
+    queries = graphs.queries(cache, ids, positions, max(layers) + 1) if graphs is not None else None
+    if queries is not None:  # replayed from a CUDA graph: the same pass, one launch
+        after_write(max(layers), queries, positions)
+        return scores
     run_layers(
         model,
         cache,
-        ctx.token_ids,
+        ids,
         positions,
         after_write=after_write,
         num_layers=max(layers) + 1,

@@ -132,7 +132,7 @@ def test_selective_machinery_over_all_positions_equals_plain_prefill(any_engine)
     any_engine.precompute(DOCS)
     ctx = any_engine.fusion_context(rag_messages(DOCS))
     everything = torch.arange(ctx.num_positions)
-    h, _ = run_layers(any_engine.model, ctx.cache, ctx.token_ids, everything)
+    h, _ = run_layers(any_engine.model, ctx.cache, ctx.token_ids[everything], everything)
     fused = any_engine.model.logits(h[-1:])[0]
     ref, full_cache = plain_prefill(any_engine, ctx.token_ids.tolist())
     assert (fused - ref).abs().max().item() < 1e-4

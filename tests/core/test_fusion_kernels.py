@@ -7,10 +7,9 @@ import pytest
 import torch
 
 from fusionrag_integrations.core.fusion import PlacedChunk, fused_prefill
-from fusionrag_integrations.core.precompute import PrecomputeJob, compute_entries, prefix_kv
 from fusionrag_integrations.core.selectors import CacheBlendSelector, FusionRAGSelector
 from fusionrag_integrations.kernels import _dispatch
-from tests.conftest import tiny_llama
+from tests.conftest import tiny_fused_prompt, tiny_llama
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(
@@ -22,14 +21,8 @@ needs_triton = pytest.mark.skipif(
 @pytest.mark.parametrize("selector", [FusionRAGSelector(), CacheBlendSelector(1)])
 def test_fused_prefill_on_the_kernels_path_matches_the_reference_path(selector):
     model = tiny_llama(DEVICE, torch.float32)
-    g = torch.Generator().manual_seed(5)
-    chunk_ids = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (40, 33, 47)]
-    jobs = [PrecomputeJob(f"c{i}", f"c{i}", [], ids, "standalone") for i, ids in enumerate(chunk_ids)]
-    by_key = {e.key: e for batch in compute_entries(model, prefix_kv(model, [1]), jobs, "t", 4096) for e, _ in batch}
-    entries = [by_key[job.key] for job in jobs]  # batches come sorted by length
-    head, question = torch.randint(0, 512, (6,), generator=g).tolist(), torch.randint(0, 512, (9,), generator=g)
-    ids = torch.tensor(head + [t for c in chunk_ids for t in c] + question.tolist(), device=DEVICE)
-    starts = [6, 46, 79]
+    model.graph_probe = False  # the graphed probe has its own test (test_probe_graph.py)
+    ids, entries, starts = tiny_fused_prompt(model)
     runs = {}
     for backend in ("never", "always"):
         model.use_triton = backend

@@ -1,0 +1,133 @@
+"""The selection probe, replayed from a CUDA graph.
+
+FusionRAG's probe runs the fresh tokens (instruction and question, ~80) through the layers
+over the fused cache to read the question's last-layer attention. That is little GPU work
+(the weights read once: ~5 ms for an 8B model) but ~11 launches a layer, and on a slow host
+the launches take 0.6-0.8 ms a layer: eager, the probe costs 4-5x its GPU time. A CUDA graph
+replays the whole pass with one launch.
+
+A graph replays fixed shapes and addresses, so the graphed probe differs from the eager one:
+- the fresh tokens are padded to a multiple of BUCKET by repeating the last one (same token,
+  same position: it rewrites that token's K/V row with the same values; its query is dropped);
+- attention reads the cache at its full capacity (the Triton kernel stops at each query's
+  position, read from device memory, so rows past the prompt are never touched);
+- the cache is named by its buffers' addresses: a graph serves any cache whose K and V
+  buffers sit at the same addresses with the same shape, which is what the caching
+  allocator hands back to each request of the same size.
+A layout is captured the second time it is seen (a one-off layout never pays for a capture);
+the MAX_GRAPHS most recent graphs are kept.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import torch
+
+from ..kernels import _dispatch
+from .decode_step import can_graph
+from .fusion import run_layers
+from .model import KVCache, TransformerModel
+
+BUCKET = 16
+MAX_GRAPHS = 4
+
+
+@dataclass
+class _Captured:
+    graph: torch.cuda.CUDAGraph | None  # None: capture failed, this layout runs eagerly
+    ids: torch.Tensor  # [bucket] static inputs, overwritten before each replay
+    positions: torch.Tensor
+    queries: torch.Tensor | None = None  # [bucket, Hq, D] static output: the probed layer's queries
+
+
+class ProbeGraphs:
+    """The graphed probes of one model, by layout (bucket, depth, cache buffers)."""
+
+    def __init__(self, model: TransformerModel) -> None:
+        self.model = model
+        self.layouts: OrderedDict[tuple, _Captured | None] = OrderedDict()  # None: seen once, not captured
+
+    @torch.inference_mode()
+    def queries(
+        self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, num_layers: int
+    ) -> torch.Tensor | None:
+        """The queries of layer num_layers - 1 for tokens `ids` at sorted `positions` ([n, Hq, D]),
+        their K/V written into `cache` at every layer below; None: run the probe eagerly this time."""
+        n = int(positions.numel())
+        bucket = -(-n // BUCKET) * BUCKET
+        key = (bucket, num_layers, cache.k.data_ptr(), cache.v.data_ptr(), tuple(cache.k.shape), cache.k.dtype)
+        if key not in self.layouts:
+            self.layouts[key] = None
+            self._evict()
+            return None
+        self.layouts.move_to_end(key)
+        captured = self.layouts[key]
+        if captured is None:
+            captured = _Captured(None, ids.new_empty(bucket), positions.new_empty(bucket))
+            self.layouts[key] = captured
+            _fill(captured, ids, positions)
+            first = self._warm_up_and_capture(captured, cache, num_layers)
+            return first[:n]
+        _fill(captured, ids, positions)
+        if captured.graph is None:
+            return self._run(captured, cache, num_layers)[:n]
+        captured.graph.replay()
+        return captured.queries[:n]
+
+    def _run(self, captured: _Captured, cache: KVCache, num_layers: int) -> torch.Tensor:
+        out: list[torch.Tensor] = []
+        run_layers(
+            self.model,
+            cache,
+            captured.ids,
+            captured.positions,
+            after_write=lambda layer, q, _: out.append(q) if layer == num_layers - 1 else None,
+            num_layers=num_layers,
+            finish_last=False,
+            max_position=cache.capacity - 1,
+        )
+        return out[0]
+
+    def _warm_up_and_capture(self, captured: _Captured, cache: KVCache, num_layers: int) -> torch.Tensor:
+        """One eager run on a side stream (compiles the kernels for these shapes: a capture may not),
+        which is this call's answer, then the capture. thread_local: other threads' CUDA work may go on."""
+        device = self.model.device
+        stream = torch.cuda.Stream(device=device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            first = self._run(captured, cache, num_layers).clone()
+        torch.cuda.current_stream(device).wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                captured.queries = self._run(captured, cache, num_layers)
+            captured.graph = graph
+        except RuntimeError as err:
+            _dispatch.warn_once(f"CUDA graph capture of the selection probe failed, probing eagerly: {err}")
+        return first
+
+    def _evict(self) -> None:
+        while len(self.layouts) > MAX_GRAPHS:
+            self.layouts.popitem(last=False)
+
+
+def _fill(captured: _Captured, ids: torch.Tensor, positions: torch.Tensor) -> None:
+    """Static inputs: the tokens, then the last one repeated up to the bucket."""
+    n = ids.numel()
+    captured.ids[:n], captured.positions[:n] = ids, positions
+    captured.ids[n:], captured.positions[n:] = ids[-1:], positions[-1:]
+
+
+_GRAPHS: weakref.WeakKeyDictionary[TransformerModel, ProbeGraphs] = weakref.WeakKeyDictionary()
+
+
+def probe_graphs(model: TransformerModel) -> ProbeGraphs | None:
+    """The model's graphed probes, or None where graphs do not apply (CPU, no Triton kernel, turned off)."""
+    if not (model.graph_probe and can_graph(model)):
+        return None
+    if model not in _GRAPHS:
+        _GRAPHS[model] = ProbeGraphs(model)
+    return _GRAPHS[model]

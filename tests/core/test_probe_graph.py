@@ -1,0 +1,65 @@
+"""The selection probe replayed from a CUDA graph gives the eager probe's scores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusionrag_integrations.core.fusion import PlacedChunk, build_context, place_chunks
+from fusionrag_integrations.core.probe_graph import probe_graphs
+from fusionrag_integrations.core.selectors import FusionRAGSelector, QCFuseSelector, probe_attention
+from tests.conftest import tiny_fused_prompt, tiny_llama
+
+CUDA = torch.cuda.is_available()
+
+
+def scores(model, cache, ids, entries, starts, layer: int) -> torch.Tensor:
+    place_chunks(model, cache, [PlacedChunk(e, s) for e, s in zip(entries, starts)])
+    ctx = build_context(model, cache, ids, [PlacedChunk(e, s) for e, s in zip(entries, starts)])
+    return probe_attention(ctx, model, cache, {layer}, full=False)[layer]
+
+
+def test_no_graphs_on_the_cpu():
+    assert probe_graphs(tiny_llama("cpu", torch.float32)) is None
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("question_tokens", [9, 30])  # 15 and 36 fresh tokens: padded to 16 and 48
+def test_replayed_probe_equals_the_eager_probe(dtype, tol, question_tokens):
+    model = tiny_llama("cuda", dtype)
+    last = model.config.num_layers - 1
+    ids, entries, starts = tiny_fused_prompt(model, question_tokens=question_tokens)
+    cache = model.new_cache(ids.numel() + 50)  # capacity past the prompt: the graph reads it all
+    model.graph_probe = False
+    eager = scores(model, cache, ids, entries, starts, last)
+    model.graph_probe = True
+    graphs = probe_graphs(model)
+    got = [scores(model, cache, ids, entries, starts, last) for _ in range(4)]  # eager, capture, replay, replay
+    (captured,) = [c for c in graphs.layouts.values() if c is not None]
+    assert captured.graph is not None
+    for s in got:
+        assert ((s.float() - eager.float()).norm() / eager.float().norm()).item() < tol
+    # the same cache buffers with other chunks placed: the replay reads what is there now
+    other_ids, other_entries, _ = tiny_fused_prompt(model, seed=9, question_tokens=question_tokens)
+    model.graph_probe = False
+    eager_other = scores(model, cache, other_ids, other_entries, starts, last)
+    model.graph_probe = True
+    replayed = scores(model, cache, other_ids, other_entries, starts, last)
+    assert ((replayed.float() - eager_other.float()).norm() / eager_other.float().norm()).item() < tol
+    assert ((eager_other.float() - eager.float()).norm() / eager.float().norm()).item() > 10 * tol
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+def test_selectors_pick_the_same_tokens_with_and_without_graphs():
+    model = tiny_llama("cuda", torch.float32)
+    ids, entries, starts = tiny_fused_prompt(model)
+    cache = model.new_cache(ids.numel())
+    placed = [PlacedChunk(e, s) for e, s in zip(entries, starts)]
+    for selector in (FusionRAGSelector(), QCFuseSelector(1)):
+        picks = []
+        for graph in (False, True, True, True):
+            model.graph_probe = graph
+            place_chunks(model, cache, placed)
+            picks.append(selector.select(build_context(model, cache, ids, placed), 24))
+        assert all(torch.equal(p, picks[0]) for p in picks[1:]), selector.name
