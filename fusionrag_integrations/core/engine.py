@@ -24,6 +24,7 @@ from .loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from .model import AttentionMode
 from .outputs import Generation, GenerationChunk, GenerationStats
 from .precompute import PrecomputeJob, compute_entries, prefix_kv
+from .probe_graph import graph_friendly_capacity
 from .prompt import Prompt, encode_text, render_prompt, split_at_matches, split_paragraphs
 from .registry import ChunkRegistry
 from .sampling import SamplingParams
@@ -290,7 +291,10 @@ class FusionEngine:
         prepared = self._prepare(prompt, tools, chunks, learn)
         prompt_ids, stats = prepared.token_ids, prepared.stats
         self._check_length(len(prompt_ids), max_new_tokens)
-        cache = self.model.new_cache(len(prompt_ids) + max_new_tokens)
+        needed = len(prompt_ids) + max_new_tokens
+        if self.device.type == "cuda":  # the graphed probe is keyed by the cache's buffers (probe_graph.py)
+            needed = graph_friendly_capacity(needed, self.context_window)
+        cache = self.model.new_cache(needed)
         t_prefill = time.perf_counter()
         ids = torch.tensor(prompt_ids, device=self.device)
         selected = None

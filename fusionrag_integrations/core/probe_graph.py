@@ -15,7 +15,8 @@ A graph replays fixed shapes and addresses, so the graphed probe differs from th
   buffers sit at the same addresses with the same shape, which is what the caching
   allocator hands back to each request of the same size.
 A layout is captured the second time it is seen (a one-off layout never pays for a capture);
-the MAX_GRAPHS most recent graphs are kept.
+the MAX_GRAPHS most recent graphs are kept. The engine rounds each request's cache up to a
+multiple of CACHE_GRANULE tokens so that prompts of similar length share one layout.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from .model import KVCache, TransformerModel
 
 BUCKET = 16
 MAX_GRAPHS = 4
+CACHE_GRANULE = 1024  # tokens; at most ~130 MB of extra KV a request for an 8B model
+
+
+def graph_friendly_capacity(needed: int, limit: int) -> int:
+    """A cache size for `needed` tokens rounded up to CACHE_GRANULE (not past `limit`, unless
+    `needed` is): similar requests then get the same buffers back, and with them the same graph."""
+    return max(needed, min(-(-needed // CACHE_GRANULE) * CACHE_GRANULE, limit))
 
 
 @dataclass

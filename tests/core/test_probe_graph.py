@@ -63,3 +63,13 @@ def test_selectors_pick_the_same_tokens_with_and_without_graphs():
             place_chunks(model, cache, placed)
             picks.append(selector.select(build_context(model, cache, ids, placed), 24))
         assert all(torch.equal(p, picks[0]) for p in picks[1:]), selector.name
+
+
+def test_cache_capacity_rounds_up_to_the_granule_within_the_window():
+    from fusionrag_integrations.core.probe_graph import CACHE_GRANULE, graph_friendly_capacity
+
+    assert graph_friendly_capacity(1, 10**6) == CACHE_GRANULE
+    assert graph_friendly_capacity(CACHE_GRANULE, 10**6) == CACHE_GRANULE
+    assert graph_friendly_capacity(CACHE_GRANULE + 1, 10**6) == 2 * CACHE_GRANULE
+    assert graph_friendly_capacity(1500, 1800) == 1800  # not past the context window
+    assert graph_friendly_capacity(1900, 1800) == 1900  # never below what is needed
