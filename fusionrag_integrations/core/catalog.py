@@ -22,6 +22,21 @@ class ChunkRef:
     num_tokens: int
 
 
+def _use_wal(db: sqlite3.Connection, patience_s: float = 30.0) -> None:
+    """WAL mode: readers never block the one writer. The switch needs an exclusive lock, and when
+    several processes open a new catalog at once SQLite answers "database is locked" at once
+    (breaking the deadlock) instead of waiting on the busy timeout: retry until one has switched."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as err:
+            if "locked" not in str(err) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 class Catalog:
     def __init__(self, path: Path | None, model_fingerprint: str) -> None:
         if path is not None:
@@ -31,7 +46,7 @@ class Catalog:
         self._db = sqlite3.connect(str(path) if path else ":memory:", timeout=30.0, check_same_thread=False)
         with self._lock, self._db:
             if path is not None:
-                self._db.execute("PRAGMA journal_mode=WAL")
+                _use_wal(self._db)
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS chunks (model_fp TEXT NOT NULL, key TEXT NOT NULL, text TEXT NOT NULL, "
                 "context_id TEXT NOT NULL, num_tokens INTEGER NOT NULL, created REAL NOT NULL, "

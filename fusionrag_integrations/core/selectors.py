@@ -233,12 +233,12 @@ def probe_attention(
     # not masked: no device sync). Without one, the last running token probes.
     n_question = max(1, int(ctx.question_positions.numel()))
     last = ctx.num_positions - 1 if full else ctx.last_fresh_position
-    keys = lambda layer: cache.k[layer, : ctx.num_positions]  # noqa: E731
     scores: dict[int, torch.Tensor] = {}
 
     def after_write(layer: int, q: torch.Tensor, pos: torch.Tensor) -> None:
         if layer in layers:
-            scores[layer] = attention_to_positions(q[-n_question:], keys(layer), pos[-n_question:], ctx.chunk_positions)
+            keys = cache.k[layer, : ctx.num_positions]
+            scores[layer] = attention_to_positions(q[-n_question:], keys, pos[-n_question:], ctx.chunk_positions)
 
     graphs = probe_graphs(model) if not full and len(layers) == 1 else None
     queries = graphs.queries(cache, ids, positions, max(layers) + 1) if graphs is not None else None

@@ -185,3 +185,27 @@ def test_hot_tier_demotes_to_cpu_and_keeps_what_does_not_fit(tmp_path):
     for _ in range(3):  # too large for the hot tier: served from the CPU tier every time, never lost
         assert torch.equal(tiny.get("a" * 64).k, entries[0].k)
     assert tiny.counts["cpu"] == 3 and tiny.counts["miss"] == 0
+
+
+def test_catalogs_opened_at_once_on_a_new_directory_all_open(tmp_path):
+    """Workers opening one new catalog at the same moment: SQLite refuses the WAL switch to all but
+    one without waiting on its busy timeout (it broke a two-process test now and then); none may fail."""
+    import threading
+
+    from fusionrag_integrations.core.catalog import Catalog
+
+    def open_catalog(path, barrier: threading.Barrier, errors: list) -> None:
+        barrier.wait()
+        try:
+            Catalog(path, "fp").add([])
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    for trial in range(40):
+        args = (tmp_path / f"{trial}" / "catalog.sqlite", threading.Barrier(6), [])
+        workers = [threading.Thread(target=open_catalog, args=args) for _ in range(6)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert not args[2], f"trial {trial}: {args[2][0]!r}"
