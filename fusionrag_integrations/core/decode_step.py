@@ -8,13 +8,20 @@ A graph replays fixed shapes and addresses, so the captured step differs from th
 in two ways: the token and its position live in device buffers that each step overwrites,
 and attention reads the cache at its full capacity through the sparse-query kernel, which
 stops at the query's position read from device memory (keys past it are never touched).
-The graph belongs to one KV cache (one request): it is captured on the first step, which
-also serves as the warm-up run, and replayed for the rest.
+A graph is recorded over one cache's buffers and serves every cache with the same layout
+(addresses, shape: `KVCache.layout`), which the caching allocator gives each same-sized
+request (the engine rounds cache sizes up for that). So the first request of a layout
+captures on its first step (that step runs eagerly first: the warm-up, and its answer), and
+later requests replay at once; the MAX_GRAPHS most recently used graphs are kept per model.
 """
 
 from __future__ import annotations
 
+import threading
+import weakref
+from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -25,6 +32,7 @@ from .model import AttentionMode, KVCache, TransformerModel
 DecodeStep = Callable[[int, int], torch.Tensor]  # (token, position) -> logits [V]
 
 GRAPH_HEAD_DIMS = (64, 128)  # the Triton kernel's head sizes; others would fall back to the reference
+MAX_GRAPHS = 4
 
 
 def can_graph(model: TransformerModel) -> bool:
@@ -54,56 +62,80 @@ class EagerDecodeStep:
         return self.model.forward(step, pos, self.cache, AttentionMode.DECODE, position)[-1]
 
 
+@dataclass
+class _CapturedStep:
+    graph: torch.cuda.CUDAGraph
+    token: torch.Tensor  # [1] static inputs, overwritten before each replay
+    position: torch.Tensor
+    logits: torch.Tensor  # [V] static output
+
+
+_GRAPHS: weakref.WeakKeyDictionary[TransformerModel, OrderedDict[tuple, _CapturedStep]] = weakref.WeakKeyDictionary()
+_GRAPHS_LOCK = threading.Lock()
+
+
 class GraphedDecodeStep:
     def __init__(self, model: TransformerModel, cache: KVCache) -> None:
         self.model, self.cache = model, cache
-        self.token = torch.zeros(1, dtype=torch.long, device=model.device)
-        self.position = torch.zeros(1, dtype=torch.long, device=model.device)
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.logits: torch.Tensor | None = None
+        self.layout = cache.layout()
+        with _GRAPHS_LOCK:
+            graphs = _GRAPHS.setdefault(model, OrderedDict())
+            self.captured = graphs.get(self.layout)  # recorded by an earlier request over the same buffers
+            if self.captured is not None:
+                graphs.move_to_end(self.layout)
+        self.reused = self.captured is not None
         self.eager: EagerDecodeStep | None = None  # set when capture fails
 
     @torch.inference_mode()
-    def _step(self) -> torch.Tensor:
+    def _step(self, token: torch.Tensor, position: torch.Tensor) -> torch.Tensor:
         model, cache = self.model, self.cache
-        h = model.embed(self.token)
-        cos, sin = model.rotary(self.position)
+        h = model.embed(token)
+        cos, sin = model.rotary(position)
         for layer in range(model.config.num_layers):
             q, k, v = model.qkv(layer, h, cos, sin)
-            cache.write(layer, self.position, None, k, v)
+            cache.write(layer, position, None, k, v)
             attn = sparse_query_attention(
-                q, cache.k[layer], cache.v[layer], self.position, backend="always", positions_sorted=True
+                q, cache.k[layer], cache.v[layer], position, backend="always", positions_sorted=True
             )
             h = model.finish_layer(layer, h, attn)
         return model.logits(h)[-1]
 
     @torch.inference_mode()
     def __call__(self, token: int, position: int) -> torch.Tensor:
-        self.token.fill_(token)
-        self.position.fill_(position)
-        if self.graph is None:
-            # the first step runs eagerly on a side stream (warm-up: autotuning, cuBLAS workspaces)
-            # and is this step's answer; the capture after it only records
-            stream = torch.cuda.Stream(device=self.model.device)
-            stream.wait_stream(torch.cuda.current_stream(self.model.device))
-            with torch.cuda.stream(stream):
-                first = self._step().clone()
-            torch.cuda.current_stream(self.model.device).wait_stream(stream)
-            self._capture()
-            return first
         if self.eager is not None:
             return self.eager(token, position)
-        self.graph.replay()
-        return self.logits
+        if self.captured is None:
+            return self._warm_up_and_capture(token, position)
+        self.captured.token.fill_(token)
+        self.captured.position.fill_(position)
+        self.captured.graph.replay()
+        return self.captured.logits
 
-    def _capture(self) -> None:
-        """Record the step. thread_local: CUDA work of other threads (a vector store precomputing
-        chunks) may go on meanwhile. A capture that fails leaves this request on the eager step."""
+    def _warm_up_and_capture(self, token: int, position: int) -> torch.Tensor:
+        """The first step runs eagerly on a side stream (warm-up: autotuning, cuBLAS workspaces) and
+        is this step's answer; the capture after it only records. thread_local: CUDA work of other
+        threads (a vector store precomputing chunks) may go on meanwhile. A capture that fails
+        leaves this request on the eager step."""
+        device = self.model.device
+        step = torch.tensor([token], device=device)
+        pos = torch.tensor([position], device=device)
+        stream = torch.cuda.Stream(device=device)
+        stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(stream):
+            first = self._step(step, pos).clone()
+        torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                self.logits = self._step()
+                logits = self._step(step, pos)
         except RuntimeError as err:
             _dispatch.warn_once(f"CUDA graph capture of the decode step failed, decoding eagerly: {err}")
             self.eager = EagerDecodeStep(self.model, self.cache)
-        self.graph = graph
+            return first
+        self.captured = _CapturedStep(graph, step, pos, logits)
+        with _GRAPHS_LOCK:
+            graphs = _GRAPHS.setdefault(self.model, OrderedDict())
+            graphs[self.layout] = self.captured
+            while len(graphs) > MAX_GRAPHS:
+                graphs.popitem(last=False)
+        return first

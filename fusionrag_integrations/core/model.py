@@ -71,6 +71,11 @@ class KVCache:
         self.v = torch.empty(shape, device=device, dtype=dtype)
         self.capacity = capacity
 
+    def layout(self) -> tuple:
+        """The buffers' addresses, shape and dtype: a CUDA graph recorded over this cache serves any
+        cache with the same layout (the caching allocator hands same-sized requests the same buffers)."""
+        return (self.k.data_ptr(), self.v.data_ptr(), tuple(self.k.shape), self.k.dtype)
+
     def write(self, layer: int, positions: torch.Tensor, start: int | None, k: torch.Tensor, v: torch.Tensor) -> None:
         """k, v: [S, Hkv, D]. `start` given means positions == start..start+S-1 (a slice copy)."""
         if start is not None:

@@ -66,7 +66,7 @@ class ProbeGraphs:
         their K/V written into `cache` at every layer below; None: run the probe eagerly this time."""
         n = int(positions.numel())
         bucket = -(-n // BUCKET) * BUCKET
-        key = (bucket, num_layers, cache.k.data_ptr(), cache.v.data_ptr(), tuple(cache.k.shape), cache.k.dtype)
+        key = (bucket, num_layers, *cache.layout())
         if key not in self.layouts:
             self.layouts[key] = None
             self._evict()

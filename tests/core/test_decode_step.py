@@ -12,9 +12,9 @@ from tests.conftest import tiny_llama as tiny_model
 CUDA = torch.cuda.is_available()
 
 
-def decode(model, step_kind, prompt: torch.Tensor, tokens: list[int], capacity: int) -> tuple[list, object]:
-    """Prefill `prompt`, then feed `tokens` one by one; the logits after each."""
-    cache = model.new_cache(capacity)
+def decode(model, step_kind, prompt: torch.Tensor, tokens: list[int], capacity: int, cache=None) -> tuple[list, object]:
+    """Prefill `prompt` (into `cache`, or a new one), then feed `tokens` one by one; the logits after each."""
+    cache = cache if cache is not None else model.new_cache(capacity)
     n = prompt.numel()
     model.forward(prompt, torch.arange(n, device=prompt.device), cache, AttentionMode.CAUSAL_FROM_ZERO, n - 1)
     step = step_kind(model, cache)
@@ -45,7 +45,7 @@ def test_graph_replay_matches_eager_decode(dtype, tol, capacity):
     assert isinstance(make_decode_step(model, model.new_cache(8), cuda_graph=True), GraphedDecodeStep)
     eager, _ = decode(model, EagerDecodeStep, prompt, tokens, capacity)
     graphed, step = decode(model, GraphedDecodeStep, prompt, tokens, capacity)
-    assert step.graph is not None  # captured on the first step, replayed for the other 11
+    assert step.captured is not None  # captured on the first step, replayed for the other 11
     for a, b in zip(eager, graphed, strict=True):
         assert torch.isfinite(b).all()
         assert ((a.double() - b.double()).norm() / a.double().norm()).item() < tol
@@ -70,3 +70,20 @@ def test_failed_capture_falls_back_to_eager_decode(monkeypatch):
     assert step.eager is not None
     for a, b in zip(eager, graphed, strict=True):
         assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(not CUDA, reason="CUDA graphs need a GPU")
+def test_a_later_request_over_the_same_buffers_replays_without_capturing():
+    model = tiny_model("cuda", torch.float32)
+    g = torch.Generator().manual_seed(8)
+    cache = model.new_cache(300)
+    first_prompt, second_prompt = (torch.randint(0, 512, (n,), generator=g).cuda() for n in (120, 77))
+    tokens = torch.randint(0, 512, (6,), generator=g).tolist()
+    _, first = decode(model, GraphedDecodeStep, first_prompt, tokens, 300, cache=cache)
+    assert not first.reused and first.captured is not None
+    graphed, second = decode(model, GraphedDecodeStep, second_prompt, tokens, 300, cache=cache)
+    assert second.reused and second.captured is first.captured  # no second capture
+    eager, _ = decode(model, EagerDecodeStep, second_prompt, tokens, 300)
+    for a, b in zip(eager, graphed, strict=True):
+        assert ((a.double() - b.double()).norm() / a.double().norm()).item() < 1e-4
+    assert not GraphedDecodeStep(model, model.new_cache(301)).reused  # another layout: its own capture
