@@ -73,8 +73,9 @@ class EngineConfig(BaseModel):
     )
     cuda_graph_decode: bool = Field(
         True,
-        description="On CUDA, capture each request's decode step in a CUDA graph on its first token and replay it "
-        "(decoding is launch-bound without); needs the Triton kernel (head_dim 64 or 128).",
+        description="On CUDA, replay the decode step from a CUDA graph (decoding is launch-bound without), captured "
+        "on the first token of the first request of each cache layout and shared by later ones; needs the Triton "
+        "kernel (head_dim 64 or 128).",
     )
     cuda_graph_probe: bool = Field(
         True,
