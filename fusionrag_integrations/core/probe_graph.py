@@ -2,9 +2,9 @@
 
 FusionRAG's probe runs the fresh tokens (instruction and question, ~80) through the layers
 over the fused cache to read the question's last-layer attention. That is little GPU work
-(the weights read once: ~5 ms for an 8B model) but ~11 launches a layer, and on a slow host
-the launches take 0.6-0.8 ms a layer: eager, the probe costs 4-5x its GPU time. A CUDA graph
-replays the whole pass with one launch.
+(~0.27 ms a layer for an 8B model) but ~11 launches a layer, which take 0.4-0.8 ms of host
+time depending on the host (benchmarks/launch_overhead.py): eager, the probe runs at the
+host's pace, 1.5-3x its GPU time. A CUDA graph replays the whole pass with one launch.
 
 A graph replays fixed shapes and addresses, so the graphed probe differs from the eager one:
 - the fresh tokens are padded to a multiple of BUCKET by repeating the last one (same token,
@@ -52,15 +52,15 @@ class _Captured:
 
 
 class ProbeGraphs:
-    """The graphed probes of one model, by layout (bucket, depth, cache buffers)."""
+    """The graphed probes of one model, by layout (bucket, depth, cache buffers). Holds no
+    reference to the model (it is the key of the weak registry below)."""
 
-    def __init__(self, model: TransformerModel) -> None:
-        self.model = model
+    def __init__(self) -> None:
         self.layouts: OrderedDict[tuple, _Captured | None] = OrderedDict()  # None: seen once, not captured
 
     @torch.inference_mode()
     def queries(
-        self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, num_layers: int
+        self, model: TransformerModel, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, num_layers: int
     ) -> torch.Tensor | None:
         """The queries of layer num_layers - 1 for tokens `ids` at sorted `positions` ([n, Hq, D]),
         their K/V written into `cache` at every layer below; None: run the probe eagerly this time."""
@@ -77,18 +77,18 @@ class ProbeGraphs:
             captured = _Captured(None, ids.new_empty(bucket), positions.new_empty(bucket))
             self.layouts[key] = captured
             _fill(captured, ids, positions)
-            first = self._warm_up_and_capture(captured, cache, num_layers)
+            first = self._warm_up_and_capture(model, captured, cache, num_layers)
             return first[:n]
         _fill(captured, ids, positions)
         if captured.graph is None:
-            return self._run(captured, cache, num_layers)[:n]
+            return self._run(model, captured, cache, num_layers)[:n]
         captured.graph.replay()
         return captured.queries[:n]
 
-    def _run(self, captured: _Captured, cache: KVCache, num_layers: int) -> torch.Tensor:
+    def _run(self, model: TransformerModel, captured: _Captured, cache: KVCache, num_layers: int) -> torch.Tensor:
         out: list[torch.Tensor] = []
         run_layers(
-            self.model,
+            model,
             cache,
             captured.ids,
             captured.positions,
@@ -99,19 +99,21 @@ class ProbeGraphs:
         )
         return out[0]
 
-    def _warm_up_and_capture(self, captured: _Captured, cache: KVCache, num_layers: int) -> torch.Tensor:
+    def _warm_up_and_capture(
+        self, model: TransformerModel, captured: _Captured, cache: KVCache, num_layers: int
+    ) -> torch.Tensor:
         """One eager run on a side stream (compiles the kernels for these shapes: a capture may not),
         which is this call's answer, then the capture. thread_local: other threads' CUDA work may go on."""
-        device = self.model.device
+        device = model.device
         stream = torch.cuda.Stream(device=device)
         stream.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(stream):
-            first = self._run(captured, cache, num_layers).clone()
+            first = self._run(model, captured, cache, num_layers).clone()
         torch.cuda.current_stream(device).wait_stream(stream)
         graph = torch.cuda.CUDAGraph()
         try:
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                captured.queries = self._run(captured, cache, num_layers)
+                captured.queries = self._run(model, captured, cache, num_layers)
             captured.graph = graph
         except RuntimeError as err:
             _dispatch.warn_once(f"CUDA graph capture of the selection probe failed, probing eagerly: {err}")
@@ -137,5 +139,5 @@ def probe_graphs(model: TransformerModel) -> ProbeGraphs | None:
     if not (model.graph_probe and can_graph(model)):
         return None
     if model not in _GRAPHS:
-        _GRAPHS[model] = ProbeGraphs(model)
+        _GRAPHS[model] = ProbeGraphs()
     return _GRAPHS[model]

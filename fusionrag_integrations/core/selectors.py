@@ -241,7 +241,7 @@ def probe_attention(
             scores[layer] = attention_to_positions(q[-n_question:], keys, pos[-n_question:], ctx.chunk_positions)
 
     graphs = probe_graphs(model) if not full and len(layers) == 1 else None
-    queries = graphs.queries(cache, ids, positions, max(layers) + 1) if graphs is not None else None
+    queries = graphs.queries(model, cache, ids, positions, max(layers) + 1) if graphs is not None else None
     if queries is not None:  # replayed from a CUDA graph: the same pass, one launch
         after_write(max(layers), queries, positions)
         return scores
