@@ -25,23 +25,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels import _dispatch
 from ..kernels.sparse_attention import sparse_query_attention
+from .cuda_graphs import MAX_GRAPHS, can_graph, warm_up_and_capture
 from .model import AttentionMode, KVCache, TransformerModel
 
 DecodeStep = Callable[[int, int], torch.Tensor]  # (token, position) -> logits [V]
-
-GRAPH_HEAD_DIMS = (64, 128)  # the Triton kernel's head sizes; others would fall back to the reference
-MAX_GRAPHS = 4
-
-
-def can_graph(model: TransformerModel) -> bool:
-    return (
-        model.device.type == "cuda"
-        and model.config.head_dim in GRAPH_HEAD_DIMS
-        and model.kernel_backend(torch.empty(0, device=model.device)) != "never"
-        and _dispatch.triton_available()
-    )
 
 
 def make_decode_step(model: TransformerModel, cache: KVCache, cuda_graph: bool) -> DecodeStep:
@@ -112,24 +100,13 @@ class GraphedDecodeStep:
         return self.captured.logits
 
     def _warm_up_and_capture(self, token: int, position: int) -> torch.Tensor:
-        """The first step runs eagerly on a side stream (warm-up: autotuning, cuBLAS workspaces) and
-        is this step's answer; the capture after it only records. thread_local: CUDA work of other
-        threads (a vector store precomputing chunks) may go on meanwhile. A capture that fails
-        leaves this request on the eager step."""
+        """This step runs eagerly (its answer), then is recorded and shared with later requests
+        over the same buffers; a failed capture leaves this request on the eager step."""
         device = self.model.device
         step = torch.tensor([token], device=device)
         pos = torch.tensor([position], device=device)
-        stream = torch.cuda.Stream(device=device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            first = self._step(step, pos).clone()
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                logits = self._step(step, pos)
-        except RuntimeError as err:
-            _dispatch.warn_once(f"CUDA graph capture of the decode step failed, decoding eagerly: {err}")
+        first, graph, logits = warm_up_and_capture(lambda: self._step(step, pos), device, "decode step")
+        if graph is None:
             self.eager = EagerDecodeStep(self.model, self.cache)
             return first
         self.captured = _CapturedStep(graph, step, pos, logits)

@@ -27,13 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels import _dispatch
-from .decode_step import can_graph
+from .cuda_graphs import MAX_GRAPHS, can_graph, warm_up_and_capture
 from .fusion import run_layers
 from .model import KVCache, TransformerModel
 
 BUCKET = 16
-MAX_GRAPHS = 4
 CACHE_GRANULE = 1024  # tokens; at most ~130 MB of extra KV a request for an 8B model
 
 
@@ -102,21 +100,9 @@ class ProbeGraphs:
     def _warm_up_and_capture(
         self, model: TransformerModel, captured: _Captured, cache: KVCache, num_layers: int
     ) -> torch.Tensor:
-        """One eager run on a side stream (compiles the kernels for these shapes: a capture may not),
-        which is this call's answer, then the capture. thread_local: other threads' CUDA work may go on."""
-        device = model.device
-        stream = torch.cuda.Stream(device=device)
-        stream.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(stream):
-            first = self._run(model, captured, cache, num_layers).clone()
-        torch.cuda.current_stream(device).wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        try:
-            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                captured.queries = self._run(model, captured, cache, num_layers)
-            captured.graph = graph
-        except RuntimeError as err:
-            _dispatch.warn_once(f"CUDA graph capture of the selection probe failed, probing eagerly: {err}")
+        first, captured.graph, captured.queries = warm_up_and_capture(
+            lambda: self._run(model, captured, cache, num_layers), model.device, "selection probe"
+        )
         return first
 
     def _evict(self) -> None:
