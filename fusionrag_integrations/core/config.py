@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import InvalidConfigError
 
 SelectorName = Literal["full", "none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip"]
 
@@ -15,11 +17,22 @@ def default_cache_dir() -> Path:
     import os
 
     if env := os.environ.get("FUSIONRAG_CACHE_DIR"):
-        return Path(env)
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "fusionrag"
+        return Path(env).expanduser()
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "fusionrag"
 
 
-class FusionConfig(BaseModel):
+class _Settings(BaseModel):
+    """pydantic validation, reported as the package's own InvalidConfigError (pydantic's message,
+    which names the field, is kept)."""
+
+    def __init__(self, **data) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as err:
+            raise InvalidConfigError(str(err)) from None
+
+
+class FusionConfig(_Settings):
     """How cached chunks are fused into a prompt and which of their tokens are recomputed."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -39,7 +52,7 @@ class FusionConfig(BaseModel):
     )
 
 
-class EngineConfig(BaseModel):
+class EngineConfig(_Settings):
     """Everything about an engine that is not the model itself."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
@@ -77,6 +90,17 @@ class EngineConfig(BaseModel):
         "on the first token of the first request of each cache layout and shared by later ones; needs the Triton "
         "kernel (head_dim 64 or 128).",
     )
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _expand_cache_dir(cls, value):
+        """'~' is expanded (a literal './~' folder is never what was meant); an empty path is refused
+        (Path('') is the working directory, and the cache would spill into it)."""
+        if isinstance(value, (str, Path)):
+            if not str(value).strip():
+                raise ValueError("cache_dir is empty; pass a directory (or leave it out for ~/.cache/fusionrag)")
+            return Path(value).expanduser()
+        return value
+
     cuda_graph_probe: bool = Field(
         True,
         description="On CUDA, replay the FusionRAG/QCFuse selection probe from a CUDA graph once a prompt layout "

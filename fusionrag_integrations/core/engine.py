@@ -17,9 +17,11 @@ from tqdm.auto import tqdm
 from .chunk_kv import STANDALONE, ChunkKV, chunk_key
 from .config import EngineConfig
 from .detect import ChunkIndex, Match
-from .errors import ChunkNotFoundError, ContextLengthError, EmptyPromptError
+from .errors import ChunkNotFoundError, ContextLengthError, EmptyPromptError, InvalidArgumentError
 from .fusion import FusionContext, PlacedChunk, build_context, fused_prefill, place_chunks
 from .generation import Prefill, decode_loop
+from .inputs import check_neighbors, check_ratio, check_text, check_texts
+from .integrity import cache_secret
 from .loader import LoadedModel, load_model, resolve_device, resolve_dtype
 from .model import AttentionMode
 from .outputs import Generation, GenerationChunk, GenerationStats
@@ -29,6 +31,7 @@ from .prompt import Prompt, encode_text, render_prompt, split_at_matches, split_
 from .registry import ChunkRegistry
 from .sampling import SamplingParams
 from .selectors import Selector, make_selector
+from .stepwise import StepwiseStream
 
 
 @dataclass
@@ -40,7 +43,8 @@ class PreparedPrompt:
 
 
 class FusionEngine:
-    """One model, one tokenizer, one chunk-KV store. Requests run one at a time (a lock)."""
+    """One model, one tokenizer, one chunk-KV store. Requests take turns step by step (a lock held for
+    one prefill or one decode token at a time, never while a stream waits for its reader)."""
 
     def __init__(self, loaded: LoadedModel, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
@@ -62,6 +66,7 @@ class FusionEngine:
             cpu_bytes=self.config.cpu_cache_bytes,
             directory=self.config.cache_dir / "kv" / namespace if self.config.persist else None,
             min_chunk_chars=self.config.fusion.min_chunk_chars,
+            secret=cache_secret(),
         )
         self._prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None
         self._prompt_prefixes: OrderedDict[tuple[int, ...], tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
@@ -108,7 +113,7 @@ class FusionEngine:
         return ids + (encode_text(tok, self.config.chunk_prefix, False) if self.config.chunk_prefix else [])
 
     def chunk_token_ids(self, text: str) -> list[int]:
-        stripped = text.strip()
+        stripped = check_text(text, "chunk text").strip()
         if not stripped:
             raise EmptyPromptError("a chunk text is empty (or only whitespace)")
         ids = encode_text(self.tokenizer, stripped, False)
@@ -135,12 +140,17 @@ class FusionEngine:
         context: one such list for every text. Only the chunk's KV is stored; the context id in its
         key names the neighbours, and at query time a context-aware entry is preferred.
         """
+        texts = check_texts(texts, "texts")
         if context is not None and neighbors is not None:
-            raise ValueError("pass context= (shared by all texts) or neighbors= (one list per text), not both")
-        if neighbors is not None and len(neighbors) != len(texts):
-            raise ValueError(f"neighbors needs one list per text: {len(neighbors)} lists for {len(texts)} texts")
-        contexts = neighbors if neighbors is not None else [context or ()] * len(texts)
+            raise InvalidArgumentError("pass context= (shared by all texts) or neighbors= (one list per text), not both")
+        if neighbors is not None:
+            contexts = check_neighbors(neighbors, len(texts))
+        else:
+            contexts = [check_texts(context, "context") if context is not None else []] * len(texts)
+        if show_progress is not None and not isinstance(show_progress, bool):
+            raise InvalidArgumentError(f"show_progress must be True, False or None, got {show_progress!r}")
         with self._lock:
+            self.chunks.sync()
             jobs: dict[str, PrecomputeJob] = {}
             keys = []
             for text, nbrs in zip(texts, contexts):
@@ -176,9 +186,11 @@ class FusionEngine:
             context_id,
         )
 
-    def _compute(self, jobs: list[PrecomputeJob], show_progress: bool | None) -> None:
+    def _compute(self, jobs: list[PrecomputeJob], show_progress: bool | None) -> list[ChunkKV]:
+        """Compute, store and return these jobs' entries (in the order computed)."""
+        done: list[ChunkKV] = []
         if not jobs:
-            return
+            return done
         self._prefix_kv = self._prefix_kv or prefix_kv(self.model, self.prefix_ids)
         show = (not show_progress) if show_progress is not None else (len(jobs) < 16 or None)
         with tqdm(total=len(jobs), desc="precompute", unit="chunk", disable=show) as progress:
@@ -188,15 +200,21 @@ class FusionEngine:
                 self.chunks.add(entries)
                 self.counters["chunks_computed"] += len(entries)
                 progress.update(len(entries))
+                done += [entry for entry, _ in entries]
+        return done
 
     def forget(self, keys: Sequence[str]) -> int:
         """Remove these entries from every tier, the disk and the detection index; returns how many were known."""
+        keys = check_texts(keys, "keys")
         with self._lock:
             return len(self.chunks.forget(keys))
 
     def keys_for(self, texts: Sequence[str]) -> list[str]:
         """Every stored key (standalone and context-aware) of these chunk texts: what vector stores forget on delete."""
-        return [ref.key for text in texts for ref in self.chunks.refs_for(text.strip())]
+        texts = check_texts(texts, "texts")
+        with self._lock:
+            self.chunks.sync()
+            return [ref.key for text in texts for ref in self.chunks.refs_for(text.strip())]
 
     # -- generation --------------------------------------------------------------------
 
@@ -224,7 +242,7 @@ class FusionEngine:
         tools: Sequence[dict] | None = None,
         learn_chunks: bool | None = None,
     ) -> Iterator[GenerationChunk]:
-        """Yield text pieces as they are decoded; the last piece carries finish_reason, usage and stats.
+        """Text pieces as they are decoded; the last piece carries finish_reason, usage and stats.
 
         prompt: a string (used as is) or chat messages (rendered with the tokenizer's chat template).
         chunks: None = detect every precomputed chunk inside the prompt; a list = these texts (computed
@@ -232,24 +250,27 @@ class FusionEngine:
         selector / recompute_ratio: which chunk tokens to recompute (defaults from EngineConfig.fusion).
         learn_chunks: keep the KV of this prompt's long paragraphs for later prompts (default: EngineConfig).
         """
-        params = SamplingParams(
-            max_new_tokens, temperature, top_p, top_k, seed, tuple([stop] if isinstance(stop, str) else stop or ())
-        )
+        params = SamplingParams(max_new_tokens, temperature, top_p, top_k, seed, stop)
         chosen, ratio = self._selector(selector), self._ratio(recompute_ratio)
-        learn = self.config.learn_chunks if learn_chunks is None else learn_chunks
-        with self._lock:
-            yield from self._generate(prompt, params, tools, chunks, chosen, ratio, learn)
+        chunks, learn = self._check_chunks(chunks), self._learn_flag(learn_chunks)
+        steps = self._generate(prompt, params, tools, chunks, chosen, ratio, learn)
+        return StepwiseStream(steps, self._lock)
 
     def _ratio(self, recompute_ratio: float | None) -> float:
-        ratio = self.config.fusion.recompute_ratio if recompute_ratio is None else recompute_ratio
-        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
-            raise ValueError(f"recompute_ratio must be a number in [0, 1], got {recompute_ratio!r}")
-        return float(ratio)
+        return check_ratio(self.config.fusion.recompute_ratio if recompute_ratio is None else recompute_ratio)
 
     def _selector(self, selector: str | Selector | None) -> Selector:
-        return make_selector(
-            selector or self.config.fusion.selector, self.config.fusion, self.critical_layer, self.aux_model
-        )
+        chosen = self.config.fusion.selector if selector is None else selector
+        return make_selector(chosen, self.config.fusion, self.critical_layer, self.aux_model)
+
+    def _learn_flag(self, learn_chunks: bool | None) -> bool:
+        if learn_chunks is not None and not isinstance(learn_chunks, bool):
+            raise InvalidArgumentError(f"learn_chunks must be True, False or None, got {learn_chunks!r}")
+        return self.config.learn_chunks if learn_chunks is None else learn_chunks
+
+    @staticmethod
+    def _check_chunks(chunks: Sequence[str] | None) -> list[str] | None:
+        return None if chunks is None else check_texts(chunks, "chunks")
 
     def prefill(
         self,
@@ -265,7 +286,7 @@ class FusionEngine:
         """Process the prompt (fusing cached chunks) without sampling: the evaluation harness and
         tests read the first-token distribution from here. Same fusion arguments as `stream`."""
         chosen, ratio = self._selector(selector), self._ratio(recompute_ratio)
-        learn = self.config.learn_chunks if learn_chunks is None else learn_chunks
+        chunks, learn = self._check_chunks(chunks), self._learn_flag(learn_chunks)
         with self._lock:
             return self._prefill(prompt, tools, chunks, chosen, ratio, max_new_tokens, learn)
 
@@ -274,6 +295,7 @@ class FusionEngine:
     ) -> FusionContext:
         """The fused cache before any recompute (chunks placed, fresh rows empty): for selectors'
         tests and profiling. Raises ChunkNotFoundError when the prompt holds no known chunk."""
+        chunks = self._check_chunks(chunks)
         with self._lock:
             prepared = self._prepare(prompt, tools, chunks)
             if not prepared.chunks:
@@ -421,6 +443,7 @@ class FusionEngine:
                         start,
                         self.loaded.model_fingerprint,
                         context_id,
+                        text,
                     ),
                     text,
                 )
@@ -435,30 +458,29 @@ class FusionEngine:
             return self.chunks.find(text), set()
         if not chunks:
             return [], set()
-        wanted = {c.strip() for c in chunks}
+        wanted = list(dict.fromkeys(c.strip() for c in chunks))
+        if "" in wanted:
+            raise EmptyPromptError("chunks holds an empty (or only whitespace) text")
+        missing = [c for c in wanted if c not in text]  # checked before any KV is computed or stored
+        if missing:
+            raise ChunkNotFoundError(
+                f"{len(missing)} of the given chunks do not occur in the prompt, e.g. {missing[0][:60]!r}"
+            )
+        self.chunks.sync()
         computed_now = {t for t in wanted if not any(self.chunks.has(r.key) for r in self.chunks.refs_for(t))}
-        self.precompute(chunks)
+        self.precompute(wanted)
         index = ChunkIndex(window=min(len(c) for c in wanted))
         for c in wanted:
             index.add(c)
-        matches = index.find(text)
-        missing = wanted - {m.text for m in matches}
-        if missing:
-            raise ChunkNotFoundError(
-                f"{len(missing)} of the given chunks do not occur in the prompt, e.g. {next(iter(missing))[:60]!r}"
-            )
-        return matches, computed_now
+        # a chunk that lies inside another given chunk is served by that one's KV (the longest match wins)
+        return index.find(text), computed_now
 
     def _entry_for(self, text: str) -> tuple[ChunkKV, bool]:
-        """The stored entry for a chunk text (context-aware preferred), computing it if missing or corrupt."""
-        for ref in self.chunks.refs_for(text):
-            entry = self.chunks.get(ref.key)
-            if entry is not None:
-                return entry, False
-        key = self.precompute([text])[0]
-        entry = self.chunks.get(key)
-        assert entry is not None, "a chunk just computed must be in the store"
-        return entry, True
+        """The verified entry for a chunk text (context-aware preferred), computing it if missing or bad."""
+        entry = self.chunks.entry_for(text)
+        if entry is not None:
+            return entry, False
+        return self._compute([self._job(text, ())], show_progress=False)[0], True
 
     def _check_length(self, n_prompt: int, max_new_tokens: int) -> None:
         if n_prompt == 0:

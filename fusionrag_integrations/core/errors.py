@@ -38,3 +38,12 @@ class ChatTemplateError(FusionRAGError, ValueError):
 
 class ChunkNotFoundError(FusionRAGError, ValueError):
     """A chunk passed explicitly with `chunks=` does not occur in the prompt."""
+
+
+class InvalidArgumentError(FusionRAGError, TypeError, ValueError):
+    """An argument has the wrong type or value (a string where a list belongs, an unknown selector,
+    text that is not valid Unicode). Also a TypeError and a ValueError, so either generic handler works."""
+
+
+class InvalidConfigError(FusionRAGError, ValueError):
+    """EngineConfig / FusionConfig rejected a setting (pydantic's message names the field)."""

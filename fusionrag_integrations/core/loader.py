@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import ModelNotFoundError, UnsupportedModelError
-from .files import build_directory_once
+from .files import verified_directory
 from .model import ModelConfig, TransformerModel
 from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
 
@@ -122,11 +122,14 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
     out = cache_dir / "models" / f"{path.stem}-{key}"
-    if (out / "model.safetensors").is_file():
-        return out
+    source = f"gguf:{path.name}:{st.st_size}"
+    return verified_directory(out, lambda tmp: _convert_into(tmp, path), source)
+
+
+def _convert_into(tmp: Path, path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to safetensors under %s (once)", path, out)
+    log.info("converting %s to safetensors (once)", path)
     kwargs = dict(gguf_file=path.name, local_files_only=True)
     try:
         hf = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
@@ -134,20 +137,16 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
     except ValueError as exc:  # transformers names the GGUF architecture it cannot read
         raise UnsupportedModelError(f"cannot load GGUF {path.name}: {exc}") from None
     _check_architecture(hf.config)
-
-    def build(tmp: Path) -> None:
-        state = {k: v.contiguous() for k, v in hf.state_dict().items()}
-        if hf.config.tie_word_embeddings:
-            state.pop("lm_head.weight", None)
-        save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "source": path.name})
-        cfg = hf.config.to_dict()
-        cfg.pop("quantization_config", None)
-        (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
-        tokenizer.save_pretrained(tmp)
-        if hf.generation_config is not None:
-            hf.generation_config.save_pretrained(tmp)
-
-    return build_directory_once(out, "model.safetensors", build)
+    state = {k: v.contiguous() for k, v in hf.state_dict().items()}
+    if hf.config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "source": path.name})
+    cfg = hf.config.to_dict()
+    cfg.pop("quantization_config", None)
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    tokenizer.save_pretrained(tmp)
+    if hf.generation_config is not None:
+        hf.generation_config.save_pretrained(tmp)
 
 
 def _auto_config(model_dir: Path):
@@ -155,8 +154,10 @@ def _auto_config(model_dir: Path):
 
     try:
         return AutoConfig.from_pretrained(model_dir, local_files_only=True)
-    except ValueError as exc:  # unknown model_type
+    except ValueError as exc:  # unknown model_type (or JSON that does not parse)
         raise UnsupportedModelError(f"cannot read the config in {model_dir}: {exc}") from None
+    except OSError as exc:  # truncated or unreadable config.json
+        raise ModelNotFoundError(f"{model_dir}/config.json is not a readable model config: {exc}") from None
 
 
 def _check_architecture(hf_config) -> str:
@@ -236,7 +237,10 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
         raise ModelNotFoundError(f"no *.safetensors weights in {model_dir}")
     state: dict[str, torch.Tensor] = {}
     for f in files:
-        state.update(load_file(f))
+        try:
+            state.update(load_file(f))
+        except Exception as exc:  # safetensors raises its own error types for a damaged file
+            raise ModelNotFoundError(f"cannot read the weights {f}: {exc}") from None
     return state
 
 

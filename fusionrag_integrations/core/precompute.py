@@ -113,6 +113,7 @@ def compute_entries(
                 prefix[0].shape[1] + skip,
                 model_fingerprint,
                 job.context_id,
+                job.text,
             )
             out.append((entry, job.text))
         yield out

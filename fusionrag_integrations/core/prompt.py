@@ -6,7 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ChatTemplateError, EmptyPromptError
+from .errors import ChatTemplateError, EmptyPromptError, InvalidArgumentError
+from .inputs import check_text
 
 Message = Mapping[str, Any] | tuple[str, str]
 Prompt = str | Sequence[Message]
@@ -20,26 +21,52 @@ def normalize_messages(messages: Sequence[Message]) -> list[dict[str, Any]]:
     row, and frameworks do send them (LangChain's double-message conversations).
     """
     out: list[dict[str, Any]] = []
-    for m in messages:
-        msg = {"role": m[0], "content": m[1]} if isinstance(m, tuple) else dict(m)
-        role, content = msg.get("role"), msg.get("content")
-        if role not in ROLES:
-            raise ChatTemplateError(f"message role must be one of {ROLES}, got {role!r}")
-        if isinstance(content, list):  # OpenAI-style content parts: keep the text ones
-            content = "".join(p.get("text", "") if isinstance(p, Mapping) else str(p) for p in content)
-        if content is None:
-            content = ""
-        if not isinstance(content, str):
-            raise ChatTemplateError(f"message content must be text, got {type(content).__name__}")
-        msg["content"] = content
+    for i, m in enumerate(messages):
+        msg = _message_dict(m, i)
+        role = msg["role"]
         mergeable = role != "tool" and not msg.get("tool_calls")
         if out and out[-1]["role"] == role and mergeable and not out[-1].get("tool_calls"):
-            out[-1]["content"] = f"{out[-1]['content']}\n\n{content}" if out[-1]["content"] else content
+            out[-1]["content"] = f"{out[-1]['content']}\n\n{msg['content']}" if out[-1]["content"] else msg["content"]
         else:
             out.append(msg)
     if not out:
         raise EmptyPromptError("no messages given")
     return out
+
+
+def _message_dict(m: Any, i: int) -> dict[str, Any]:
+    """One message as a checked dict: a known role, text content (OpenAI content parts joined); content
+    may be None only on an assistant turn that calls tools, as in the OpenAI API."""
+    if isinstance(m, tuple) and len(m) == 2:
+        msg = {"role": m[0], "content": m[1]}
+    elif isinstance(m, Mapping):
+        msg = dict(m)
+    else:
+        raise ChatTemplateError(
+            f"messages[{i}] must be a dict with 'role' and 'content' (or a (role, content) pair), "
+            f"got {type(m).__name__}: a plain prompt is one string, not a list of strings"
+        )
+    role, content = msg.get("role"), msg.get("content")
+    if role not in ROLES:
+        raise ChatTemplateError(f"messages[{i}]: role must be one of {ROLES}, got {role!r}")
+    if isinstance(content, list):  # OpenAI-style content parts: keep the text ones
+        content = "".join(_part_text(p, i) for p in content)
+    if content is None:
+        if not (role == "assistant" and msg.get("tool_calls")):
+            raise ChatTemplateError(f"messages[{i}] ({role}) has no content")
+        content = ""
+    if not isinstance(content, str):
+        raise ChatTemplateError(f"messages[{i}]: content must be text, got {type(content).__name__}")
+    msg["content"] = check_text(content, f"messages[{i}].content")
+    return msg
+
+
+def _part_text(part: Any, i: int) -> str:
+    if isinstance(part, str):
+        return part
+    if isinstance(part, Mapping) and isinstance(part.get("text", ""), str):
+        return part.get("text", "")
+    raise ChatTemplateError(f"messages[{i}]: a content part must be text or {{'type': 'text', 'text': ...}}")
 
 
 def render_chat(tokenizer, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> str:
@@ -50,6 +77,8 @@ def render_chat(tokenizer, messages: Sequence[Message], tools: Sequence[dict] | 
             "or a model with a chat template"
         )
     msgs = normalize_messages(messages)
+    if tools is not None and (isinstance(tools, (str, Mapping)) or not all(isinstance(t, Mapping) for t in tools)):
+        raise InvalidArgumentError("tools must be a list of tool schemas (dicts)")
     continue_final = msgs[-1]["role"] == "assistant"
     try:
         return tokenizer.apply_chat_template(
@@ -76,7 +105,11 @@ def render_prompt(tokenizer, prompt: Prompt, tools: Sequence[dict] | None = None
     if isinstance(prompt, str):
         if not prompt:
             raise EmptyPromptError("the prompt is empty")
-        return prompt, True
+        return check_text(prompt, "prompt"), True
+    if isinstance(prompt, (Mapping, bytes)) or not isinstance(prompt, Sequence):
+        raise InvalidArgumentError(
+            f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
+        )
     return render_chat(tokenizer, prompt, tools), False
 
 

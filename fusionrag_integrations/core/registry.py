@@ -2,19 +2,31 @@
 
 One object over three parts: the persistent catalog (text -> keys, shared by processes),
 the in-memory detection index (finds those texts inside prompts) and the tiered KV store.
+
+Nothing the directory says is taken on its word: an entry is used for a text only when its
+verified header names that same text (a catalog row pointing text A at B's entry is dropped);
+other processes' new rows are picked up before each lookup (one cheap pragma when nothing
+changed); entry files the catalog does not know (a lost or rebuilt catalog) are adopted from
+their headers, and files that are not valid entries of this model are pruned.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from .catalog import Catalog, ChunkRef
-from .chunk_kv import STANDALONE, ChunkKV
+from .chunk_kv import FORMAT_VERSION, STANDALONE, ChunkKV, CorruptEntryError, read_header
 from .detect import ChunkIndex, Match
+from .integrity import is_valid_key
 from .store import ChunkStore
+
+log = logging.getLogger(__name__)
 
 
 class ChunkRegistry:
@@ -27,18 +39,66 @@ class ChunkRegistry:
         cpu_bytes: int,
         directory: Path | None,
         min_chunk_chars: int,
+        secret: bytes = b"",
     ) -> None:
-        self.store = ChunkStore(model_fingerprint, device, gpu_bytes, cpu_bytes, directory)
+        self.store = ChunkStore(model_fingerprint, device, gpu_bytes, cpu_bytes, directory, secret=secret)
         self.catalog = Catalog(directory / "catalog.sqlite" if directory else None, namespace)
         self.index = ChunkIndex(min_chunk_chars)
+        self.counts: Counter[str] = Counter()  # adopted / pruned files, mismatched rows
         self._refs: dict[str, dict[str, ChunkRef]] = {}  # text -> context_id -> ref
         self._by_key: dict[str, ChunkRef] = {}
-        self.reload()
+        self._seen_rowid = 0
+        self._pull()
+        if directory is not None:
+            self.adopt_orphans()
 
-    def reload(self) -> None:
-        """Pick up chunks other processes added to the shared catalog."""
-        for ref in self.catalog.refs():
+    def _pull(self) -> None:
+        refs, self._seen_rowid = self.catalog.refs_since(self._seen_rowid)
+        for ref in refs:
             self._remember(ref)
+
+    def sync(self) -> None:
+        """Pick up chunks other processes added to the shared catalog since the last look."""
+        if self.catalog.changed():
+            self._pull()
+
+    def adopt_orphans(self) -> int:
+        """Catalogue entry files that no row names (their headers carry key, text and context) and
+        prune files that are not entries of this model; returns how many were adopted."""
+        directory = self.store.directory
+        if directory is None or not directory.is_dir():
+            return 0
+        adopted = []
+        for path in _entry_files(directory):
+            key = path.name[: -len(".safetensors")]
+            if key in self._by_key:
+                continue
+            ref = self._ref_from_header(path, key)
+            if ref is None:
+                self.counts["pruned"] += 1
+                self.store.discard(path)
+            else:
+                adopted.append(ref)
+        if adopted:
+            self.register(adopted)
+            self.counts["adopted"] += len(adopted)
+            log.info("adopted %d chunk-KV entries the catalog did not list", len(adopted))
+        return len(adopted)
+
+    def _ref_from_header(self, path: Path, key: str) -> ChunkRef | None:
+        try:
+            meta = read_header(path)
+        except CorruptEntryError:
+            return None
+        fields = (meta.get("text"), meta.get("context_id"))
+        if (
+            meta.get("format") != FORMAT_VERSION
+            or meta.get("key") != key
+            or meta.get("model_fingerprint") != self.store.model_fingerprint
+            or not all(isinstance(f, str) for f in fields)
+        ):
+            return None
+        return ChunkRef(key, meta["text"], meta["context_id"], 0)
 
     def _remember(self, ref: ChunkRef) -> None:
         self._refs.setdefault(ref.text, {})[ref.context_id] = ref
@@ -46,15 +106,20 @@ class ChunkRegistry:
         self.index.add(ref.text)
 
     def has(self, key: str) -> bool:
+        if key not in self._by_key:
+            self.sync()
         return key in self._by_key and self.store.contains(key)
 
     def add(self, entries: list[tuple[ChunkKV, str]]) -> None:
-        """Store (entry, text) pairs and make their texts detectable."""
-        refs = []
+        """Store (entry, text) pairs and make their texts detectable. Only entries that reached the
+        disk are catalogued for other processes; the rest serve this process from memory."""
+        refs, persisted = [], []
         for entry, text in entries:
-            self.store.put(entry)
-            refs.append(ChunkRef(entry.key, text, entry.context_id, entry.num_tokens))
-        self.catalog.add(refs)
+            ref = ChunkRef(entry.key, text, entry.context_id, entry.num_tokens)
+            refs.append(ref)
+            if self.store.put(entry):
+                persisted.append(ref)
+        self.catalog.add(persisted)
         for ref in refs:
             self._remember(ref)
 
@@ -73,11 +138,37 @@ class ChunkRegistry:
     def get(self, key: str) -> ChunkKV | None:
         return self.store.get(key)
 
+    def entry_for(self, text: str) -> ChunkKV | None:
+        """The preferred verified entry of this text, or None. An entry whose header names another
+        text (a swapped or planted catalog row) is never returned: its row is dropped."""
+        for ref in self.refs_for(text):
+            entry = self.store.get(ref.key)
+            if entry is None:
+                continue
+            if entry.text == text and entry.context_id == ref.context_id:
+                return entry
+            self.counts["mismatched"] += 1
+            log.warning("catalog row for key %s names another text than its entry; dropped", ref.key[:12])
+            self._drop_row(ref)
+        return None
+
+    def _drop_row(self, ref: ChunkRef) -> None:
+        self.catalog.drop(ref)
+        by_context = self._refs.get(ref.text, {})
+        if by_context.get(ref.context_id) == ref:
+            by_context.pop(ref.context_id)
+        if not by_context:
+            self._refs.pop(ref.text, None)
+            self.index.remove(ref.text)
+        if self._by_key.get(ref.key) == ref:
+            self._by_key.pop(ref.key)
+
     def find(self, prompt: str) -> list[Match]:
+        self.sync()
         return self.index.find(prompt)
 
     def forget(self, keys: Iterable[str]) -> list[ChunkRef]:
-        keys = list(keys)
+        keys = [k for k in keys if is_valid_key(k)]
         self.store.forget(keys)
         removed = self.catalog.remove(keys)
         for key in keys:
@@ -93,3 +184,16 @@ class ChunkRegistry:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+def _entry_files(directory: Path) -> Iterable[Path]:
+    """<dir>/<2 hex>/<64 hex>.safetensors files; anything else in the directory is left alone."""
+    with os.scandir(directory) as shards:
+        for shard in shards:
+            if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
+                continue
+            with os.scandir(shard.path) as files:
+                for f in files:
+                    key = f.name[: -len(".safetensors")] if f.name.endswith(".safetensors") else ""
+                    if is_valid_key(key) and key[:2] == shard.name and f.is_file(follow_symlinks=False):
+                        yield Path(f.path)

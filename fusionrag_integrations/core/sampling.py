@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .errors import InvalidSamplingError
+from .inputs import check_stop
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,7 @@ class SamplingParams:
             raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
             raise bad(f"seed must be an integer or None, got {self.seed!r}")
-        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop or ())
-        if any(not isinstance(s, str) or not s for s in stop):
-            raise bad(f"stop must be non-empty strings, got {self.stop!r}")
-        object.__setattr__(self, "stop", stop)
+        object.__setattr__(self, "stop", check_stop(self.stop))
 
 
 class Sampler:

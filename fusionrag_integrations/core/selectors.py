@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .config import FusionConfig
+from .errors import InvalidArgumentError
 from .fusion import FusionContext, active_positions, attention_to_positions, recompute, run_layers
 from .model import KVCache, TransformerModel
 from .probe_graph import probe_graphs
@@ -313,8 +314,8 @@ def make_selector(
     """A selector instance from its name (configured from `config`), or the instance itself."""
     if isinstance(selector, Selector):
         return selector
-    if selector not in SELECTORS:
-        raise ValueError(f"unknown selector {selector!r}; choose one of {sorted(SELECTORS)}")
+    if not isinstance(selector, str) or selector not in SELECTORS:
+        raise InvalidArgumentError(f"unknown selector {selector!r}; choose one of {sorted(SELECTORS)}")
     if selector == "cacheblend":
         return CacheBlendSelector(config.check_layer)
     if selector == "qcfuse":

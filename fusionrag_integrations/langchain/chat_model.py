@@ -17,6 +17,7 @@ from langchain_core.language_models.base import LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
+from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
@@ -24,6 +25,8 @@ from pydantic import ConfigDict, Field, SecretStr, model_validator
 
 from ..adapters import iterate_in_thread, shared_engine
 from ..core.engine import FusionEngine
+from ..core.errors import FusionRAGError, InvalidArgumentError
+from ..core.inputs import check_stop
 from ..core.outputs import GenerationChunk
 from ..tools import call_as_text, parse_tool_calls, prompt_with_tools, result_as_user_turn, template_supports_tools
 
@@ -131,6 +134,15 @@ class ChatFusionRAG(BaseChatModel):
             ls_stop=stop or self.stop,
         )
 
+    def _convert_input(self, model_input: LanguageModelInput) -> PromptValue:
+        """LangChain's conversion, with its errors for unusable input reported as our typed error."""
+        try:
+            return super()._convert_input(model_input)
+        except FusionRAGError:
+            raise
+        except Exception as err:  # ValueError / NotImplementedError / TypeError from convert_to_messages
+            raise InvalidArgumentError(f"input: {err}") from err
+
     # -- the engine call ---------------------------------------------------------------------
 
     def _engine_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -140,7 +152,7 @@ class ChatFusionRAG(BaseChatModel):
             "top_p": kwargs.get("top_p", self.top_p),
             "top_k": kwargs.get("top_k", self.top_k),
             "seed": kwargs.get("seed", self.seed),
-            "stop": (stop or []) + (self.stop or []),
+            "stop": [*check_stop(stop), *check_stop(self.stop)],
             "selector": kwargs.get("selector", self.selector),
             "recompute_ratio": kwargs.get("recompute_ratio", self.recompute_ratio),
             "chunks": kwargs.get("chunks"),

@@ -14,6 +14,7 @@ from langchain_chroma import Chroma
 
 from ..adapters import check_precompute_mode
 from ..core.engine import FusionEngine
+from ..core.inputs import check_texts
 
 
 class FusionRAGChroma(Chroma):
@@ -53,7 +54,7 @@ class FusionRAGChroma(Chroma):
     def add_texts(
         self, texts: Iterable[str], metadatas: list[dict] | None = None, ids: list[str] | None = None, **kwargs: Any
     ) -> list[str]:
-        texts = list(texts)
+        texts = check_texts(texts, "texts")
         if ids:  # an upsert that replaces a document's text leaves the old text's KV unused: drop it
             old = self.get(ids=[i for i in ids if i is not None], include=["documents"])
             new = dict(zip(ids, texts))

@@ -31,6 +31,8 @@ from pydantic import Field, PrivateAttr
 
 from ..adapters import iterate_in_thread, shared_engine
 from ..core.engine import FusionEngine
+from ..core.errors import InvalidArgumentError
+from ..core.inputs import check_stop
 from ..core.outputs import GenerationChunk
 from ..tools import call_as_text, parse_tool_calls, prompt_with_tools, result_as_user_turn, template_supports_tools
 
@@ -73,6 +75,17 @@ def to_engine_messages(messages: Sequence[ChatMessage], native_tools: bool = Tru
                 ).strip()
         out.append(msg)
     return out
+
+
+def checked_messages(messages: Any) -> list[ChatMessage]:
+    """A list of ChatMessage, checked before LlamaIndex's callbacks see it (they would fail with a
+    pydantic error of their own on anything else)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidArgumentError(f"messages must be a list of ChatMessage, got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, ChatMessage):
+            raise InvalidArgumentError(f"messages[{i}] must be a ChatMessage, got {type(m).__name__}")
+    return list(messages)
 
 
 class FusionRAGLLM(FunctionCallingLLM):
@@ -148,7 +161,7 @@ class FusionRAGLLM(FunctionCallingLLM):
             top_p=kwargs.get("top_p", self.top_p),
             top_k=kwargs.get("top_k", self.top_k),
             seed=kwargs.get("seed", self.seed),
-            stop=list(kwargs.get("stop") or []) + self.stop,
+            stop=[*check_stop(kwargs.get("stop")), *self.stop],
             selector=kwargs.get("selector", self.selector),
             recompute_ratio=kwargs.get("recompute_ratio", self.recompute_ratio),
             tools=kwargs.get("template_tools"),
@@ -222,13 +235,19 @@ class FusionRAGLLM(FunctionCallingLLM):
                 response.message.additional_kwargs["tool_calls"] = parsed.tool_calls
         return response
 
-    @llm_chat_callback()
     def chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return self._chat(checked_messages(messages), **kwargs)
+
+    @llm_chat_callback()
+    def _chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         *_, last = self._completions(self._chat_prompt(messages, kwargs), kwargs)
         return self._with_tool_calls(self._to_chat(last), kwargs)
 
-    @llm_chat_callback()
     def stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
+        return self._stream_chat(checked_messages(messages), **kwargs)
+
+    @llm_chat_callback()
+    def _stream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseGen:
         for r in self._completions(self._chat_prompt(messages, kwargs), kwargs):
             yield self._with_tool_calls(self._to_chat(r), kwargs) if r.raw else self._to_chat(r)
 
@@ -280,14 +299,20 @@ class FusionRAGLLM(FunctionCallingLLM):
 
         return gen()
 
-    @llm_chat_callback()
     async def achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
+        return await self._achat(checked_messages(messages), **kwargs)
+
+    @llm_chat_callback()
+    async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         prompt = self._chat_prompt(messages, kwargs)
         last = await asyncio.to_thread(lambda: list(self._completions(prompt, kwargs))[-1])
         return self._with_tool_calls(self._to_chat(last), kwargs)
 
-    @llm_chat_callback()
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
+        return await self._astream_chat(checked_messages(messages), **kwargs)
+
+    @llm_chat_callback()
+    async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         source = self._completions(self._chat_prompt(messages, kwargs), kwargs)
 
         async def gen() -> AsyncIterator[ChatResponse]:

@@ -17,8 +17,10 @@ from fusionrag_integrations.core.chunk_kv import ChunkKV, CorruptEntryError, rea
 from fusionrag_integrations.core.store import ChunkStore, LRUTier
 from tests.conftest import DOCS, MODEL_CACHE, REPO, engine_on, rag_messages
 
+SECRET = b"s" * 32
 
-def random_entry(key: str = "k" * 64, tokens: int = 7) -> ChunkKV:
+
+def random_entry(key: str = "d" * 64, tokens: int = 7) -> ChunkKV:
     g = torch.Generator().manual_seed(len(key) + tokens)
     return ChunkKV(
         key,
@@ -32,8 +34,8 @@ def random_entry(key: str = "k" * 64, tokens: int = 7) -> ChunkKV:
 
 def test_round_trip_is_bit_identical(tmp_path):
     entry = random_entry()
-    write_entry(entry, tmp_path / "e.safetensors")
-    back = read_entry(tmp_path / "e.safetensors", entry.key, "fp")
+    write_entry(entry, tmp_path / "e.safetensors", SECRET)
+    back = read_entry(tmp_path / "e.safetensors", entry.key, "fp", SECRET)
     for name in ("token_ids", "k", "v"):
         assert torch.equal(getattr(back, name), getattr(entry, name))
     assert (back.start, back.context_id) == (entry.start, entry.context_id)
@@ -43,8 +45,8 @@ def test_round_trip_is_bit_identical(tmp_path):
 def test_bf16_round_trip_is_bit_identical(tmp_path):
     entry = random_entry()
     entry.k, entry.v = entry.k.bfloat16(), entry.v.bfloat16()
-    write_entry(entry, tmp_path / "e.safetensors")
-    back = read_entry(tmp_path / "e.safetensors", entry.key, "fp")
+    write_entry(entry, tmp_path / "e.safetensors", SECRET)
+    back = read_entry(tmp_path / "e.safetensors", entry.key, "fp", SECRET)
     assert back.k.dtype == torch.bfloat16 and torch.equal(back.k, entry.k)
 
 
@@ -85,10 +87,10 @@ def corrupt(path, how: str) -> None:
 @pytest.mark.parametrize("how", ["truncate", "bitflip", "foreign_model"])
 def test_entry_level_corruption_is_detected(tmp_path, how):
     entry = random_entry()
-    write_entry(entry, tmp_path / "e.safetensors")
+    write_entry(entry, tmp_path / "e.safetensors", SECRET)
     corrupt(tmp_path / "e.safetensors", how)
     with pytest.raises(CorruptEntryError):
-        read_entry(tmp_path / "e.safetensors", entry.key, "fp")
+        read_entry(tmp_path / "e.safetensors", entry.key, "fp", SECRET)
 
 
 @pytest.mark.parametrize("how", ["truncate", "bitflip", "foreign_model"])
@@ -107,7 +109,7 @@ def test_corrupt_entries_are_recomputed_and_output_unchanged(smol_engine, tmp_pa
     assert out.stats.chunks_found == len(DOCS) and out.stats.chunks_computed == len(DOCS)
     assert out.token_ids == expected.token_ids
     for key in keys:  # the recomputed entries are valid on disk again
-        read_entry(reader.chunks.store.path(key), key, smol_engine.loaded.model_fingerprint)
+        read_entry(reader.chunks.store.path(key), key, smol_engine.loaded.model_fingerprint, reader.chunks.store.secret)
 
 
 CHILD = textwrap.dedent(
@@ -157,7 +159,7 @@ def test_two_processes_writing_one_directory_lose_nothing(smol_engine, tmp_path)
     keys = engine.precompute(texts)
     assert engine.counters["chunks_computed"] == 0
     for key in keys:  # and every file verifies
-        read_entry(engine.chunks.store.path(key), key, smol_engine.loaded.model_fingerprint)
+        read_entry(engine.chunks.store.path(key), key, smol_engine.loaded.model_fingerprint, engine.chunks.store.secret)
 
 
 def test_second_process_reuses_the_persistent_cache(smol_engine, tmp_path):

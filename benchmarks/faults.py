@@ -1,0 +1,249 @@
+"""Fault table: each way a cache directory goes wrong, and what the requests served from it see.
+
+For every fault: the demo corpus (12 passages) is precomputed into a new cache directory, the
+fault is applied, and a new engine (a new process where processes are the point) answers three
+RAG prompts of four passages each. Then another new engine answers them again ("after": the
+first run recomputed and rewrote what it had to). Columns: every prompt answered; greedy tokens
+identical to a clean cache's (nothing wrong was used); chunks reused / computed in the faulted
+run; the store's counters; chunks reused after.
+
+    python benchmarks/faults.py [--out benchmarks/results/faults_cpu.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
+from fusionrag_integrations.core.chunk_kv import write_entry  # noqa: E402
+from fusionrag_integrations.demo_corpus import PASSAGES  # noqa: E402
+
+MODELS = Path(os.environ.get("FUSIONRAG_TEST_CACHE", REPO / ".cache" / "test"))
+QUESTIONS = ["Which planets did it visit?", "When did it launch?", "What did it carry?"]
+PROMPTS = [
+    [{"role": "user", "content": "\n\n".join(PASSAGES[4 * i : 4 * i + 4]) + f"\n\nQuestion: {q}\nAnswer:"}]
+    for i, q in enumerate(QUESTIONS)
+]
+CHILD = textwrap.dedent(
+    """
+    import json, resource, sys
+    sys.path.insert(0, {repo!r})
+    from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path
+    from fusionrag_integrations.demo_corpus import PASSAGES
+    loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu",
+                                          config=EngineConfig(cache_dir={models!r})).loaded
+    engine = FusionEngine(loaded, EngineConfig(cache_dir=sys.argv[2], precompute_batch_tokens=256))
+    mode = sys.argv[1]
+    if mode == "quota":
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
+    if mode in ("quota", "ingest"):
+        print("ready", flush=True)
+        engine.precompute([p + suffix for suffix in ("", " (1)", " (2)") for p in PASSAGES])
+    if mode.startswith("write"):
+        engine.precompute([p + mode[5:] for p in PASSAGES] + PASSAGES)
+    print(json.dumps(dict(engine.chunks.store.counts)))
+    """
+)
+
+
+def child(mode: str, cache: Path, read_only: bool = False, wait: bool = True):
+    script = cache.parent / "child.py"
+    script.write_text(CHILD.format(repo=str(REPO), models=str(MODELS)))
+    command = [sys.executable, str(script), mode, str(cache)]
+    if read_only:
+        mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        command = ["unshare", "-m", "sh", "-c", mount, str(cache), *command]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if not wait:
+        return proc
+    out, err = proc.communicate(timeout=600)
+    if proc.returncode:
+        raise RuntimeError(err[-2000:])
+    return out
+
+
+def entry_files(cache: Path) -> list[Path]:
+    return sorted(cache.glob("kv/*/??/*.safetensors"))
+
+
+def catalog(cache: Path) -> Path:
+    return next(cache.glob("kv/*/catalog.sqlite"))
+
+
+def edit_bytes(path: Path, edit: Callable[[bytearray], bytes]) -> None:
+    path.write_bytes(edit(bytearray(path.read_bytes())))
+
+
+def flip(data: bytearray) -> bytes:
+    data[-7] ^= 0x20
+    return bytes(data)
+
+
+def swap(cache: Path) -> None:
+    a, b = entry_files(cache)[:2]
+    tmp = a.with_suffix(".swap")
+    a.rename(tmp), b.rename(a), tmp.rename(b)
+
+
+def plant_rows(cache: Path, how: str) -> None:
+    with sqlite3.connect(catalog(cache)) as db:
+        keys = [k for (k,) in db.execute("SELECT key FROM chunks ORDER BY rowid")]
+        if how == "traversal":
+            db.execute("UPDATE chunks SET key = '../../../../etc/hostname' WHERE key = ?", (keys[0],))
+        else:  # text 0 pointed at entry 1; entry 0's file removed
+            next(p for p in entry_files(cache) if p.stem == keys[0]).unlink()
+            db.execute("DELETE FROM chunks WHERE key = ?", (keys[1],))
+            db.execute("UPDATE chunks SET key = ? WHERE key = ?", (keys[1], keys[0]))
+
+
+def forge(cache: Path, engine: FusionEngine) -> None:
+    import torch
+
+    path = entry_files(cache)[0]
+    entry = engine.chunks.get(path.stem)
+    entry.k = torch.randn_like(entry.k)
+    write_entry(entry, path, secret=b"not-the-cache-key" * 2)
+
+
+def kill_mid_ingest(cache: Path) -> None:
+    proc = child("ingest", cache, wait=False)
+    proc.stdout.readline()  # "ready": the model is loaded, ingest starts
+    deadline = time.time() + 120
+    while len(entry_files(cache)) < 8 and time.time() < deadline:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+FAULTS: dict[str, Callable] = {
+    "entry truncated (3 of 12)": lambda c, e: [edit_bytes(p, lambda d: bytes(d[: len(d) // 2]))
+                                               for p in entry_files(c)[:3]],
+    "entry bit flip (3 of 12)": lambda c, e: [edit_bytes(p, flip) for p in entry_files(c)[:3]],
+    "entries swapped (2)": lambda c, e: swap(c),
+    "entry header zeroed (3)": lambda c, e: [edit_bytes(p, lambda d: bytes(4096) + bytes(d[4096:]))
+                                             for p in entry_files(c)[:3]],
+    "entry forged, not sealed with the key": forge,
+    "catalog deleted": lambda c, e: [p.unlink() for p in catalog(c).parent.glob("catalog.sqlite*")],
+    "catalog truncated": lambda c, e: [edit_bytes(catalog(c), lambda d: bytes(d[: len(d) // 3])),
+                                       *[p.unlink() for p in catalog(c).parent.glob("catalog.sqlite-*")]],
+    "catalog malformed": lambda c, e: [catalog(c).write_bytes(os.urandom(8192)),
+                                       *[p.unlink() for p in catalog(c).parent.glob("catalog.sqlite-*")]],
+    "catalog row: traversal key": lambda c, e: plant_rows(c, "traversal"),
+    "catalog row: text A -> entry B": lambda c, e: plant_rows(c, "swap"),
+    "folder at entry paths (all 12)": None,  # built on an empty cache below
+    "kill -9 mid-ingest (36 chunks)": None,
+    "two processes ingest at once": None,
+    "read-only mount": None,
+    "ulimit -f 256 KiB": None,
+}
+
+
+def answers(engine: FusionEngine) -> tuple[list[list[int]], int, int]:
+    outs = [engine.generate(p, max_new_tokens=12, selector="fusionrag") for p in PROMPTS]
+    return [o.token_ids for o in outs], sum(o.stats.chunks_reused for o in outs), sum(
+        o.stats.chunks_computed for o in outs
+    )
+
+
+def run_fault(name: str, loaded, clean: list[list[int]], root: Path) -> dict:
+    cache = root / name.split(" ")[0].replace(":", "") / f"c{abs(hash(name)) % 10_000}"
+    cache.mkdir(parents=True)
+    new = lambda: FusionEngine(loaded, EngineConfig(cache_dir=cache))  # noqa: E731
+    warm = name not in ("kill -9 mid-ingest (36 chunks)", "two processes ingest at once", "ulimit -f 256 KiB")
+    writer = new()
+    if warm:
+        writer.precompute(PASSAGES)
+    counts: dict = {}
+    if FAULTS[name] is not None:
+        FAULTS[name](cache, writer)
+    elif name.startswith("folder"):
+        for text in PASSAGES:
+            writer.chunks.store.path(writer._job(text, ()).key).mkdir(parents=True)
+    elif name.startswith("kill"):
+        kill_mid_ingest(cache)
+    elif name.startswith("two"):
+        a, b = child("write (A)", cache, wait=False), child("write (B)", cache, wait=False)
+        a.communicate(timeout=600), b.communicate(timeout=600)
+    elif name.startswith("ulimit"):
+        counts = json.loads(child("quota", cache).strip().splitlines()[-1])
+    del writer
+    if name == "read-only mount":
+        script = cache.parent / "ro.py"
+        script.write_text(RO_CHILD.format(repo=str(REPO), models=str(MODELS)))
+        mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
+        out = subprocess.run(["unshare", "-m", "sh", "-c", mount, str(cache), sys.executable, str(script), str(cache)],
+                             capture_output=True, text=True, timeout=600)
+        got = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-300:]}
+        ids, reused, computed = got.get("ids"), got.get("reused"), got.get("computed")
+        counts = got.get("counts", {})
+    else:
+        faulted = new()
+        ids, reused, computed = answers(faulted)
+        counts = {**counts, **dict(faulted.chunks.store.counts), **dict(faulted.chunks.counts)}
+        counts.pop("miss", None)
+    _, after, _ = answers(new())
+    return {
+        "fault": name,
+        "answered": ids is not None and len(ids) == len(PROMPTS),
+        "same_as_clean": ids == clean,
+        "reused": reused,
+        "computed": computed,
+        "counters": {k: v for k, v in counts.items() if v and k not in ("cpu", "gpu")},
+        "reused_after": after,
+    }
+
+
+RO_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    sys.path.insert(0, {repo!r})
+    sys.argv += []
+    from benchmarks.faults import PROMPTS, answers
+    from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path
+    loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu",
+                                          config=EngineConfig(cache_dir={models!r})).loaded
+    engine = FusionEngine(loaded, EngineConfig(cache_dir=sys.argv[1]))
+    ids, reused, computed = answers(engine)
+    print(json.dumps({{"ids": ids, "reused": reused, "computed": computed,
+                       "counts": {{**engine.chunks.store.counts, "read_only_catalog": engine.chunks.catalog.read_only}}}}))
+    """
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "faults_cpu.json"))
+    args = parser.parse_args()
+    loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu", config=EngineConfig(cache_dir=MODELS)).loaded
+    with tempfile.TemporaryDirectory(prefix="fusionrag-faults-") as tmp:
+        root = Path(tmp)
+        clean_engine = FusionEngine(loaded, EngineConfig(cache_dir=root / "clean"))
+        clean_engine.precompute(PASSAGES)
+        clean, _, _ = answers(clean_engine)
+        rows = [run_fault(name, loaded, clean, root) for name in FAULTS]
+    print(f"\n| fault | answered | same tokens as clean | reused / computed | counters | reused after |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        counters = ", ".join(f"{k} {v}" for k, v in sorted(r["counters"].items())) or "-"
+        print(f"| {r['fault']} | {'yes' if r['answered'] else 'NO'} | {'yes' if r['same_as_clean'] else 'NO'} | "
+              f"{r['reused']} / {r['computed']} | {counters} | {r['reused_after']} of 12 |")
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

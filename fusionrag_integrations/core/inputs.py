@@ -1,0 +1,75 @@
+"""Checking what callers pass, before any work: each bad input becomes a typed error naming the argument.
+
+Python lets a string stand where a list of strings is expected and iterates its characters,
+so `precompute("Paris")` would quietly store five one-letter chunks. Every public entry point
+(engine, adapters, CLI) runs its arguments through these functions first; the error types are
+FusionRAGError subclasses, so callers and the HTTP layer can tell bad input from a failure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .errors import InvalidArgumentError, InvalidSamplingError
+
+
+def check_text(value: Any, name: str) -> str:
+    """A str that encodes as UTF-8 (lone surrogates, e.g. from a bad decode, do not)."""
+    if not isinstance(value, str):
+        raise InvalidArgumentError(f"{name} must be a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise InvalidArgumentError(
+            f"{name} is not valid Unicode text (a lone surrogate at index {err.start}); decode its bytes with "
+            "errors='replace' first"
+        ) from None
+    return value
+
+
+def check_texts(values: Any, name: str) -> list[str]:
+    """A list (or tuple, or other non-string iterable) of strings. A single string is refused,
+    not iterated: one document per character is never what was meant."""
+    if isinstance(values, (str, bytes)):
+        raise InvalidArgumentError(f"{name} must be a list of strings, got a single {type(values).__name__}: "
+                                   f"wrap it in a list ([{name[:-1] if name.endswith('s') else name}])")
+    if isinstance(values, Mapping) or not _iterable(values):
+        raise InvalidArgumentError(f"{name} must be a list of strings, got {type(values).__name__}")
+    return [check_text(v, f"{name}[{i}]") for i, v in enumerate(values)]
+
+
+def check_neighbors(neighbors: Any, count: int) -> list[list[str]]:
+    """One list of neighbour texts per text."""
+    if isinstance(neighbors, (str, bytes)) or isinstance(neighbors, Mapping) or not _iterable(neighbors):
+        raise InvalidArgumentError(f"neighbors must be a list of lists of strings, got {type(neighbors).__name__}")
+    lists = [check_texts(n, f"neighbors[{i}]") for i, n in enumerate(neighbors)]
+    if len(lists) != count:
+        raise InvalidArgumentError(f"neighbors needs one list per text: {len(lists)} lists for {count} texts")
+    return lists
+
+
+def check_stop(stop: Any) -> tuple[str, ...]:
+    """None, one string, or a list of strings (as OpenAI, LangChain and LlamaIndex accept)."""
+    if stop is None:
+        return ()
+    if isinstance(stop, str):
+        stop = [stop]
+    if isinstance(stop, Mapping) or not _iterable(stop) or isinstance(stop, bytes):
+        raise InvalidSamplingError(f"stop must be a string or a list of strings, got {type(stop).__name__}")
+    out = []
+    for s in stop:
+        if not isinstance(s, str) or not s:
+            raise InvalidSamplingError(f"stop must be non-empty strings, got {s!r}")
+        out.append(check_text(s, "stop"))
+    return tuple(out)
+
+
+def check_ratio(ratio: Any) -> float:
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
+        raise InvalidArgumentError(f"recompute_ratio must be a number in [0, 1], got {ratio!r}")
+    return float(ratio)
+
+
+def _iterable(value: Any) -> bool:
+    return isinstance(value, Sequence) or hasattr(value, "__iter__")
