@@ -50,23 +50,32 @@ CHILD = textwrap.dedent(
     mode = sys.argv[1]
     if mode == "quota":
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))
-    if mode in ("quota", "ingest"):
+    if mode in ("quota", "ingest", "full"):
         print("ready", flush=True)
         engine.precompute([p + suffix for suffix in ("", " (1)", " (2)") for p in PASSAGES])
     if mode.startswith("write"):
         engine.precompute([p + mode[5:] for p in PASSAGES] + PASSAGES)
-    print(json.dumps(dict(engine.chunks.store.counts)))
+    if mode in ("quota", "read", "full"):
+        from benchmarks.faults import answers
+        ids, reused, computed = answers(engine)
+        counts = {{**engine.chunks.store.counts, "catalog_read_only": engine.chunks.catalog.read_only}}
+        print(json.dumps({{"ids": ids, "reused": reused, "computed": computed, "counts": counts}}))
     """
 )
 
 
-def child(mode: str, cache: Path, read_only: bool = False, wait: bool = True):
+MOUNTS = {  # run in a private mount namespace ($0 = the cache directory)
+    "read-only": 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"',
+    "disk full": 'mount -t tmpfs -o size=1m tmpfs "$0" && exec "$@"',  # 1 MiB: the first entries fill it
+}
+
+
+def child(mode: str, cache: Path, mount: str | None = None, wait: bool = True) -> str | subprocess.Popen:
     script = cache.parent / "child.py"
     script.write_text(CHILD.format(repo=str(REPO), models=str(MODELS)))
     command = [sys.executable, str(script), mode, str(cache)]
-    if read_only:
-        mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
-        command = ["unshare", "-m", "sh", "-c", mount, str(cache), *command]
+    if mount:
+        command = ["unshare", "-m", "sh", "-c", MOUNTS[mount], str(cache), *command]
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     if not wait:
         return proc
@@ -130,18 +139,24 @@ def kill_mid_ingest(cache: Path) -> None:
 
 
 FAULTS: dict[str, Callable] = {
-    "entry truncated (3 of 12)": lambda c, e: [edit_bytes(p, lambda d: bytes(d[: len(d) // 2]))
-                                               for p in entry_files(c)[:3]],
+    "entry truncated (3 of 12)": lambda c, e: [
+        edit_bytes(p, lambda d: bytes(d[: len(d) // 2])) for p in entry_files(c)[:3]
+    ],
     "entry bit flip (3 of 12)": lambda c, e: [edit_bytes(p, flip) for p in entry_files(c)[:3]],
     "entries swapped (2)": lambda c, e: swap(c),
-    "entry header zeroed (3)": lambda c, e: [edit_bytes(p, lambda d: bytes(4096) + bytes(d[4096:]))
-                                             for p in entry_files(c)[:3]],
+    "entry header zeroed (3)": lambda c, e: [
+        edit_bytes(p, lambda d: bytes(4096) + bytes(d[4096:])) for p in entry_files(c)[:3]
+    ],
     "entry forged, not sealed with the key": forge,
     "catalog deleted": lambda c, e: [p.unlink() for p in catalog(c).parent.glob("catalog.sqlite*")],
-    "catalog truncated": lambda c, e: [edit_bytes(catalog(c), lambda d: bytes(d[: len(d) // 3])),
-                                       *[p.unlink() for p in catalog(c).parent.glob("catalog.sqlite-*")]],
-    "catalog malformed": lambda c, e: [catalog(c).write_bytes(os.urandom(8192)),
-                                       *[p.unlink() for p in catalog(c).parent.glob("catalog.sqlite-*")]],
+    "catalog truncated": lambda c, e: [
+        edit_bytes(catalog(c), lambda d: bytes(d[: len(d) // 3])),
+        *[p.unlink() for p in catalog(c).parent.glob("catalog.sqlite-*")],
+    ],
+    "catalog malformed": lambda c, e: [
+        catalog(c).write_bytes(os.urandom(8192)),
+        *[p.unlink() for p in catalog(c).parent.glob("catalog.sqlite-*")],
+    ],
     "catalog row: traversal key": lambda c, e: plant_rows(c, "traversal"),
     "catalog row: text A -> entry B": lambda c, e: plant_rows(c, "swap"),
     "folder at entry paths (all 12)": None,  # built on an empty cache below
@@ -149,13 +164,16 @@ FAULTS: dict[str, Callable] = {
     "two processes ingest at once": None,
     "read-only mount": None,
     "ulimit -f 256 KiB": None,
+    "disk full (1 MiB tmpfs)": None,
 }
 
 
 def answers(engine: FusionEngine) -> tuple[list[list[int]], int, int]:
     outs = [engine.generate(p, max_new_tokens=12, selector="fusionrag") for p in PROMPTS]
-    return [o.token_ids for o in outs], sum(o.stats.chunks_reused for o in outs), sum(
-        o.stats.chunks_computed for o in outs
+    return (
+        [o.token_ids for o in outs],
+        sum(o.stats.chunks_reused for o in outs),
+        sum(o.stats.chunks_computed for o in outs),
     )
 
 
@@ -163,7 +181,7 @@ def run_fault(name: str, loaded, clean: list[list[int]], root: Path) -> dict:
     cache = root / name.split(" ")[0].replace(":", "") / f"c{abs(hash(name)) % 10_000}"
     cache.mkdir(parents=True)
     new = lambda: FusionEngine(loaded, EngineConfig(cache_dir=cache))  # noqa: E731
-    warm = name not in ("kill -9 mid-ingest (36 chunks)", "two processes ingest at once", "ulimit -f 256 KiB")
+    warm = not name.startswith(("kill", "two", "ulimit", "folder", "disk"))
     writer = new()
     if warm:
         writer.precompute(PASSAGES)
@@ -178,24 +196,27 @@ def run_fault(name: str, loaded, clean: list[list[int]], root: Path) -> dict:
     elif name.startswith("two"):
         a, b = child("write (A)", cache, wait=False), child("write (B)", cache, wait=False)
         a.communicate(timeout=600), b.communicate(timeout=600)
-    elif name.startswith("ulimit"):
-        counts = json.loads(child("quota", cache).strip().splitlines()[-1])
     del writer
-    if name == "read-only mount":
-        script = cache.parent / "ro.py"
-        script.write_text(RO_CHILD.format(repo=str(REPO), models=str(MODELS)))
-        mount = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
-        out = subprocess.run(["unshare", "-m", "sh", "-c", mount, str(cache), sys.executable, str(script), str(cache)],
-                             capture_output=True, text=True, timeout=600)
-        got = json.loads(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 else {"error": out.stderr[-300:]}
-        ids, reused, computed = got.get("ids"), got.get("reused"), got.get("computed")
-        counts = got.get("counts", {})
+    if name.startswith(("ulimit", "read-only", "disk")):  # the faulted run is a process of its own
+        modes = {"ulimit": ("quota", None), "read-only": ("read", "read-only"), "disk": ("full", "disk full")}
+        mode, mount = modes[name.split(" ")[0]]
+        got = json.loads(child(mode, cache, mount).strip().splitlines()[-1])
+        ids, reused, computed, counts = got["ids"], got["reused"], got["computed"], got["counts"]
     else:
         faulted = new()
+        if name.startswith(("folder", "kill")):  # an app (re)runs its ingest, then asks
+            faulted.precompute(PASSAGES)
         ids, reused, computed = answers(faulted)
-        counts = {**counts, **dict(faulted.chunks.store.counts), **dict(faulted.chunks.counts)}
-        counts.pop("miss", None)
-    _, after, _ = answers(new())
+        counts = {**dict(faulted.chunks.store.counts), **dict(faulted.chunks.counts)}
+        counts["kv computed"] = faulted.counters["chunks_computed"]
+        counts["temp files left"] = len(list(cache.glob("kv/*/??/.*.tmp")))
+    counts.pop("miss", None)
+    if name.startswith("folder"):  # the repair: the folders are removed
+        for path in cache.glob("kv/*/??/*.safetensors"):
+            path.rmdir()
+    after_engine = new()
+    after_engine.precompute(PASSAGES)  # what an app (or a vector store insert) runs: only what is missing
+    _, after, _ = answers(after_engine)
     return {
         "fault": name,
         "answered": ids is not None and len(ids) == len(PROMPTS),
@@ -207,40 +228,26 @@ def run_fault(name: str, loaded, clean: list[list[int]], root: Path) -> dict:
     }
 
 
-RO_CHILD = textwrap.dedent(
-    """
-    import json, sys
-    sys.path.insert(0, {repo!r})
-    sys.argv += []
-    from benchmarks.faults import PROMPTS, answers
-    from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path
-    loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu",
-                                          config=EngineConfig(cache_dir={models!r})).loaded
-    engine = FusionEngine(loaded, EngineConfig(cache_dir=sys.argv[1]))
-    ids, reused, computed = answers(engine)
-    print(json.dumps({{"ids": ids, "reused": reused, "computed": computed,
-                       "counts": {{**engine.chunks.store.counts, "read_only_catalog": engine.chunks.catalog.read_only}}}}))
-    """
-)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "faults_cpu.json"))
     args = parser.parse_args()
-    loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu", config=EngineConfig(cache_dir=MODELS)).loaded
+    config = EngineConfig(cache_dir=MODELS)
+    loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu", config=config).loaded
     with tempfile.TemporaryDirectory(prefix="fusionrag-faults-") as tmp:
         root = Path(tmp)
         clean_engine = FusionEngine(loaded, EngineConfig(cache_dir=root / "clean"))
         clean_engine.precompute(PASSAGES)
         clean, _, _ = answers(clean_engine)
         rows = [run_fault(name, loaded, clean, root) for name in FAULTS]
-    print(f"\n| fault | answered | same tokens as clean | reused / computed | counters | reused after |")
+    print("\n| fault | answered | same tokens as clean | reused / computed | counters | reused after |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         counters = ", ".join(f"{k} {v}" for k, v in sorted(r["counters"].items())) or "-"
-        print(f"| {r['fault']} | {'yes' if r['answered'] else 'NO'} | {'yes' if r['same_as_clean'] else 'NO'} | "
-              f"{r['reused']} / {r['computed']} | {counters} | {r['reused_after']} of 12 |")
+        print(
+            f"| {r['fault']} | {'yes' if r['answered'] else 'NO'} | {'yes' if r['same_as_clean'] else 'NO'} | "
+            f"{r['reused']} / {r['computed']} | {counters} | {r['reused_after']} of 12 |"
+        )
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=1))
 

@@ -41,15 +41,21 @@ scalars = (
 keys = st.sampled_from(["role", "content", "tool_calls", "text", "type", "name"]) | st.text(max_size=4)
 junk = st.recursive(
     scalars,
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(keys, inner, max_size=3)
-    | st.tuples(inner, inner)
-    | st.builds(lambda role, content: {"role": role, "content": content}, st.sampled_from(["user", "system"]), inner),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(keys, inner, max_size=3)
+        | st.tuples(inner, inner)
+        | st.builds(
+            lambda role, content: {"role": role, "content": content}, st.sampled_from(["user", "system"]), inner
+        )
+    ),
     max_leaves=6,
 )
 texts = st.text(max_size=60) | st.sampled_from([*DOCS, "\ud800 x", " ", "Paris"])
 messages = st.lists(
-    st.fixed_dictionaries({"role": st.sampled_from(["system", "user", "assistant", "wizard"]), "content": texts | scalars}),
+    st.fixed_dictionaries(
+        {"role": st.sampled_from(["system", "user", "assistant", "wizard"]), "content": texts | scalars}
+    ),
     max_size=3,
 )
 VALID = {  # per argument: values a caller might mean, mixed with junk below
@@ -71,8 +77,19 @@ VALID = {  # per argument: values a caller might mean, mixed with junk below
 }
 prompts = texts | messages | junk
 text_lists = st.lists(texts, max_size=3) | junk
-GENERATE_KWARGS = ["max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "chunks", "selector",
-                   "recompute_ratio", "learn_chunks", "tools"]
+GENERATE_KWARGS = [
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "chunks",
+    "selector",
+    "recompute_ratio",
+    "learn_chunks",
+    "tools",
+]
 
 
 def kwargs_of(names: list[str]):
@@ -143,8 +160,11 @@ def test_langchain_chat_model(fuzz_engine, value, kwargs):
 
 
 li_messages = st.lists(
-    st.builds(lambda role, content: ChatMessage(role=role, content=content),
-              st.sampled_from(["user", "system", "assistant"]), texts),
+    st.builds(
+        lambda role, content: ChatMessage(role=role, content=content),
+        st.sampled_from(["user", "system", "assistant"]),
+        texts,
+    ),
     max_size=3,
 )
 

@@ -13,6 +13,7 @@ fails (read-only, disk full) is logged and counted: the in-memory index still ha
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import threading
 import time
@@ -82,7 +83,6 @@ class Catalog:
     def __init__(self, path: Path | None, model_fingerprint: str) -> None:
         self.model_fp = model_fingerprint
         self.read_only = False
-        self.rebuilt = False  # True: the rows on disk were lost or unusable; rebuild from the entries
         self.write_failures = 0
         self._lock = threading.Lock()
         self._db = self._open(path)
@@ -92,11 +92,11 @@ class Catalog:
         if path is None:
             return _open_writable(Path(":memory:"))
         existed = path.is_file() and path.stat().st_size > 0
+        if existed and not os.access(path.parent, os.W_OK):  # read-only mount or permissions: never write
+            return self._open_read_only(path, PermissionError("the cache directory is not writable"))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            db = _open_writable(path)
-            self.rebuilt = not existed
-            return db
+            return _open_writable(path)
         except sqlite3.DatabaseError as err:
             if "readonly" in str(err) or "unable to open" in str(err):
                 return self._open_read_only(path, err)
@@ -110,7 +110,6 @@ class Catalog:
             return _open_read_only(path)
         except sqlite3.Error:
             log.warning("chunk catalog %s is not writable (%s) nor readable: indexing in memory", path, err)
-            self.rebuilt = True
             return _open_writable(Path(":memory:"))
 
     def _set_aside(self, path: Path, err: Exception) -> sqlite3.Connection:
@@ -121,7 +120,6 @@ class Catalog:
             old = path.with_name(path.name + suffix)
             if old.exists():
                 old.replace(path.with_name(f"{path.name}.corrupt-{stamp}{suffix}"))
-        self.rebuilt = True
         return _open_writable(path)
 
     def _version(self) -> int:
@@ -158,7 +156,9 @@ class Catalog:
 
     def drop(self, ref: ChunkRef) -> None:
         """Delete one row that turned out wrong (its entry names another text)."""
-        self._write("DELETE FROM chunks WHERE model_fp = ? AND key = ? AND text = ?", [(self.model_fp, ref.key, ref.text)])
+        self._write(
+            "DELETE FROM chunks WHERE model_fp = ? AND key = ? AND text = ?", [(self.model_fp, ref.key, ref.text)]
+        )
 
     def refs_since(self, rowid: int = 0) -> tuple[list[ChunkRef], int]:
         """Rows added after `rowid` (oldest first) and the newest rowid: how another process's new

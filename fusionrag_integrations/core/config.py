@@ -90,6 +90,7 @@ class EngineConfig(_Settings):
         "on the first token of the first request of each cache layout and shared by later ones; needs the Triton "
         "kernel (head_dim 64 or 128).",
     )
+
     @field_validator("cache_dir", mode="before")
     @classmethod
     def _expand_cache_dir(cls, value):

@@ -142,7 +142,9 @@ class FusionEngine:
         """
         texts = check_texts(texts, "texts")
         if context is not None and neighbors is not None:
-            raise InvalidArgumentError("pass context= (shared by all texts) or neighbors= (one list per text), not both")
+            raise InvalidArgumentError(
+                "pass context= (shared by all texts) or neighbors= (one list per text), not both"
+            )
         if neighbors is not None:
             contexts = check_neighbors(neighbors, len(texts))
         else:

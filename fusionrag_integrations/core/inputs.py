@@ -32,8 +32,10 @@ def check_texts(values: Any, name: str) -> list[str]:
     """A list (or tuple, or other non-string iterable) of strings. A single string is refused,
     not iterated: one document per character is never what was meant."""
     if isinstance(values, (str, bytes)):
-        raise InvalidArgumentError(f"{name} must be a list of strings, got a single {type(values).__name__}: "
-                                   f"wrap it in a list ([{name[:-1] if name.endswith('s') else name}])")
+        raise InvalidArgumentError(
+            f"{name} must be a list of strings, got a single {type(values).__name__}: "
+            f"wrap it in a list ([{name[:-1] if name.endswith('s') else name}])"
+        )
     if isinstance(values, Mapping) or not _iterable(values):
         raise InvalidArgumentError(f"{name} must be a list of strings, got {type(values).__name__}")
     return [check_text(v, f"{name}[{i}]") for i, v in enumerate(values)]

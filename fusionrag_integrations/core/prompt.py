@@ -107,9 +107,7 @@ def render_prompt(tokenizer, prompt: Prompt, tools: Sequence[dict] | None = None
             raise EmptyPromptError("the prompt is empty")
         return check_text(prompt, "prompt"), True
     if isinstance(prompt, (Mapping, bytes)) or not isinstance(prompt, Sequence):
-        raise InvalidArgumentError(
-            f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}"
-        )
+        raise InvalidArgumentError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
     return render_chat(tokenizer, prompt, tools), False
 
 

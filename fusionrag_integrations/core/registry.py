@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -69,6 +70,7 @@ class ChunkRegistry:
         if directory is None or not directory.is_dir():
             return 0
         adopted = []
+        self.counts["stale_temp_removed"] += _remove_stale_temp_files(directory)
         for path in _entry_files(directory):
             key = path.name[: -len(".safetensors")]
             if key in self._by_key:
@@ -150,6 +152,7 @@ class ChunkRegistry:
             self.counts["mismatched"] += 1
             log.warning("catalog row for key %s names another text than its entry; dropped", ref.key[:12])
             self._drop_row(ref)
+            self.register([ChunkRef(entry.key, entry.text, entry.context_id, entry.num_tokens)])  # its own text
         return None
 
     def _drop_row(self, ref: ChunkRef) -> None:
@@ -184,6 +187,20 @@ class ChunkRegistry:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+def _remove_stale_temp_files(directory: Path, age_s: float = 600.0) -> int:
+    """Temporary files of writers that died mid-write (kill -9, power loss): never read (their names are
+    not keys), but they take space. Young ones may belong to a live writer and are left alone."""
+    removed, cutoff = 0, time.time() - age_s
+    for path in directory.glob("??/.*.tmp"):
+        try:
+            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
+                path.unlink()
+                removed += 1
+        except OSError:
+            continue
+    return removed
 
 
 def _entry_files(directory: Path) -> Iterable[Path]:

@@ -91,6 +91,7 @@ CHILD = textwrap.dedent(
         engine.precompute(DOCS)
     out = engine.generate(rag_messages(DOCS), max_new_tokens=8, selector="fusionrag")
     print(json.dumps({{"ids": out.token_ids, "reused": out.stats.chunks_reused,
+                       "catalog_read_only": engine.chunks.catalog.read_only,
                        "computed": out.stats.chunks_computed,
                        "write_failed": engine.chunks.store.counts["write_failed"]}}))
     """
@@ -139,6 +140,7 @@ def test_a_read_only_cache_directory_is_used_read_only(tmp_path, warm):
     before = {p: p.stat().st_mtime_ns for p in cache.rglob("*")}
     got = run_child(tmp_path, "read", cache, read_only=True)
     assert got["ids"] == expected and got["reused"] == len(DOCS) and got["computed"] == 0
+    assert got["catalog_read_only"]
     assert {p: p.stat().st_mtime_ns for p in cache.rglob("*")} == before
 
 

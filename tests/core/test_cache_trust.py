@@ -67,6 +67,7 @@ def test_a_row_pointing_a_text_at_another_texts_entry_is_not_used(smol_engine, t
     assert reader.chunks.counts["mismatched"] == 1
     assert out.token_ids == expected  # A was recomputed, not read from B's entry
     assert reader.chunks.entry_for(DOCS[0].strip()).text == DOCS[0].strip()
+    assert reader.chunks.entry_for(DOCS[1].strip()).key == key_b  # B's entry serves its own text again
 
 
 def test_an_entry_not_sealed_with_the_cache_key_is_rejected(smol_engine, tmp_path, clean):

@@ -67,8 +67,11 @@ def test_a_single_stop_string_is_one_stop_sequence(smol):
 def test_assistant_tool_call_without_content_is_accepted(smol):
     messages = [
         {"role": "user", "content": "What is the weather?"},
-        {"role": "assistant", "content": None, "tool_calls": [{"type": "function", "function": {"name": "w",
-                                                                                         "arguments": {}}}]},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [{"type": "function", "function": {"name": "w", "arguments": {}}}],
+        },
         {"role": "tool", "content": "sunny"},
     ]
     assert smol.generate(messages, max_new_tokens=2).token_ids

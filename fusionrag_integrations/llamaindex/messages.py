@@ -1,0 +1,62 @@
+"""LlamaIndex chat messages -> chat-template dicts (tool calls and results as in the LangChain adapter)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from llama_index.core.base.llms.types import ChatMessage, MessageRole
+
+from ..core.errors import InvalidArgumentError
+from ..tools import call_as_text, result_as_user_turn
+
+_ROLES = {
+    MessageRole.SYSTEM: "system",
+    MessageRole.DEVELOPER: "system",
+    MessageRole.USER: "user",
+    MessageRole.ASSISTANT: "assistant",
+    MessageRole.CHATBOT: "assistant",
+    MessageRole.MODEL: "assistant",
+    MessageRole.TOOL: "tool",
+    MessageRole.FUNCTION: "tool",
+}
+
+
+def to_engine_messages(messages: Sequence[ChatMessage], native_tools: bool = True) -> list[dict[str, Any]]:
+    """LlamaIndex messages -> chat-template dicts; tool calls and results as in the LangChain adapter."""
+    out = []
+    names: dict[str, str] = {}  # tool call id -> tool name (agents' tool messages carry only the id)
+    for m in messages:
+        msg: dict[str, Any] = {"role": _ROLES.get(m.role, "user"), "content": m.content or ""}
+        calls = m.additional_kwargs.get("tool_calls") or []
+        names.update({c["id"]: c["name"] for c in calls})
+        if msg["role"] == "tool":
+            call_id = m.additional_kwargs.get("tool_call_id", "")
+            name = m.additional_kwargs.get("name") or names.get(call_id) or call_id or "tool"
+            if native_tools:
+                msg["tool_call_id"] = m.additional_kwargs.get("tool_call_id")
+            else:
+                msg = result_as_user_turn(name, msg["content"])
+        elif calls:
+            if native_tools:
+                msg["tool_calls"] = [
+                    {"type": "function", "id": c["id"], "function": {"name": c["name"], "arguments": c["args"]}}
+                    for c in calls
+                ]
+            else:
+                msg["content"] = "\n".join(
+                    [msg["content"], *(call_as_text(c["name"], c["args"]) for c in calls)]
+                ).strip()
+        out.append(msg)
+    return out
+
+
+def checked_messages(messages: Any) -> list[ChatMessage]:
+    """A list of ChatMessage, checked before LlamaIndex's callbacks see it (they would fail with a
+    pydantic error of their own on anything else)."""
+    if isinstance(messages, (str, bytes)) or not isinstance(messages, Sequence):
+        raise InvalidArgumentError(f"messages must be a list of ChatMessage, got {type(messages).__name__}")
+    for i, m in enumerate(messages):
+        if not isinstance(m, ChatMessage):
+            raise InvalidArgumentError(f"messages[{i}] must be a ChatMessage, got {type(m).__name__}")
+    return list(messages)
