@@ -30,9 +30,10 @@ sys.path.insert(0, str(REPO))
 
 from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
 from fusionrag_integrations.core.chunk_kv import write_entry  # noqa: E402
+from fusionrag_integrations.core.config import default_model_cache_dir  # noqa: E402
 from fusionrag_integrations.demo_corpus import PASSAGES  # noqa: E402
 
-MODELS = Path(os.environ.get("FUSIONRAG_TEST_CACHE", REPO / ".cache" / "test"))
+MODELS = default_model_cache_dir()
 QUESTIONS = ["Which planets did it visit?", "When did it launch?", "What did it carry?"]
 PROMPTS = [
     [{"role": "user", "content": "\n\n".join(PASSAGES[4 * i : 4 * i + 4]) + f"\n\nQuestion: {q}\nAnswer:"}]
@@ -44,8 +45,8 @@ CHILD = textwrap.dedent(
     sys.path.insert(0, {repo!r})
     from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path
     from fusionrag_integrations.demo_corpus import PASSAGES
-    loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu",
-                                          config=EngineConfig(cache_dir={models!r})).loaded
+    config = EngineConfig(cache_dir=sys.argv[2], model_cache_dir={models!r})
+    loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu", config=config).loaded
     engine = FusionEngine(loaded, EngineConfig(cache_dir=sys.argv[2], precompute_batch_tokens=256))
     mode = sys.argv[1]
     if mode == "quota":
@@ -232,10 +233,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "faults_cpu.json"))
     args = parser.parse_args()
-    config = EngineConfig(cache_dir=MODELS)
-    loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu", config=config).loaded
     with tempfile.TemporaryDirectory(prefix="fusionrag-faults-") as tmp:
         root = Path(tmp)
+        config = EngineConfig(cache_dir=root / "load", model_cache_dir=MODELS)
+        loaded = FusionEngine.from_pretrained(default_model_path(), device="cpu", config=config).loaded
         clean_engine = FusionEngine(loaded, EngineConfig(cache_dir=root / "clean"))
         clean_engine.precompute(PASSAGES)
         clean, _, _ = answers(clean_engine)

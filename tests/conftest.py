@@ -29,18 +29,23 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "1"  # no GPU: run the real kernels in Triton's interpreter
 
 from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
+from fusionrag_integrations.core.config import default_model_cache_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# Converted model weights are shared across sessions (the GGUF conversion takes ~20 s);
-# chunk KV for tests always goes to per-test temporary directories.
-MODEL_CACHE = Path(os.environ.get("FUSIONRAG_TEST_CACHE", REPO / ".cache" / "test"))
+# Converted models live in the one shared model cache (the GGUF conversion takes ~20 s, once per
+# user); chunk KV for tests goes to temporary directories, or to .cache/test for shared engines.
+MODELS = default_model_cache_dir()
+TEST_CACHE = Path(os.environ.get("FUSIONRAG_TEST_CACHE", REPO / ".cache" / "test"))
+
+
+def shared_config(**settings) -> EngineConfig:
+    """The configuration of the tests' shared engines: the shared model cache, KV under .cache/test."""
+    return EngineConfig(**{"cache_dir": TEST_CACHE, "model_cache_dir": MODELS, **settings})
 
 
 @pytest.fixture(scope="session")
 def smol_engine(tmp_path_factory) -> FusionEngine:
-    engine = FusionEngine.from_pretrained(
-        default_model_path(), device="cpu", config=EngineConfig(cache_dir=MODEL_CACHE)
-    )
+    engine = FusionEngine.from_pretrained(default_model_path(), device="cpu", config=shared_config())
     return engine
 
 
@@ -144,8 +149,7 @@ def tiny_model_dirs(tmp_path_factory, smol_engine) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny_engines(tiny_model_dirs) -> dict[str, FusionEngine]:
     return {
-        f: FusionEngine.from_pretrained(d, device="cpu", config=EngineConfig(cache_dir=MODEL_CACHE))
-        for f, d in tiny_model_dirs.items()
+        f: FusionEngine.from_pretrained(d, device="cpu", config=shared_config()) for f, d in tiny_model_dirs.items()
     }
 
 
@@ -222,15 +226,31 @@ def chroma_server(tmp_path_factory):
 # -- helpers shared by adapter tests ---------------------------------------------------------
 
 
+def tracked_changes() -> str | None:
+    """`git status` of tracked files (None outside a git checkout): examples must leave them alone."""
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except OSError:
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
 def run_example(name: str, tmp_path: Path) -> str:
-    """Run examples/<name> as a user would (a subprocess), reusing the converted model; return stdout."""
+    """Run examples/<name> as a user would (a subprocess, default output paths); return stdout. The plot
+    lands in .cache/examples, and no tracked file (the committed plots included) is modified."""
     cache = tmp_path / "cache"
     cache.mkdir()
-    (cache / "models").symlink_to(MODEL_CACHE / "models")  # not a 20 s GGUF conversion per test
-    plot = tmp_path / "ttft.png"
+    plot = REPO / ".cache" / "examples" / name.replace(".py", "_ttft.png")
+    plot.unlink(missing_ok=True)
+    before = tracked_changes()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
-        [sys.executable, str(REPO / "examples" / name), "--cache-dir", str(cache), "--plot", str(plot)],
+        [sys.executable, str(REPO / "examples" / name), "--cache-dir", str(cache)],
         capture_output=True,
         text=True,
         env=env,
@@ -239,6 +259,7 @@ def run_example(name: str, tmp_path: Path) -> str:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert plot.stat().st_size > 10_000
+    assert tracked_changes() == before
     return out.stdout
 
 

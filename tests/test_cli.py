@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from fusionrag_integrations import cli
-from tests.conftest import DOCS, MODEL_CACHE
+import json
+import re
+
+import pytest
+
+from fusionrag_integrations import FusionRAGError, cli
+from tests.conftest import DOCS
 
 
 def test_generate_and_precompute(tmp_path, capsys, monkeypatch):
-    (tmp_path / "models").symlink_to(MODEL_CACHE / "models")
     monkeypatch.setenv("FUSIONRAG_CACHE_DIR", str(tmp_path))
     doc = tmp_path / "doc.txt"
     doc.write_text("\n\n".join(DOCS))
@@ -17,3 +21,65 @@ def test_generate_and_precompute(tmp_path, capsys, monkeypatch):
     assert "4 chunks (0 computed now" in capsys.readouterr().out  # persistent: a new engine reuses them
     assert cli.main(["generate", "What is the capital of France?", "--max-new-tokens", "8", "--device", "cpu"]) == 0
     assert "Paris" in capsys.readouterr().out
+
+
+def test_every_option_has_help():
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    from fusionrag_integrations.evaluation.cli import build_parser as quality_parser
+
+    for name, sub in [("fusionrag", parser), *subparsers.items(), ("bench quality", quality_parser())]:
+        for action in sub._actions:
+            if action.dest not in ("help", "command"):
+                assert action.help, f"{name}: {action.option_strings or action.dest} has no help text"
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["generate", ""], "the prompt is empty"),
+        (["generate", "hi", "--model", "/no/such/model.gguf"], "GGUF file not found"),
+        (["generate", "hi", "--device", "tpu"], "device"),
+        (["generate", "hi", "--device", "cpu", "--dtype", "float8"], "dtype"),
+        (["generate", "hi", "--device", "cpu", "--selector", "bogus"], "unknown selector"),
+        (["generate", "hi", "--device", "cpu", "--temperature", "-1"], "temperature"),
+        (["precompute", "/no/such/file.txt", "--device", "cpu"], "No such file"),
+    ],
+)
+def test_user_errors_are_one_line_with_exit_code_2(argv, needle, capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("FUSIONRAG_CACHE_DIR", str(tmp_path))
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("fusionrag: error:") and needle in err and "Traceback" not in err
+
+
+def test_cuda_without_cuda_is_a_user_error(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert cli.main(["generate", "hi", "--device", "cuda"]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_debug_shows_the_traceback():
+    with pytest.raises(FusionRAGError):
+        cli.main(["--debug", "generate", ""])
+    with pytest.raises(FusionRAGError):
+        cli.main(["generate", "", "--debug"])
+
+
+def test_stats_as_a_table_and_as_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FUSIONRAG_CACHE_DIR", str(tmp_path))
+    assert cli.main(["generate", "Hi", "--max-new-tokens", "3", "--device", "cpu", "--stats"]) == 0
+    err = capsys.readouterr().err
+    assert re.search(r"^ttft_ms\s+[\d.]+$", err, re.M) and re.search(r"^completion_tokens\s+3$", err, re.M)
+    assert cli.main(["generate", "Hi", "--max-new-tokens", "3", "--device", "cpu", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["usage"]["completion_tokens"] == 3 and "ttft_ms" in result["stats"]
+
+
+def test_bench_quality_refuses_limit_without_data(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["bench", "quality", "--limit", "3"])
+    assert exit_.value.code == 2 and "--limit applies to --data" in capsys.readouterr().err

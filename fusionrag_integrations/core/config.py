@@ -21,6 +21,26 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache").expanduser() / "fusionrag"
 
 
+def default_model_cache_dir() -> Path:
+    """Where converted models live, one copy per model for every cache directory of this user:
+    $FUSIONRAG_MODEL_CACHE, else <default_cache_dir()>/models."""
+    import os
+
+    if env := os.environ.get("FUSIONRAG_MODEL_CACHE"):
+        return Path(env).expanduser()
+    return default_cache_dir() / "models"
+
+
+def _expand_path(value, name: str):
+    """'~' expanded (a literal './~' folder is never what was meant); an empty path refused (Path('') is
+    the working directory, and the cache would spill into it)."""
+    if isinstance(value, (str, Path)):
+        if not str(value).strip():
+            raise ValueError(f"{name} is empty; pass a directory or leave it out for the default")
+        return Path(value).expanduser()
+    return value
+
+
 class _Settings(BaseModel):
     """pydantic validation, reported as the package's own InvalidConfigError (pydantic's message,
     which names the field, is kept)."""
@@ -57,7 +77,14 @@ class EngineConfig(_Settings):
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    cache_dir: Path = Field(default_factory=default_cache_dir, description="Root of the persistent caches.")
+    cache_dir: Path = Field(
+        default_factory=default_cache_dir, description="Root of the persistent chunk-KV cache (cache_dir/kv)."
+    )
+    model_cache_dir: Path = Field(
+        default_factory=default_model_cache_dir,
+        description="Converted models (GGUF dequantised to safetensors, verified on load), shared by every "
+        "cache_dir: one copy per model. Default $FUSIONRAG_MODEL_CACHE or ~/.cache/fusionrag/models.",
+    )
     gpu_cache_bytes: int = Field(4 << 30, ge=0, description="Byte budget of the GPU tier of the chunk-KV store.")
     cpu_cache_bytes: int = Field(8 << 30, ge=0, description="Byte budget of the CPU tier of the chunk-KV store.")
     persist: bool = Field(True, description="Write chunk KV to disk under cache_dir/kv (the persistent tier).")
@@ -91,16 +118,10 @@ class EngineConfig(_Settings):
         "kernel (head_dim 64 or 128).",
     )
 
-    @field_validator("cache_dir", mode="before")
+    @field_validator("cache_dir", "model_cache_dir", mode="before")
     @classmethod
-    def _expand_cache_dir(cls, value):
-        """'~' is expanded (a literal './~' folder is never what was meant); an empty path is refused
-        (Path('') is the working directory, and the cache would spill into it)."""
-        if isinstance(value, (str, Path)):
-            if not str(value).strip():
-                raise ValueError("cache_dir is empty; pass a directory (or leave it out for ~/.cache/fusionrag)")
-            return Path(value).expanduser()
-        return value
+    def _expand(cls, value, info):
+        return _expand_path(value, info.field_name)
 
     cuda_graph_probe: bool = Field(
         True,

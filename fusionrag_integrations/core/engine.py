@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ class PreparedPrompt:
     chunks: list[PlacedChunk] = field(default_factory=list)
     stats: GenerationStats = field(default_factory=GenerationStats)
     learnable: list[tuple[str, int, int]] = field(default_factory=list)  # (paragraph text, start, end) to keep
+    loaded: list[bool] = field(default_factory=list)  # per chunk: its KV came from the store (not computed now)
 
 
 class FusionEngine:
@@ -87,7 +89,7 @@ class FusionEngine:
         """model: a local HF directory (safetensors), a .gguf file, or a hub id already in the local HF cache."""
         config = config or EngineConfig()
         dev = resolve_device(device)
-        loaded = load_model(model, dev, resolve_dtype(dtype, dev), config.cache_dir)
+        loaded = load_model(model, dev, resolve_dtype(dtype, dev), config.model_cache_dir)
         return cls(loaded, config)
 
     @property
@@ -340,9 +342,23 @@ class FusionEngine:
             torch.cuda.synchronize(self.device)
         t_done = time.perf_counter()
         self._learn(prepared, cache)  # after the timing: storing is not on the path to the first token
+        if selected is not None:
+            self._count_reuse(prepared, selected)
         stats.prefill_ms = (t_done - t_prefill) * 1e3
         stats.ttft_ms = (t_done - t_start) * 1e3  # time to the logits; generation adds the sampling
         return Prefill(logits, prompt_ids, cache, stats, selected)
+
+    @staticmethod
+    def _count_reuse(prepared: PreparedPrompt, selected: torch.Tensor) -> None:
+        """chunks_recomputed: chunks whose every token the selector recomputed (their cached KV served
+        nothing); chunks_reused: chunks loaded from the store whose KV was at least partly kept."""
+        positions = sorted(selected.tolist())
+        stats = prepared.stats
+        for chunk, loaded in zip(prepared.chunks, prepared.loaded):
+            n = chunk.entry.num_tokens
+            fully = bisect.bisect_left(positions, chunk.start + n) - bisect.bisect_left(positions, chunk.start) == n
+            stats.chunks_recomputed += fully
+            stats.chunks_reused += loaded and not fully
 
     def _cached_prompt_prefix(self, prompt_ids: list[int], length: int, selector: Selector):
         """(prefix ids, cached KV or None). Selector `full` stays a true full prefill: the quality
@@ -412,7 +428,7 @@ class FusionEngine:
             prepared.token_ids += entry.token_ids.tolist()
             prepared.stats.chunks_found += 1
             prepared.stats.chunks_computed += computed
-            prepared.stats.chunks_reused += not computed
+            prepared.loaded.append(not computed)
         return prepared
 
     def _add_fresh_text(self, prepared: PreparedPrompt, text: str, add_special: bool, learn: bool) -> None:

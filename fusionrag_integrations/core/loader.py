@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import ModelNotFoundError, UnsupportedModelError
+from .errors import InvalidArgumentError, ModelNotFoundError, UnsupportedModelError
 from .files import verified_directory
 from .model import ModelConfig, TransformerModel
 from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
@@ -54,7 +54,15 @@ _DTYPES = {
 def resolve_device(device: str | torch.device) -> torch.device:
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InvalidArgumentError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise InvalidArgumentError(f"device {device!r}: CUDA is not available on this machine (use 'cpu' or 'auto')")
+    if dev.type not in ("cpu", "cuda"):
+        raise InvalidArgumentError(f"device {device!r} is not supported (cpu or cuda)")
+    return dev
 
 
 def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
@@ -63,13 +71,13 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         return dtype
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise InvalidArgumentError(f"dtype must be 'auto' or one of {sorted(_DTYPES)}, got {dtype!r}")
     return _DTYPES[dtype]
 
 
-def load_model(source: str | os.PathLike, device: torch.device, dtype: torch.dtype, cache_dir: Path) -> LoadedModel:
-    model_dir, name = resolve_model_dir(source, cache_dir)
+def load_model(source: str | os.PathLike, device: torch.device, dtype: torch.dtype, models_dir: Path) -> LoadedModel:
+    model_dir, name = resolve_model_dir(source, models_dir)
     hf_config = _auto_config(model_dir)
     config, rope = model_config_from_hf(hf_config)
     state = load_state_dict(model_dir)
@@ -86,14 +94,14 @@ def load_model(source: str | os.PathLike, device: torch.device, dtype: torch.dty
     )
 
 
-def resolve_model_dir(source: str | os.PathLike, cache_dir: Path) -> tuple[Path, str]:
+def resolve_model_dir(source: str | os.PathLike, models_dir: Path) -> tuple[Path, str]:
     """Return a local HF directory for `source` and a display name."""
     text = os.fspath(source)
     path = Path(text).expanduser()
     if text.lower().endswith(".gguf"):
         if not path.is_file():
             raise ModelNotFoundError(f"GGUF file not found: {path}")
-        return convert_gguf(path, cache_dir), path.stem
+        return convert_gguf(path, models_dir), path.stem
     if path.is_dir():
         if not (path / "config.json").is_file():
             raise ModelNotFoundError(
@@ -117,11 +125,11 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
-def convert_gguf(path: Path, cache_dir: Path) -> Path:
-    """Dequantise a GGUF file once (through transformers) into cache_dir/models/<name>-<key>/."""
+def convert_gguf(path: Path, models_dir: Path) -> Path:
+    """Dequantise a GGUF file once (through transformers) into models_dir/<name>-<key>/ (verified on every load)."""
     st = path.stat()
     key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = cache_dir / "models" / f"{path.stem}-{key}"
+    out = models_dir / f"{path.stem}-{key}"
     source = f"gguf:{path.name}:{st.st_size}"
     return verified_directory(out, lambda tmp: _convert_into(tmp, path), source)
 
@@ -129,7 +137,7 @@ def convert_gguf(path: Path, cache_dir: Path) -> Path:
 def _convert_into(tmp: Path, path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to safetensors (once)", path)
+    log.info("converting %s to safetensors once (about 20 s for a 135M model; later loads take ~1 s)", path.name)
     kwargs = dict(gguf_file=path.name, local_files_only=True)
     try:
         hf = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)

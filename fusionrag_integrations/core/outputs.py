@@ -30,8 +30,9 @@ class GenerationStats:
     prefill_ms: float = 0.0  # model work for the prompt (fusion, selection and recompute included)
     decode_ms: float = 0.0  # first token -> last token
     chunks_found: int = 0  # cached or given chunks located in the prompt
-    chunks_reused: int = 0  # of those, KV loaded from the store
-    chunks_computed: int = 0  # of those, KV computed during this call (then stored)
+    chunks_reused: int = 0  # of those, KV loaded from the store and (at least partly) kept
+    chunks_computed: int = 0  # of those, KV computed during this call (missing from the store; then stored)
+    chunks_recomputed: int = 0  # of those, every token recomputed (selector "full"): no cached KV kept
     tokens_reused: int = 0  # chunk tokens whose cached KV was kept
     tokens_recomputed: int = 0  # chunk tokens recomputed by selection
     prefix_tokens_reused: int = 0  # prompt tokens before the first chunk served by the prefix cache (exact)

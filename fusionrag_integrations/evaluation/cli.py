@@ -18,20 +18,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="HF directory, .gguf or cached hub id (default: bundled SmolLM2)")
     p.add_argument("--data", help="CacheBlend-style JSON ({ctxs, question, answers} list)")
     p.add_argument("--synthetic", type=int, default=0, help="add N seeded synthetic two-hop questions")
-    p.add_argument("--selectors", nargs="+", default=DEFAULT_SELECTORS)
-    p.add_argument("--ratios", nargs="+", type=float, default=[0.05, 0.10, 0.15, 0.30])
+    p.add_argument("--selectors", nargs="+", default=DEFAULT_SELECTORS, help="selectors compared with full attention")
+    p.add_argument("--ratios", nargs="+", type=float, default=[0.05, 0.10, 0.15, 0.30], help="recompute ratios to run")
     p.add_argument("--limit", type=int, help="at most this many examples from --data")
-    p.add_argument("--device", default="auto")
-    p.add_argument("--dtype", default="auto")
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    p.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    p.add_argument("--max-new-tokens", type=int, default=32, help="answer length (greedy) per example")
     p.add_argument(
         "--profile-examples",
         type=int,
         default=5,
         help="synthetic examples (a disjoint seed) used to profile QCFuse's critical layer",
     )
-    p.add_argument("--out", default="benchmarks/results/quality", help="output directory (runs.jsonl, summary, plots)")
-    p.add_argument("--cache-dir", default=".cache/bench", help="model conversion and chunk-KV cache")
+    p.add_argument(
+        "--out",
+        default="fusionrag-quality",
+        help="output directory (runs.jsonl, summary, plots); a rerun resumes it (default ./fusionrag-quality)",
+    )
+    p.add_argument("--cache-dir", default=".cache/bench", help="chunk-KV cache directory (default .cache/bench)")
     p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--precompute",
@@ -45,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.limit is not None and not args.data:
+        parser.error("--limit applies to --data examples; pass --data FILE (or --synthetic N for N examples)")
+    if not args.data and not args.synthetic:
+        parser.error("no examples: pass --data FILE and/or --synthetic N")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .. import EngineConfig, FusionEngine, default_model_path
     from ..core.selectors import profile_critical_layer
@@ -61,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
         load_examples(args.data, args.offset + args.limit if args.limit else None)[args.offset :] if args.data else []
     )
     examples += synthetic_examples(args.synthetic, seed=0) if args.synthetic else []
-    if not examples:
-        raise SystemExit("no examples: pass --data and/or --synthetic N")
     engine = FusionEngine.from_pretrained(
         args.model or default_model_path(),
         device=args.device,
@@ -70,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         config=EngineConfig(cache_dir=Path(args.cache_dir)),
     )
     if "qcfuse" in args.selectors and engine.critical_layer is None:
+        print(f"profiling QCFuse's critical layer on {args.profile_examples} examples (once per run)...", flush=True)
         samples = synthetic_examples(args.profile_examples, seed=12345)
         contexts = []
         for ex in samples:

@@ -14,51 +14,22 @@ from typing import Any
 from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.language_models.base import LanguageModelInput
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, SecretStr, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from ..adapters import iterate_in_thread, shared_engine
+from ..adapters import iterate_in_thread, model_path_text, shared_engine
 from ..core.engine import FusionEngine
 from ..core.errors import FusionRAGError, InvalidArgumentError
 from ..core.inputs import check_stop
 from ..core.outputs import GenerationChunk
-from ..tools import call_as_text, parse_tool_calls, prompt_with_tools, result_as_user_turn, template_supports_tools
-
-_ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "chat": "user"}
-
-
-def to_engine_messages(messages: Sequence[BaseMessage], native_tools: bool = True) -> list[dict[str, Any]]:
-    """LangChain messages -> chat-template dicts. Tool calls and results go in the template's own fields
-    when it supports tools; otherwise they are written as text (the call's JSON, a user turn for the result)."""
-    out = []
-    for m in messages:
-        role = getattr(m, "role", None) if m.type == "chat" else _ROLES.get(m.type, "user")
-        msg: dict[str, Any] = {
-            "role": role if role in ("system", "user", "assistant", "tool") else "user",
-            "content": m.text if isinstance(m.text, str) else m.text(),
-        }
-        if isinstance(m, ToolMessage):
-            if native_tools:
-                msg["tool_call_id"] = m.tool_call_id
-            else:
-                msg = result_as_user_turn(m.name or m.tool_call_id, msg["content"])
-        if isinstance(m, AIMessage) and m.tool_calls:
-            if native_tools:
-                msg["tool_calls"] = [
-                    {"type": "function", "id": c.get("id"), "function": {"name": c["name"], "arguments": c["args"]}}
-                    for c in m.tool_calls
-                ]
-            else:
-                calls = "\n".join(call_as_text(c["name"], c["args"]) for c in m.tool_calls)
-                msg["content"] = f"{msg['content']}\n{calls}".strip()
-        out.append(msg)
-    return out
+from ..tools import parse_tool_calls, prompt_with_tools, template_supports_tools
+from .messages import to_engine_messages
 
 
 class ChatFusionRAG(BaseChatModel):
@@ -104,7 +75,12 @@ class ChatFusionRAG(BaseChatModel):
     api_key: SecretStr | None = None  # accepted and ignored (no remote service)
     selector: str | None = None
     recompute_ratio: float | None = None
-    learn_chunks: bool = False  # keep long prompt paragraphs' KV: reuse with any vector store (no precompute)
+    learn_chunks: bool | None = None  # keep long prompt paragraphs' KV (any vector store); None: the engine's config
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_path(cls, value: Any) -> Any:
+        return model_path_text(value)
 
     @model_validator(mode="after")
     def _load_engine(self) -> ChatFusionRAG:

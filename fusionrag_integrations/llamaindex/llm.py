@@ -27,13 +27,14 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from pydantic import Field, PrivateAttr
+from pydantic import Field, PrivateAttr, field_validator
 
-from ..adapters import iterate_in_thread, shared_engine
+from ..adapters import iterate_in_thread, model_path_text, shared_engine
 from ..core.engine import FusionEngine
 from ..core.inputs import check_stop
 from ..core.outputs import GenerationChunk
 from ..tools import parse_tool_calls, prompt_with_tools, template_supports_tools
+from . import stats as query_stats
 from .messages import checked_messages, to_engine_messages
 
 
@@ -68,7 +69,15 @@ class FusionRAGLLM(FunctionCallingLLM):
     stop: list[str] = Field(default_factory=list)
     selector: str | None = None
     recompute_ratio: float | None = None
-    learn_chunks: bool = Field(default=False, description="Keep long prompt paragraphs' KV (any vector store)")
+    learn_chunks: bool | None = Field(
+        default=None, description="Keep long prompt paragraphs' KV (any vector store); None: the engine's config"
+    )
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_path(cls, value: Any) -> Any:
+        return model_path_text(value)
+
     _engine: FusionEngine = PrivateAttr()
 
     def __init__(self, engine: FusionEngine | None = None, **kwargs: Any) -> None:
@@ -78,6 +87,7 @@ class FusionRAGLLM(FunctionCallingLLM):
 
             engine = shared_engine(self.model or str(default_model_path()), self.device, self.dtype)
         self._engine = engine
+        query_stats.install()
         if not self.model_name:
             self.model_name = engine.model_name
 
@@ -140,6 +150,7 @@ class FusionRAGLLM(FunctionCallingLLM):
                     yield CompletionResponse(text=text, delta=piece.text)
             else:
                 raw = self._raw(piece)
+                query_stats.record(raw["stats"])
                 yield CompletionResponse(text=text, delta=piece.text, raw=raw, additional_kwargs=dict(raw))
 
     def _prompt(self, prompt: str, formatted: bool) -> str | list[dict]:

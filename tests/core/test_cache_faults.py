@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from tests.conftest import DOCS, MODEL_CACHE, REPO, engine_on, rag_messages
+from tests.conftest import DOCS, MODELS, REPO, engine_on, rag_messages
 
 
 def answer(engine, **kwargs):
@@ -83,7 +83,7 @@ CHILD = textwrap.dedent(
     from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path
     from tests.conftest import DOCS, rag_messages
     engine = FusionEngine.from_pretrained(default_model_path(), device="cpu",
-                                          config=EngineConfig(cache_dir={models!r}))
+                                          config=EngineConfig(cache_dir={cache!r}, model_cache_dir={models!r}))
     engine = FusionEngine(engine.loaded, EngineConfig(cache_dir={cache!r}))
     if sys.argv[1] == "quota":
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))  # ulimit -f 256
@@ -100,7 +100,7 @@ CHILD = textwrap.dedent(
 
 def run_child(tmp_path, mode: str, cache, read_only: bool = False) -> dict:
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=str(REPO), models=str(MODEL_CACHE), cache=str(cache)))
+    script.write_text(CHILD.format(repo=str(REPO), models=str(MODELS), cache=str(cache)))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
     from fusionrag_integrations.core.integrity import cache_secret
 

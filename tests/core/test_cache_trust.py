@@ -15,7 +15,7 @@ from fusionrag_integrations.core.chunk_kv import write_entry
 from fusionrag_integrations.core.files import manifest_problem, verified_directory
 from fusionrag_integrations.core.integrity import cache_secret
 from fusionrag_integrations.core.loader import convert_gguf
-from tests.conftest import DOCS, MODEL_CACHE, engine_on, rag_messages
+from tests.conftest import DOCS, MODELS, engine_on, rag_messages
 
 
 def catalog_of(engine):
@@ -126,7 +126,7 @@ def test_a_planted_file_in_a_verified_folder_is_removed_by_a_rebuild(tmp_path):
 def test_a_tampered_converted_model_is_rebuilt_from_the_gguf(smol_engine, tmp_path):
     """A planted chat template and a truncated config.json in the converted-model folder: the load
     rebuilds the folder (one GGUF conversion) instead of using it or failing with an OSError."""
-    original = convert_gguf(default_model_path(), MODEL_CACHE)
+    original = convert_gguf(default_model_path(), MODELS)
     out = tmp_path / "models" / original.name
     out.mkdir(parents=True)
     for f in original.iterdir():
@@ -136,7 +136,7 @@ def test_a_tampered_converted_model_is_rebuilt_from_the_gguf(smol_engine, tmp_pa
     config = (out / "config.json").read_text()
     (out / "config.json").write_text(config[: len(config) // 2])
 
-    assert convert_gguf(default_model_path(), tmp_path) == out
+    assert convert_gguf(default_model_path(), tmp_path / "models") == out
     assert manifest_problem(out, cache_secret(), _source()) is None
     assert (out / "chat_template.jinja").read_text() == (original / "chat_template.jinja").read_text()
     assert (original / "config.json").read_text() == (out / "config.json").read_text()

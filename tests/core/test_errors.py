@@ -10,18 +10,17 @@ from fusionrag_integrations import (
     ChatTemplateError,
     ContextLengthError,
     EmptyPromptError,
-    EngineConfig,
     FusionEngine,
     FusionRAGError,
     InvalidSamplingError,
     ModelNotFoundError,
     UnsupportedModelError,
 )
-from tests.conftest import MODEL_CACHE
+from tests.conftest import shared_config
 
 
 def load(path):
-    return FusionEngine.from_pretrained(path, device="cpu", config=EngineConfig(cache_dir=MODEL_CACHE))
+    return FusionEngine.from_pretrained(path, device="cpu", config=shared_config())
 
 
 def test_missing_path(tmp_path):

@@ -6,9 +6,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from fusionrag_integrations import EngineConfig, FusionEngine
+from fusionrag_integrations import FusionEngine
 from fusionrag_integrations.core.model import AttentionMode
-from tests.conftest import MODEL_CACHE, TINY_FAMILIES
+from tests.conftest import TINY_FAMILIES, shared_config
 
 
 def our_logits(engine: FusionEngine, ids: list[int], mode: AttentionMode) -> torch.Tensor:
@@ -46,7 +46,7 @@ def test_tiny_family_logits_match_transformers_fp32(family, tiny_engines, tiny_m
 @pytest.mark.parametrize("family", ["llama3_rope", "qwen3"])
 def test_tiny_family_logits_match_transformers_bf16(family, tiny_model_dirs):
     engine = FusionEngine.from_pretrained(
-        tiny_model_dirs[family], device="cpu", dtype="bfloat16", config=EngineConfig(cache_dir=MODEL_CACHE)
+        tiny_model_dirs[family], device="cpu", dtype="bfloat16", config=shared_config()
     )
     hf = AutoModelForCausalLM.from_pretrained(tiny_model_dirs[family], dtype=torch.bfloat16).eval()
     ids = torch.randint(0, 49152, (64,), generator=torch.Generator().manual_seed(2)).tolist()

@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 
 from fusionrag_integrations.core.chunk_kv import ChunkKV, CorruptEntryError, read_entry, write_entry
 from fusionrag_integrations.core.store import ChunkStore, LRUTier
-from tests.conftest import DOCS, MODEL_CACHE, REPO, engine_on, rag_messages
+from tests.conftest import DOCS, MODELS, REPO, engine_on, rag_messages
 
 SECRET = b"s" * 32
 
@@ -119,7 +119,7 @@ CHILD = textwrap.dedent(
     from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path
     from tests.conftest import DOCS, rag_messages
     engine = FusionEngine.from_pretrained(default_model_path(), device="cpu",
-        config=EngineConfig(cache_dir={models!r}))
+        config=EngineConfig(cache_dir={cache!r}, model_cache_dir={models!r}))
     engine = FusionEngine(engine.loaded, EngineConfig(cache_dir={cache!r}))
     mode = sys.argv[1]
     if mode == "write":
@@ -137,7 +137,7 @@ CHILD = textwrap.dedent(
 
 def run_child(tmp_path, *args: str) -> subprocess.Popen:
     script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=str(REPO), models=str(MODEL_CACHE), cache=str(tmp_path / "shared")))
+    script.write_text(CHILD.format(repo=str(REPO), models=str(MODELS), cache=str(tmp_path / "shared")))
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     return subprocess.Popen(
         [sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env

@@ -73,3 +73,20 @@ def test_chat_engine_condense_plus_context_reuses_chunks(li_engine, embed_model,
     assert str(first).strip() and str(second).strip()
     answers = [c for c in engine_calls if c["last"].stats.chunks_found]
     assert len(answers) == 2 and all(c["last"].stats.chunks_reused == 3 for c in answers)
+
+
+async def test_query_engine_responses_carry_the_fusion_stats(li_engine, embed_model, tmp_path):
+    """No wrapper, no monkeypatch: `response.metadata["fusionrag"]` holds what fusion did in that query,
+    for query() and aquery(), and concurrent queries keep their own stats."""
+    import asyncio
+
+    index = build_index(li_engine, embed_model, tmp_path, with_metadata=False)
+    engine = index.as_query_engine(llm=FusionRAGLLM(engine=li_engine, max_new_tokens=4), similarity_top_k=4)
+    stats = engine.query("Where does the James Webb Space Telescope orbit?").metadata["fusionrag"]
+    assert stats["llm_calls"] == 1 and stats["chunks_found"] == 4 and stats["chunks_reused"] == 4
+    assert stats["calls"][0]["tokens_recomputed"] == stats["tokens_recomputed"] > 0
+    full = index.as_query_engine(llm=FusionRAGLLM(engine=li_engine, max_new_tokens=4, selector="full"))
+    responses = await asyncio.gather(engine.aquery("Who stayed in lunar orbit?"), full.aquery("Who stayed in orbit?"))
+    fused_stats, full_stats = (r.metadata["fusionrag"] for r in responses)
+    assert fused_stats["llm_calls"] == 1 and fused_stats["calls"][0]["selector"] == "fusionrag"
+    assert full_stats["llm_calls"] == 1 and full_stats["chunks_recomputed"] == full_stats["chunks_found"] > 0
