@@ -35,7 +35,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", default=".cache/examples")
     parser.add_argument("--plot", default=".cache/examples/langchain_rag_ttft.png")
     args = parser.parse_args()
-    cache = Path(args.cache_dir)
+    cache = Path(args.cache_dir).expanduser()
 
     # 1. The model (any local HF directory, .gguf file or cached hub id; here the bundled SmolLM2).
     engine = FusionEngine.from_pretrained(default_model_path(), config=EngineConfig(cache_dir=cache))

@@ -59,7 +59,7 @@ def main(model: str | None = None, device: str = "auto", cache_dir: str | Path =
         def on_llm_end(self, response, **kwargs: Any) -> None:
             self.stats = response.generations[0][0].message.response_metadata.get("stats", {})
 
-    cache_dir = Path(cache_dir)
+    cache_dir = Path(cache_dir).expanduser()
     t = time.perf_counter()
     engine = FusionEngine.from_pretrained(
         model or default_model_path(), device=device, config=EngineConfig(cache_dir=cache_dir)

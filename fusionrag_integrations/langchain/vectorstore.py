@@ -7,6 +7,7 @@ itself inside the engine's store, so no extra metadata is written.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import Any
 
@@ -46,6 +47,8 @@ class FusionRAGChroma(Chroma):
         """precompute: "standalone" (each chunk alone) or "similar" (FusionRAG's similarity-guided
         preprocessing: each new chunk is computed after its `neighbors` nearest chunks in the collection)."""
         check_precompute_mode(precompute, engine, "FusionRAGChroma", "ChatFusionRAG")
+        if isinstance(kwargs.get("persist_directory"), (str, os.PathLike)):  # '~' expanded, as everywhere
+            kwargs["persist_directory"] = os.path.expanduser(kwargs["persist_directory"])
         super().__init__(**kwargs)
         self.engine = engine
         self.precompute_mode, self.neighbors = precompute, neighbors

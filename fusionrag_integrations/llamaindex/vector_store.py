@@ -7,6 +7,7 @@ keys left out). Deleting nodes (by document, by id, by filter, or all) forgets t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -53,6 +54,8 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
         """precompute: "standalone" (each node alone) or "similar" (FusionRAG's similarity-guided
         preprocessing: each new node is computed after its `neighbors` nearest nodes in the collection)."""
         check_precompute_mode(precompute, engine, "FusionRAGChromaVectorStore", "FusionRAGLLM")
+        if isinstance(kwargs.get("persist_dir"), (str, os.PathLike)):  # '~' expanded, as everywhere
+            kwargs["persist_dir"] = os.path.expanduser(kwargs["persist_dir"])
         super().__init__(**kwargs)
         self._engine = engine
         self._show_progress = show_progress
