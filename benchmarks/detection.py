@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fusionrag_integrations.core.detect import ChunkIndex  # noqa: E402
+from fusionrag_integrations.store.detect import ChunkIndex  # noqa: E402
 
 
 def random_text(rng: random.Random, words: int = 160) -> str:

@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
-from fusionrag_integrations.core.chunk_kv import write_entry  # noqa: E402
-from fusionrag_integrations.core.config import default_model_cache_dir  # noqa: E402
+from fusionrag_integrations.config import default_model_cache_dir  # noqa: E402
 from fusionrag_integrations.demo_corpus import PASSAGES  # noqa: E402
+from fusionrag_integrations.store.chunk_kv import write_entry  # noqa: E402
 
 MODELS = default_model_cache_dir()
 QUESTIONS = ["Which planets did it visit?", "When did it launch?", "What did it carry?"]

@@ -25,13 +25,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import LLAMA31_8B, device_name, markdown_table, median_ms, random_hf_llama, sync  # noqa: E402
 
-from fusionrag_integrations.core.config import FusionConfig  # noqa: E402
-from fusionrag_integrations.core.fusion import PlacedChunk, build_context, fused_prefill, place_chunks  # noqa: E402
-from fusionrag_integrations.core.loader import model_from_hf  # noqa: E402
-from fusionrag_integrations.core.model import AttentionMode  # noqa: E402
-from fusionrag_integrations.core.precompute import PrecomputeJob, compute_entries, prefix_kv  # noqa: E402
-from fusionrag_integrations.core.selectors import make_selector  # noqa: E402
-from fusionrag_integrations.core.store import ChunkStore  # noqa: E402
+from fusionrag_integrations.config import FusionConfig  # noqa: E402
+from fusionrag_integrations.fusion.recompute import PlacedChunk, build_context, fused_prefill, place_chunks  # noqa: E402
+from fusionrag_integrations.fusion.selectors import make_selector  # noqa: E402
+from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
+from fusionrag_integrations.model.transformer import AttentionMode  # noqa: E402
+from fusionrag_integrations.runtime.precompute import PrecomputeJob, compute_entries, prefix_kv  # noqa: E402
+from fusionrag_integrations.store.tiers import ChunkStore  # noqa: E402
 
 CHUNK, QUESTION, INSTRUCTION = 512, 64, 16
 SELECTORS = ["none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "full"]
@@ -244,7 +244,7 @@ def main() -> None:
 
 def breakdown(model, store, keys, prompt, ids, cfg, repeats) -> None:
     """Where fused fusionrag@0.15's time goes: fetch+place, probe (selection), recompute pass."""
-    from fusionrag_integrations.core.fusion import recompute
+    from fusionrag_integrations.fusion.recompute import recompute
 
     dev, n = model.device, int(ids.numel())
     selector = make_selector("fusionrag", cfg)

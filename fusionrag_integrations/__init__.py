@@ -9,9 +9,9 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from .core.config import EngineConfig, FusionConfig
-from .core.engine import FusionEngine
-from .core.errors import (
+from .config import EngineConfig, FusionConfig
+from .engine import FusionEngine
+from .errors import (
     ChatTemplateError,
     ChunkNotFoundError,
     ContextLengthError,
@@ -23,7 +23,7 @@ from .core.errors import (
     ModelNotFoundError,
     UnsupportedModelError,
 )
-from .core.outputs import Generation, GenerationChunk, GenerationStats, Usage
+from .outputs import Generation, GenerationChunk, GenerationStats, Usage
 
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import EngineConfig, FusionEngine, FusionRAGError, default_model_path
-from .core.errors import EmptyPromptError
+from .errors import EmptyPromptError
 
 EXIT_USAGE = 2
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import torch
 
-from .core.config import default_model_cache_dir
-from .core.errors import ModelNotFoundError
-from .core.files import verified_directory
+from .config import default_model_cache_dir
+from .errors import ModelNotFoundError
+from .model.files import verified_directory
 
 MINILM = "all-MiniLM-L6-v2"
 

@@ -29,7 +29,7 @@ if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "1"  # no GPU: run the real kernels in Triton's interpreter
 
 from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
-from fusionrag_integrations.core.config import default_model_cache_dir  # noqa: E402
+from fusionrag_integrations.config import default_model_cache_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 # Converted models live in the one shared model cache (the GGUF conversion takes ~20 s, once per
@@ -72,7 +72,7 @@ def tiny_llama(device: str, dtype: torch.dtype):
     """Our model over a random Llama with head_dim 64 (a size the Triton kernels support), no files."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from fusionrag_integrations.core.loader import model_from_hf
+    from fusionrag_integrations.model.loader import model_from_hf
 
     # the shared tiny shape, widened so that head_dim = 256 / 4 = 64
     shape = dict(TINY_SHAPE, vocab_size=512, hidden_size=256, intermediate_size=384, max_position_embeddings=4096)
@@ -83,7 +83,7 @@ def tiny_llama(device: str, dtype: torch.dtype):
 def tiny_fused_prompt(model, seed: int = 5, question_tokens: int = 9):
     """A fused-prompt layout over precomputed random chunks: (token ids, chunk entries, chunk starts).
     6 fresh tokens, three chunks of 40, 33 and 47 tokens, then the question."""
-    from fusionrag_integrations.core.precompute import PrecomputeJob, compute_entries, prefix_kv
+    from fusionrag_integrations.runtime.precompute import PrecomputeJob, compute_entries, prefix_kv
 
     g = torch.Generator().manual_seed(seed)
     chunk_ids = [torch.randint(0, 512, (n,), generator=g).tolist() for n in (40, 33, 47)]

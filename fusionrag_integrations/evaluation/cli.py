@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no examples: pass --data FILE and/or --synthetic N")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .. import EngineConfig, FusionEngine, default_model_path
-    from ..core.selectors import profile_critical_layer
+    from ..fusion.selectors import profile_critical_layer
     from .prompts import musique_messages
 
     out = Path(args.out)

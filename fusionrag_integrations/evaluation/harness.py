@@ -17,7 +17,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..core.engine import FusionEngine
+from ..engine import FusionEngine
 from .data import Example
 from .metrics import exact_match, f1_score, kl_divergence, prefix_agreement, rouge_l
 from .prompts import musique_messages

@@ -23,12 +23,12 @@ from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from ..adapters import iterate_in_thread, model_path_text, shared_engine
-from ..core.engine import FusionEngine
-from ..core.errors import FusionRAGError, InvalidArgumentError
-from ..core.inputs import check_stop
-from ..core.outputs import GenerationChunk
-from ..tools import parse_tool_calls, prompt_with_tools, template_supports_tools
+from ..engine import FusionEngine
+from ..errors import FusionRAGError, InvalidArgumentError
+from ..inputs import check_stop
+from ..integrations.common import iterate_in_thread, model_path_text, shared_engine
+from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
+from ..outputs import GenerationChunk
 from .messages import to_engine_messages
 
 

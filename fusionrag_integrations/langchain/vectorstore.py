@@ -13,9 +13,9 @@ from typing import Any
 
 from langchain_chroma import Chroma
 
-from ..adapters import check_precompute_mode
-from ..core.engine import FusionEngine
-from ..core.inputs import check_texts
+from ..engine import FusionEngine
+from ..inputs import check_texts
+from ..integrations.common import check_precompute_mode
 
 
 class FusionRAGChroma(Chroma):

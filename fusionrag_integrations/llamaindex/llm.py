@@ -29,11 +29,11 @@ from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
 from pydantic import Field, PrivateAttr, field_validator
 
-from ..adapters import iterate_in_thread, model_path_text, shared_engine
-from ..core.engine import FusionEngine
-from ..core.inputs import check_stop
-from ..core.outputs import GenerationChunk
-from ..tools import parse_tool_calls, prompt_with_tools, template_supports_tools
+from ..engine import FusionEngine
+from ..inputs import check_stop
+from ..integrations.common import iterate_in_thread, model_path_text, shared_engine
+from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
+from ..outputs import GenerationChunk
 from . import stats as query_stats
 from .messages import checked_messages, to_engine_messages
 

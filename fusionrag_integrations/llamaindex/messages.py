@@ -7,8 +7,8 @@ from typing import Any
 
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
-from ..core.errors import InvalidArgumentError
-from ..tools import call_as_text, result_as_user_turn
+from ..errors import InvalidArgumentError
+from ..integrations.tools import call_as_text, result_as_user_turn
 
 _ROLES = {
     MessageRole.SYSTEM: "system",

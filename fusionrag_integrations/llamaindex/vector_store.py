@@ -17,8 +17,8 @@ from llama_index.vector_stores.chroma import ChromaVectorStore
 from llama_index.vector_stores.chroma.base import _to_chroma_filter
 from pydantic import PrivateAttr
 
-from ..adapters import check_precompute_mode
-from ..core.engine import FusionEngine
+from ..engine import FusionEngine
+from ..integrations.common import check_precompute_mode
 
 
 def prompt_text(node: BaseNode) -> str:

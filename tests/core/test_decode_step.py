@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.core.decode_step import EagerDecodeStep, GraphedDecodeStep, make_decode_step
-from fusionrag_integrations.core.model import AttentionMode
+from fusionrag_integrations.model.transformer import AttentionMode
+from fusionrag_integrations.runtime.decode_step import EagerDecodeStep, GraphedDecodeStep, make_decode_step
 from tests.conftest import tiny_llama as tiny_model
 
 CUDA = torch.cuda.is_available()

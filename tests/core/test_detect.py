@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-
 from fusionrag_integrations.core import detect
-from fusionrag_integrations.core.detect import ChunkIndex
+
+from fusionrag_integrations.store.detect import ChunkIndex
 
 A = "Alpha passage about the harbour town of Kellersby and its lighthouse."
 B = "Beta passage: Amelia Varn founded the institute in 1894, it is said."

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fusionrag_integrations import ChunkNotFoundError
-from fusionrag_integrations.core.model import AttentionMode
+from fusionrag_integrations.model.transformer import AttentionMode
 from tests.conftest import DOCS, engine_on, rag_messages
 
 
@@ -127,7 +127,7 @@ def test_segmented_tokenisation_differs_little_from_whole_string(smol):
 
 def test_selective_machinery_over_all_positions_equals_plain_prefill(any_engine):
     """The by-position pass (what partial recompute runs) must reproduce a plain prefill when nothing is skipped."""
-    from fusionrag_integrations.core.fusion import run_layers
+    from fusionrag_integrations.fusion.recompute import run_layers
 
     any_engine.precompute(DOCS)
     ctx = any_engine.fusion_context(rag_messages(DOCS))
@@ -199,7 +199,7 @@ def test_active_positions_is_the_sorted_union_with_or_without_a_trailing_chunk(s
     """The sync-free path (prompt ends with fresh tokens) and the general one agree with a set union."""
     from dataclasses import replace
 
-    from fusionrag_integrations.core.fusion import active_positions
+    from fusionrag_integrations.fusion.recompute import active_positions
 
     smol.precompute(DOCS)
     ctx = smol.fusion_context(rag_messages(DOCS))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.core.fusion import PlacedChunk, fused_prefill
-from fusionrag_integrations.core.selectors import CacheBlendSelector, FusionRAGSelector
+from fusionrag_integrations.fusion.recompute import PlacedChunk, fused_prefill
+from fusionrag_integrations.fusion.selectors import CacheBlendSelector, FusionRAGSelector
 from fusionrag_integrations.kernels import _dispatch
 from tests.conftest import tiny_fused_prompt, tiny_llama
 

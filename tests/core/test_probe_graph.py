@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.core.fusion import PlacedChunk, build_context, place_chunks
-from fusionrag_integrations.core.probe_graph import probe_graphs
-from fusionrag_integrations.core.selectors import FusionRAGSelector, QCFuseSelector, probe_attention
+from fusionrag_integrations.fusion.recompute import PlacedChunk, build_context, place_chunks
+from fusionrag_integrations.fusion.selectors import FusionRAGSelector, QCFuseSelector, probe_attention
+from fusionrag_integrations.runtime.probe_graph import probe_graphs
 from tests.conftest import tiny_fused_prompt, tiny_llama
 
 CUDA = torch.cuda.is_available()
@@ -66,7 +66,7 @@ def test_selectors_pick_the_same_tokens_with_and_without_graphs():
 
 
 def test_cache_capacity_rounds_up_to_the_granule_within_the_window():
-    from fusionrag_integrations.core.probe_graph import CACHE_GRANULE, graph_friendly_capacity
+    from fusionrag_integrations.runtime.probe_graph import CACHE_GRANULE, graph_friendly_capacity
 
     assert graph_friendly_capacity(1, 10**6) == CACHE_GRANULE
     assert graph_friendly_capacity(CACHE_GRANULE, 10**6) == CACHE_GRANULE

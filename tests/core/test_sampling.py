@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from fusionrag_integrations.core.sampling import Sampler, SamplingParams, TextStream
+from fusionrag_integrations.runtime.sampling import Sampler, SamplingParams, TextStream
 
 
 def draws(params: SamplingParams, logits: torch.Tensor, n: int = 400) -> set[int]:

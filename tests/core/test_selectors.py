@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.core.fusion import attention_to_positions
-from fusionrag_integrations.core.selectors import (
+from fusionrag_integrations.fusion.recompute import attention_to_positions
+from fusionrag_integrations.fusion.selectors import (
     SELECTORS,
     CacheBlendSelector,
     CacheClipSelector,
@@ -146,7 +146,7 @@ def test_profile_critical_layer_returns_a_shallow_layer(smol, ctx_factory):
 
 
 def test_cacheclip_reuses_auxiliary_scores_across_budgets(ctx_factory, monkeypatch):
-    import fusionrag_integrations.core.selectors as sel
+    import fusionrag_integrations.fusion.selectors as sel
 
     CacheClipSelector._scores.clear()
     calls = []

@@ -13,8 +13,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from fusionrag_integrations.core.chunk_kv import ChunkKV, CorruptEntryError, read_entry, write_entry
-from fusionrag_integrations.core.store import ChunkStore, LRUTier
+from fusionrag_integrations.store.chunk_kv import ChunkKV, CorruptEntryError, read_entry, write_entry
+from fusionrag_integrations.store.tiers import ChunkStore, LRUTier
 from tests.conftest import DOCS, MODELS, REPO, engine_on, rag_messages
 
 SECRET = b"s" * 32
@@ -194,7 +194,7 @@ def test_catalogs_opened_at_once_on_a_new_directory_all_open(tmp_path):
     one without waiting on its busy timeout (it broke a two-process test now and then); none may fail."""
     import threading
 
-    from fusionrag_integrations.core.catalog import Catalog
+    from fusionrag_integrations.store.catalog import Catalog
 
     def open_catalog(path, barrier: threading.Barrier, errors: list) -> None:
         barrier.wait()

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.core.rope import RotaryEmbedding
 from fusionrag_integrations.kernels import _dispatch
 from fusionrag_integrations.kernels.rope_gather import place_rotated, place_rotated_ref, rotation
 from fusionrag_integrations.kernels.rotary import apply_rotary_ref as apply_rotary
+from fusionrag_integrations.model.rope import RotaryEmbedding
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(

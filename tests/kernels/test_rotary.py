@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.core.rope import RotaryEmbedding
 from fusionrag_integrations.kernels import _dispatch
 from fusionrag_integrations.kernels.rotary import apply_rotary_, apply_rotary_ref
+from fusionrag_integrations.model.rope import RotaryEmbedding
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 needs_triton = pytest.mark.skipif(

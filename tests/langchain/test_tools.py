@@ -11,11 +11,11 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, ToolMessage
 from langchain_core.tools import tool
 
-from fusionrag_integrations.core.outputs import GenerationChunk, GenerationStats, Usage
-from fusionrag_integrations.core.prompt import render_chat
+from fusionrag_integrations.fusion.prompt import render_chat
+from fusionrag_integrations.integrations.tools import parse_tool_calls, template_supports_tools
 from fusionrag_integrations.langchain import ChatFusionRAG
 from fusionrag_integrations.langchain.chat_model import to_engine_messages
-from fusionrag_integrations.tools import parse_tool_calls, template_supports_tools
+from fusionrag_integrations.outputs import GenerationChunk, GenerationStats, Usage
 
 
 @tool

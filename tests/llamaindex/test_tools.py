@@ -9,9 +9,9 @@ import pytest
 from llama_index.core.llms import ChatMessage, MessageRole
 from llama_index.core.tools import FunctionTool
 
-from fusionrag_integrations.core.outputs import GenerationChunk, GenerationStats, Usage
 from fusionrag_integrations.llamaindex import FusionRAGLLM
 from fusionrag_integrations.llamaindex.llm import to_engine_messages
+from fusionrag_integrations.outputs import GenerationChunk, GenerationStats, Usage
 
 
 def add(a: int, b: int) -> int:

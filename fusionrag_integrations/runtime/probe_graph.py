@@ -27,9 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..fusion.recompute import run_layers
+from ..model.transformer import KVCache, TransformerModel
 from .cuda_graphs import MAX_GRAPHS, can_graph, warm_up_and_capture
-from .fusion import run_layers
-from .model import KVCache, TransformerModel
 
 BUCKET = 16
 CACHE_GRANULE = 1024  # tokens; at most ~130 MB of extra KV a request for an 8B model

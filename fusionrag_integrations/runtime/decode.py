@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import ContextLengthError
+from ..model.transformer import KVCache, TransformerModel
+from ..outputs import GenerationChunk, GenerationStats, Usage
 from .decode_step import make_decode_step
-from .errors import ContextLengthError
-from .model import KVCache, TransformerModel
-from .outputs import GenerationChunk, GenerationStats, Usage
 from .sampling import Sampler, SamplingParams, TextStream
 
 

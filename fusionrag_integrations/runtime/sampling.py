@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import InvalidSamplingError
-from .inputs import check_stop
+from ..errors import InvalidSamplingError
+from ..inputs import check_stop
 
 
 @dataclass(frozen=True)

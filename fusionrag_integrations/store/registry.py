@@ -25,7 +25,7 @@ from .catalog import Catalog, ChunkRef
 from .chunk_kv import FORMAT_VERSION, STANDALONE, ChunkKV, CorruptEntryError, read_header
 from .detect import ChunkIndex, Match
 from .integrity import is_valid_key
-from .store import ChunkStore
+from .tiers import ChunkStore
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 
 from ..kernels import _dispatch
-from .model import TransformerModel
+from ..model.transformer import TransformerModel
 
 GRAPH_HEAD_DIMS = (64, 128)  # the Triton kernel's head sizes; others would fall back to the reference
 MAX_GRAPHS = 4  # per model and path: the most recently used layouts

@@ -6,8 +6,8 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import ChatTemplateError, EmptyPromptError, InvalidArgumentError
-from .inputs import check_text
+from ..errors import ChatTemplateError, EmptyPromptError, InvalidArgumentError
+from ..inputs import check_text
 
 Message = Mapping[str, Any] | tuple[str, str]
 Prompt = str | Sequence[Message]

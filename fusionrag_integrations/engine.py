@@ -15,24 +15,24 @@ from dataclasses import dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from .chunk_kv import STANDALONE, ChunkKV, chunk_key
 from .config import EngineConfig
-from .detect import ChunkIndex, Match
 from .errors import ChunkNotFoundError, ContextLengthError, EmptyPromptError, InvalidArgumentError
-from .fusion import FusionContext, PlacedChunk, build_context, fused_prefill, place_chunks
-from .generation import Prefill, decode_loop
+from .fusion.prompt import Prompt, encode_text, render_prompt, split_at_matches, split_paragraphs
+from .fusion.recompute import FusionContext, PlacedChunk, build_context, fused_prefill, place_chunks
+from .fusion.selectors import Selector, make_selector
 from .inputs import check_neighbors, check_ratio, check_text, check_texts
-from .integrity import cache_secret
-from .loader import LoadedModel, load_model, resolve_device, resolve_dtype
-from .model import AttentionMode
+from .model.loader import LoadedModel, load_model, resolve_device, resolve_dtype
+from .model.transformer import AttentionMode
 from .outputs import Generation, GenerationChunk, GenerationStats
-from .precompute import PrecomputeJob, compute_entries, prefix_kv
-from .probe_graph import graph_friendly_capacity
-from .prompt import Prompt, encode_text, render_prompt, split_at_matches, split_paragraphs
-from .registry import ChunkRegistry
-from .sampling import SamplingParams
-from .selectors import Selector, make_selector
-from .stepwise import StepwiseStream
+from .runtime.decode import Prefill, decode_loop
+from .runtime.precompute import PrecomputeJob, compute_entries, prefix_kv
+from .runtime.probe_graph import graph_friendly_capacity
+from .runtime.sampling import SamplingParams
+from .runtime.stepwise import StepwiseStream
+from .store.chunk_kv import STANDALONE, ChunkKV, chunk_key
+from .store.detect import ChunkIndex, Match
+from .store.integrity import cache_secret
+from .store.registry import ChunkRegistry
 
 
 @dataclass

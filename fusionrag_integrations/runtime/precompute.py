@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .chunk_kv import ChunkKV
-from .model import AttentionMode, TransformerModel
+from ..model.transformer import AttentionMode, TransformerModel
+from ..store.chunk_kv import ChunkKV
 
 
 @torch.inference_mode()

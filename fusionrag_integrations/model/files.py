@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .integrity import cache_secret, seal, verify
+from ..store.integrity import cache_secret, seal, verify
 
 log = logging.getLogger(__name__)
 MANIFEST = "fusionrag-manifest.json"

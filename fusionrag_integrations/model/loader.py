@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from .errors import InvalidArgumentError, ModelNotFoundError, UnsupportedModelError
+from ..errors import InvalidArgumentError, ModelNotFoundError, UnsupportedModelError
 from .files import verified_directory
-from .model import ModelConfig, TransformerModel
 from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
+from .transformer import ModelConfig, TransformerModel
 
 log = logging.getLogger(__name__)
 

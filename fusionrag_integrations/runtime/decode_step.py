@@ -26,8 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels.sparse_attention import sparse_query_attention
+from ..model.transformer import AttentionMode, KVCache, TransformerModel
 from .cuda_graphs import MAX_GRAPHS, can_graph, warm_up_and_capture
-from .model import AttentionMode, KVCache, TransformerModel
 
 DecodeStep = Callable[[int, int], torch.Tensor]  # (token, position) -> logits [V]
 

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .core.engine import FusionEngine
+from ..engine import FusionEngine
 
 T = TypeVar("T")
 _engines: dict[tuple[str, str, str], FusionEngine] = {}

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from ..kernels.rope_gather import place_rotated, rotation
-from .chunk_kv import ChunkKV
-from .model import AttentionMode, KVCache, TransformerModel
+from ..model.transformer import AttentionMode, KVCache, TransformerModel
+from ..store.chunk_kv import ChunkKV
 
 
 @dataclass

@@ -22,11 +22,11 @@ from typing import ClassVar
 import torch
 import torch.nn.functional as F
 
-from .config import FusionConfig
-from .errors import InvalidArgumentError
-from .fusion import FusionContext, active_positions, attention_to_positions, recompute, run_layers
-from .model import KVCache, TransformerModel
-from .probe_graph import probe_graphs
+from ..config import FusionConfig
+from ..errors import InvalidArgumentError
+from ..model.transformer import KVCache, TransformerModel
+from ..runtime.probe_graph import probe_graphs
+from .recompute import FusionContext, active_positions, attention_to_positions, recompute, run_layers
 
 
 def allocate_budget(lengths: list[int], budget: int) -> list[int]:
