@@ -26,8 +26,8 @@ from common import LLAMA31_8B, device_name, markdown_table, random_hf_llama  # n
 from fusionrag_integrations.kernels.rotary import apply_rotary_  # noqa: E402
 from fusionrag_integrations.kernels.silu_mul import silu_mul  # noqa: E402
 from fusionrag_integrations.kernels.sparse_attention import sparse_query_attention  # noqa: E402
+from fusionrag_integrations.model.attention import AttentionMode  # noqa: E402
 from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
-from fusionrag_integrations.model.transformer import AttentionMode  # noqa: E402
 
 CONTEXT, INSTRUCTION, QUESTION = 16448, 16, 64
 

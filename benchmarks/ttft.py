@@ -28,8 +28,8 @@ from common import LLAMA31_8B, device_name, markdown_table, median_ms, random_hf
 from fusionrag_integrations.config import FusionConfig  # noqa: E402
 from fusionrag_integrations.fusion.recompute import PlacedChunk, build_context, fused_prefill, place_chunks  # noqa: E402
 from fusionrag_integrations.fusion.selectors import make_selector  # noqa: E402
+from fusionrag_integrations.model.attention import AttentionMode  # noqa: E402
 from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
-from fusionrag_integrations.model.transformer import AttentionMode  # noqa: E402
 from fusionrag_integrations.runtime.precompute import PrecomputeJob, compute_entries, prefix_kv  # noqa: E402
 from fusionrag_integrations.store.tiers import ChunkStore  # noqa: E402
 

@@ -65,11 +65,22 @@ class FusionConfig(_Settings):
     critical_layer: int | None = Field(
         None,
         ge=0,
-        description="QCFuse: probing layer; None = profile it on first use (see selectors.profile_critical_layer).",
+        description="QCFuse: probing layer; None = profiled on the first qcfuse request and kept per model under "
+        "cache_dir/profiles (fusion/probe.py).",
+    )
+    aux_model: str | None = Field(
+        None,
+        description="CacheClip: a small model with the same tokenizer (HF directory, .gguf or cached hub id) whose "
+        "attention ranks chunk tokens; loaded on first use. None = the model itself.",
     )
     min_chunk_chars: int = Field(
         32, ge=8, description="Texts shorter than this are not indexed for drop-in detection (too ambiguous)."
     )
+
+    @field_validator("aux_model", mode="before")
+    @classmethod
+    def _aux_path(cls, value):
+        return str(_expand_path(value, "aux_model")) if isinstance(value, (str, Path)) else value
 
 
 class EngineConfig(_Settings):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from .errors import InvalidArgumentError, InvalidSamplingError
+from .errors import ContextLengthError, EmptyPromptError, InvalidArgumentError, InvalidSamplingError
 
 
 def check_text(value: Any, name: str) -> str:
@@ -75,3 +75,25 @@ def check_ratio(ratio: Any) -> float:
 
 def _iterable(value: Any) -> bool:
     return isinstance(value, Sequence) or hasattr(value, "__iter__")
+
+
+def check_precompute(texts: Any, context: Any, neighbors: Any, show_progress: Any) -> tuple[list[str], list[list[str]]]:
+    """engine.precompute's arguments -> (texts, the context texts of each)."""
+    texts = check_texts(texts, "texts")
+    if context is not None and neighbors is not None:
+        raise InvalidArgumentError("pass context= (shared by all texts) or neighbors= (one list per text), not both")
+    if show_progress is not None and not isinstance(show_progress, bool):
+        raise InvalidArgumentError(f"show_progress must be True, False or None, got {show_progress!r}")
+    if neighbors is not None:
+        return texts, check_neighbors(neighbors, len(texts))
+    return texts, [check_texts(context, "context") if context is not None else []] * len(texts)
+
+
+def check_length(n_prompt: int, max_new_tokens: int, context_window: int) -> None:
+    if n_prompt == 0:
+        raise EmptyPromptError("the prompt encodes to zero tokens")
+    if n_prompt + max_new_tokens > context_window:
+        raise ContextLengthError(
+            f"prompt of {n_prompt} tokens + max_new_tokens={max_new_tokens} exceeds the context window of "
+            f"{context_window} tokens; shorten the prompt or lower max_new_tokens"
+        )

@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no examples: pass --data FILE and/or --synthetic N")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from .. import EngineConfig, FusionEngine, default_model_path
-    from ..fusion.selectors import profile_critical_layer
+    from ..fusion.probe import profile_critical_layer
     from .prompts import musique_messages
 
     out = Path(args.out)
@@ -76,16 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         dtype=args.dtype,
         config=EngineConfig(cache_dir=Path(args.cache_dir)),
     )
-    if "qcfuse" in args.selectors and engine.critical_layer is None:
+    if "qcfuse" in args.selectors:  # profiled here on its own samples, so runs on any data are comparable
         print(f"profiling QCFuse's critical layer on {args.profile_examples} examples (once per run)...", flush=True)
         samples = synthetic_examples(args.profile_examples, seed=12345)
         contexts = []
         for ex in samples:
             engine.precompute(ex.passages)
             contexts.append(engine.fusion_context(musique_messages(ex)))
-        engine.critical_layer, recall = profile_critical_layer(contexts)
-        (out / "critical_layer.json").write_text(json.dumps({"layer": engine.critical_layer, "recall": recall}))
-        print(f"QCFuse critical layer: {engine.critical_layer} (probe recall {recall[engine.critical_layer]:.2f})")
+        layer, recall = profile_critical_layer(contexts)
+        engine.critical_layers.put(engine.loaded.model_fingerprint, layer, recall, len(contexts))
+        (out / "critical_layer.json").write_text(json.dumps({"layer": layer, "recall": recall}))
+        print(f"QCFuse critical layer: {layer} (probe recall {recall[layer]:.2f})")
     rows = evaluate(
         engine,
         examples,

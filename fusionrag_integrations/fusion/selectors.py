@@ -1,8 +1,8 @@
 """Token selectors: which cached chunk tokens a fused prefill recomputes.
 
-Each selector is one small class with one rule. `select(ctx, budget)` returns positions
-(a subset of ctx.chunk_positions, `budget` of them); `run` does the recompute pass and
-may be overridden by a selector that decides inside that pass (CacheBlend).
+Each selector is one small class with one rule: `select(ctx, budget)` returns positions (a
+subset of ctx.chunk_positions, `budget` of them). A selector that decides inside the recompute
+pass (CacheBlend) returns a hook from `in_pass` instead; recompute.py runs the pass either way.
 
 | name       | rule                                                                 | source |
 | full       | every chunk token: the quality ceiling (equals a full prefill)        | baseline |
@@ -16,7 +16,7 @@ may be overridden by a selector that decides inside that pass (CacheBlend).
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
@@ -24,9 +24,10 @@ import torch.nn.functional as F
 
 from ..config import FusionConfig
 from ..errors import InvalidArgumentError
-from ..model.transformer import KVCache, TransformerModel
-from ..runtime.probe_graph import probe_graphs
-from .recompute import FusionContext, active_positions, attention_to_positions, recompute, run_layers
+from ..lru import LRU
+from ..model.transformer import TransformerModel
+from .placement import FusionContext, active_positions
+from .probe import default_critical_layer, probe_attention
 
 
 def allocate_budget(lengths: list[int], budget: int) -> list[int]:
@@ -66,39 +67,33 @@ def _sorted(parts: list[torch.Tensor], ctx: FusionContext) -> torch.Tensor:
     return torch.sort(torch.cat(parts)).values
 
 
+@dataclass
+class InPassSelection:
+    """A selection made inside the recompute pass: `before_write` (see model.forward.BeforeWrite)
+    decides at some layer and narrows the pass; `selected` holds its picks once the pass has run."""
+
+    before_write: object
+    selected: torch.Tensor | None = None
+
+
 class Selector:
     name: ClassVar[str]
+    fixed_share: ClassVar[float | None] = None  # full / none: this share of chunk tokens whatever the ratio
 
     def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:
         raise NotImplementedError
 
-    def run(self, ctx: FusionContext, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """-> (last-token logits [1, V], selected chunk positions)."""
-        budget = min(budget, int(ctx.chunk_positions.numel()))
-        if budget == ctx.chunk_positions.numel():
-            selected = ctx.chunk_positions
-        elif budget == 0:
-            selected = ctx.chunk_positions[:0]
-        else:
-            selected = self.select(ctx, budget)
-        return recompute(ctx, selected), selected
+    def in_pass(self, ctx: FusionContext, budget: int) -> InPassSelection | None:
+        """A hook deciding inside the recompute pass instead of `select` before it (None: not this one)."""
+        return None
 
 
 class FullSelector(Selector):
-    name = "full"
-
-    def run(self, ctx: FusionContext, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().run(ctx, int(ctx.chunk_positions.numel()))
+    name, fixed_share = "full", 1.0
 
 
 class NoneSelector(Selector):
-    name = "none"
-
-    def run(self, ctx: FusionContext, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return super().run(ctx, 0)
-
-    def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:
-        return ctx.chunk_positions[:0]
+    name, fixed_share = "none", 0.0
 
 
 class EpicSelector(Selector):
@@ -124,11 +119,9 @@ class CacheBlendSelector(Selector):
     def __init__(self, check_layer: int = 1) -> None:
         self.check_layer = check_layer
 
-    def run(self, ctx: FusionContext, budget: int) -> tuple[torch.Tensor, torch.Tensor]:
-        budget = min(budget, int(ctx.chunk_positions.numel()))
+    def in_pass(self, ctx: FusionContext, budget: int) -> InPassSelection:
         check = min(self.check_layer, ctx.model.config.num_layers - 1)
-        all_positions = torch.arange(ctx.reused_prefix, ctx.num_positions, device=ctx.chunk_positions.device)
-        chosen: list[torch.Tensor] = []
+        selection = InPassSelection(None)
 
         def before_write(layer: int, q, k, v, positions) -> torch.Tensor | None:
             if layer != check:
@@ -138,21 +131,13 @@ class CacheBlendSelector(Selector):
                 dim=(1, 2)
             )
             scores = deviation[ctx.chunk_positions - ctx.reused_prefix]  # positions == arange(reused_prefix, N)
-            chosen.append(top_global(ctx, scores, budget))
+            selection.selected = top_global(ctx, scores, budget)
             keep = torch.zeros(ctx.num_positions, dtype=torch.bool, device=positions.device)
-            keep[active_positions(ctx, chosen[0])] = True
+            keep[active_positions(ctx, selection.selected)] = True
             return keep[ctx.reused_prefix :]
 
-        h, _ = run_layers(
-            ctx.model,
-            ctx.cache,
-            ctx.token_ids[all_positions],
-            all_positions,
-            before_write=before_write,
-            max_position=ctx.num_positions - 1,
-            last_row_only=True,
-        )
-        return ctx.model.logits(h[-1:]), chosen[0]
+        selection.before_write = before_write
+        return selection
 
 
 class FusionRAGSelector(Selector):
@@ -169,7 +154,8 @@ class FusionRAGSelector(Selector):
 
 class QCFuseSelector(Selector):
     """Probe only up to a critical layer: the question's attention there picks most of the
-    budget; the rest goes to the chunk tokens with the largest key norms at that layer."""
+    budget; the rest goes to the chunk tokens with the largest key norms at that layer.
+    critical_layer None: the engine profiles it on first use (probe.CriticalLayers)."""
 
     name = "qcfuse"
     attention_share = 0.75
@@ -190,18 +176,18 @@ class QCFuseSelector(Selector):
 
 
 class CacheClipSelector(Selector):
-    """A small auxiliary model (same tokenizer) prefills the whole prompt; its last-layer
-    attention from the question ranks chunk tokens, smoothed over a small window so that
-    neighbouring tokens are recomputed together (local coherence)."""
+    """A small auxiliary model (same tokenizer; FusionConfig.aux_model, else the model itself)
+    prefills the whole prompt; its last-layer attention from the question ranks chunk tokens,
+    smoothed over a small window so that neighbouring tokens are recomputed together."""
 
     name = "cacheclip"
     window = 3
-    # The auxiliary scores depend on the prompt only, not on the budget: a sweep over ratios
-    # (or a retried request) reuses them. Keyed by model identity, token ids and chunk layout.
-    _scores: OrderedDict[tuple, torch.Tensor] = OrderedDict()
 
-    def __init__(self, aux_model: TransformerModel | None = None) -> None:
+    def __init__(self, aux_model: TransformerModel | None = None, scores: LRU | None = None) -> None:
         self.aux_model = aux_model
+        # The auxiliary scores depend on the prompt only, not on the budget: a sweep over ratios
+        # (or a retried request) reuses them. The engine passes its own cache (never a global one).
+        self.scores: LRU[tuple, torch.Tensor] = scores if scores is not None else LRU(max_entries=8)
 
     def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:
         scores = self.aux_scores(ctx)
@@ -210,85 +196,13 @@ class CacheClipSelector(Selector):
 
     def aux_scores(self, ctx: FusionContext) -> torch.Tensor:
         aux = self.aux_model or ctx.model
-        key = (id(aux), ctx.token_ids.cpu().numpy().tobytes(), ctx.chunk_positions.cpu().numpy().tobytes())
-        if key not in self._scores:
+        key = (aux is ctx.model, ctx.token_ids.cpu().numpy().tobytes(), ctx.chunk_positions.cpu().numpy().tobytes())
+        found = self.scores.get(key)
+        if found is None:
             last = aux.config.num_layers - 1
-            self._scores[key] = probe_attention(ctx, aux, aux.new_cache(ctx.num_positions), {last}, full=True)[last]
-            while len(self._scores) > 8:
-                self._scores.popitem(last=False)
-        self._scores.move_to_end(key)
-        return self._scores[key]
-
-
-def probe_attention(
-    ctx: FusionContext, model: TransformerModel, cache: KVCache, layers: set[int], full: bool
-) -> dict[int, torch.Tensor]:
-    """Attention mass from the question tokens to each chunk position, at each of `layers`.
-
-    full=False runs only the fresh tokens over the fused (stale) cache and stops after the
-    deepest requested layer; full=True runs every token (a plain prefill on `cache`).
-    """
-    positions = torch.arange(ctx.num_positions, device=ctx.fresh_positions.device) if full else ctx.fresh_positions
-    ids = ctx.token_ids[positions]
-    # the question is the tokens after the last chunk: a suffix of `positions` either way (sliced,
-    # not masked: no device sync). Without one, the last running token probes.
-    n_question = max(1, int(ctx.question_positions.numel()))
-    last = ctx.num_positions - 1 if full else ctx.last_fresh_position
-    scores: dict[int, torch.Tensor] = {}
-
-    def after_write(layer: int, q: torch.Tensor, pos: torch.Tensor) -> None:
-        if layer in layers:
-            keys = cache.k[layer, : ctx.num_positions]
-            scores[layer] = attention_to_positions(q[-n_question:], keys, pos[-n_question:], ctx.chunk_positions)
-
-    graphs = probe_graphs(model) if not full and len(layers) == 1 else None
-    queries = graphs.queries(model, cache, ids, positions, max(layers) + 1) if graphs is not None else None
-    if queries is not None:  # replayed from a CUDA graph: the same pass, one launch
-        after_write(max(layers), queries, positions)
-        return scores
-    run_layers(
-        model,
-        cache,
-        ids,
-        positions,
-        after_write=after_write,
-        num_layers=max(layers) + 1,
-        finish_last=False,
-        max_position=last if last >= 0 else None,
-    )
-    return scores
-
-
-def profile_critical_layer(
-    contexts: list[FusionContext], ratio: float = 0.15, max_fraction: float = 0.5
-) -> tuple[int, list[float]]:
-    """QCFuse's offline profiling: the layer whose cheap probe best predicts full attention.
-
-    For each sample (a fused context; its cache is used up), the reference ranking is the
-    question's last-layer attention over chunk tokens in a full prefill; each layer's probe
-    ranking comes from running only the fresh tokens over the stale fused cache. The score
-    of a layer is the mean recall of the reference's top `ratio` tokens; the best layer in
-    the first `max_fraction` of the depth wins (a deeper probe would cost as much as it saves).
-    Returns (layer, recall per layer).
-    """
-    model = contexts[0].model
-    n_layers = model.config.num_layers
-    recall = torch.zeros(n_layers)
-    for ctx in contexts:
-        k = max(1, round(ratio * int(ctx.chunk_positions.numel())))
-        reference = probe_attention(ctx, model, model.new_cache(ctx.num_positions), {n_layers - 1}, full=True)
-        wanted = set(torch.topk(reference[n_layers - 1], k).indices.tolist())
-        probes = probe_attention(ctx, model, ctx.cache, set(range(n_layers)), full=False)
-        for layer, scores in probes.items():
-            recall[layer] += len(wanted & set(torch.topk(scores, k).indices.tolist())) / k
-    recall /= len(contexts)
-    limit = max(1, int(n_layers * max_fraction))
-    return int(torch.argmax(recall[:limit])), recall.tolist()
-
-
-def default_critical_layer(model: TransformerModel) -> int:
-    """Without profiling: a quarter of the depth (cheap to reach, past the purely lexical layers)."""
-    return max(1, model.config.num_layers // 4)
+            found = probe_attention(ctx, aux, aux.new_cache(ctx.num_positions), {last}, full=True)[last]
+            self.scores.put(key, found)
+        return found
 
 
 SELECTORS: dict[str, type[Selector]] = {
@@ -310,6 +224,7 @@ def make_selector(
     config: FusionConfig,
     critical_layer: int | None = None,
     aux_model: TransformerModel | None = None,
+    aux_scores: LRU | None = None,
 ) -> Selector:
     """A selector instance from its name (configured from `config`), or the instance itself."""
     if isinstance(selector, Selector):
@@ -319,7 +234,7 @@ def make_selector(
     if selector == "cacheblend":
         return CacheBlendSelector(config.check_layer)
     if selector == "qcfuse":
-        return QCFuseSelector(critical_layer)
+        return QCFuseSelector(critical_layer if critical_layer is not None else config.critical_layer)
     if selector == "cacheclip":
-        return CacheClipSelector(aux_model)
+        return CacheClipSelector(aux_model, aux_scores)
     return SELECTORS[selector]()

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..errors import InvalidArgumentError, ModelNotFoundError, UnsupportedModelError
+from ..errors import InvalidArgumentError, InvalidConfigError, ModelNotFoundError, UnsupportedModelError
 from .files import verified_directory
 from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
 from .transformer import ModelConfig, TransformerModel
@@ -92,6 +92,15 @@ def load_model(source: str | os.PathLike, device: torch.device, dtype: torch.dty
         model_fingerprint=model_fingerprint(model),
         tokenizer_fingerprint=tokenizer_fingerprint(tokenizer),
     )
+
+
+def load_aux_model(source: str | os.PathLike, main: LoadedModel, models_dir: Path) -> LoadedModel:
+    """A second model beside `main` (CacheClip's scorer): same device and dtype, and the same tokenizer,
+    or its token ids would mean other words."""
+    aux = load_model(source, main.model.device, main.model.dtype, models_dir)
+    if aux.tokenizer.get_vocab() != main.tokenizer.get_vocab():
+        raise InvalidConfigError(f"aux_model {source} has another tokenizer than {main.name}; pick one of its family")
+    return aux
 
 
 def resolve_model_dir(source: str | os.PathLike, models_dir: Path) -> tuple[Path, str]:

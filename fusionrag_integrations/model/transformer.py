@@ -13,14 +13,14 @@ Qwen3 (per-head q/k RMSNorm). Weights come from transformers/safetensors (see lo
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
 
 import torch
 import torch.nn.functional as F
 
 from ..kernels.rotary import apply_rotary_
 from ..kernels.silu_mul import silu_mul
-from ..kernels.sparse_attention import sparse_query_attention
+from .attention import AttentionMode, CacheAttention, KVCache
+from .forward import run_layers
 from .rope import RotaryEmbedding
 
 
@@ -56,36 +56,6 @@ class LayerWeights:
     down: torch.Tensor
 
 
-class AttentionMode(Enum):
-    CAUSAL_FROM_ZERO = "causal"  # positions 0..S-1, nothing earlier in the cache: plain causal SDPA
-    DECODE = "decode"  # one query at the last position: it sees every cached key
-    BY_POSITION = "by_position"  # anything else: query i sees keys at positions <= positions[i]
-
-
-class KVCache:
-    """Per-request K/V for every layer, indexed by absolute position: row p holds position p."""
-
-    def __init__(self, config: ModelConfig, capacity: int, device: torch.device, dtype: torch.dtype) -> None:
-        shape = (config.num_layers, capacity, config.num_kv_heads, config.head_dim)
-        self.k = torch.empty(shape, device=device, dtype=dtype)  # [L, capacity, Hkv, D]
-        self.v = torch.empty(shape, device=device, dtype=dtype)
-        self.capacity = capacity
-
-    def layout(self) -> tuple:
-        """The buffers' addresses, shape and dtype: a CUDA graph recorded over this cache serves any
-        cache with the same layout (the caching allocator hands same-sized requests the same buffers)."""
-        return (self.k.data_ptr(), self.v.data_ptr(), tuple(self.k.shape), self.k.dtype)
-
-    def write(self, layer: int, positions: torch.Tensor, start: int | None, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [S, Hkv, D]. `start` given means positions == start..start+S-1 (a slice copy)."""
-        if start is not None:
-            self.k[layer, start : start + k.shape[0]] = k
-            self.v[layer, start : start + v.shape[0]] = v
-        else:
-            self.k[layer].index_copy_(0, positions, k)
-            self.v[layer].index_copy_(0, positions, v)
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """transformers' RMSNorm arithmetic (float32 statistics, weight applied in x's dtype).
 
@@ -117,8 +87,6 @@ class TransformerModel:
         self.final_norm = final_norm
         self.lm_head = lm_head
         self.rope = rope.to(embed.device)
-        self.use_triton: str = "auto"
-        self.graph_probe: bool = True  # replay the selection probe from CUDA graphs where possible (probe_graph.py)
 
     @property
     def device(self) -> torch.device:
@@ -182,14 +150,15 @@ class TransformerModel:
     def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rope.cos_sin(positions, self.dtype)
 
-    def qkv(self, layer: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def qkv(
+        self, layer: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str = "never"
+    ) -> tuple[torch.Tensor, ...]:
         """Post-RoPE q [S, Hq, D] and k, v [S, Hkv, D] of hidden states h [S, hidden]."""
         c, w = self.config, self.layers[layer]
         x = rms_norm(h, w.attn_norm, c.rms_norm_eps)
         qkv = F.linear(x, w.qkv, w.qkv_bias)
         nq, nkv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
         v = qkv[:, nq + nkv :].view(-1, c.num_kv_heads, c.head_dim)
-        backend = self.kernel_backend(qkv)
         if w.q_norm is None:  # rotate q and k heads together, in place in the projection's output: one launch
             qk = apply_rotary_(
                 qkv[:, : nq + nkv].view(-1, c.num_heads + c.num_kv_heads, c.head_dim), cos, sin, backend=backend
@@ -199,57 +168,14 @@ class TransformerModel:
         k = rms_norm(qkv[:, nq : nq + nkv].view(-1, c.num_kv_heads, c.head_dim), w.k_norm, c.rms_norm_eps)
         return apply_rotary_(q, cos, sin, backend=backend), apply_rotary_(k, cos, sin, backend=backend), v
 
-    def attend(
-        self,
-        q: torch.Tensor,
-        cache: KVCache,
-        layer: int,
-        positions: torch.Tensor,
-        mode: AttentionMode,
-        max_position: int,
-        fresh_kv: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> torch.Tensor:
-        """q: [S, Hq, D] -> [S, Hq, D]; keys/values come from the cache (or fresh_kv when CAUSAL_FROM_ZERO)."""
-        if mode is AttentionMode.CAUSAL_FROM_ZERO:
-            k, v = fresh_kv if fresh_kv is not None else (cache.k[layer, : q.shape[0]], cache.v[layer, : q.shape[0]])
-            return _sdpa(q, k, v, causal=True)
-        k, v = cache.k[layer, : max_position + 1], cache.v[layer, : max_position + 1]
-        if mode is AttentionMode.DECODE:
-            return _sdpa(q, k, v, causal=False)
-        return sparse_query_attention(q, k, v, positions, backend=self.kernel_backend(q), positions_sorted=True)
-
-    def kernel_backend(self, t: torch.Tensor) -> str:
-        """Triton on CUDA per `use_triton`; on CPU the interpreted kernels are for kernel tests, not serving."""
-        return self.use_triton if (t.is_cuda or self.use_triton == "always") else "never"
-
-    def finish_layer(self, layer: int, h: torch.Tensor, attn: torch.Tensor) -> torch.Tensor:
+    def finish_layer(self, layer: int, h: torch.Tensor, attn: torch.Tensor, backend: str = "never") -> torch.Tensor:
         """Output projection + residual, then the MLP block + residual."""
         c, w = self.config, self.layers[layer]
         attn = attn.reshape(h.shape[0], -1)
         # residual adds ride in the GEMM epilogue (addmm): one launch and one rounding fewer each
         h = h + F.linear(attn, w.o_proj, w.o_bias) if w.o_bias is not None else torch.addmm(h, attn, w.o_proj.t())
         x = rms_norm(h, w.mlp_norm, c.rms_norm_eps)
-        return torch.addmm(h, silu_mul(F.linear(x, w.gate_up), backend=self.kernel_backend(x)), w.down.t())
-
-    def layer_forward(
-        self,
-        layer: int,
-        h: torch.Tensor,
-        positions: torch.Tensor,
-        rotary: tuple[torch.Tensor, torch.Tensor],
-        cache: KVCache,
-        mode: AttentionMode,
-        max_position: int,
-        start: int | None = None,
-        last_row_only: bool = False,
-    ) -> torch.Tensor:
-        """last_row_only: attention and MLP for the last token alone (its K/V written with the rest)."""
-        q, k, v = self.qkv(layer, h, *rotary)
-        cache.write(layer, positions, start, k, v)
-        if last_row_only:  # the last token sits at max_position and sees every key up to it
-            h, q, mode = h[-1:], q[-1:], AttentionMode.DECODE
-        attn = self.attend(q, cache, layer, positions, mode, max_position, fresh_kv=(k, v))
-        return self.finish_layer(layer, h, attn)
+        return torch.addmm(h, silu_mul(F.linear(x, w.gate_up), backend=backend), w.down.t())
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Final norm + LM head, in float32: [N, hidden] -> [N, vocab]."""
@@ -264,31 +190,15 @@ class TransformerModel:
         mode: AttentionMode = AttentionMode.BY_POSITION,
         max_position: int | None = None,
         all_logits: bool = False,
+        backend: str = "never",
     ) -> torch.Tensor:
-        """Run every layer on these tokens; return logits of the last one ([1, V]) or of all ([S, V]).
+        """Every layer on these tokens; logits of the last one ([1, V]) or of all ([S, V]).
 
         `max_position` (a Python int, to avoid a device sync) must be positions.max();
         contiguous positions (CAUSAL_FROM_ZERO, DECODE) are written with a slice copy.
         """
         if max_position is None:
             max_position = int(positions.max())
-        start = None if mode is AttentionMode.BY_POSITION else max_position + 1 - token_ids.shape[0]
-        h = self.embed(token_ids)
-        rotary = self.rotary(positions)
-        last = self.config.num_layers - 1
-        for layer in range(self.config.num_layers):
-            only_last = layer == last and not all_logits  # the last layer's other rows would be thrown away
-            h = self.layer_forward(layer, h, positions, rotary, cache, mode, max_position, start, only_last)
+        attention = CacheAttention(cache, mode, max_position, backend)
+        h, _ = run_layers(self, token_ids, positions, attention, last_row_only=not all_logits)
         return self.logits(h if all_logits else h[-1:])
-
-
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """[S, H, D] layout in and out; GQA without expanding K/V (enable_gqa).
-
-    The batch dimension matters: with 4-D inputs PyTorch picks its fused (flash) kernels,
-    3-D inputs fall to the unfused math path (3.6x slower on CPU at 512 tokens).
-    """
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], is_causal=causal, enable_gqa=True
-    )
-    return out[0].transpose(0, 1)

@@ -9,10 +9,11 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import ContextLengthError
-from ..model.transformer import KVCache, TransformerModel
+from ..model.attention import KVCache
 from ..outputs import GenerationChunk, GenerationStats, Usage
-from .decode_step import make_decode_step
-from .sampling import Sampler, SamplingParams, TextStream
+from ..request import SamplingParams
+from .decode_step import DecodeStep
+from .sampling import Sampler, TextStream
 
 
 @dataclass
@@ -27,31 +28,29 @@ class Prefill:
 
 
 def decode_loop(
-    model: TransformerModel,
+    device: torch.device,
     tokenizer,
     eos: frozenset[int],
     pre: Prefill,
     params: SamplingParams,
     t_start: float,
-    cuda_graph: bool = False,
+    decode_step: DecodeStep,
 ) -> Iterator[GenerationChunk]:
     """Sample the first token from the prefill's logits, then decode step by step until EOS, a stop
-    string or max_new_tokens; text pieces never contain (part of) a stop string. cuda_graph: replay
-    the decode step from a CUDA graph where possible (decode_step.py)."""
+    string or max_new_tokens; text pieces never contain (part of) a stop string."""
     prompt_ids, stats, cache = pre.token_ids, pre.stats, pre.cache
     if cache.capacity < len(prompt_ids) + params.max_new_tokens:
         raise ContextLengthError(
             f"this prefill has room for {cache.capacity - len(prompt_ids)} new tokens, "
             f"not {params.max_new_tokens}: pass max_new_tokens to prefill()"
         )
-    sampler = Sampler(params, model.device)
+    sampler = Sampler(params, device)
     token = sampler(pre.logits)
     t_first = time.perf_counter()
     stats.ttft_ms = (t_first - t_start) * 1e3
 
     stream = TextStream(tokenizer, params.stop)
     pos, generated, finish = len(prompt_ids), [], "length"
-    decode_step = make_decode_step(model, cache, cuda_graph and params.max_new_tokens > 2)
     while True:
         if token in eos:
             finish = "stop"

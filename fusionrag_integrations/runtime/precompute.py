@@ -13,19 +13,23 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
-from ..model.transformer import AttentionMode, TransformerModel
+from ..model.attention import AttentionMode, PrefixBatchAttention
+from ..model.forward import run_layers
+from ..model.transformer import TransformerModel
 from ..store.chunk_kv import ChunkKV
 
 
 @torch.inference_mode()
-def prefix_kv(model: TransformerModel, prefix_ids: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+def prefix_kv(
+    model: TransformerModel, prefix_ids: list[int], backend: str = "never"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """K/V of the shared prefix: [L, P, Hkv, D] each (P may be 0)."""
     cache = model.new_cache(max(1, len(prefix_ids)))
     if prefix_ids:
         ids = torch.tensor(prefix_ids, device=model.device)
-        model.forward(ids, torch.arange(len(prefix_ids), device=model.device), cache, AttentionMode.CAUSAL_FROM_ZERO)
+        positions = torch.arange(len(prefix_ids), device=model.device)
+        model.forward(ids, positions, cache, AttentionMode.CAUSAL_FROM_ZERO, backend=backend)
     n = len(prefix_ids)
     return cache.k[:, :n].clone(), cache.v[:, :n].clone()
 
@@ -45,40 +49,19 @@ def batches(lengths: list[int], batch_tokens: int) -> Iterator[list[int]]:
 
 @torch.inference_mode()
 def compute_chunk_kv(
-    model: TransformerModel,
-    prefix: tuple[torch.Tensor, torch.Tensor],
-    chunks: list[list[int]],
+    model: TransformerModel, prefix: tuple[torch.Tensor, torch.Tensor], chunks: list[list[int]], backend: str = "never"
 ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """KV of each chunk ([L, T_i, Hkv, D] pairs) computed after `prefix`, all in one padded batch."""
-    c, dev = model.config, model.device
-    pk, pv = prefix
-    P, B, T = pk.shape[1], len(chunks), max(len(ids) for ids in chunks)
+    dev, P = model.device, prefix[0].shape[1]
+    B, T = len(chunks), max(len(ids) for ids in chunks)
     ids = torch.zeros(B, T, dtype=torch.long, device=dev)
     for b, chunk in enumerate(chunks):
         ids[b, : len(chunk)] = torch.tensor(chunk, device=dev)
     positions = torch.arange(P, P + T, device=dev).repeat(B)  # [B*T]
-    rotary = model.rotary(positions)
-    out_k = torch.empty(c.num_layers, B, T, c.num_kv_heads, c.head_dim, device=dev, dtype=model.dtype)
-    out_v = torch.empty_like(out_k)
-    # query i (at P+i) sees all P prefix keys and chunk keys 0..i: lower-right aligned causal
-    mask = torch.ones(T, P + T, dtype=torch.bool, device=dev).tril(diagonal=P)
-    h = model.embed(ids.reshape(-1))
-    for layer in range(c.num_layers):
-        q, k, v = model.qkv(layer, h, *rotary)
-        out_k[layer], out_v[layer] = k.view(B, T, *k.shape[1:]), v.view(B, T, *v.shape[1:])
-        if layer == c.num_layers - 1:
-            break  # the last layer's K/V are all we keep: skip its attention and MLP
-        keys = torch.cat((pk[layer].expand(B, -1, -1, -1), out_k[layer]), dim=1)  # [B, P+T, Hkv, D]
-        values = torch.cat((pv[layer].expand(B, -1, -1, -1), out_v[layer]), dim=1)
-        attn = F.scaled_dot_product_attention(
-            q.view(B, T, c.num_heads, c.head_dim).transpose(1, 2),
-            keys.transpose(1, 2),
-            values.transpose(1, 2),
-            attn_mask=mask,
-            enable_gqa=True,
-        )  # [B, Hq, T, D]
-        h = model.finish_layer(layer, h, attn.transpose(1, 2).reshape(B * T, c.num_heads, c.head_dim))
-    return [(out_k[:, b, : len(chunk)].clone(), out_v[:, b, : len(chunk)].clone()) for b, chunk in enumerate(chunks)]
+    attention = PrefixBatchAttention(prefix, model.config, B, T)
+    attention.backend = backend
+    run_layers(model, ids.reshape(-1), positions, attention, finish_last=False)  # only K/V are kept
+    return [(attention.k[:, b, : len(c)].clone(), attention.v[:, b, : len(c)].clone()) for b, c in enumerate(chunks)]
 
 
 @dataclass(frozen=True)
@@ -96,12 +79,13 @@ def compute_entries(
     jobs: list[PrecomputeJob],
     model_fingerprint: str,
     batch_tokens: int,
+    backend: str = "never",
 ) -> Iterator[list[tuple[ChunkKV, str]]]:
     """Batches of (ChunkKV, text): each job's [context + chunk] computed after the shared `prefix`,
     only the chunk's rows kept, its start position counting the context before it."""
     sequences = [job.context_ids + job.token_ids for job in jobs]
     for batch in batches([len(s) for s in sequences], batch_tokens):
-        kvs = compute_chunk_kv(model, prefix, [sequences[i] for i in batch])
+        kvs = compute_chunk_kv(model, prefix, [sequences[i] for i in batch], backend)
         out = []
         for i, (k, v) in zip(batch, kvs):
             job, skip = jobs[i], len(jobs[i].context_ids)

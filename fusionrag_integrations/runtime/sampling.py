@@ -1,46 +1,10 @@
-"""Sampling parameters, the token sampler, and streaming detokenisation with stop strings."""
+"""The token sampler, and streaming detokenisation with stop strings."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
-
 import torch
 
-from ..errors import InvalidSamplingError
-from ..inputs import check_stop
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """Validated on construction, so a bad argument fails before any compute."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0  # 0 = greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0 = off
-    seed: int | None = None
-    stop: tuple[str, ...] = field(default_factory=tuple)
-
-    def __post_init__(self) -> None:
-        def bad(msg: str) -> InvalidSamplingError:
-            return InvalidSamplingError(msg)
-
-        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise bad(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
-        if (
-            not isinstance(self.temperature, (int, float))
-            or not math.isfinite(self.temperature)
-            or self.temperature < 0
-        ):
-            raise bad(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
-        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
-            raise bad(f"top_p must be in (0, 1], got {self.top_p!r}")
-        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
-            raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise bad(f"seed must be an integer or None, got {self.seed!r}")
-        object.__setattr__(self, "stop", check_stop(self.stop))
+from ..request import SamplingParams
 
 
 class Sampler:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.model.transformer import AttentionMode
+from fusionrag_integrations.model.attention import AttentionMode, resolve_kernels
 from fusionrag_integrations.runtime.decode_step import EagerDecodeStep, GraphedDecodeStep, make_decode_step
+from fusionrag_integrations.runtime.graphs import GraphCache
 from tests.conftest import tiny_llama as tiny_model
 
 CUDA = torch.cuda.is_available()
@@ -17,8 +18,23 @@ def decode(model, step_kind, prompt: torch.Tensor, tokens: list[int], capacity: 
     cache = cache if cache is not None else model.new_cache(capacity)
     n = prompt.numel()
     model.forward(prompt, torch.arange(n, device=prompt.device), cache, AttentionMode.CAUSAL_FROM_ZERO, n - 1)
-    step = step_kind(model, cache)
+    backend = resolve_kernels("auto", model.device)
+    step = step_kind(graphs_for(model), cache) if step_kind is GraphedDecodeStep else step_kind(model, cache, backend)
     return [step(t, n + i).clone() for i, t in enumerate(tokens)], step
+
+
+_GRAPHS: dict = {}
+
+
+def graphs_for(model) -> GraphCache:
+    """One runner's graph cache per model, as the engine keeps it."""
+    if model not in _GRAPHS:
+        _GRAPHS[model] = GraphCache(model, resolve_kernels("auto", model.device), True, True)
+    return _GRAPHS[model]
+
+
+def step_for(model, cache):
+    return make_decode_step(model, cache, graphs_for(model), resolve_kernels("auto", model.device))
 
 
 def test_eager_steps_equal_one_prefill_of_the_whole_sequence():
@@ -26,7 +42,7 @@ def test_eager_steps_equal_one_prefill_of_the_whole_sequence():
     g = torch.Generator().manual_seed(1)
     prompt = torch.randint(0, 512, (37,), generator=g)
     tokens = torch.randint(0, 512, (5,), generator=g).tolist()
-    assert isinstance(make_decode_step(model, model.new_cache(8), cuda_graph=True), EagerDecodeStep)  # no GPU
+    assert isinstance(step_for(model, model.new_cache(8)), EagerDecodeStep)  # no GPU
     stepped, _ = decode(model, EagerDecodeStep, prompt, tokens, capacity=64)
     whole = torch.cat((prompt, torch.tensor(tokens)))
     cache = model.new_cache(64)
@@ -42,7 +58,7 @@ def test_graph_replay_matches_eager_decode(dtype, tol, capacity):
     g = torch.Generator().manual_seed(capacity)
     prompt = torch.randint(0, 512, (capacity - 40,), generator=g).cuda()
     tokens = torch.randint(0, 512, (12,), generator=g).tolist()
-    assert isinstance(make_decode_step(model, model.new_cache(8), cuda_graph=True), GraphedDecodeStep)
+    assert isinstance(step_for(model, model.new_cache(8)), GraphedDecodeStep)
     eager, _ = decode(model, EagerDecodeStep, prompt, tokens, capacity)
     graphed, step = decode(model, GraphedDecodeStep, prompt, tokens, capacity)
     assert step.captured is not None  # captured on the first step, replayed for the other 11
@@ -86,4 +102,4 @@ def test_a_later_request_over_the_same_buffers_replays_without_capturing():
     eager, _ = decode(model, EagerDecodeStep, second_prompt, tokens, 300)
     for a, b in zip(eager, graphed, strict=True):
         assert ((a.double() - b.double()).norm() / a.double().norm()).item() < 1e-4
-    assert not GraphedDecodeStep(model, model.new_cache(301)).reused  # another layout: its own capture
+    assert not GraphedDecodeStep(graphs_for(model), model.new_cache(301)).reused  # another layout: its own capture

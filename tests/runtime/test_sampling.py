@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from fusionrag_integrations.runtime.sampling import Sampler, SamplingParams, TextStream
+from fusionrag_integrations.request import SamplingParams
+from fusionrag_integrations.runtime.sampling import Sampler, TextStream
 
 
 def draws(params: SamplingParams, logits: torch.Tensor, n: int = 400) -> set[int]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.fusion.recompute import PlacedChunk, fused_prefill
+from fusionrag_integrations.fusion.placement import PlacedChunk
+from fusionrag_integrations.fusion.recompute import fused_prefill
 from fusionrag_integrations.fusion.selectors import CacheBlendSelector, FusionRAGSelector
 from fusionrag_integrations.kernels import _dispatch
 from tests.conftest import tiny_fused_prompt, tiny_llama
@@ -21,14 +22,14 @@ needs_triton = pytest.mark.skipif(
 @pytest.mark.parametrize("selector", [FusionRAGSelector(), CacheBlendSelector(1)])
 def test_fused_prefill_on_the_kernels_path_matches_the_reference_path(selector):
     model = tiny_llama(DEVICE, torch.float32)
-    model.graph_probe = False  # the graphed probe has its own test (test_probe_graph.py)
     ids, entries, starts = tiny_fused_prompt(model)
     runs = {}
     for backend in ("never", "always"):
-        model.use_triton = backend
         cache = model.new_cache(ids.numel())
         placed = [PlacedChunk(e, s) for e, s in zip(entries, starts)]
-        logits, selected, _ = fused_prefill(model, cache, ids, placed, selector, 0.2)
+        logits, selected, _ = fused_prefill(
+            model, cache, ids, placed, selector, 0.2, backend=backend
+        )  # no graphs: test_probe_graph.py
         runs[backend] = (logits, selected, cache)
     (ref, ref_sel, ref_cache), (got, got_sel, got_cache) = runs["never"], runs["always"]
     assert torch.equal(ref_sel, got_sel) and ref_sel.numel() == round(0.2 * 120)

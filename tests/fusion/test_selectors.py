@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.fusion.recompute import attention_to_positions
+from fusionrag_integrations.fusion.probe import attention_to_positions, profile_critical_layer
+from fusionrag_integrations.fusion.recompute import select_and_recompute
 from fusionrag_integrations.fusion.selectors import (
     SELECTORS,
     CacheBlendSelector,
@@ -14,8 +15,8 @@ from fusionrag_integrations.fusion.selectors import (
     FusionRAGSelector,
     QCFuseSelector,
     allocate_budget,
-    profile_critical_layer,
 )
+from fusionrag_integrations.lru import LRU
 from tests.conftest import DOCS, rag_messages
 
 
@@ -70,7 +71,7 @@ def test_cacheblend_selects_tokens_whose_cached_kv_deviates(smol):
         torch.randperm(ctx.chunk_positions.numel(), generator=torch.Generator().manual_seed(0))[:12]
     ]
     ctx.cache.v[check, corrupted] += 5.0  # cached values far from what the check layer will compute
-    _, selected = CacheBlendSelector(check_layer=check).run(ctx, budget=12)
+    _, selected = select_and_recompute(ctx, CacheBlendSelector(check_layer=check), budget=12)
     assert set(selected.tolist()) == set(corrupted.tolist())
 
 
@@ -148,9 +149,10 @@ def test_profile_critical_layer_returns_a_shallow_layer(smol, ctx_factory):
 def test_cacheclip_reuses_auxiliary_scores_across_budgets(ctx_factory, monkeypatch):
     import fusionrag_integrations.fusion.selectors as sel
 
-    CacheClipSelector._scores.clear()
+    scores = LRU(max_entries=8)  # the engine's per-instance score cache, shared by its requests
     calls = []
     real = sel.probe_attention
     monkeypatch.setattr(sel, "probe_attention", lambda *a, **k: calls.append(1) or real(*a, **k))
-    small, large = CacheClipSelector().select(ctx_factory(), 8), CacheClipSelector().select(ctx_factory(), 24)
+    small = CacheClipSelector(scores=scores).select(ctx_factory(), 8)
+    large = CacheClipSelector(scores=scores).select(ctx_factory(), 24)
     assert len(calls) == 1 and set(small.tolist()) <= set(large.tolist())

@@ -69,7 +69,7 @@ def test_a_directory_at_an_entry_path_costs_persistence_not_the_answer(smol_engi
     _, expected = warm
     engine = engine_on(smol_engine.loaded, tmp_path / "fresh")
     for text in DOCS:
-        engine.chunks.store.path(engine._job(text, ()).key).mkdir(parents=True)
+        engine.chunks.store.path(engine.layout.job(text, ()).key).mkdir(parents=True)
     engine.precompute(DOCS)  # does not raise: the entries stay in memory
     assert engine.chunks.store.counts["write_failed"] == len(DOCS)
     out = answer(engine)

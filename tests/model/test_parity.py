@@ -7,7 +7,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from fusionrag_integrations import FusionEngine
-from fusionrag_integrations.model.transformer import AttentionMode
+from fusionrag_integrations.model.attention import AttentionMode
 from tests.conftest import TINY_FAMILIES, shared_config
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fusionrag_integrations import ContextLengthError, EmptyPromptError
-from fusionrag_integrations.model.transformer import AttentionMode
+from fusionrag_integrations.model.attention import AttentionMode
 from tests.conftest import DOCS
 
 

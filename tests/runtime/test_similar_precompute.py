@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fusionrag_integrations.model.transformer import AttentionMode
+from fusionrag_integrations.model.attention import AttentionMode
 from tests.conftest import DOCS, rag_messages
 
 

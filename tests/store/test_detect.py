@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
-from fusionrag_integrations.core import detect
+from fusionrag_integrations.store import detect
 
 from fusionrag_integrations.store.detect import ChunkIndex
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fusionrag_integrations import ChunkNotFoundError
-from fusionrag_integrations.model.transformer import AttentionMode
+from fusionrag_integrations.model.attention import AttentionMode
 from tests.conftest import DOCS, engine_on, rag_messages
 
 
@@ -127,12 +127,14 @@ def test_segmented_tokenisation_differs_little_from_whole_string(smol):
 
 def test_selective_machinery_over_all_positions_equals_plain_prefill(any_engine):
     """The by-position pass (what partial recompute runs) must reproduce a plain prefill when nothing is skipped."""
-    from fusionrag_integrations.fusion.recompute import run_layers
+    from fusionrag_integrations.model.attention import CacheAttention
+    from fusionrag_integrations.model.forward import run_layers
 
     any_engine.precompute(DOCS)
     ctx = any_engine.fusion_context(rag_messages(DOCS))
     everything = torch.arange(ctx.num_positions)
-    h, _ = run_layers(any_engine.model, ctx.cache, ctx.token_ids[everything], everything)
+    attention = CacheAttention(ctx.cache, AttentionMode.BY_POSITION, ctx.num_positions - 1)
+    h, _ = run_layers(any_engine.model, ctx.token_ids[everything], everything, attention)
     fused = any_engine.model.logits(h[-1:])[0]
     ref, full_cache = plain_prefill(any_engine, ctx.token_ids.tolist())
     assert (fused - ref).abs().max().item() < 1e-4
@@ -199,7 +201,7 @@ def test_active_positions_is_the_sorted_union_with_or_without_a_trailing_chunk(s
     """The sync-free path (prompt ends with fresh tokens) and the general one agree with a set union."""
     from dataclasses import replace
 
-    from fusionrag_integrations.fusion.recompute import active_positions
+    from fusionrag_integrations.fusion.placement import active_positions
 
     smol.precompute(DOCS)
     ctx = smol.fusion_context(rag_messages(DOCS))

@@ -1,0 +1,114 @@
+"""Placing cached chunks into a request's cache, and what selectors may look at afterwards.
+
+Each chunk's cached K is re-rotated by (new start - computed start) and copied, with its V, into
+the request's cache at the chunk's place (exact: RoPE rotations compose). Every other prompt token
+is "fresh" (template text, separators, the question) and is always computed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..kernels.rope_gather import place_rotated, rotation
+from ..model.attention import KVCache
+from ..model.transformer import TransformerModel
+from ..runtime.graphs import GraphCache
+from ..store.chunk_kv import ChunkKV
+
+
+@dataclass
+class PlacedChunk:
+    entry: ChunkKV  # on the model's device
+    start: int  # position of its first token in this prompt
+
+    @property
+    def end(self) -> int:
+        return self.start + self.entry.num_tokens
+
+
+@dataclass
+class FusionContext:
+    """What a selector may look at: the prompt, the fused cache, where chunks and question sit."""
+
+    model: TransformerModel
+    cache: KVCache
+    token_ids: torch.Tensor  # [N]
+    chunks: list[PlacedChunk]
+    chunk_positions: torch.Tensor  # [C] sorted
+    fresh_positions: torch.Tensor  # [F] sorted: always recomputed
+    question_positions: torch.Tensor  # fresh tokens after the last chunk (the question and template tail)
+    reused_prefix: int = 0  # positions [0, reused_prefix) came from the prefix cache (exact, never recomputed)
+    last_fresh_position: int = -1  # fresh_positions[-1] known on the host (-1: no fresh token)
+    backend: str = "never"  # the runner's kernel choice (model.attention.resolve_kernels)
+    graphs: GraphCache | None = None  # the runner's CUDA graphs (the probe replays from them)
+
+    @property
+    def num_positions(self) -> int:
+        return int(self.token_ids.numel())
+
+
+def place_chunks(model: TransformerModel, cache: KVCache, chunks: list[PlacedChunk], backend: str = "never") -> None:
+    """Copy each chunk's KV into the cache at its new start, keys re-rotated by the position delta
+    (one fused read-rotate-write pass per chunk on CUDA; YaRN's scaling is not re-applied: it is in
+    the cached keys). The angles of all chunks are computed on the host and sent in one copy."""
+    if not chunks:
+        return
+    cos, sin = rotation([c.start - c.entry.start for c in chunks], model.rope.inv_freq_host)
+    cos, sin = to_device(torch.stack((cos, sin)), cache.k.device)
+    for i, c in enumerate(chunks):
+        span = slice(c.start, c.end)
+        place_rotated(
+            cache.k[:, span], c.entry.k, cos[i], sin[i], values=(cache.v[:, span], c.entry.v), backend=backend
+        )
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on `device` without waiting for the device's queue (pinned, asynchronous copy on CUDA)."""
+    return t.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else t.to(device)
+
+
+def build_context(
+    model: TransformerModel,
+    cache: KVCache,
+    token_ids: torch.Tensor,
+    chunks: list[PlacedChunk],
+    reused_prefix: int = 0,
+    backend: str = "never",
+    graphs: GraphCache | None = None,
+) -> FusionContext:
+    """The layout is known on the host: positions are computed there and sent without a device sync,
+    so the selector's launches queue up behind the placement still running on the GPU."""
+    n = int(token_ids.numel())
+    is_chunk = torch.zeros(n, dtype=torch.bool)
+    for c in chunks:
+        is_chunk[c.start : c.end] = True
+    last_chunk_end = max((c.end for c in chunks), default=0)
+    positions = torch.arange(n)
+    fresh = positions[~is_chunk & (positions >= reused_prefix)]
+    return FusionContext(
+        model=model,
+        cache=cache,
+        token_ids=token_ids,
+        chunks=chunks,
+        chunk_positions=to_device(positions[is_chunk], token_ids.device),
+        fresh_positions=to_device(fresh, token_ids.device),
+        question_positions=to_device(fresh[fresh >= last_chunk_end], token_ids.device),
+        reused_prefix=reused_prefix,
+        last_fresh_position=int(fresh[-1]) if fresh.numel() else -1,
+        backend=backend,
+        graphs=graphs,
+    )
+
+
+def active_positions(ctx: FusionContext, selected: torch.Tensor) -> torch.Tensor:
+    """Fresh + selected + the last prompt position (its logits are the output), sorted and unique.
+
+    Selected positions are chunk positions, never fresh ones: when the prompt ends with a fresh
+    token (the usual question), the union is a sort, with no device sync."""
+    selected = selected.to(ctx.fresh_positions.device)
+    if ctx.last_fresh_position == ctx.num_positions - 1:
+        return torch.sort(torch.cat((ctx.fresh_positions, selected))).values
+    last = torch.tensor([ctx.num_positions - 1], device=ctx.fresh_positions.device)
+    return torch.unique(torch.cat((ctx.fresh_positions, selected, last)))

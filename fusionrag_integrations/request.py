@@ -1,0 +1,122 @@
+"""A request, created once and passed through every step: the prompt, how to sample, how to fuse,
+its token layout once laid out, and its statistics.
+
+The settings objects validate on construction, so a bad argument fails before any compute; the
+framework adapters build them from their own fields (integrations/common.py) instead of passing
+a dozen keyword arguments along.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import InvalidArgumentError, InvalidSamplingError
+from .inputs import check_ratio, check_stop, check_texts
+from .outputs import GenerationStats
+
+if TYPE_CHECKING:
+    from .fusion.layout import Layout
+    from .fusion.prompt import Prompt
+    from .fusion.selectors import Selector
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Validated on construction, so a bad argument fails before any compute."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int | None = None
+    stop: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        def bad(msg: str) -> InvalidSamplingError:
+            return InvalidSamplingError(msg)
+
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise bad(f"max_new_tokens must be a positive integer, got {self.max_new_tokens!r}")
+        if (
+            not isinstance(self.temperature, (int, float))
+            or not math.isfinite(self.temperature)
+            or self.temperature < 0
+        ):
+            raise bad(f"temperature must be a finite number >= 0 (0 = greedy), got {self.temperature!r}")
+        if not isinstance(self.top_p, (int, float)) or not 0.0 < self.top_p <= 1.0:
+            raise bad(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise bad(f"seed must be an integer or None, got {self.seed!r}")
+        object.__setattr__(self, "stop", check_stop(self.stop))
+
+
+@dataclass(frozen=True)
+class FusionParams:
+    """How cached chunks enter this request; None fields take EngineConfig's defaults.
+
+    chunks: None = detect every precomputed chunk inside the prompt; a list = these texts (computed
+    now if not cached) must occur in the prompt; [] = no fusion (plain prefill).
+    selector / recompute_ratio: which chunk tokens to recompute.
+    learn_chunks: keep the KV of this prompt's long paragraphs for later prompts.
+    """
+
+    chunks: tuple[str, ...] | None = None
+    selector: str | Selector | None = None
+    recompute_ratio: float | None = None
+    learn_chunks: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.chunks is not None:
+            object.__setattr__(self, "chunks", tuple(check_texts(self.chunks, "chunks")))
+        if self.recompute_ratio is not None:
+            object.__setattr__(self, "recompute_ratio", check_ratio(self.recompute_ratio))
+        if self.learn_chunks is not None and not isinstance(self.learn_chunks, bool):
+            raise InvalidArgumentError(f"learn_chunks must be True, False or None, got {self.learn_chunks!r}")
+
+
+SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+FUSION_FIELDS = ("chunks", "selector", "recompute_ratio", "learn_chunks")
+
+
+@dataclass
+class Request:
+    prompt: Prompt
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    fusion: FusionParams = field(default_factory=FusionParams)
+    tools: Sequence[dict] | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    layout: Layout | None = None  # set by the layout step (fusion/layout.py)
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def build(
+        cls,
+        prompt: Prompt,
+        sampling: SamplingParams | None = None,
+        fusion: FusionParams | None = None,
+        tools: Sequence[dict] | None = None,
+        **fields: Any,
+    ) -> Request:
+        """From settings objects and/or their fields as keyword arguments (the public `stream` API)."""
+        unknown = set(fields) - set(SAMPLING_FIELDS) - set(FUSION_FIELDS)
+        if unknown:
+            raise InvalidArgumentError(f"unexpected argument(s): {', '.join(sorted(unknown))}")
+        sampling_fields = {k: v for k, v in fields.items() if k in SAMPLING_FIELDS}
+        fusion_fields = {k: v for k, v in fields.items() if k in FUSION_FIELDS}
+        if sampling_fields or sampling is None:
+            sampling = _replace(sampling or SamplingParams(), sampling_fields)
+        if fusion_fields or fusion is None:
+            fusion = _replace(fusion or FusionParams(), fusion_fields)
+        return cls(prompt, sampling, fusion, tools)
+
+
+def _replace(settings, changes: dict):
+    from dataclasses import replace
+
+    return replace(settings, **changes)

@@ -1,0 +1,120 @@
+"""ModelRunner: everything that touches the model for a request (nano-vllm's split: the engine
+wires, the layout step decides what the prompt is, the runner only computes).
+
+It owns the kernel choice, the CUDA graphs, the prompt-prefix cache and the per-request KV caches;
+a prefill is a plain forward or a fused one (place, select, recompute), decode is a step function.
+"""
+
+from __future__ import annotations
+
+import bisect
+import time
+from collections.abc import Iterator
+
+import torch
+
+from ..config import EngineConfig
+from ..fusion.layout import Layout
+from ..fusion.placement import FusionContext, build_context, place_chunks
+from ..fusion.probe import CriticalLayers, profile_critical_layer
+from ..fusion.recompute import fused_prefill
+from ..fusion.selectors import QCFuseSelector, Selector
+from ..model.attention import AttentionMode, KVCache, resolve_kernels
+from ..model.transformer import TransformerModel
+from ..outputs import GenerationChunk, GenerationStats
+from ..request import Request
+from ..store.prefix_cache import PrefixCache
+from .decode import Prefill, decode_loop
+from .decode_step import make_decode_step
+from .graphs import GraphCache, graph_friendly_capacity
+from .precompute import PrecomputeJob, compute_entries, prefix_kv
+
+
+class ModelRunner:
+    def __init__(self, model: TransformerModel, config: EngineConfig, fingerprint: str, profiles: CriticalLayers):
+        self.model, self.config, self.fingerprint, self.profiles = model, config, fingerprint, profiles
+        self.backend = resolve_kernels(config.use_triton, model.device)
+        self.graphs = GraphCache(model, self.backend, config.cuda_graph_decode, config.cuda_graph_probe)
+        self.prefixes = PrefixCache(config.prefix_cache_entries)
+        self._shared_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def new_cache(self, needed: int) -> KVCache:
+        if self.model.device.type == "cuda":  # graphs are keyed by the cache's buffers (graphs.py)
+            needed = graph_friendly_capacity(needed, self.model.config.context_window)
+        return self.model.new_cache(needed)
+
+    # -- chunk KV ------------------------------------------------------------------------------
+
+    def compute_chunks(self, prefix_ids: list[int], jobs: list[PrecomputeJob]) -> Iterator[list]:
+        """Batches of (ChunkKV, text), each job computed after the shared prefix (its KV computed once)."""
+        self._shared_prefix = self._shared_prefix or prefix_kv(self.model, prefix_ids, self.backend)
+        batch_tokens = self.config.precompute_batch_tokens
+        yield from compute_entries(self.model, self._shared_prefix, jobs, self.fingerprint, batch_tokens, self.backend)
+
+    # -- prefill -------------------------------------------------------------------------------
+
+    def fusion_context(self, layout: Layout, cache: KVCache | None = None) -> FusionContext:
+        """The fused cache before any recompute (chunks placed, fresh rows empty)."""
+        cache = cache or self.model.new_cache(len(layout.token_ids))
+        place_chunks(self.model, cache, layout.chunks, self.backend)
+        ids = torch.tensor(layout.token_ids, device=self.model.device)
+        return build_context(self.model, cache, ids, layout.chunks, 0, self.backend, self.graphs)
+
+    def prefill(self, request: Request, selector: Selector, ratio: float) -> Prefill:
+        layout, stats = request.layout, request.stats
+        prompt_ids = layout.token_ids
+        cache = self.new_cache(len(prompt_ids) + request.sampling.max_new_tokens)
+        t_prefill = time.perf_counter()
+        ids = torch.tensor(prompt_ids, device=self.model.device)
+        selected = None
+        if layout.chunks:
+            if isinstance(selector, QCFuseSelector) and selector.critical_layer is None:
+                selector.critical_layer = self.critical_layer(layout)
+            prefix_ids, prefix_kv = self.prefixes.lookup(prompt_ids, layout.chunks[0].start, selector.name)
+            logits, selected, n_chunk = fused_prefill(
+                self.model, cache, ids, layout.chunks, selector, ratio, prefix_kv, self.backend, self.graphs
+            )
+            self.prefixes.remember(prefix_ids, prefix_kv, cache)
+            stats.prefix_tokens_reused = len(prefix_ids) if prefix_kv is not None else 0
+            stats.selector, stats.recompute_ratio = selector.name, ratio
+            stats.tokens_recomputed = int(selected.numel())
+            stats.tokens_reused = n_chunk - stats.tokens_recomputed
+        else:
+            positions = torch.arange(len(prompt_ids), device=self.model.device)
+            mode, last = AttentionMode.CAUSAL_FROM_ZERO, len(prompt_ids) - 1
+            logits = self.model.forward(ids, positions, cache, mode, last, backend=self.backend)
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
+        t_done = time.perf_counter()
+        if selected is not None:
+            count_reuse(layout, stats, selected)
+        stats.prefill_ms = (t_done - t_prefill) * 1e3
+        stats.ttft_ms = (t_done - request.t_start) * 1e3  # time to the logits; decoding adds the sampling
+        return Prefill(logits[-1], prompt_ids, cache, stats, selected)
+
+    def critical_layer(self, layout: Layout) -> int:
+        """QCFuse's layer for this model: profiled once (on this first prompt) and kept on disk."""
+        layer = self.profiles.get(self.fingerprint)
+        if layer is None:
+            layer, recall = profile_critical_layer([self.fusion_context(layout)])
+            self.profiles.put(self.fingerprint, layer, recall, samples=1)
+        return layer
+
+    # -- decode --------------------------------------------------------------------------------
+
+    def decode(self, pre: Prefill, request: Request, tokenizer, eos: frozenset[int]) -> Iterator[GenerationChunk]:
+        params = request.sampling
+        graphs = self.graphs if params.max_new_tokens > 2 else None
+        step = make_decode_step(self.model, pre.cache, graphs, self.backend)
+        yield from decode_loop(self.model.device, tokenizer, eos, pre, params, request.t_start, step)
+
+
+def count_reuse(layout: Layout, stats: GenerationStats, selected: torch.Tensor) -> None:
+    """chunks_recomputed: chunks whose every token the selector recomputed (their cached KV served
+    nothing); chunks_reused: chunks loaded from the store whose KV was at least partly kept."""
+    positions = sorted(selected.tolist())
+    for chunk, loaded in zip(layout.chunks, layout.loaded):
+        n = chunk.entry.num_tokens
+        fully = bisect.bisect_left(positions, chunk.start + n) - bisect.bisect_left(positions, chunk.start) == n
+        stats.chunks_recomputed += fully
+        stats.chunks_reused += loaded and not fully
