@@ -19,11 +19,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import LLAMA31_8B, device_name, markdown_table, median_ms, random_hf_llama, sync  # noqa: E402
-from fusionrag_integrations.runtime.cuda_graphs import can_graph  # noqa: E402
 
+from fusionrag_integrations.config import EngineConfig  # noqa: E402
+from fusionrag_integrations.fusion.probe import CriticalLayers  # noqa: E402
 from fusionrag_integrations.model.attention import AttentionMode  # noqa: E402
 from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
 from fusionrag_integrations.runtime.decode_step import make_decode_step  # noqa: E402
+from fusionrag_integrations.runtime.runner import ModelRunner  # noqa: E402
 
 
 def load_models(shape: str, device: torch.device, dtype: torch.dtype):
@@ -41,14 +43,15 @@ def load_models(shape: str, device: torch.device, dtype: torch.dtype):
 
 @torch.inference_mode()
 def bench(ours, hf, n_prompt: int, n_decode: int, repeats: int, device: torch.device) -> list[dict]:
+    runner = ModelRunner(ours, EngineConfig(persist=False), "bench", CriticalLayers(None))  # kernels and graphs
     vocab = ours.config.vocab_size
     ids = torch.randint(0, vocab, (n_prompt,), device=device, generator=torch.Generator(device).manual_seed(0))
 
     def ours_prefill():
         cache = ours.new_cache(n_prompt + n_decode)
-        return ours.forward(
-            ids, torch.arange(n_prompt, device=device), cache, AttentionMode.CAUSAL_FROM_ZERO, n_prompt - 1
-        ), cache
+        positions = torch.arange(n_prompt, device=device)
+        mode = AttentionMode.CAUSAL_FROM_ZERO
+        return ours.forward(ids, positions, cache, mode, n_prompt - 1, backend=runner.backend), cache
 
     def hf_prefill():
         out = hf(ids[None], use_cache=True, logits_to_keep=1)
@@ -56,7 +59,7 @@ def bench(ours, hf, n_prompt: int, n_decode: int, repeats: int, device: torch.de
 
     def ours_decode(cuda_graph: bool):
         logits, cache = ours_prefill()
-        step = make_decode_step(ours, cache, cuda_graph)
+        step = make_decode_step(ours, cache, runner.graphs if cuda_graph else None, runner.backend)
         sync(device)
         t = time.perf_counter()
         tok = int(logits[-1].argmax())
@@ -81,7 +84,7 @@ def bench(ours, hf, n_prompt: int, n_decode: int, repeats: int, device: torch.de
     # interleave the engines so drift in clocks or thermal state hits all alike
     prefill = {"ours": median_ms(ours_prefill, device, repeats), "transformers": median_ms(hf_prefill, device, repeats)}
     decoders = {"transformers": hf_decode, "ours": lambda: ours_decode(False)}
-    if can_graph(ours):
+    if runner.graphs.decode:
         decoders["ours_cuda_graph"] = lambda: ours_decode(True)
     decode = {
         name: sorted(fn() for _ in range(max(3, repeats // 2)))[max(3, repeats // 2) // 2]

@@ -26,7 +26,8 @@ from common import LLAMA31_8B, device_name, markdown_table, random_hf_llama  # n
 from fusionrag_integrations.kernels.rotary import apply_rotary_  # noqa: E402
 from fusionrag_integrations.kernels.silu_mul import silu_mul  # noqa: E402
 from fusionrag_integrations.kernels.sparse_attention import sparse_query_attention  # noqa: E402
-from fusionrag_integrations.model.attention import AttentionMode  # noqa: E402
+from fusionrag_integrations.model.attention import AttentionMode, CacheAttention  # noqa: E402
+from fusionrag_integrations.model.forward import run_layers  # noqa: E402
 from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
 
 CONTEXT, INSTRUCTION, QUESTION = 16448, 16, 64
@@ -55,6 +56,7 @@ def main() -> None:
     pos = torch.cat((torch.arange(INSTRUCTION), torch.arange(CONTEXT - QUESTION, CONTEXT))).to(dev)
     n = pos.numel()
     h = torch.randn(n, c.hidden_size, device=dev, dtype=dtype)
+    ids = torch.randint(0, c.vocab_size, (n,), device=dev)
     cos, sin = model.rotary(pos)
     qkv = F.linear(h, w.qkv)
     width = (c.num_heads + c.num_kv_heads) * c.head_dim
@@ -69,7 +71,8 @@ def main() -> None:
         return sparse_query_attention(q, cache.k[0], cache.v[0], pos, positions_sorted=True)
 
     def layer() -> torch.Tensor:
-        return model.layer_forward(0, h, pos, (cos, sin), cache, AttentionMode.BY_POSITION, CONTEXT - 1)
+        attention = CacheAttention(cache, AttentionMode.BY_POSITION, CONTEXT - 1, "auto")
+        return run_layers(model, ids, pos, attention, num_layers=1)[0]
 
     rows = [
         timed("rms_norm", lambda: F.rms_norm(h, (c.hidden_size,), w.attn_norm, 1e-5)),

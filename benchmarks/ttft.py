@@ -26,15 +26,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import LLAMA31_8B, device_name, markdown_table, median_ms, random_hf_llama, sync  # noqa: E402
 
 from fusionrag_integrations.config import FusionConfig  # noqa: E402
-from fusionrag_integrations.fusion.recompute import PlacedChunk, build_context, fused_prefill, place_chunks  # noqa: E402
+from fusionrag_integrations.fusion.placement import PlacedChunk, build_context, place_chunks  # noqa: E402
+from fusionrag_integrations.fusion.recompute import fused_prefill  # noqa: E402
 from fusionrag_integrations.fusion.selectors import make_selector  # noqa: E402
 from fusionrag_integrations.model.attention import AttentionMode  # noqa: E402
 from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
+from fusionrag_integrations.runtime.graphs import GraphCache  # noqa: E402
 from fusionrag_integrations.runtime.precompute import PrecomputeJob, compute_entries, prefix_kv  # noqa: E402
 from fusionrag_integrations.store.tiers import ChunkStore  # noqa: E402
 
 CHUNK, QUESTION, INSTRUCTION = 512, 64, 16
 SELECTORS = ["none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "full"]
+
+
+KERNELS = "auto"  # Triton on CUDA, as the engine chooses there (model.attention.resolve_kernels)
 
 
 def build_chunks(
@@ -46,7 +51,7 @@ def build_chunks(
     (only its own KV kept): the cost FusionRAG's offline stage pays per chunk.
     """
     dev = model.device
-    prefix = prefix_kv(model, [1])
+    prefix = prefix_kv(model, [1], KERNELS)
     ids = [
         torch.randint(0, model.config.vocab_size, (CHUNK,), generator=gen, device=dev).tolist() for _ in range(n_chunks)
     ]
@@ -59,10 +64,10 @@ def build_chunks(
             )
         )
     warm = jobs[: max(1, batch_tokens // (CHUNK * (neighbors + 1)))]  # compile / autotune happen here, untimed
-    list(compute_entries(model, prefix, warm, "bench", batch_tokens))
+    list(compute_entries(model, prefix, warm, "bench", batch_tokens, KERNELS))
     sync(dev)
     t = time.perf_counter()
-    entries = [e for batch in compute_entries(model, prefix, jobs, "bench", batch_tokens) for e, _ in batch]
+    entries = [e for batch in compute_entries(model, prefix, jobs, "bench", batch_tokens, KERNELS) for e, _ in batch]
     sync(dev)
     return entries, (time.perf_counter() - t) / n_chunks
 
@@ -148,6 +153,7 @@ def main() -> None:
         gpu_store.put(e)
         cpu_store.put(e)
     cfg = FusionConfig()
+    graphs = GraphCache(model, KERNELS, decode=True, probe=True)  # what the engine's runner owns
 
     def record(context: int, method: str, fn, selector=None, ratio=None, tier=None) -> None:
         torch.cuda.empty_cache()
@@ -185,7 +191,8 @@ def main() -> None:
 
         def ours_full():
             cache = model.new_cache(n + 1)
-            return model.forward(ids, torch.arange(n, device=dev), cache, AttentionMode.CAUSAL_FROM_ZERO, n - 1)
+            mode = AttentionMode.CAUSAL_FROM_ZERO
+            return model.forward(ids, torch.arange(n, device=dev), cache, mode, n - 1, backend=KERNELS)
 
         def fused(selector_name: str, ratio: float, store: ChunkStore):
             selector = make_selector(selector_name, cfg)
@@ -194,7 +201,7 @@ def main() -> None:
                 with torch.inference_mode():
                     placed = [PlacedChunk(store.get(k), s) for k, s in zip(keys, prompt.starts())]
                     cache = model.new_cache(n + 1)
-                    return fused_prefill(model, cache, ids, placed, selector, ratio)[0]
+                    return fused_prefill(model, cache, ids, placed, selector, ratio, None, KERNELS, graphs)[0]
 
             return run
 
@@ -210,7 +217,7 @@ def main() -> None:
                 if sel != "fusionrag":
                     record(context, "fused", fused(sel, 0.15, gpu_store), sel, 0.15, "gpu")
             if args.breakdown:
-                breakdown(model, gpu_store, keys, prompt, ids, cfg, args.repeats)
+                breakdown(model, gpu_store, keys, prompt, ids, cfg, args.repeats, graphs)
             if args.profile:
                 from torch.profiler import ProfilerActivity, profile
 
@@ -242,7 +249,7 @@ def main() -> None:
     plot(rows, out.parent.parent / "plots" / "ttft.png")
 
 
-def breakdown(model, store, keys, prompt, ids, cfg, repeats) -> None:
+def breakdown(model, store, keys, prompt, ids, cfg, repeats, graphs) -> None:
     """Where fused fusionrag@0.15's time goes: fetch+place, probe (selection), recompute pass."""
     from fusionrag_integrations.fusion.recompute import recompute
 
@@ -251,8 +258,8 @@ def breakdown(model, store, keys, prompt, ids, cfg, repeats) -> None:
     with torch.inference_mode():
         placed = [PlacedChunk(store.get(k), s) for k, s in zip(keys, prompt.starts())]
         cache = model.new_cache(n + 1)
-        place_ms = median_ms(lambda: place_chunks(model, cache, placed), dev, repeats)
-        ctx = build_context(model, cache, ids, placed)
+        place_ms = median_ms(lambda: place_chunks(model, cache, placed, KERNELS), dev, repeats)
+        ctx = build_context(model, cache, ids, placed, 0, KERNELS, graphs)
         budget = round(0.15 * int(ctx.chunk_positions.numel()))
         select_ms = median_ms(lambda: selector.select(ctx, budget), dev, repeats)
         chosen = selector.select(ctx, budget)

@@ -111,6 +111,7 @@ class CriticalLayers:
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
+        self.profiled = 0  # profiles this process made (the rest were read back)
         self._layers: dict[str, dict] = {}
         if path is not None and path.is_file():
             try:
@@ -124,6 +125,7 @@ class CriticalLayers:
 
     def put(self, fingerprint: str, layer: int, recall: list[float], samples: int) -> None:
         self._layers[fingerprint] = {"layer": layer, "recall": recall, "samples": samples}
+        self.profiled += 1
         if self.path is None:
             return
         try:  # atomic: a reader sees the old file or the new one

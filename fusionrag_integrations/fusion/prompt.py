@@ -92,10 +92,6 @@ def render_chat(tokenizer, messages: Sequence[Message], tools: Sequence[dict] | 
         raise ChatTemplateError(f"the chat template rejected these messages: {exc}") from None
 
 
-def is_chat(prompt: Prompt) -> bool:
-    return not isinstance(prompt, str)
-
-
 def encode_text(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 

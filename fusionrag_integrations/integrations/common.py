@@ -6,11 +6,12 @@ import asyncio
 import contextvars
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from ..engine import FusionEngine
+from ..request import FUSION_FIELDS, SAMPLING_FIELDS, FusionParams, SamplingParams
 
 T = TypeVar("T")
 _engines: dict[tuple[str, str, str], FusionEngine] = {}
@@ -25,6 +26,31 @@ def model_path_text(value: Any) -> Any:
     if isinstance(value, str) and value.startswith("~"):
         return os.path.expanduser(value)
     return value
+
+
+# the adapters' fields that are engine settings, under the engine's names
+ENGINE_FIELDS = {
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "selector",
+    "recompute_ratio",
+    "learn_chunks",
+}
+
+
+def request_settings(fields: Mapping[str, Any], call: Mapping[str, Any], stop: Sequence[str]) -> dict[str, Any]:
+    """An adapter's fields (in our names) overridden by one call's keyword arguments -> the settings
+    objects `engine.stream` takes. `max_tokens` (the OpenAI / LangChain name) means max_new_tokens."""
+    values = {**fields, **{k: call[k] for k in (*SAMPLING_FIELDS, *FUSION_FIELDS) if k in call}}
+    values["max_new_tokens"] = call.get("max_new_tokens", call.get("max_tokens", fields["max_new_tokens"]))
+    values["stop"] = list(stop)
+    return {
+        "sampling": SamplingParams(**{k: values[k] for k in SAMPLING_FIELDS}),
+        "fusion": FusionParams(**{k: values.get(k) for k in FUSION_FIELDS}),
+    }
 
 
 def shared_engine(model: str, device: str = "auto", dtype: str = "auto") -> FusionEngine:

@@ -26,7 +26,7 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 from ..engine import FusionEngine
 from ..errors import FusionRAGError, InvalidArgumentError
 from ..inputs import check_stop
-from ..integrations.common import iterate_in_thread, model_path_text, shared_engine
+from ..integrations.common import ENGINE_FIELDS, iterate_in_thread, model_path_text, request_settings, shared_engine
 from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
 from ..outputs import GenerationChunk
 from .messages import to_engine_messages
@@ -121,19 +121,9 @@ class ChatFusionRAG(BaseChatModel):
 
     # -- the engine call ---------------------------------------------------------------------
 
-    def _engine_kwargs(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {
-            "max_new_tokens": kwargs.get("max_tokens", self.max_tokens),
-            "temperature": kwargs.get("temperature", self.temperature),
-            "top_p": kwargs.get("top_p", self.top_p),
-            "top_k": kwargs.get("top_k", self.top_k),
-            "seed": kwargs.get("seed", self.seed),
-            "stop": [*check_stop(stop), *check_stop(self.stop)],
-            "selector": kwargs.get("selector", self.selector),
-            "recompute_ratio": kwargs.get("recompute_ratio", self.recompute_ratio),
-            "chunks": kwargs.get("chunks"),
-            "learn_chunks": kwargs.get("learn_chunks", self.learn_chunks),
-        }
+    def _engine_settings(self, stop: list[str] | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+        fields = {**self.model_dump(include=ENGINE_FIELDS), "max_new_tokens": self.max_tokens}
+        return request_settings(fields, kwargs, [*check_stop(stop), *check_stop(self.stop)])
 
     def bind_tools(
         self,
@@ -155,7 +145,7 @@ class ChatFusionRAG(BaseChatModel):
         prompt, tools = prompt_with_tools(
             to_engine_messages(messages, native_tools=native), kwargs.get("tools"), kwargs.get("tool_choice"), native
         )
-        return self.engine.stream(prompt, tools=tools, **self._engine_kwargs(stop, kwargs))
+        return self.engine.stream(prompt, tools=tools, **self._engine_settings(stop, kwargs))
 
     def _with_tool_calls(self, text: str, kwargs: dict) -> tuple[str, list[dict[str, Any]]]:
         tools = kwargs.get("tools") or None

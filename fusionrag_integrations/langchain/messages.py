@@ -7,7 +7,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 
-from ..integrations.tools import call_as_text, result_as_user_turn
+from ..integrations.messages import engine_message
 
 _ROLES = {"human": "user", "ai": "assistant", "system": "system", "tool": "tool", "chat": "user"}
 
@@ -18,23 +18,8 @@ def to_engine_messages(messages: Sequence[BaseMessage], native_tools: bool = Tru
     out = []
     for m in messages:
         role = getattr(m, "role", None) if m.type == "chat" else _ROLES.get(m.type, "user")
-        msg: dict[str, Any] = {
-            "role": role if role in ("system", "user", "assistant", "tool") else "user",
-            "content": m.text if isinstance(m.text, str) else m.text(),
-        }
-        if isinstance(m, ToolMessage):
-            if native_tools:
-                msg["tool_call_id"] = m.tool_call_id
-            else:
-                msg = result_as_user_turn(m.name or m.tool_call_id, msg["content"])
-        if isinstance(m, AIMessage) and m.tool_calls:
-            if native_tools:
-                msg["tool_calls"] = [
-                    {"type": "function", "id": c.get("id"), "function": {"name": c["name"], "arguments": c["args"]}}
-                    for c in m.tool_calls
-                ]
-            else:
-                calls = "\n".join(call_as_text(c["name"], c["args"]) for c in m.tool_calls)
-                msg["content"] = f"{msg['content']}\n{calls}".strip()
-        out.append(msg)
+        content = m.text if isinstance(m.text, str) else m.text()
+        result = (m.tool_call_id, m.name or m.tool_call_id) if isinstance(m, ToolMessage) else None
+        calls = m.tool_calls if isinstance(m, AIMessage) else ()
+        out.append(engine_message(role, content, calls, result, native_tools))
     return out

@@ -31,7 +31,7 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from ..engine import FusionEngine
 from ..inputs import check_stop
-from ..integrations.common import iterate_in_thread, model_path_text, shared_engine
+from ..integrations.common import ENGINE_FIELDS, iterate_in_thread, model_path_text, request_settings, shared_engine
 from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
 from ..outputs import GenerationChunk
 from . import stats as query_stats
@@ -113,19 +113,9 @@ class FusionRAGLLM(FunctionCallingLLM):
     # -- the engine call ---------------------------------------------------------------------
 
     def _pieces(self, prompt: str | list[dict], kwargs: dict[str, Any]) -> Iterator[GenerationChunk]:
-        return self._engine.stream(
-            prompt,
-            max_new_tokens=kwargs.get("max_new_tokens", kwargs.get("max_tokens", self.max_new_tokens)),
-            temperature=kwargs.get("temperature", self.temperature),
-            top_p=kwargs.get("top_p", self.top_p),
-            top_k=kwargs.get("top_k", self.top_k),
-            seed=kwargs.get("seed", self.seed),
-            stop=[*check_stop(kwargs.get("stop")), *self.stop],
-            selector=kwargs.get("selector", self.selector),
-            recompute_ratio=kwargs.get("recompute_ratio", self.recompute_ratio),
-            tools=kwargs.get("template_tools"),
-            learn_chunks=kwargs.get("learn_chunks", self.learn_chunks),
-        )
+        stop = [*check_stop(kwargs.get("stop")), *self.stop]
+        settings = request_settings(self.model_dump(include=ENGINE_FIELDS), kwargs, stop)
+        return self._engine.stream(prompt, tools=kwargs.get("template_tools"), **settings)
 
     @staticmethod
     def _raw(last: GenerationChunk) -> dict[str, Any]:

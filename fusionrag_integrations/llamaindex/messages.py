@@ -8,7 +8,7 @@ from typing import Any
 from llama_index.core.base.llms.types import ChatMessage, MessageRole
 
 from ..errors import InvalidArgumentError
-from ..integrations.tools import call_as_text, result_as_user_turn
+from ..integrations.messages import engine_message
 
 _ROLES = {
     MessageRole.SYSTEM: "system",
@@ -27,27 +27,14 @@ def to_engine_messages(messages: Sequence[ChatMessage], native_tools: bool = Tru
     out = []
     names: dict[str, str] = {}  # tool call id -> tool name (agents' tool messages carry only the id)
     for m in messages:
-        msg: dict[str, Any] = {"role": _ROLES.get(m.role, "user"), "content": m.content or ""}
+        role = _ROLES.get(m.role, "user")
         calls = m.additional_kwargs.get("tool_calls") or []
         names.update({c["id"]: c["name"] for c in calls})
-        if msg["role"] == "tool":
-            call_id = m.additional_kwargs.get("tool_call_id", "")
-            name = m.additional_kwargs.get("name") or names.get(call_id) or call_id or "tool"
-            if native_tools:
-                msg["tool_call_id"] = m.additional_kwargs.get("tool_call_id")
-            else:
-                msg = result_as_user_turn(name, msg["content"])
-        elif calls:
-            if native_tools:
-                msg["tool_calls"] = [
-                    {"type": "function", "id": c["id"], "function": {"name": c["name"], "arguments": c["args"]}}
-                    for c in calls
-                ]
-            else:
-                msg["content"] = "\n".join(
-                    [msg["content"], *(call_as_text(c["name"], c["args"]) for c in calls)]
-                ).strip()
-        out.append(msg)
+        result = None
+        if role == "tool":
+            call_id = m.additional_kwargs.get("tool_call_id")
+            result = (call_id, m.additional_kwargs.get("name") or names.get(call_id or "") or call_id or "tool")
+        out.append(engine_message(role, m.content or "", calls, result, native_tools))
     return out
 
 

@@ -171,9 +171,6 @@ class Catalog:
         last = max((r[0] for r in rows), default=rowid)
         return [ref for _, *row in rows if (ref := _ref(row)) is not None], last
 
-    def keys_for_text(self, text: str) -> list[ChunkRef]:
-        return self._select("text = ?", (text,))
-
     def _select(self, where: str, args: tuple) -> list[ChunkRef]:
         with self._lock:
             rows = self._db.execute(

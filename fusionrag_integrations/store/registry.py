@@ -82,7 +82,7 @@ class ChunkRegistry:
             else:
                 adopted.append(ref)
         if adopted:
-            self.register(adopted)
+            self._catalogue(adopted)
             self.counts["adopted"] += len(adopted)
             log.info("adopted %d chunk-KV entries the catalog did not list", len(adopted))
         return len(adopted)
@@ -125,7 +125,7 @@ class ChunkRegistry:
         for ref in refs:
             self._remember(ref)
 
-    def register(self, refs: list[ChunkRef]) -> None:
+    def _catalogue(self, refs: list[ChunkRef]) -> None:
         """Catalog entries whose KV is already on disk (written by another process)."""
         self.catalog.add(refs)
         for ref in refs:
@@ -152,7 +152,7 @@ class ChunkRegistry:
             self.counts["mismatched"] += 1
             log.warning("catalog row for key %s names another text than its entry; dropped", ref.key[:12])
             self._drop_row(ref)
-            self.register([ChunkRef(entry.key, entry.text, entry.context_id, entry.num_tokens)])  # its own text
+            self._catalogue([ChunkRef(entry.key, entry.text, entry.context_id, entry.num_tokens)])  # its own text
         return None
 
     def _drop_row(self, ref: ChunkRef) -> None:

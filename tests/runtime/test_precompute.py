@@ -78,6 +78,6 @@ def test_forget_removes_everywhere(smol):
     assert path.is_file()
     assert smol.forget([keys[0], "not-a-key"]) == 1
     assert not path.is_file() and smol.chunks.get(keys[0]) is None
-    assert smol.chunks.catalog.keys_for_text(DOCS[0]) == []
+    assert [r for r in smol.chunks.catalog.refs_since(0)[0] if r.text == DOCS[0]] == []
     pre = smol.prefill([{"role": "user", "content": "\n\n".join(DOCS)}], selector="none")
     assert pre.stats.chunks_found == len(DOCS) - 1  # the forgotten one is plain text again

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import numpy as np
-from fusionrag_integrations.store import detect
 
+from fusionrag_integrations.store import detect
 from fusionrag_integrations.store.detect import ChunkIndex
 
 A = "Alpha passage about the harbour town of Kellersby and its lighthouse."
