@@ -13,6 +13,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -20,12 +21,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import LLAMA31_8B, device_name, markdown_table, median_ms, random_hf_llama, sync  # noqa: E402
 
-from fusionrag_integrations.config import EngineConfig  # noqa: E402
-from fusionrag_integrations.fusion.probe import CriticalLayers  # noqa: E402
 from fusionrag_integrations.model.attention import AttentionMode  # noqa: E402
 from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
 from fusionrag_integrations.runtime.decode_step import make_decode_step  # noqa: E402
-from fusionrag_integrations.runtime.runner import ModelRunner  # noqa: E402
+from fusionrag_integrations.runtime.graphs import GraphCache  # noqa: E402
 
 
 def load_models(shape: str, device: torch.device, dtype: torch.dtype):
@@ -43,7 +42,7 @@ def load_models(shape: str, device: torch.device, dtype: torch.dtype):
 
 @torch.inference_mode()
 def bench(ours, hf, n_prompt: int, n_decode: int, repeats: int, device: torch.device) -> list[dict]:
-    runner = ModelRunner(ours, EngineConfig(persist=False), "bench", CriticalLayers(None))  # kernels and graphs
+    runner = SimpleNamespace(backend="auto", graphs=GraphCache(ours, "auto", decode=True, probe=True))  # as the engine
     vocab = ours.config.vocab_size
     ids = torch.randint(0, vocab, (n_prompt,), device=device, generator=torch.Generator(device).manual_seed(0))
 

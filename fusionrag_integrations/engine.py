@@ -3,8 +3,6 @@ ModelRunner (runtime/runner.py) prefills and decodes it; the chunk registry (sto
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import threading
 import time
@@ -12,27 +10,24 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 import torch
-from tqdm.auto import tqdm
 
 from .config import EngineConfig
 from .errors import ChunkNotFoundError
-from .fusion.layout import PromptLayout
+from .fusion.layout import PromptLayout, shared_prefix_ids, store_namespace
 from .fusion.placement import FusionContext
 from .fusion.probe import CriticalLayers
-from .fusion.prompt import Prompt, encode_text
-from .fusion.selectors import Selector, make_selector
+from .fusion.prompt import Prompt
+from .fusion.selectors import Selector, SelectorFactory
 from .inputs import check_length, check_precompute, check_texts
-from .lru import LRU
 from .model.loader import LoadedModel, load_aux_model, load_model, resolve_device, resolve_dtype
-from .model.transformer import TransformerModel
 from .outputs import Generation, GenerationChunk
-from .request import FusionParams, Request
+from .request import Request
 from .runtime.decode import Prefill
 from .runtime.precompute import PrecomputeJob
 from .runtime.runner import ModelRunner
 from .runtime.stepwise import StepwiseStream
 from .store.chunk_kv import ChunkKV
-from .store.integrity import cache_secret
+from .store.ingest import ingest
 from .store.registry import ChunkRegistry
 
 
@@ -44,26 +39,18 @@ class FusionEngine:
         self.config = config = config or EngineConfig()
         self.loaded, self.model, self.tokenizer = loaded, loaded.model, loaded.tokenizer
         self._lock = threading.RLock()
-        self.counters: Counter[str] = Counter()  # chunks computed / learned, QCFuse profiles, across calls
-        tok = self.tokenizer  # every chunk is computed after BOS (the attention sink) + chunk_prefix
-        sink = tok.bos_token_id if tok.bos_token_id is not None else tok.eos_token_id
-        prefix = encode_text(tok, config.chunk_prefix, False) if config.chunk_prefix else []
-        self.prefix_ids = ([sink] if sink is not None else []) + prefix
+        self.counters: Counter[str] = Counter()  # chunks computed / learned, across calls
+        self.prefix_ids = shared_prefix_ids(self.tokenizer, config.chunk_prefix)
         fingerprints = (loaded.model_fingerprint, loaded.tokenizer_fingerprint)
-        namespace = hashlib.sha256(json.dumps([*fingerprints, self.prefix_ids]).encode()).hexdigest()[:16]
-        directory = config.cache_dir / "kv" / namespace if config.persist else None
-        self.chunks = ChunkRegistry(
-            namespace, loaded.model_fingerprint, self.device, config.gpu_cache_bytes, config.cpu_cache_bytes,
-            directory, config.fusion.min_chunk_chars, cache_secret(),
-        )  # fmt: skip
+        namespace = store_namespace(fingerprints, self.prefix_ids)
+        self.chunks = ChunkRegistry.from_config(config, namespace, loaded.model_fingerprint, self.device)
         self.layout = PromptLayout(
-            tok, fingerprints, self.prefix_ids, self.context_window, self.chunks, config.learn_min_chars
+            self.tokenizer, fingerprints, self.prefix_ids, self.context_window, self.chunks, config.learn_min_chars
         )
-        profiles = config.cache_dir / "profiles" / "critical_layers.json" if config.persist else None
-        self.critical_layers = CriticalLayers(profiles)
-        self.runner = ModelRunner(self.model, config, loaded.model_fingerprint, self.critical_layers)
-        self._aux: LoadedModel | None = None
-        self._aux_scores: LRU = LRU(max_entries=8)
+        self.critical_layers = CriticalLayers(config.cache_dir / "profiles.json" if config.persist else None)
+        self.runner = ModelRunner(loaded, config, self.critical_layers)
+        load_aux = lambda source: load_aux_model(source, loaded, config.model_cache_dir).model  # noqa: E731
+        self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
 
     @classmethod
     def from_pretrained(
@@ -71,48 +58,32 @@ class FusionEngine:
         config: EngineConfig | None = None,
     ) -> FusionEngine:  # fmt: skip
         """model: a local HF directory (safetensors), a .gguf file, or a hub id already in the local HF cache."""
-        config = config or EngineConfig()
-        dev = resolve_device(device)
+        config, dev = config or EngineConfig(), resolve_device(device)
         return cls(load_model(model, dev, resolve_dtype(dtype, dev), config.model_cache_dir), config)
 
     model_name = property(lambda self: self.loaded.name)
     context_window = property(lambda self: self.model.config.context_window)
     device = property(lambda self: self.model.device)
 
-    # -- chunk KV ------------------------------------------------------------------------------
-
-    def chunk_token_ids(self, text: str) -> list[int]:
-        return self.layout.chunk_token_ids(text)
-
     def precompute(
         self, texts: Sequence[str], context: Sequence[str] | None = None,
         neighbors: Sequence[Sequence[str]] | None = None, show_progress: bool | None = None,
     ) -> list[str]:  # fmt: skip
-        """Compute and store the KV of each text (stripped of surrounding whitespace); return their keys.
-
-        Idempotent: stored texts are not computed again. Standalone by default: each chunk after the
-        shared prefix only. neighbors: per text, the texts placed before it at compute time (FusionRAG's
-        similarity-guided preprocessing), so its KV carries their cross-attention; context: one such
-        list for every text. Only the chunk's KV is stored; its key's context id names the neighbours.
-        Progress is shown for large inputs on a terminal."""
+        """Compute and store the KV of each text (stripped), idempotently; return their keys. Standalone by
+        default; neighbors (per text) / context (for all): texts computed before it (FusionRAG's similarity-
+        guided preprocessing), named by its key's context id. Progress shows for large inputs on a terminal."""
         texts, contexts = check_precompute(texts, context, neighbors, show_progress)
         with self._lock:
             self.chunks.sync()
             jobs = [self.layout.job(text, nbrs) for text, nbrs in zip(texts, contexts)]
-            todo = {job.key: job for job in jobs if not self.chunks.has(job.key)}
-            self._compute(list(todo.values()), show_progress)
+            self._compute(list({j.key: j for j in jobs if not self.chunks.has(j.key)}.values()), show_progress)
             return [job.key for job in jobs]
 
     def _compute(self, jobs: list[PrecomputeJob], show_progress: bool | None = False) -> list[ChunkKV]:
         """Compute, store and return these jobs' entries (in the order computed)."""
-        done: list[ChunkKV] = []
-        hide = (not show_progress) if show_progress is not None else (len(jobs) < 16 or None)
-        with tqdm(total=len(jobs), desc="precompute", unit="chunk", disable=hide) as progress:
-            for entries in self.runner.compute_chunks(self.prefix_ids, jobs) if jobs else ():
-                self.chunks.add(entries)
-                self.counters["chunks_computed"] += len(entries)
-                progress.update(len(entries))
-                done += [entry for entry, _ in entries]
+        batches = self.runner.compute_chunks(self.prefix_ids, jobs) if jobs else ()
+        done = ingest(batches, len(jobs), self.chunks, show_progress)
+        self.counters["chunks_computed"] += len(done)
         return done
 
     def forget(self, keys: Sequence[str]) -> int:
@@ -130,42 +101,23 @@ class FusionEngine:
 
     # -- generation ----------------------------------------------------------------------------
 
-    def generate(self, prompt: Prompt, **kwargs) -> Generation:
+    def generate(self, prompt: Prompt, **settings) -> Generation:
         """Generate a completion; same arguments as `stream`. The prompt is never echoed."""
-        pieces = list(self.stream(prompt, **kwargs))
-        text, ids = "".join(p.text for p in pieces), [t for p in pieces for t in p.token_ids]
-        return Generation(text, ids, pieces[-1].finish_reason, pieces[-1].usage, pieces[-1].stats)
+        return Generation.from_pieces(list(self.stream(prompt, **settings)))
 
     def stream(self, prompt: Prompt, **settings) -> Iterator[GenerationChunk]:
         """Text pieces as they are decoded; the last piece carries finish_reason, usage and stats.
 
         prompt: a string (used as is) or chat messages (rendered with the tokenizer's chat template).
         settings: `sampling=SamplingParams(...)`, `fusion=FusionParams(...)`, `tools=[...]`, and/or their
-        fields as keywords: max_new_tokens, temperature, top_p, top_k, seed, stop (sampling); chunks,
-        selector, recompute_ratio, learn_chunks (fusion: see FusionParams)."""
+        fields as keywords (max_new_tokens, temperature, top_p, top_k, seed, stop; chunks, selector,
+        recompute_ratio, learn_chunks: see request.py)."""
         request = Request.build(prompt, **settings)
-        selector, ratio = self._selector(request.fusion)
-        return StepwiseStream(self._run(request, selector, ratio), self._lock)
+        return StepwiseStream(self._run(request, *self.selectors(request.fusion)), self._lock)
 
     def _run(self, request: Request, selector: Selector, ratio: float) -> Iterator[GenerationChunk]:
         request.t_start = time.perf_counter()  # timing starts when the stream is first read
-        pre = self._prefill(request, selector, ratio)
-        yield from self.runner.decode(pre, request, self.tokenizer, self.loaded.eos_token_ids)
-
-    def _selector(self, fusion: FusionParams) -> tuple[Selector, float]:
-        chosen = self.config.fusion.selector if fusion.selector is None else fusion.selector
-        aux = self._aux_model() if chosen == "cacheclip" else None
-        layer = self.config.fusion.critical_layer
-        layer = self.critical_layers.get(self.loaded.model_fingerprint) if layer is None else layer
-        selector = make_selector(chosen, self.config.fusion, layer, aux, self._aux_scores)
-        ratio = self.config.fusion.recompute_ratio if fusion.recompute_ratio is None else fusion.recompute_ratio
-        return selector, ratio
-
-    def _aux_model(self) -> TransformerModel | None:
-        """CacheClip's auxiliary model (FusionConfig.aux_model), loaded on first use; None: the model itself."""
-        if self.config.fusion.aux_model is not None and self._aux is None:
-            self._aux = load_aux_model(self.config.fusion.aux_model, self.loaded, self.config.model_cache_dir)
-        return None if self._aux is None else self._aux.model
+        yield from self.runner.decode(self._prefill(request, selector, ratio), request)
 
     def _prefill(self, request: Request, selector: Selector, ratio: float) -> Prefill:
         fusion = request.fusion
@@ -185,9 +137,8 @@ class FusionEngine:
     def prefill(self, prompt: Prompt, **settings) -> Prefill:
         """Process the prompt (fusing cached chunks) without sampling; `stream`'s settings."""
         request = Request.build(prompt, **settings)
-        selector, ratio = self._selector(request.fusion)
         with self._lock:
-            return self._prefill(request, selector, ratio)
+            return self._prefill(request, *self.selectors(request.fusion))
 
     def decode(self, pre: Prefill, **sampling) -> Generation:
         """Continue generating from a `prefill` result (its cache is consumed); sampling settings as in `stream`."""
@@ -195,9 +146,7 @@ class FusionEngine:
         request.t_start -= pre.stats.ttft_ms / 1e3
         check_length(len(pre.token_ids), request.sampling.max_new_tokens, self.context_window)
         with self._lock:
-            pieces = list(self.runner.decode(pre, request, self.tokenizer, self.loaded.eos_token_ids))
-        text, ids = "".join(p.text for p in pieces), [t for p in pieces for t in p.token_ids]
-        return Generation(text, ids, pieces[-1].finish_reason, pieces[-1].usage, pieces[-1].stats)
+            return Generation.from_pieces(list(self.runner.decode(pre, request)))
 
     def fusion_context(self, prompt: Prompt, *, chunks: Sequence[str] | None = None, tools=None) -> FusionContext:
         """The fused cache before any recompute (chunks placed, fresh rows empty): for selectors' tests

@@ -51,6 +51,12 @@ class Generation:
     usage: Usage
     stats: GenerationStats
 
+    @classmethod
+    def from_pieces(cls, pieces: list[GenerationChunk]) -> Generation:
+        """A whole stream joined (its last piece carries finish_reason, usage and stats)."""
+        text, ids = "".join(p.text for p in pieces), [t for p in pieces for t in p.token_ids]
+        return cls(text, ids, pieces[-1].finish_reason, pieces[-1].usage, pieces[-1].stats)
+
 
 @dataclass
 class GenerationChunk:

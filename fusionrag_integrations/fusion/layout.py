@@ -36,6 +36,18 @@ class Layout:
     learnable: list[tuple[str, int, int]] = field(default_factory=list)  # (paragraph text, start, end) to keep
 
 
+def shared_prefix_ids(tokenizer, chunk_prefix: str) -> list[int]:
+    """BOS (or EOS when the tokenizer has no BOS) + chunk_prefix: every chunk is computed after it, so
+    the attention sink sits on a token every prompt starts with, not on the chunk's first word."""
+    sink = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
+    return ([sink] if sink is not None else []) + (encode_text(tokenizer, chunk_prefix, False) if chunk_prefix else [])
+
+
+def store_namespace(fingerprints: tuple[str, str], prefix_ids: list[int]) -> str:
+    """The chunk store's folder name: entries are only comparable under one model, tokenizer and prefix."""
+    return hashlib.sha256(json.dumps([*fingerprints, prefix_ids]).encode()).hexdigest()[:16]
+
+
 class PromptLayout:
     def __init__(
         self,

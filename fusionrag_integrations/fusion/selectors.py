@@ -16,6 +16,8 @@ pass (CacheBlend) returns a hook from `in_pass` instead; recompute.py runs the p
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,8 +28,9 @@ from ..config import FusionConfig
 from ..errors import InvalidArgumentError
 from ..lru import LRU
 from ..model.transformer import TransformerModel
+from ..request import FusionParams
 from .placement import FusionContext, active_positions
-from .probe import default_critical_layer, probe_attention
+from .probe import CriticalLayers, default_critical_layer, probe_attention
 
 
 def allocate_budget(lengths: list[int], budget: int) -> list[int]:
@@ -238,3 +241,36 @@ def make_selector(
     if selector == "cacheclip":
         return CacheClipSelector(aux_model, aux_scores)
     return SELECTORS[selector]()
+
+
+class SelectorFactory:
+    """A request's selector and ratio from its FusionParams and the engine's FusionConfig. QCFuse gets
+    the configured layer, else the one profiled for this model (None: the runner profiles it now);
+    CacheClip gets the auxiliary model (loaded on first use) and the engine's score cache."""
+
+    def __init__(
+        self,
+        config: FusionConfig,
+        critical_layers: CriticalLayers,
+        fingerprint: str,
+        load_aux: Callable[[str], TransformerModel],
+    ) -> None:
+        self.config, self.critical_layers, self.fingerprint = config, critical_layers, fingerprint
+        self.load_aux = load_aux
+        self.aux_model: TransformerModel | None = None
+        self.aux_scores: LRU[tuple, torch.Tensor] = LRU(max_entries=8)
+        self._lock = threading.Lock()
+
+    def __call__(self, fusion: FusionParams) -> tuple[Selector, float]:
+        chosen = self.config.selector if fusion.selector is None else fusion.selector
+        aux = self._aux_model() if chosen == "cacheclip" else None
+        layer = self.config.critical_layer
+        layer = self.critical_layers.get(self.fingerprint) if layer is None else layer
+        ratio = self.config.recompute_ratio if fusion.recompute_ratio is None else fusion.recompute_ratio
+        return make_selector(chosen, self.config, layer, aux, self.aux_scores), ratio
+
+    def _aux_model(self) -> TransformerModel | None:
+        with self._lock:
+            if self.config.aux_model is not None and self.aux_model is None:
+                self.aux_model = self.load_aux(self.config.aux_model)
+            return self.aux_model

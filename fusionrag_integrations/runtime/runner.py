@@ -20,7 +20,7 @@ from ..fusion.probe import CriticalLayers, profile_critical_layer
 from ..fusion.recompute import fused_prefill
 from ..fusion.selectors import QCFuseSelector, Selector
 from ..model.attention import AttentionMode, KVCache, resolve_kernels
-from ..model.transformer import TransformerModel
+from ..model.loader import LoadedModel
 from ..outputs import GenerationChunk, GenerationStats
 from ..request import Request
 from ..store.prefix_cache import PrefixCache
@@ -31,10 +31,11 @@ from .precompute import PrecomputeJob, compute_entries, prefix_kv
 
 
 class ModelRunner:
-    def __init__(self, model: TransformerModel, config: EngineConfig, fingerprint: str, profiles: CriticalLayers):
-        self.model, self.config, self.fingerprint, self.profiles = model, config, fingerprint, profiles
-        self.backend = resolve_kernels(config.use_triton, model.device)
-        self.graphs = GraphCache(model, self.backend, config.cuda_graph_decode, config.cuda_graph_probe)
+    def __init__(self, loaded: LoadedModel, config: EngineConfig, profiles: CriticalLayers) -> None:
+        self.model, self.tokenizer, self.eos = loaded.model, loaded.tokenizer, loaded.eos_token_ids
+        self.config, self.fingerprint, self.profiles = config, loaded.model_fingerprint, profiles
+        self.backend = resolve_kernels(config.use_triton, self.model.device)
+        self.graphs = GraphCache(self.model, self.backend, config.cuda_graph_decode, config.cuda_graph_probe)
         self.prefixes = PrefixCache(config.prefix_cache_entries)
         self._shared_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -102,11 +103,11 @@ class ModelRunner:
 
     # -- decode --------------------------------------------------------------------------------
 
-    def decode(self, pre: Prefill, request: Request, tokenizer, eos: frozenset[int]) -> Iterator[GenerationChunk]:
+    def decode(self, pre: Prefill, request: Request) -> Iterator[GenerationChunk]:
         params = request.sampling
         graphs = self.graphs if params.max_new_tokens > 2 else None
         step = make_decode_step(self.model, pre.cache, graphs, self.backend)
-        yield from decode_loop(self.model.device, tokenizer, eos, pre, params, request.t_start, step)
+        yield from decode_loop(self.model.device, self.tokenizer, self.eos, pre, params, request.t_start, step)
 
 
 def count_reuse(layout: Layout, stats: GenerationStats, selected: torch.Tensor) -> None:

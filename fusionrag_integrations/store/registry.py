@@ -24,7 +24,7 @@ import torch
 from .catalog import Catalog, ChunkRef
 from .chunk_kv import FORMAT_VERSION, STANDALONE, ChunkKV, CorruptEntryError, read_header
 from .detect import ChunkIndex, Match
-from .integrity import is_valid_key
+from .integrity import cache_secret, is_valid_key
 from .tiers import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,15 @@ class ChunkRegistry:
         self._pull()
         if directory is not None:
             self.adopt_orphans()
+
+    @classmethod
+    def from_config(cls, config, namespace: str, model_fingerprint: str, device: torch.device) -> ChunkRegistry:
+        """The registry of an engine (EngineConfig): its tiers' budgets, its folder under cache_dir/kv."""
+        directory = config.cache_dir / "kv" / namespace if config.persist else None
+        budgets = (config.gpu_cache_bytes, config.cpu_cache_bytes)
+        return cls(
+            namespace, model_fingerprint, device, *budgets, directory, config.fusion.min_chunk_chars, cache_secret()
+        )
 
     def _pull(self) -> None:
         refs, self._seen_rowid = self.catalog.refs_since(self._seen_rowid)

@@ -68,7 +68,7 @@ def test_stats_report_reuse(smol):
     smol.precompute(DOCS)
     out = smol.generate(rag_messages(DOCS), max_new_tokens=4, selector="epic", recompute_ratio=0.2)
     s = out.stats
-    n_chunk_tokens = sum(len(smol.chunk_token_ids(d)) for d in DOCS)
+    n_chunk_tokens = sum(len(smol.layout.chunk_token_ids(d)) for d in DOCS)
     assert (s.chunks_found, s.chunks_reused, s.chunks_computed) == (4, 4, 0)
     assert s.tokens_reused + s.tokens_recomputed == n_chunk_tokens
     assert abs(s.tokens_recomputed - 0.2 * n_chunk_tokens) <= 1

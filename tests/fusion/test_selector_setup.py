@@ -25,7 +25,7 @@ def test_the_auxiliary_model_changes_cacheclips_picks(smol, aux_engine):
         picks[name] = pre.selected
     assert picks["self"].numel() == picks["aux"].numel()
     assert not torch.equal(picks["self"], picks["aux"])  # another model's attention ranks other tokens
-    assert aux_engine._aux.model.config.num_layers < smol.model.config.num_layers  # the tiny scorer, loaded
+    assert aux_engine.selectors.aux_model.config.num_layers < smol.model.config.num_layers  # the tiny scorer, loaded
 
 
 def test_an_auxiliary_model_with_another_tokenizer_is_refused(smol_engine, tmp_path):
@@ -50,11 +50,11 @@ def test_the_adapters_score_with_the_auxiliary_model(aux_engine):
     chat = ChatFusionRAG(engine=aux_engine, selector="cacheclip", max_tokens=4)
     stats = chat.invoke([("system", system), ("human", user)]).response_metadata["stats"]
     assert stats["selector"] == "cacheclip" and stats["tokens_recomputed"] > 0
-    assert aux_engine._aux is not None  # loaded on this first cacheclip request
+    assert aux_engine.selectors.aux_model is not None  # loaded on this first cacheclip request
     llm = FusionRAGLLM(engine=aux_engine, selector="cacheclip", max_new_tokens=4)
     raw = llm.chat([ChatMessage(role="system", content=system), ChatMessage(role="user", content=user)]).raw
     assert raw["stats"]["selector"] == "cacheclip" and raw["stats"]["tokens_recomputed"] > 0
-    assert len(aux_engine._aux_scores) == 1  # one prompt, scored once by the auxiliary model, for both
+    assert len(aux_engine.selectors.aux_scores) == 1  # one prompt, scored once by the auxiliary model, for both
 
 
 def test_qcfuse_profiles_its_layer_on_first_use_and_reads_it_back(smol_engine, tmp_path):

@@ -32,7 +32,7 @@ def test_stored_kv_equals_manual_prefill_after_shared_prefix(smol):
     assert smol.prefix_ids  # BOS (the shared attention sink)
     for key, doc in zip(keys, DOCS):
         entry = smol.chunks.get(key)
-        k, v = manual_chunk_kv(smol, smol.prefix_ids, smol.chunk_token_ids(doc))
+        k, v = manual_chunk_kv(smol, smol.prefix_ids, smol.layout.chunk_token_ids(doc))
         assert entry.start == len(smol.prefix_ids)
         assert (entry.k - k).abs().max().item() < 1e-4 and (entry.v - v).abs().max().item() < 1e-4
 
@@ -54,8 +54,8 @@ def test_context_is_part_of_the_key_and_of_the_kv(smol):
     [other_ctx] = smol.precompute([DOCS[1]], context=[DOCS[2]])
     assert len({standalone, with_ctx, other_ctx}) == 3
     entry = smol.chunks.get(with_ctx)
-    prefix = smol.prefix_ids + smol.chunk_token_ids(DOCS[0])
-    k, _ = manual_chunk_kv(smol, prefix, smol.chunk_token_ids(DOCS[1]))
+    prefix = smol.prefix_ids + smol.layout.chunk_token_ids(DOCS[0])
+    k, _ = manual_chunk_kv(smol, prefix, smol.layout.chunk_token_ids(DOCS[1]))
     assert entry.start == len(prefix) and (entry.k - k).abs().max().item() < 1e-4
     assert entry.context_id != "standalone"
     # at query time the context-aware entry is preferred over the standalone one

@@ -10,9 +10,9 @@ from tests.conftest import DOCS, rag_messages
 
 
 def manual_kv(engine, context: list[str], chunk: str):
-    ids = engine.prefix_ids + [t for c in context for t in engine.chunk_token_ids(c)]
+    ids = engine.prefix_ids + [t for c in context for t in engine.layout.chunk_token_ids(c)]
     start = len(ids)
-    ids += engine.chunk_token_ids(chunk)
+    ids += engine.layout.chunk_token_ids(chunk)
     cache = engine.model.new_cache(len(ids))
     engine.model.forward(torch.tensor(ids), torch.arange(len(ids)), cache, AttentionMode.CAUSAL_FROM_ZERO)
     return cache.k[:, start:], cache.v[:, start:], start
