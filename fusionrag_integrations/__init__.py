@@ -1,6 +1,7 @@
 """fusionrag_integrations: faster RAG answers from precomputed chunk KV caches.
 
-Public API (see DESIGN.md): FusionEngine, EngineConfig, FusionConfig, the output types,
+Public API (see DESIGN.md): FusionEngine, EngineConfig, FusionConfig, the per-request settings
+(SamplingParams, FusionParams), the output types,
 the error hierarchy, and default_model_path() for the bundled SmolLM2 GGUF.
 """
 
@@ -24,6 +25,7 @@ from .errors import (
     UnsupportedModelError,
 )
 from .outputs import Generation, GenerationChunk, GenerationStats, Usage
+from .request import FusionParams, SamplingParams
 
 BUNDLED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -50,6 +52,7 @@ __all__ = [
     "EngineConfig",
     "FusionConfig",
     "FusionEngine",
+    "FusionParams",
     "FusionRAGError",
     "Generation",
     "InvalidArgumentError",
@@ -58,6 +61,7 @@ __all__ = [
     "GenerationStats",
     "InvalidSamplingError",
     "ModelNotFoundError",
+    "SamplingParams",
     "UnsupportedModelError",
     "Usage",
     "default_model_path",

@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from ..errors import InvalidArgumentError, InvalidConfigError, ModelNotFoundError, UnsupportedModelError
 from .files import verified_directory
+from .identity import model_fingerprint, tokenizer_fingerprint
 from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
 from .transformer import ModelConfig, TransformerModel
 
@@ -278,27 +279,3 @@ def eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:
         eos = json.loads(path.read_text()).get("eos_token_id")
         ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
     return frozenset(int(i) for i in ids)
-
-
-def model_fingerprint(model: TransformerModel) -> str:
-    """sha256 over architecture, dtype and a strided sample of every weight tensor.
-
-    Sampling (<= 4096 values per tensor) keeps this fast for multi-GB models while any
-    retrained, re-quantised or differently cast checkpoint changes it.
-    """
-    h = hashlib.sha256(repr(model.config).encode() + str(model.dtype).encode())
-    tensors = [model.embed_weight, model.final_norm, model.lm_head]
-    for layer in model.layers:
-        tensors += [t for t in vars(layer).values() if t is not None]
-    for t in tensors:
-        flat = t.reshape(-1)
-        sample = flat[:: max(1, flat.numel() // 4096)][:4096].contiguous()
-        h.update(str(tuple(t.shape)).encode())
-        h.update(sample.view(torch.uint8).cpu().numpy().tobytes())
-    return h.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    payload = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
-    return hashlib.sha256(payload.encode()).hexdigest()
