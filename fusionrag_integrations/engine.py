@@ -135,8 +135,9 @@ class FusionEngine:
     # -- inspection: the evaluation harness reads the first-token distribution and the fused cache --
 
     def prefill(self, prompt: Prompt, **settings) -> Prefill:
-        """Process the prompt (fusing cached chunks) without sampling; `stream`'s settings."""
-        request = Request.build(prompt, **settings)
+        """Process the prompt (fusing cached chunks) without sampling; `stream`'s settings (the cache has
+        room for max_new_tokens more, default 1: pass what `decode` will generate)."""
+        request = Request.build(prompt, **{"max_new_tokens": 1, **settings})
         with self._lock:
             return self._prefill(request, *self.selectors(request.fusion))
 
