@@ -65,8 +65,8 @@ class FusionConfig(_Settings):
     critical_layer: int | None = Field(
         None,
         ge=0,
-        description="QCFuse: probing layer; None = profiled on the first qcfuse request and kept per model under "
-        "cache_dir/profiles (fusion/probe.py).",
+        description="QCFuse: probing layer; None = profiled on the first qcfuse request and kept per model in "
+        "cache_dir/profiles.json (fusion/probe.py).",
     )
     aux_model: str | None = Field(
         None,

@@ -33,10 +33,10 @@ class LRU(Generic[K, V]):
         return iter(self._items)
 
     def get(self, key: K) -> V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
+        if key not in self._items:
+            return None
+        self._items.move_to_end(key)  # a stored None (a graph layout seen once) is recent too
+        return self._items[key]
 
     def put(self, key: K, value: V) -> list[tuple[K, V]]:
         self.pop(key)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgumentError, InvalidSamplingError
@@ -109,14 +109,6 @@ class Request:
             raise InvalidArgumentError(f"unexpected argument(s): {', '.join(sorted(unknown))}")
         sampling_fields = {k: v for k, v in fields.items() if k in SAMPLING_FIELDS}
         fusion_fields = {k: v for k, v in fields.items() if k in FUSION_FIELDS}
-        if sampling_fields or sampling is None:
-            sampling = _replace(sampling or SamplingParams(), sampling_fields)
-        if fusion_fields or fusion is None:
-            fusion = _replace(fusion or FusionParams(), fusion_fields)
+        sampling = replace(sampling or SamplingParams(), **sampling_fields)  # validated again
+        fusion = replace(fusion or FusionParams(), **fusion_fields)
         return cls(prompt, sampling, fusion, tools)
-
-
-def _replace(settings, changes: dict):
-    from dataclasses import replace
-
-    return replace(settings, **changes)
