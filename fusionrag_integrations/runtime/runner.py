@@ -24,7 +24,7 @@ from ..model.loader import LoadedModel
 from ..outputs import GenerationChunk, GenerationStats
 from ..request import Request
 from ..store.prefix_cache import PrefixCache
-from .decode import Prefill, decode_loop
+from .decode import DecodeState, Prefill, decode_loop
 from .decode_step import make_decode_step
 from .graphs import GraphCache, graph_friendly_capacity
 from .precompute import PrecomputeJob, compute_entries, prefix_kv
@@ -107,7 +107,8 @@ class ModelRunner:
         params = request.sampling
         graphs = self.graphs if params.max_new_tokens > 2 else None
         step = make_decode_step(self.model, pre.cache, graphs, self.backend)
-        yield from decode_loop(self.model.device, self.tokenizer, self.eos, pre, params, request.t_start, step)
+        state = DecodeState(pre, params, self.tokenizer, self.eos, self.model.device, request.t_start)
+        yield from decode_loop(state, step)
 
 
 def count_reuse(layout: Layout, stats: GenerationStats, selected: torch.Tensor) -> None:
