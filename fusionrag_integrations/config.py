@@ -118,6 +118,12 @@ class EngineConfig(_Settings):
     )
     learn_min_chars: int = Field(200, ge=32, description="Shortest paragraph kept by learn_chunks.")
     precompute_batch_tokens: int = Field(8192, ge=1, description="Token budget of one batched precompute pass.")
+    max_running_requests: int = Field(
+        1,
+        ge=1,
+        description="Requests decoded together by the continuous-batching scheduler (serving/scheduler.py); "
+        "1 = one request at a time, taking turns step by step.",
+    )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     use_triton: Literal["auto", "always", "never"] = Field(
         "auto", description="Sparse-attention kernel choice: Triton on CUDA when 'auto'."

@@ -26,6 +26,7 @@ from .runtime.decode import Prefill
 from .runtime.precompute import PrecomputeJob
 from .runtime.runner import ModelRunner
 from .runtime.stepwise import StepwiseStream
+from .serving.scheduler import Scheduler
 from .store.chunk_kv import ChunkKV
 from .store.ingest import ingest
 from .store.registry import ChunkRegistry
@@ -51,6 +52,10 @@ class FusionEngine:
         self.runner = ModelRunner(loaded, config, self.critical_layers)
         load_aux = lambda source: load_aux_model(source, loaded, config.model_cache_dir).model  # noqa: E731
         self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
+        batching = config.max_running_requests > 1
+        self.scheduler = (
+            Scheduler(self._lock, self.runner.decode_batch, config.max_running_requests) if batching else None
+        )
 
     @classmethod
     def from_pretrained(
@@ -113,7 +118,11 @@ class FusionEngine:
         fields as keywords (max_new_tokens, temperature, top_p, top_k, seed, stop; chunks, selector,
         recompute_ratio, learn_chunks: see request.py)."""
         request = Request.build(prompt, **settings)
-        return StepwiseStream(self._run(request, *self.selectors(request.fusion)), self._lock)
+        selector, ratio = self.selectors(request.fusion)
+        if self.scheduler is not None:  # queued; t_start stays the submission: waiting is part of TTFT
+            prefill = lambda: self.runner.decode_state(self._prefill(request, selector, ratio), request)  # noqa: E731
+            return self.scheduler.submit(request, prefill)
+        return StepwiseStream(self._run(request, selector, ratio), self._lock)
 
     def _run(self, request: Request, selector: Selector, ratio: float) -> Iterator[GenerationChunk]:
         request.t_start = time.perf_counter()  # timing starts when the stream is first read

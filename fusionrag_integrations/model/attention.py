@@ -129,6 +129,26 @@ class PrefixBatchAttention:
         return out.transpose(1, 2).reshape(B * T, c.num_heads, c.head_dim)
 
 
+class BatchDecodeAttention:
+    """One new token per request, each request with its own cache (continuous batching's decode step):
+    row i is written at positions[i] of caches[i] and attends to that cache up to it. The GEMMs around
+    it run on all rows at once; attention stays per request, so a row sees exactly what it would alone."""
+
+    def __init__(self, caches: list[KVCache], positions: list[int], backend: str = "never") -> None:
+        self.caches, self.positions, self.backend = caches, positions, backend
+
+    def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        for i, (cache, p) in enumerate(zip(self.caches, self.positions)):
+            cache.k[layer, p], cache.v[layer, p] = k[i], v[i]
+
+    def attend(self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        rows = [
+            sdpa(q[i : i + 1], cache.k[layer, : p + 1], cache.v[layer, : p + 1], causal=False)
+            for i, (cache, p) in enumerate(zip(self.caches, self.positions))
+        ]
+        return torch.cat(rows)
+
+
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
     """[S, H, D] layout in and out; GQA without expanding K/V (enable_gqa).
 

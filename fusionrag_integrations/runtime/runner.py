@@ -19,7 +19,8 @@ from ..fusion.placement import FusionContext, build_context, place_chunks
 from ..fusion.probe import CriticalLayers, profile_critical_layer
 from ..fusion.recompute import fused_prefill
 from ..fusion.selectors import QCFuseSelector, Selector
-from ..model.attention import AttentionMode, KVCache, resolve_kernels
+from ..model.attention import AttentionMode, BatchDecodeAttention, KVCache, resolve_kernels
+from ..model.forward import run_layers
 from ..model.loader import LoadedModel
 from ..outputs import GenerationChunk, GenerationStats
 from ..request import Request
@@ -103,12 +104,24 @@ class ModelRunner:
 
     # -- decode --------------------------------------------------------------------------------
 
+    def decode_state(self, pre: Prefill, request: Request) -> DecodeState:
+        return DecodeState(pre, request.sampling, self.tokenizer, self.eos, self.model.device, request.t_start)
+
+    @torch.inference_mode()
+    def decode_batch(self, states: list[DecodeState]) -> torch.Tensor:
+        """One forward over the next token of every state (continuous batching's step): logits [B, V]."""
+        device = self.model.device
+        ids = torch.tensor([s.token for s in states], device=device)
+        positions = [s.position for s in states]
+        attention = BatchDecodeAttention([s.pre.cache for s in states], positions, self.backend)
+        h, _ = run_layers(self.model, ids, torch.tensor(positions, device=device), attention)
+        return self.model.logits(h)
+
     def decode(self, pre: Prefill, request: Request) -> Iterator[GenerationChunk]:
         params = request.sampling
         graphs = self.graphs if params.max_new_tokens > 2 else None
         step = make_decode_step(self.model, pre.cache, graphs, self.backend)
-        state = DecodeState(pre, params, self.tokenizer, self.eos, self.model.device, request.t_start)
-        yield from decode_loop(state, step)
+        yield from decode_loop(self.decode_state(pre, request), step)
 
 
 def count_reuse(layout: Layout, stats: GenerationStats, selected: torch.Tensor) -> None:

@@ -1,0 +1,138 @@
+"""Continuous batching: one thread runs the model for every request; requests join and leave
+between steps.
+
+A step admits waiting requests (their prefill, fused or full, and first token) while fewer than
+`max_running` run, then runs ONE forward over the next token of every running request (each row
+attends to its own cache: model.attention.BatchDecodeAttention). Callers submit from any thread and
+read their pieces from a queue; closing a stream cancels its request at the next step. The engine's
+lock is held for a step at a time, so precompute and other engine calls interleave between steps.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from ..outputs import GenerationChunk
+from ..request import Request
+from ..runtime.decode import DecodeState
+
+_DONE = object()
+
+
+@dataclass
+class Sequence:
+    """A request inside the scheduler: how to prefill it, then its decode state."""
+
+    request: Request
+    prefill: Callable[[], DecodeState]  # layout + prefill + first-token setup, run on the scheduler thread
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    state: DecodeState | None = None
+    cancelled: bool = False
+
+
+class SequenceStream(Iterator[GenerationChunk]):
+    """What a caller iterates: pieces as the scheduler produces them; close() cancels."""
+
+    def __init__(self, seq: Sequence, scheduler: Scheduler) -> None:
+        self.seq, self.scheduler = seq, scheduler
+
+    def __iter__(self) -> SequenceStream:
+        return self
+
+    def __next__(self) -> GenerationChunk:
+        item = self.seq.out.get()
+        if item is _DONE:
+            self.seq.out.put(_DONE)  # later next() calls stop too
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.seq.out.put(_DONE)
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.seq.cancelled = True
+        self.scheduler.wake()
+
+    def __del__(self) -> None:
+        self.seq.cancelled = True
+
+
+class Scheduler:
+    def __init__(self, lock: threading.RLock, decode_batch, max_running: int) -> None:
+        """decode_batch(states) -> logits [B, V] for each state's (token, position)."""
+        self.decode_batch, self.max_running = decode_batch, max_running
+        self._work = threading.Condition(lock)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.steps = 0  # forwards run, and how many rows they carried (the batching actually achieved)
+        self.batched_rows = 0
+        self._thread: threading.Thread | None = None
+
+    def submit(self, request: Request, prefill: Callable[[], DecodeState]) -> SequenceStream:
+        seq = Sequence(request, prefill)
+        with self._work:
+            self.waiting.append(seq)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="fusionrag-scheduler", daemon=True)
+                self._thread.start()
+            self._work.notify()
+        return SequenceStream(seq, self)
+
+    def wake(self) -> None:
+        with self._work:
+            self._work.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._work:
+                while not (self.waiting or self.running):
+                    self._work.wait()
+                self.step()
+            time.sleep(0)  # callers waiting on the lock (precompute, submit) get it between steps
+
+    def step(self) -> None:
+        """Admit what fits, then one batched decode forward."""
+        self.running = [s for s in self.running if not self._cancelled(s)]
+        while self.waiting and len(self.running) < self.max_running:
+            seq = self.waiting.popleft()
+            if self._cancelled(seq):
+                continue
+            try:
+                seq.state = seq.prefill()
+                self._deliver(seq, seq.state.start())
+            except Exception as exc:  # noqa: BLE001 - the request's own error, raised in its reader
+                seq.out.put(exc)
+                continue
+            if not seq.state.done:
+                self.running.append(seq)
+        if not self.running:
+            return
+        try:
+            logits = self.decode_batch([s.state for s in self.running])
+        except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in it, not the server
+            for seq in self.running:
+                seq.out.put(exc)
+            self.running = []
+            return
+        self.steps += 1
+        self.batched_rows += len(self.running)
+        for seq, row in zip(self.running, logits):
+            self._deliver(seq, seq.state.feed(row))
+        self.running = [s for s in self.running if not s.state.done]
+
+    def _deliver(self, seq: Sequence, pieces: list[GenerationChunk]) -> None:
+        for piece in pieces:
+            seq.out.put(piece)
+        if seq.state.done:
+            seq.out.put(_DONE)
+
+    @staticmethod
+    def _cancelled(seq: Sequence) -> bool:
+        if seq.cancelled:
+            seq.out.put(_DONE)
+        return seq.cancelled
