@@ -118,11 +118,18 @@ class EngineConfig(_Settings):
     )
     learn_min_chars: int = Field(200, ge=32, description="Shortest paragraph kept by learn_chunks.")
     precompute_batch_tokens: int = Field(8192, ge=1, description="Token budget of one batched precompute pass.")
-    max_running_requests: int = Field(
-        1,
+    max_running_requests: int | None = Field(
+        None,
         ge=1,
         description="Requests decoded together by the continuous-batching scheduler (serving/scheduler.py); "
-        "1 = one request at a time, taking turns step by step.",
+        "1 = no scheduler: requests take turns step by step. None: 8 on CPU, 64 on a GPU.",
+    )
+    running_kv_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory for the KV caches of running requests: a request that does not fit waits for others "
+        "to finish (never an out-of-memory crash). None: 4 GiB on CPU; on a GPU, 60% of the memory free when the "
+        "engine starts.",
     )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     use_triton: Literal["auto", "always", "never"] = Field(

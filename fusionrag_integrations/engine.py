@@ -52,10 +52,9 @@ class FusionEngine:
         self.runner = ModelRunner(loaded, config, self.critical_layers)
         load_aux = lambda source: load_aux_model(source, loaded, config.model_cache_dir).model  # noqa: E731
         self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
-        batching = config.max_running_requests > 1
-        self.scheduler = (
-            Scheduler(self._lock, self.runner.decode_batch, config.max_running_requests) if batching else None
-        )
+        budget = self.runner.kv_token_budget(config.running_kv_bytes)
+        running = config.max_running_requests or (64 if self.device.type == "cuda" else 8)
+        self.scheduler = Scheduler(self._lock, self.runner.decode_batch, running, budget) if running > 1 else None
 
     @classmethod
     def from_pretrained(
@@ -121,19 +120,26 @@ class FusionEngine:
         selector, ratio = self.selectors(request.fusion)
         if self.scheduler is not None:  # queued; t_start stays the submission: waiting is part of TTFT
             prefill = lambda: self.runner.decode_state(self._prefill(request, selector, ratio), request)  # noqa: E731
-            return self.scheduler.submit(request, prefill)
+            return self.scheduler.submit(request, lambda: self._lay_out(request), prefill)
         return StepwiseStream(self._run(request, selector, ratio), self._lock)
 
     def _run(self, request: Request, selector: Selector, ratio: float) -> Iterator[GenerationChunk]:
         request.t_start = time.perf_counter()  # timing starts when the stream is first read
         yield from self.runner.decode(self._prefill(request, selector, ratio), request)
 
-    def _prefill(self, request: Request, selector: Selector, ratio: float) -> Prefill:
+    def _lay_out(self, request: Request) -> int:
+        """Render, detect and look up the request's chunks; returns the KV positions it will need."""
         fusion = request.fusion
         learn = self.config.learn_chunks if fusion.learn_chunks is None else fusion.learn_chunks
         layout = self.layout.build(request.prompt, request.tools, fusion.chunks, learn, request.stats, self._compute)
         request.layout = layout
         check_length(len(layout.token_ids), request.sampling.max_new_tokens, self.context_window)
+        return len(layout.token_ids) + request.sampling.max_new_tokens
+
+    def _prefill(self, request: Request, selector: Selector, ratio: float) -> Prefill:
+        if request.layout is None:
+            self._lay_out(request)
+        layout = request.layout
         pre = self.runner.prefill(request, selector, ratio)
         if layout.learnable:  # after the timing: storing is not on the path to the first token
             entries = self.layout.learned_entries(layout, pre.cache.k, pre.cache.v)

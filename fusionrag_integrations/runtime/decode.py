@@ -48,6 +48,7 @@ class DecodeState:
         self.token = -1
         self.done = False
         self.t_first = 0.0
+        self.step: DecodeStep | None = None  # its own step function while it decodes alone
 
     def start(self) -> list[GenerationChunk]:
         """Sample the first token from the prefill's logits."""

@@ -40,6 +40,14 @@ class ModelRunner:
         self.prefixes = PrefixCache(config.prefix_cache_entries)
         self._shared_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def kv_token_budget(self, running_kv_bytes: int | None) -> int:
+        """How many KV positions the running requests may hold together (EngineConfig.running_kv_bytes)."""
+        c = self.model.config
+        per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.model.dtype.itemsize
+        if running_kv_bytes is None and self.model.device.type == "cuda":
+            running_kv_bytes = int(0.6 * torch.cuda.mem_get_info(self.model.device)[0])
+        return (running_kv_bytes or 4 << 30) // per_token
+
     def new_cache(self, needed: int) -> KVCache:
         if self.model.device.type == "cuda":  # graphs are keyed by the cache's buffers (graphs.py)
             needed = graph_friendly_capacity(needed, self.model.config.context_window)
@@ -109,7 +117,14 @@ class ModelRunner:
 
     @torch.inference_mode()
     def decode_batch(self, states: list[DecodeState]) -> torch.Tensor:
-        """One forward over the next token of every state (continuous batching's step): logits [B, V]."""
+        """One forward over the next token of every state (continuous batching's step): logits [B, V].
+        A request running alone takes the single-request step (CUDA-graphed where possible)."""
+        if len(states) == 1:
+            s = states[0]
+            if s.step is None:
+                graphs = self.graphs if s.params.max_new_tokens > 2 else None
+                s.step = make_decode_step(self.model, s.pre.cache, graphs, self.backend)
+            return s.step(s.token, s.position)[None]
         device = self.model.device
         ids = torch.tensor([s.token for s in states], device=device)
         positions = [s.position for s in states]

@@ -29,9 +29,11 @@ class Sequence:
     """A request inside the scheduler: how to prefill it, then its decode state."""
 
     request: Request
-    prefill: Callable[[], DecodeState]  # layout + prefill + first-token setup, run on the scheduler thread
+    plan: Callable[[], int]  # the layout step, on the scheduler thread: -> KV positions this request needs
+    prefill: Callable[[], DecodeState]  # prefill + first-token setup, on the scheduler thread
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     state: DecodeState | None = None
+    kv_tokens: int = 0  # from plan(); 0 until laid out
     cancelled: bool = False
 
 
@@ -63,18 +65,20 @@ class SequenceStream(Iterator[GenerationChunk]):
 
 
 class Scheduler:
-    def __init__(self, lock: threading.RLock, decode_batch, max_running: int) -> None:
-        """decode_batch(states) -> logits [B, V] for each state's (token, position)."""
-        self.decode_batch, self.max_running = decode_batch, max_running
+    def __init__(self, lock: threading.RLock, decode_batch, max_running: int, kv_token_budget: int) -> None:
+        """decode_batch(states) -> logits [B, V] for each state's (token, position). A waiting request is
+        admitted while fewer than max_running run and its KV fits kv_token_budget (or nothing runs)."""
+        self.decode_batch, self.max_running, self.kv_token_budget = decode_batch, max_running, kv_token_budget
         self._work = threading.Condition(lock)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.steps = 0  # forwards run, and how many rows they carried (the batching actually achieved)
         self.batched_rows = 0
+        self.peak_running = 0
         self._thread: threading.Thread | None = None
 
-    def submit(self, request: Request, prefill: Callable[[], DecodeState]) -> SequenceStream:
-        seq = Sequence(request, prefill)
+    def submit(self, request: Request, plan: Callable[[], int], prefill: Callable[[], DecodeState]) -> SequenceStream:
+        seq = Sequence(request, plan, prefill)
         with self._work:
             self.waiting.append(seq)
             if self._thread is None:
@@ -99,19 +103,28 @@ class Scheduler:
         """Admit what fits, then one batched decode forward."""
         self.running = [s for s in self.running if not self._cancelled(s)]
         while self.waiting and len(self.running) < self.max_running:
-            seq = self.waiting.popleft()
+            seq = self.waiting[0]
             if self._cancelled(seq):
+                self.waiting.popleft()
                 continue
             try:
+                seq.kv_tokens = seq.kv_tokens or seq.plan()
+                used = sum(s.kv_tokens for s in self.running)
+                if self.running and used + seq.kv_tokens > self.kv_token_budget:
+                    break  # first come, first served: it waits for memory, and so do those behind it
+                self.waiting.popleft()
                 seq.state = seq.prefill()
                 self._deliver(seq, seq.state.start())
             except Exception as exc:  # noqa: BLE001 - the request's own error, raised in its reader
+                if self.waiting and self.waiting[0] is seq:
+                    self.waiting.popleft()
                 seq.out.put(exc)
                 continue
             if not seq.state.done:
                 self.running.append(seq)
         if not self.running:
             return
+        self.peak_running = max(self.peak_running, len(self.running))
         try:
             logits = self.decode_batch([s.state for s in self.running])
         except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in it, not the server

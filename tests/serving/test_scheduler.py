@@ -106,3 +106,18 @@ def test_chain_batch_is_served_in_one_schedule(engines):
     together = ChatFusionRAG(engine=batched, max_tokens=10).batch(prompts)
     assert [m.content for m in together] == sequential
     assert batched.scheduler.batched_rows > batched.scheduler.steps
+
+
+def test_a_request_that_does_not_fit_the_kv_budget_waits(smol_engine, tmp_path):
+    alone = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=1)
+    alone.precompute(DOCS)
+    c = smol_engine.model.config
+    per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4  # fp32
+    work = requests()[:4]
+    # room for the largest request's KV, not for two: the others wait, then run, and nothing fails
+    need = max(len(alone.prefill(p).token_ids) + s["max_new_tokens"] for p, s in work)
+    budget = (need + 10) * per_token
+    tight = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8, running_kv_bytes=budget)
+    together = run_concurrently(tight, work)
+    assert [r.token_ids for r in together] == [alone.generate(p, **s).token_ids for p, s in work]
+    assert tight.scheduler.peak_running == 1
