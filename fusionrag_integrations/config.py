@@ -124,6 +124,12 @@ class EngineConfig(_Settings):
         description="Requests decoded together by the continuous-batching scheduler (serving/scheduler.py); "
         "1 = no scheduler: requests take turns step by step. None: 8 on CPU, 64 on a GPU.",
     )
+    max_prefill_tokens: int = Field(
+        8192,
+        ge=1,
+        description="Prompt tokens computed per scheduler step (a fused prefill counts only what it recomputes): "
+        "more waiting prefills are admitted in the next step, so running requests keep decoding in between.",
+    )
     running_kv_bytes: int | None = Field(
         None,
         ge=1,

@@ -54,7 +54,8 @@ class FusionEngine:
         self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
         budget = self.runner.kv_token_budget(config.running_kv_bytes)
         running = config.max_running_requests or (64 if self.device.type == "cuda" else 8)
-        self.scheduler = Scheduler(self._lock, self.runner.decode_batch, running, budget) if running > 1 else None
+        limits = (running, budget, config.max_prefill_tokens)
+        self.scheduler = Scheduler(self._lock, self.runner.decode_batch, *limits) if running > 1 else None
 
     @classmethod
     def from_pretrained(
@@ -120,21 +121,25 @@ class FusionEngine:
         selector, ratio = self.selectors(request.fusion)
         if self.scheduler is not None:  # queued; t_start stays the submission: waiting is part of TTFT
             prefill = lambda: self.runner.decode_state(self._prefill(request, selector, ratio), request)  # noqa: E731
-            return self.scheduler.submit(request, lambda: self._lay_out(request), prefill)
+            share = ratio if selector.fixed_share is None else selector.fixed_share
+            return self.scheduler.submit(request, lambda: self._lay_out(request, share), prefill)
         return StepwiseStream(self._run(request, selector, ratio), self._lock)
 
     def _run(self, request: Request, selector: Selector, ratio: float) -> Iterator[GenerationChunk]:
         request.t_start = time.perf_counter()  # timing starts when the stream is first read
         yield from self.runner.decode(self._prefill(request, selector, ratio), request)
 
-    def _lay_out(self, request: Request) -> int:
-        """Render, detect and look up the request's chunks; returns the KV positions it will need."""
+    def _lay_out(self, request: Request, share: float = 1.0) -> tuple[int, int]:
+        """Render, detect and look up the request's chunks; returns (KV positions it will need, tokens its
+        prefill computes: the fresh ones and `share` of the chunk tokens)."""
         fusion = request.fusion
         learn = self.config.learn_chunks if fusion.learn_chunks is None else fusion.learn_chunks
         layout = self.layout.build(request.prompt, request.tools, fusion.chunks, learn, request.stats, self._compute)
         request.layout = layout
-        check_length(len(layout.token_ids), request.sampling.max_new_tokens, self.context_window)
-        return len(layout.token_ids) + request.sampling.max_new_tokens
+        n = len(layout.token_ids)
+        check_length(n, request.sampling.max_new_tokens, self.context_window)
+        n_chunk = sum(c.entry.num_tokens for c in layout.chunks)
+        return n + request.sampling.max_new_tokens, n - n_chunk + round(share * n_chunk)
 
     def _prefill(self, request: Request, selector: Selector, ratio: float) -> Prefill:
         if request.layout is None:

@@ -29,11 +29,12 @@ class Sequence:
     """A request inside the scheduler: how to prefill it, then its decode state."""
 
     request: Request
-    plan: Callable[[], int]  # the layout step, on the scheduler thread: -> KV positions this request needs
+    plan: Callable[[], tuple[int, int]]  # the layout step, on the scheduler thread: (KV positions, prefill tokens)
     prefill: Callable[[], DecodeState]  # prefill + first-token setup, on the scheduler thread
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     state: DecodeState | None = None
     kv_tokens: int = 0  # from plan(); 0 until laid out
+    prefill_tokens: int = 0
     cancelled: bool = False
 
 
@@ -65,10 +66,14 @@ class SequenceStream(Iterator[GenerationChunk]):
 
 
 class Scheduler:
-    def __init__(self, lock: threading.RLock, decode_batch, max_running: int, kv_token_budget: int) -> None:
+    def __init__(
+        self, lock: threading.RLock, decode_batch, max_running: int, kv_token_budget: int, prefill_budget: int
+    ) -> None:
         """decode_batch(states) -> logits [B, V] for each state's (token, position). A waiting request is
-        admitted while fewer than max_running run and its KV fits kv_token_budget (or nothing runs)."""
+        admitted while fewer than max_running run, its KV fits kv_token_budget (or nothing runs), and this
+        step's prefills stay within prefill_budget tokens (the first always goes)."""
         self.decode_batch, self.max_running, self.kv_token_budget = decode_batch, max_running, kv_token_budget
+        self.prefill_budget = prefill_budget
         self._work = threading.Condition(lock)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -77,7 +82,7 @@ class Scheduler:
         self.peak_running = 0
         self._thread: threading.Thread | None = None
 
-    def submit(self, request: Request, plan: Callable[[], int], prefill: Callable[[], DecodeState]) -> SequenceStream:
+    def submit(self, request: Request, plan: Callable[[], tuple[int, int]], prefill: Callable[[], DecodeState]):
         seq = Sequence(request, plan, prefill)
         with self._work:
             self.waiting.append(seq)
@@ -102,16 +107,21 @@ class Scheduler:
     def step(self) -> None:
         """Admit what fits, then one batched decode forward."""
         self.running = [s for s in self.running if not self._cancelled(s)]
+        prefilled = 0
         while self.waiting and len(self.running) < self.max_running:
             seq = self.waiting[0]
             if self._cancelled(seq):
                 self.waiting.popleft()
                 continue
             try:
-                seq.kv_tokens = seq.kv_tokens or seq.plan()
+                if not seq.kv_tokens:
+                    seq.kv_tokens, seq.prefill_tokens = seq.plan()
                 used = sum(s.kv_tokens for s in self.running)
                 if self.running and used + seq.kv_tokens > self.kv_token_budget:
                     break  # first come, first served: it waits for memory, and so do those behind it
+                if prefilled and prefilled + seq.prefill_tokens > self.prefill_budget:
+                    break  # the next step admits it: running requests decode a token first
+                prefilled += seq.prefill_tokens
                 self.waiting.popleft()
                 seq.state = seq.prefill()
                 self._deliver(seq, seq.state.start())
