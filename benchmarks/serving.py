@@ -60,7 +60,7 @@ def random_text(tokenizer, n_tokens: int, rng: np.random.Generator) -> str:
 class Workload:
     def __init__(self, tokenizer, pool: int, per_request: int, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        self.chunks = [random_text(tokenizer, 400, rng) for _ in range(pool)]  # ~512 tokens once split
+        self.chunks = [random_text(tokenizer, 440, rng) for _ in range(pool)]  # ~512 tokens (SmolLM2 tokenizer)
         self.per_request, self.rng, self.tokenizer = per_request, rng, tokenizer
         ranks = np.arange(1, pool + 1)
         self.popularity = (1.0 / ranks**0.8) / (1.0 / ranks**0.8).sum()  # Zipf-like
