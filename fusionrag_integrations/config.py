@@ -134,8 +134,8 @@ class EngineConfig(_Settings):
         None,
         ge=1,
         description="Memory for the KV caches of running requests: a request that does not fit waits for others "
-        "to finish (never an out-of-memory crash). None: 4 GiB on CPU; on a GPU, 60% of the memory free when the "
-        "engine starts.",
+        "to finish (never an out-of-memory crash). None: 4 GiB on CPU; on a GPU, 90% of what is free when the "
+        "engine starts, less the GPU tier (gpu_cache_bytes) and 4 GiB for a prefill's temporaries.",
     )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     use_triton: Literal["auto", "always", "never"] = Field(

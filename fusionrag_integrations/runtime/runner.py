@@ -44,8 +44,9 @@ class ModelRunner:
         """How many KV positions the running requests may hold together (EngineConfig.running_kv_bytes)."""
         c = self.model.config
         per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.model.dtype.itemsize
-        if running_kv_bytes is None and self.model.device.type == "cuda":
-            running_kv_bytes = int(0.6 * torch.cuda.mem_get_info(self.model.device)[0])
+        if running_kv_bytes is None and self.model.device.type == "cuda":  # leave the GPU tier and transients room
+            free = torch.cuda.mem_get_info(self.model.device)[0] - self.config.gpu_cache_bytes - (4 << 30)
+            running_kv_bytes = max(int(0.9 * free), per_token)
         return (running_kv_bytes or 4 << 30) // per_token
 
     def new_cache(self, needed: int) -> KVCache:
