@@ -313,7 +313,9 @@ def sparse_query_attention_triton(
     if num_splits is None:
         num_splits = 1 if interpret else plan_key_splits(Sq, Skv, Hkv, group_pad, _sm_count(q.device))
     block_n = 16 if interpret else 64
-    keys_per_split = triton.cdiv(triton.cdiv(Skv, num_splits), block_n) * block_n if num_splits > 1 else 0
+    # a power of two (a multiple of block_n): KEYS_PER_SPLIT is a compile-time constant, and one per
+    # prompt length would compile the kernel again for every new length (about a second each)
+    keys_per_split = max(block_n, triton.next_power_of_2(triton.cdiv(Skv, num_splits))) if num_splits > 1 else 0
     num_splits = triton.cdiv(Skv, keys_per_split) if keys_per_split else 1
     if num_splits > 1:  # partial outputs and log2-sum-exp2 per split, combined below
         target = torch.empty((num_splits, Sq, Hq, D), device=q.device, dtype=torch.float32)
