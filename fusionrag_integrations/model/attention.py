@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..kernels import _dispatch, batch_decode
 from ..kernels.sparse_attention import sparse_query_attention
 
 if TYPE_CHECKING:
@@ -132,21 +133,24 @@ class PrefixBatchAttention:
 class BatchDecodeAttention:
     """One new token per request, each request with its own cache (continuous batching's decode step):
     row i is written at positions[i] of caches[i] and attends to that cache up to it. The GEMMs around
-    it run on all rows at once; attention stays per request, so a row sees exactly what it would alone."""
+    it run on all rows at once; attention is per request (kernels/batch_decode.py): one Triton launch
+    for every row where Triton runs, else an SDPA per row, exactly what the row computes alone."""
 
     def __init__(self, caches: list[KVCache], positions: list[int], backend: str = "never") -> None:
         self.caches, self.positions, self.backend = caches, positions, backend
+        first = caches[0].k
+        self.table = None
+        if _dispatch.use_triton(first, backend) and batch_decode.triton_supports(first):
+            self.table = batch_decode.CacheTable([c.k for c in caches], [c.v for c in caches], positions)
 
     def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        for i, (cache, p) in enumerate(zip(self.caches, self.positions)):
-            cache.k[layer, p], cache.v[layer, p] = k[i], v[i]
+        """Done inside attend: the kernel writes each fresh row as it attends to it."""
 
     def attend(self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
-        rows = [
-            sdpa(q[i : i + 1], cache.k[layer, : p + 1], cache.v[layer, : p + 1], causal=False)
-            for i, (cache, p) in enumerate(zip(self.caches, self.positions))
-        ]
-        return torch.cat(rows)
+        if self.table is not None:
+            return batch_decode.batch_decode_attention(q, k, v, self.table, layer)
+        keys, values = [c.k[layer] for c in self.caches], [c.v[layer] for c in self.caches]
+        return batch_decode.batch_decode_attention_ref(q, k, v, keys, values, self.positions)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
