@@ -22,11 +22,12 @@ from .inputs import check_length, check_precompute, check_texts
 from .model.loader import LoadedModel, load_aux_model, load_model, resolve_device, resolve_dtype
 from .outputs import Generation, GenerationChunk
 from .request import Request
-from .runtime.decode import Prefill
+from .runtime.decode import DecodeState, Prefill
+from .runtime.pacing import Pacing
 from .runtime.precompute import PrecomputeJob
 from .runtime.runner import ModelRunner
 from .runtime.stepwise import StepwiseStream
-from .serving.scheduler import Scheduler
+from .serving.scheduler import Limits, Scheduler
 from .store.chunk_kv import ChunkKV
 from .store.ingest import ingest
 from .store.registry import ChunkRegistry
@@ -54,8 +55,8 @@ class FusionEngine:
         self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
         budget = self.runner.kv_token_budget(config.running_kv_bytes)
         running = config.max_running_requests or (64 if self.device.type == "cuda" else 8)
-        limits = (running, budget, config.max_prefill_tokens)
-        self.scheduler = Scheduler(self._lock, self.runner.decode_batch, *limits) if running > 1 else None
+        limits = Limits(running, budget, config.max_prefill_tokens, self.runner.memory_fits)
+        self.scheduler = Scheduler(self._lock, self.runner.decode_batch, limits) if running > 1 else None
 
     @classmethod
     def from_pretrained(
@@ -120,9 +121,10 @@ class FusionEngine:
         request = Request.build(prompt, **settings)
         selector, ratio = self.selectors(request.fusion)
         if self.scheduler is not None:  # queued; t_start stays the submission: waiting is part of TTFT
-            prefill = lambda: self.runner.decode_state(self._prefill(request, selector, ratio), request)  # noqa: E731
             share = ratio if selector.fixed_share is None else selector.fixed_share
-            return self.scheduler.submit(request, lambda: self._lay_out(request, share), prefill)
+            plan = lambda: self._lay_out(request, share)  # noqa: E731
+            prefill = lambda pacing: self._decode_state(request, selector, ratio, pacing)  # noqa: E731
+            return self.scheduler.submit(request, plan, prefill)
         return StepwiseStream(self._run(request, selector, ratio), self._lock)
 
     def _run(self, request: Request, selector: Selector, ratio: float) -> Iterator[GenerationChunk]:
@@ -141,11 +143,14 @@ class FusionEngine:
         n_chunk = sum(c.entry.num_tokens for c in layout.chunks)
         return n + request.sampling.max_new_tokens, n - n_chunk + round(share * n_chunk)
 
-    def _prefill(self, request: Request, selector: Selector, ratio: float) -> Prefill:
+    def _decode_state(self, request: Request, selector: Selector, ratio: float, pacing: Pacing) -> DecodeState:
+        return self.runner.decode_state(self._prefill(request, selector, ratio, pacing), request)
+
+    def _prefill(self, request: Request, selector: Selector, ratio: float, pacing: Pacing | None = None) -> Prefill:
         if request.layout is None:
             self._lay_out(request)
         layout = request.layout
-        pre = self.runner.prefill(request, selector, ratio)
+        pre = self.runner.prefill(request, selector, ratio, pacing)
         if layout.learnable:  # after the timing: storing is not on the path to the first token
             entries = self.layout.learned_entries(layout, pre.cache.k, pre.cache.v)
             self.chunks.add(entries)

@@ -28,6 +28,7 @@ from ..store.prefix_cache import PrefixCache
 from .decode import DecodeState, Prefill, decode_loop
 from .decode_step import make_decode_step
 from .graphs import GraphCache, graph_friendly_capacity
+from .pacing import Pacing, paced_forward
 from .precompute import PrecomputeJob, compute_entries, prefix_kv
 
 
@@ -40,14 +41,30 @@ class ModelRunner:
         self.prefixes = PrefixCache(config.prefix_cache_entries)
         self._shared_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    def kv_bytes_per_token(self) -> int:
+        c = self.model.config
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.model.dtype.itemsize
+
     def kv_token_budget(self, running_kv_bytes: int | None) -> int:
         """How many KV positions the running requests may hold together (EngineConfig.running_kv_bytes)."""
-        c = self.model.config
-        per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.model.dtype.itemsize
+        per_token = self.kv_bytes_per_token()
         if running_kv_bytes is None and self.model.device.type == "cuda":  # leave the GPU tier and transients room
             free = torch.cuda.mem_get_info(self.model.device)[0] - self.config.gpu_cache_bytes - (4 << 30)
             running_kv_bytes = max(int(0.9 * free), per_token)
         return (running_kv_bytes or 4 << 30) // per_token
+
+    def memory_fits(self, kv_tokens: int, prefill_tokens: int) -> bool:
+        """Whether a request's cache and its prefill's activations fit the device memory free now (the
+        caching allocator's idle blocks count as free). Always true on CPU (the KV budget bounds it)."""
+        if self.model.device.type != "cuda":
+            return True
+        c = self.model.config
+        free, _ = torch.cuda.mem_get_info(self.model.device)
+        free += torch.cuda.memory_reserved(self.model.device) - torch.cuda.memory_allocated(self.model.device)
+        # one layer's activations per prefill token (hidden states, q/k/v, MLP up and gate) at a time
+        activations = prefill_tokens * (6 * c.hidden_size + 3 * c.intermediate_size) * self.model.dtype.itemsize
+        need = kv_tokens * self.kv_bytes_per_token() + activations + (512 << 20)
+        return need <= free
 
     def new_cache(self, needed: int) -> KVCache:
         if self.model.device.type == "cuda":  # graphs are keyed by the cache's buffers (graphs.py)
@@ -71,7 +88,7 @@ class ModelRunner:
         ids = torch.tensor(layout.token_ids, device=self.model.device)
         return build_context(self.model, cache, ids, layout.chunks, 0, self.backend, self.graphs)
 
-    def prefill(self, request: Request, selector: Selector, ratio: float) -> Prefill:
+    def prefill(self, request: Request, selector: Selector, ratio: float, pacing: Pacing | None = None) -> Prefill:
         layout, stats = request.layout, request.stats
         prompt_ids = layout.token_ids
         cache = self.new_cache(len(prompt_ids) + request.sampling.max_new_tokens)
@@ -83,7 +100,7 @@ class ModelRunner:
                 selector.critical_layer = self.critical_layer(layout)
             prefix_ids, prefix_kv = self.prefixes.lookup(prompt_ids, layout.chunks[0].start, selector.name)
             logits, selected, n_chunk = fused_prefill(
-                self.model, cache, ids, layout.chunks, selector, ratio, prefix_kv, self.backend, self.graphs
+                self.model, cache, ids, layout.chunks, selector, ratio, prefix_kv, self.backend, self.graphs, pacing
             )
             self.prefixes.remember(prefix_ids, prefix_kv, cache)
             stats.prefix_tokens_reused = len(prefix_ids) if prefix_kv is not None else 0
@@ -92,8 +109,11 @@ class ModelRunner:
             stats.tokens_reused = n_chunk - stats.tokens_recomputed
         else:
             positions = torch.arange(len(prompt_ids), device=self.model.device)
-            mode, last = AttentionMode.CAUSAL_FROM_ZERO, len(prompt_ids) - 1
-            logits = self.model.forward(ids, positions, cache, mode, last, backend=self.backend)
+            if pacing is not None and pacing.splits(len(prompt_ids)):
+                logits = paced_forward(self.model, ids, positions, cache, pacing, self.backend, from_zero=True)
+            else:
+                mode, last = AttentionMode.CAUSAL_FROM_ZERO, len(prompt_ids) - 1
+                logits = self.model.forward(ids, positions, cache, mode, last, backend=self.backend)
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)
         t_done = time.perf_counter()

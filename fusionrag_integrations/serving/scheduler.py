@@ -17,9 +17,13 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+import torch
+
+from ..errors import OutOfMemoryError
 from ..outputs import GenerationChunk
 from ..request import Request
 from ..runtime.decode import DecodeState
+from ..runtime.pacing import Pacing
 
 _DONE = object()
 
@@ -30,7 +34,7 @@ class Sequence:
 
     request: Request
     plan: Callable[[], tuple[int, int]]  # the layout step, on the scheduler thread: (KV positions, prefill tokens)
-    prefill: Callable[[], DecodeState]  # prefill + first-token setup, on the scheduler thread
+    prefill: Callable[[Pacing], DecodeState]  # prefill + first-token setup, on the scheduler thread
     out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
     state: DecodeState | None = None
     kv_tokens: int = 0  # from plan(); 0 until laid out
@@ -65,15 +69,24 @@ class SequenceStream(Iterator[GenerationChunk]):
         self.seq.cancelled = True
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What the scheduler may run at once (EngineConfig: max_running_requests, running_kv_bytes,
+    max_prefill_tokens; `fits` asks the device whether a request's memory is free right now)."""
+
+    max_running: int
+    kv_token_budget: int  # KV positions of all running requests together
+    prefill_tokens: int  # prompt tokens computed per step; a longer prefill runs in pieces of this size
+    fits: Callable[[int, int], bool] = lambda kv_tokens, prefill_tokens: True
+
+
 class Scheduler:
-    def __init__(
-        self, lock: threading.RLock, decode_batch, max_running: int, kv_token_budget: int, prefill_budget: int
-    ) -> None:
+    def __init__(self, lock: threading.RLock, decode_batch, limits: Limits) -> None:
         """decode_batch(states) -> logits [B, V] for each state's (token, position). A waiting request is
-        admitted while fewer than max_running run, its KV fits kv_token_budget (or nothing runs), and this
-        step's prefills stay within prefill_budget tokens (the first always goes)."""
-        self.decode_batch, self.max_running, self.kv_token_budget = decode_batch, max_running, kv_token_budget
-        self.prefill_budget = prefill_budget
+        admitted while fewer than max_running run and its KV and activations fit (or nothing runs); a
+        step's prefills stay within prefill_tokens (the first always goes, in pieces if it is longer,
+        with a decode step of the running requests between pieces)."""
+        self.decode_batch, self.limits = decode_batch, limits
         self._work = threading.Condition(lock)
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
@@ -81,8 +94,9 @@ class Scheduler:
         self.batched_rows = 0
         self.peak_running = 0
         self._thread: threading.Thread | None = None
+        self._pacing = Pacing(limits.prefill_tokens, self._decode)
 
-    def submit(self, request: Request, plan: Callable[[], tuple[int, int]], prefill: Callable[[], DecodeState]):
+    def submit(self, request: Request, plan: Callable[[], tuple[int, int]], prefill: Callable[[Pacing], DecodeState]):
         seq = Sequence(request, plan, prefill)
         with self._work:
             self.waiting.append(seq)
@@ -107,8 +121,12 @@ class Scheduler:
     def step(self) -> None:
         """Admit what fits, then one batched decode forward."""
         self.running = [s for s in self.running if not self._cancelled(s)]
+        self._admit()
+        self._decode()
+
+    def _admit(self) -> None:
         prefilled = 0
-        while self.waiting and len(self.running) < self.max_running:
+        while self.waiting and len(self.running) < self.limits.max_running:
             seq = self.waiting[0]
             if self._cancelled(seq):
                 self.waiting.popleft()
@@ -116,35 +134,55 @@ class Scheduler:
             try:
                 if not seq.kv_tokens:
                     seq.kv_tokens, seq.prefill_tokens = seq.plan()
-                used = sum(s.kv_tokens for s in self.running)
-                if self.running and used + seq.kv_tokens > self.kv_token_budget:
+                if self.running and not self._fits(seq):
                     break  # first come, first served: it waits for memory, and so do those behind it
-                if prefilled and prefilled + seq.prefill_tokens > self.prefill_budget:
+                if prefilled and prefilled + seq.prefill_tokens > self.limits.prefill_tokens:
                     break  # the next step admits it: running requests decode a token first
                 prefilled += seq.prefill_tokens
                 self.waiting.popleft()
-                seq.state = seq.prefill()
+                seq.state = seq.prefill(self._pacing)
                 self._deliver(seq, seq.state.start())
+            except torch.OutOfMemoryError:
+                if self.running:  # memory frees as running requests finish: it goes first then
+                    self.waiting.appendleft(seq)
+                    break
+                self._fail(seq, OutOfMemoryError("this request's KV cache and prefill do not fit in device memory"))
+                continue
             except Exception as exc:  # noqa: BLE001 - the request's own error, raised in its reader
-                if self.waiting and self.waiting[0] is seq:
-                    self.waiting.popleft()
-                seq.out.put(exc)
+                self._fail(seq, exc)
                 continue
             if not seq.state.done:
                 self.running.append(seq)
+
+    def _fits(self, seq: Sequence) -> bool:
+        used = sum(s.kv_tokens for s in self.running)
+        if used + seq.kv_tokens > self.limits.kv_token_budget:
+            return False
+        return self.limits.fits(seq.kv_tokens, min(seq.prefill_tokens, self.limits.prefill_tokens))
+
+    def _fail(self, seq: Sequence, exc: BaseException) -> None:
+        if self.waiting and self.waiting[0] is seq:
+            self.waiting.popleft()
+        seq.out.put(exc)
+
+    def _decode(self) -> None:
+        """One forward over the next token of every running request (also run between the pieces of a
+        long prefill)."""
+        self.running = [s for s in self.running if not self._cancelled(s)]
         if not self.running:
             return
         self.peak_running = max(self.peak_running, len(self.running))
+        batch = list(self.running)
         try:
-            logits = self.decode_batch([s.state for s in self.running])
+            logits = self.decode_batch([s.state for s in batch])
         except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in it, not the server
-            for seq in self.running:
+            for seq in batch:
                 seq.out.put(exc)
-            self.running = []
+            self.running = [s for s in self.running if s not in batch]
             return
         self.steps += 1
-        self.batched_rows += len(self.running)
-        for seq, row in zip(self.running, logits):
+        self.batched_rows += len(batch)
+        for seq, row in zip(batch, logits):
             self._deliver(seq, seq.state.feed(row))
         self.running = [s for s in self.running if not s.state.done]
 

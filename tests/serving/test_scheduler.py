@@ -121,3 +121,18 @@ def test_a_request_that_does_not_fit_the_kv_budget_waits(smol_engine, tmp_path):
     together = run_concurrently(tight, work)
     assert [r.token_ids for r in together] == [alone.generate(p, **s).token_ids for p, s in work]
     assert tight.scheduler.peak_running == 1
+
+
+def test_long_prefills_run_in_pieces_between_decode_steps(engines, smol_engine, tmp_path):
+    """max_prefill_tokens=32: every prompt (and every full/fused recompute) runs in pieces of 32 tokens
+    with a decode step of the running requests between pieces; answers stay those of each alone."""
+    alone, _ = engines
+    paced = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8, max_prefill_tokens=32)
+    work = requests()[:6] + [("A plain prompt without any chunk, long enough to be split. " * 4, {"max_new_tokens": 8})]
+    reference = [alone.generate(prompt, **settings).token_ids for prompt, settings in work]
+    calls = []
+    between = paced.scheduler._pacing.between
+    paced.scheduler._pacing = type(paced.scheduler._pacing)(32, lambda: (calls.append(1), between()))
+    together = run_concurrently(paced, work)
+    assert [r.token_ids for r in together] == reference
+    assert len(calls) > len(work)  # prompts of 100+ tokens: several pieces each
