@@ -121,6 +121,18 @@ def open_loop(engine, workload, settings, rate: float, total: int) -> list[dict]
     return results
 
 
+def scheduler_stats(scheduler) -> dict:
+    """Rows per decode step and the split of the scheduler thread's time since the last call."""
+    if scheduler is None:
+        return {}
+    stats = {"decode_steps": scheduler.steps, "rows_per_step": scheduler.batched_rows / max(scheduler.steps, 1),
+             "peak_running": scheduler.peak_running, "prefill_s": scheduler.seconds["prefill"],
+             "decode_s": scheduler.seconds["decode"]}  # fmt: skip
+    scheduler.steps = scheduler.batched_rows = scheduler.peak_running = 0
+    scheduler.seconds = {"prefill": 0.0, "decode": 0.0}
+    return stats
+
+
 def summarize(results: list[dict], **labels) -> dict:
     start, end = min(r["t0"] for r in results), max(r["end"] for r in results)
     q = lambda xs, p: float(np.percentile(xs, p)) * 1e3  # noqa: E731
@@ -170,21 +182,22 @@ def main() -> None:
         for name in args.methods:
             engine.scheduler, settings = methods[name]
             settings = {**settings, "max_new_tokens": out_tokens}
-            closed_loop(engine, workload, settings, 1, 2)  # warm-up: kernels, graphs, allocator
+            closed_loop(engine, workload, settings, 4, 8)  # warm-up: kernels, graphs, allocator
+            scheduler_stats(engine.scheduler)
             for c in args.concurrency:
-                total = args.requests or max(8, c)
+                total = args.requests or max(8, 2 * c)
                 res = closed_loop(engine, workload, settings, c, total)
                 rows.append(summarize(res, method=name, load=f"c={c}", context_tokens=args.chunks * 512,
-                                      output_tokens=out_tokens))  # fmt: skip
+                                      output_tokens=out_tokens, **scheduler_stats(engine.scheduler)))  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
             for rate in args.rates:
                 res = open_loop(engine, workload, settings, rate, args.requests or 32)
                 rows.append(summarize(res, method=name, load=f"rate={rate}", context_tokens=args.chunks * 512,
-                                      output_tokens=out_tokens))  # fmt: skip
+                                      output_tokens=out_tokens, **scheduler_stats(engine.scheduler)))  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\n{device_name(torch.device(args.device))}, {args.shape}\n")
     cols = ["method", "load", "output_tokens", "req_per_s", "out_tok_s", "ttft_p50_ms", "ttft_p99_ms",
-            "tpot_p50_ms", "tpot_p99_ms"]  # fmt: skip
+            "tpot_p50_ms", "tpot_p99_ms", "rows_per_step", "prefill_s", "decode_s"]  # fmt: skip
     print(markdown_table(rows, cols))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))

@@ -140,7 +140,8 @@ def batch_decode_attention_triton(
     assert q.stride(-1) == 1 and k_new.stride(-1) == 1 and v_new.stride(-1) == 1, "head_dim must be contiguous"
     interpret = q.device.type == "cpu"
     block_n = 16 if interpret else 64
-    max_keys = table.max_position + 1
+    max_keys = table.max_keys
+    keys_per_split = keys_per_split or table.keys_per_split
     if keys_per_split is None:
         sm = 4 if interpret else _sm_count(q.device)
         keys_per_split = plan_splits(B, Hkv, max_keys, sm, block_n)

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import _dispatch, batch_decode
+from ..kernels.batch_decode import CacheTable
 from ..kernels.sparse_attention import sparse_query_attention
 
 if TYPE_CHECKING:
@@ -136,15 +137,17 @@ class BatchDecodeAttention:
     it run on all rows at once; attention is per request (kernels/batch_decode.py): one Triton launch
     for every row where Triton runs, else an SDPA per row, exactly what the row computes alone."""
 
-    def __init__(self, caches: list[KVCache], positions: list[int], backend: str = "never") -> None:
-        self.caches, self.positions, self.backend = caches, positions, backend
-        first = caches[0].k
-        self.table = None
-        if _dispatch.use_triton(first, backend) and batch_decode.triton_supports(first):
-            self.table = batch_decode.CacheTable([c.k for c in caches], [c.v for c in caches], positions)
+    def __init__(
+        self, caches: list[KVCache], positions: list[int], backend: str = "never", table: CacheTable | None = None
+    ) -> None:
+        """table: a prepared CacheTable (a CUDA graph's static input); else one is built for the kernel
+        where Triton runs."""
+        self.caches, self.positions, self.backend, self.table = caches, positions, backend, table
+        if table is None and _dispatch.use_triton(caches[0].k, backend) and batch_decode.triton_supports(caches[0].k):
+            self.table = batch_decode.CacheTable.of([c.k for c in caches], [c.v for c in caches], positions)
 
     def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Done inside attend: the kernel writes each fresh row as it attends to it."""
+        """Done inside attend (the kernel writes each fresh row as it attends to it)."""
 
     def attend(self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
         if self.table is not None:

@@ -19,12 +19,12 @@ from ..fusion.placement import FusionContext, build_context, place_chunks
 from ..fusion.probe import CriticalLayers, profile_critical_layer
 from ..fusion.recompute import fused_prefill
 from ..fusion.selectors import QCFuseSelector, Selector
-from ..model.attention import AttentionMode, BatchDecodeAttention, KVCache, resolve_kernels
-from ..model.forward import run_layers
+from ..model.attention import AttentionMode, KVCache, resolve_kernels
 from ..model.loader import LoadedModel
 from ..outputs import GenerationChunk, GenerationStats
 from ..request import Request
 from ..store.prefix_cache import PrefixCache
+from .batch_step import BatchDecodeStep
 from .decode import DecodeState, Prefill, decode_loop
 from .decode_step import make_decode_step
 from .graphs import GraphCache, graph_friendly_capacity
@@ -38,6 +38,7 @@ class ModelRunner:
         self.config, self.fingerprint, self.profiles = config, loaded.model_fingerprint, profiles
         self.backend = resolve_kernels(config.use_triton, self.model.device)
         self.graphs = GraphCache(self.model, self.backend, config.cuda_graph_decode, config.cuda_graph_probe)
+        self.batch_step = BatchDecodeStep(self.model, self.graphs, self.backend)
         self.prefixes = PrefixCache(config.prefix_cache_entries)
         self._shared_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -146,12 +147,8 @@ class ModelRunner:
                 graphs = self.graphs if s.params.max_new_tokens > 2 else None
                 s.step = make_decode_step(self.model, s.pre.cache, graphs, self.backend)
             return s.step(s.token, s.position)[None]
-        device = self.model.device
-        ids = torch.tensor([s.token for s in states], device=device)
-        positions = [s.position for s in states]
-        attention = BatchDecodeAttention([s.pre.cache for s in states], positions, self.backend)
-        h, _ = run_layers(self.model, ids, torch.tensor(positions, device=device), attention)
-        return self.model.logits(h)
+        caches = [s.pre.cache for s in states]
+        return self.batch_step(caches, [s.token for s in states], [s.position for s in states])
 
     def decode(self, pre: Prefill, request: Request) -> Iterator[GenerationChunk]:
         params = request.sampling

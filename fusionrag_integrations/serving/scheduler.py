@@ -93,6 +93,7 @@ class Scheduler:
         self.steps = 0  # forwards run, and how many rows they carried (the batching actually achieved)
         self.batched_rows = 0
         self.peak_running = 0
+        self.seconds = {"prefill": 0.0, "decode": 0.0}  # where the scheduler thread's time went
         self._thread: threading.Thread | None = None
         self._pacing = Pacing(limits.prefill_tokens, self._decode)
 
@@ -140,8 +141,11 @@ class Scheduler:
                     break  # the next step admits it: running requests decode a token first
                 prefilled += seq.prefill_tokens
                 self.waiting.popleft()
+                t0, decode_before = time.perf_counter(), self.seconds["decode"]
                 seq.state = seq.prefill(self._pacing)
                 self._deliver(seq, seq.state.start())
+                spent = time.perf_counter() - t0 - (self.seconds["decode"] - decode_before)  # less paced decodes
+                self.seconds["prefill"] += spent
             except torch.OutOfMemoryError:
                 if self.running:  # memory frees as running requests finish: it goes first then
                     self.waiting.appendleft(seq)
@@ -173,6 +177,7 @@ class Scheduler:
             return
         self.peak_running = max(self.peak_running, len(self.running))
         batch = list(self.running)
+        t0 = time.perf_counter()
         try:
             logits = self.decode_batch([s.state for s in batch])
         except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in it, not the server
@@ -184,6 +189,7 @@ class Scheduler:
         self.batched_rows += len(batch)
         for seq, row in zip(batch, logits):
             self._deliver(seq, seq.state.feed(row))
+        self.seconds["decode"] += time.perf_counter() - t0  # sampling reads the logits: the step is done
         self.running = [s for s in self.running if not s.state.done]
 
     def _deliver(self, seq: Sequence, pieces: list[GenerationChunk]) -> None:

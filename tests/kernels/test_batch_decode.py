@@ -37,7 +37,7 @@ def run_both(capacities, positions, hq, hkv, d, dtype, seed, layer=1, keys_per_s
     ref_k, ref_v = [c.clone() for c in k_caches], [c.clone() for c in v_caches]
     expected = batch_decode_attention_ref(q, k_new, v_new, [c[layer] for c in ref_k], [c[layer] for c in ref_v],
                                           positions)  # fmt: skip
-    table = CacheTable(k_caches, v_caches, positions)
+    table = CacheTable.of(k_caches, v_caches, positions)
     got = batch_decode_attention_triton(q, k_new, v_new, table, layer, keys_per_split)
     return got, expected, (k_caches, v_caches), (ref_k, ref_v)
 
@@ -75,7 +75,7 @@ def test_rows_do_not_see_each_other():
     q, k_new, v_new, _, _ = random_batch(capacities, positions, 8, 2, 64, torch.float32, seed=3)
     k_caches, v_caches = caches
     k_caches[1][1, :30] += 5.0  # row 1's cache, before its position
-    again = batch_decode_attention_triton(q, k_new, v_new, CacheTable(k_caches, v_caches, positions), 1)
+    again = batch_decode_attention_triton(q, k_new, v_new, CacheTable.of(k_caches, v_caches, positions), 1)
     assert torch.equal(again[0], got[0])
     assert rel_err(again[1], got[1]) > 1e-3
 
@@ -83,7 +83,7 @@ def test_rows_do_not_see_each_other():
 def test_mismatched_strides_rejected():
     k = [torch.zeros(2, 8, 2, 64), torch.zeros(2, 8, 4, 32)]
     with pytest.raises(ValueError, match="strides"):
-        CacheTable(k, k, [1, 1])
+        CacheTable.of(k, k, [1, 1])
 
 
 @pytest.mark.skipif(not CUDA, reason="real-size case: GPU only")
