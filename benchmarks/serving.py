@@ -133,7 +133,10 @@ def scheduler_stats(scheduler) -> dict:
     return stats
 
 
-def summarize(results: list[dict], **labels) -> dict:
+def summarize(results: list[dict], skip: int = 0, **labels) -> dict:
+    """skip: the first requests by submission time are left out (closed loop: the first round, sent all
+    at once when the clients start, measures the start-up burst, not the steady state)."""
+    results = sorted(results, key=lambda r: r["t0"])[skip:]
     start, end = min(r["t0"] for r in results), max(r["end"] for r in results)
     q = lambda xs, p: float(np.percentile(xs, p)) * 1e3  # noqa: E731
     ttft, tpot = [r["ttft"] for r in results], [r["tpot"] for r in results]
@@ -159,7 +162,7 @@ def main() -> None:
     p.add_argument("--output-tokens", type=int, nargs="+", default=[32])
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--rates", type=float, nargs="*", default=[], help="open-loop Poisson arrival rates (req/s)")
-    p.add_argument("--requests", type=int, default=0, help="requests per load point (default 2 x concurrency, >= 8)")
+    p.add_argument("--requests", type=int, default=0, help="requests per load point (default 3 x concurrency, >= 16)")
     p.add_argument("--methods", nargs="+", default=["fusion", "full", "one_at_a_time"])
     p.add_argument("--gpu-tier-gib", type=float, default=8.0)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "serving.json"))
@@ -172,28 +175,33 @@ def main() -> None:
     t = time.perf_counter()
     engine.precompute(workload.chunks, show_progress=False)
     print(f"precomputed {args.pool} chunks in {time.perf_counter() - t:.1f} s", flush=True)
-    methods = {  # one engine, one chunk store; one_at_a_time = the same engine without its scheduler
-        "fusion": (scheduler, {"recompute_ratio": 0.15}),
-        "full": (scheduler, {"selector": "full"}),
-        "one_at_a_time": (None, {"recompute_ratio": 0.15}),
+    # fusion and one_at_a_time: one engine and its chunk store (one_at_a_time = that engine without its
+    # scheduler); full: the same scheduler over an engine with an empty chunk store, so every prompt is
+    # prefilled in full (prompt-prefix cache on) and nothing is fetched or placed: a server without reuse
+    plain = FusionEngine(loaded, EngineConfig(**common))
+    methods = {
+        "fusion": (engine, scheduler, {"recompute_ratio": 0.15}),
+        "full": (plain, plain.scheduler, {"selector": "full"}),
+        "one_at_a_time": (engine, None, {"recompute_ratio": 0.15}),
     }
     rows = []
     for out_tokens in args.output_tokens:
         for name in args.methods:
-            engine.scheduler, settings = methods[name]
+            engine.scheduler = scheduler
+            server, server.scheduler, settings = methods[name]
             settings = {**settings, "max_new_tokens": out_tokens}
-            closed_loop(engine, workload, settings, 4, 8)  # warm-up: kernels, graphs, allocator
-            scheduler_stats(engine.scheduler)
+            closed_loop(server, workload, settings, 4, 8)  # warm-up: kernels, graphs, allocator
+            scheduler_stats(server.scheduler)
             for c in args.concurrency:
-                total = args.requests or max(8, 2 * c)
-                res = closed_loop(engine, workload, settings, c, total)
-                rows.append(summarize(res, method=name, load=f"c={c}", context_tokens=args.chunks * 512,
-                                      output_tokens=out_tokens, **scheduler_stats(engine.scheduler)))  # fmt: skip
+                total = args.requests or max(16, 3 * c)
+                res = closed_loop(server, workload, settings, c, total)
+                labels = dict(method=name, load=f"c={c}", context_tokens=args.chunks * 512, output_tokens=out_tokens)
+                rows.append(summarize(res, skip=c if c > 1 else 0, **labels, **scheduler_stats(server.scheduler)))
                 print(json.dumps(rows[-1]), flush=True)
             for rate in args.rates:
-                res = open_loop(engine, workload, settings, rate, args.requests or 32)
+                res = open_loop(server, workload, settings, rate, args.requests or 32)
                 rows.append(summarize(res, method=name, load=f"rate={rate}", context_tokens=args.chunks * 512,
-                                      output_tokens=out_tokens, **scheduler_stats(engine.scheduler)))  # fmt: skip
+                                      output_tokens=out_tokens, **scheduler_stats(server.scheduler)))  # fmt: skip
                 print(json.dumps(rows[-1]), flush=True)
     print(f"\n{device_name(torch.device(args.device))}, {args.shape}\n")
     cols = ["method", "load", "output_tokens", "req_per_s", "out_tok_s", "ttft_p50_ms", "ttft_p99_ms",
