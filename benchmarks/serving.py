@@ -190,7 +190,8 @@ def main() -> None:
             engine.scheduler = scheduler
             server, server.scheduler, settings = methods[name]
             settings = {**settings, "max_new_tokens": out_tokens}
-            closed_loop(server, workload, settings, 4, 8)  # warm-up: kernels, graphs, allocator
+            warm = max(args.concurrency)  # warm-up: kernels, autotuning, graphs of each batch size, allocator
+            closed_loop(server, workload, settings, min(warm, 16), min(warm, 16))
             scheduler_stats(server.scheduler)
             for c in args.concurrency:
                 total = args.requests or max(16, 3 * c)

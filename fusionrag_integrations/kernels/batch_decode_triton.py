@@ -23,7 +23,7 @@ from .batch_decode import CacheTable
 from .sparse_attention_triton import RCP_LN2, _combine_key_splits
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["keys_per_split"])
 def _batch_decode_fwd(
     Q,
     KNew,
@@ -44,13 +44,12 @@ def _batch_decode_fwd(
     stride_off,
     stride_psplit,
     stride_lsplit,
-    n_rows,
+    keys_per_split,  # a runtime value: a new split size compiles nothing
     qk_scale,
     GROUP: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     HEAD_DIM: tl.constexpr,
-    KEYS_PER_SPLIT: tl.constexpr,
     IEEE: tl.constexpr,
     DOT_F32: tl.constexpr,
 ):
@@ -64,14 +63,16 @@ def _batch_decode_fwd(
     valid = offs_m < GROUP
     q = tl.load(Q + row * stride_qb + head[:, None] * stride_qh + offs_d[None, :], mask=valid[:, None], other=0.0)
     q = q.to(tl.float32) if DOT_F32 else q
-    k_base = Base + tl.load(Offsets + row) + kv_head * stride_kh
-    v_base = Base + tl.load(Offsets + stride_off + row) + kv_head * stride_kh
+    # caches start 512-byte aligned and every stride is a multiple of 16 elements: saying so lets the
+    # compiler issue 16-byte loads (an offset read from memory has no known alignment otherwise)
+    k_base = Base + tl.multiple_of(tl.load(Offsets + row), 16) + kv_head * stride_kh
+    v_base = Base + tl.multiple_of(tl.load(Offsets + stride_off + row), 16) + kv_head * stride_kh
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
     offs_n = tl.arange(0, BLOCK_N)
-    lo = split * KEYS_PER_SPLIT
-    hi = tl.minimum(lo + KEYS_PER_SPLIT, pos)
+    lo = split * keys_per_split
+    hi = tl.minimum(lo + keys_per_split, pos)
     for start in range(lo, hi, BLOCK_N):
         keys = start + offs_n
         inside = (keys < hi)[:, None]
@@ -113,6 +114,17 @@ def _batch_decode_fwd(
     tl.store(Part + split * stride_psplit + rows[:, None] * HEAD_DIM + offs_d[None, :], out, mask=valid[:, None])
 
 
+# Tuned once per (head dim, group tile) on the GPU, before any CUDA-graph capture (whose first step runs
+# eagerly); the interpreter keeps one small tile.
+_batch_decode_fwd_tuned = triton.autotune(
+    configs=[
+        triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=st)
+        for n, w, st in [(64, 4, 2), (64, 4, 3), (64, 4, 4), (128, 4, 2), (128, 4, 3), (128, 8, 3), (32, 2, 4)]
+    ],
+    key=["HEAD_DIM", "BLOCK_M"],
+)(_batch_decode_fwd)
+
+
 @functools.cache
 def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
@@ -150,7 +162,8 @@ def batch_decode_attention_triton(
     lse = torch.empty((splits, B, Hq), device=q.device, dtype=torch.float32)
     group = Hq // Hkv
     offsets = table.offsets[layer]
-    _batch_decode_fwd[(B, Hkv, splits)](
+    grid = (B, Hkv, splits)
+    args = (
         q,
         k_new,
         v_new,
@@ -170,18 +183,20 @@ def batch_decode_attention_triton(
         offsets.stride(0),
         part.stride(0),
         lse.stride(0),
-        B,
+        keys_per_split,
         D**-0.5 * RCP_LN2,
+    )
+    flags = dict(
         GROUP=group,
         BLOCK_M=max(16, triton.next_power_of_2(group)),
-        BLOCK_N=block_n,
         HEAD_DIM=D,
-        KEYS_PER_SPLIT=keys_per_split,
         IEEE=q.dtype == torch.float32 or interpret,
         DOT_F32=interpret and q.dtype == torch.bfloat16,
-        num_warps=1 if interpret else 4,
-        num_stages=1 if interpret else 2,
     )
+    if interpret:
+        _batch_decode_fwd[grid](*args, **flags, BLOCK_N=16, num_warps=1, num_stages=1)
+    else:
+        _batch_decode_fwd_tuned[grid](*args, **flags)
     out = torch.empty_like(q)
     pad = triton.next_power_of_2(splits)
     _combine_key_splits[(B * Hq,)](part, lse, out, splits, part.stride(0), lse.stride(0), pad, D)

@@ -115,14 +115,17 @@ class ModelRunner:
             else:
                 mode, last = AttentionMode.CAUSAL_FROM_ZERO, len(prompt_ids) - 1
                 logits = self.model.forward(ids, positions, cache, mode, last, backend=self.backend)
-        if self.model.device.type == "cuda":
-            torch.cuda.synchronize(self.model.device)
+        self.sync()
         t_done = time.perf_counter()
         if selected is not None:
             count_reuse(layout, stats, selected)
         stats.prefill_ms = (t_done - t_prefill) * 1e3
         stats.ttft_ms = (t_done - request.t_start) * 1e3  # time to the logits; decoding adds the sampling
         return Prefill(logits[-1], prompt_ids, cache, stats, selected)
+
+    def sync(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
 
     def critical_layer(self, layout: Layout) -> int:
         """QCFuse's layer for this model: profiled once (on this first prompt) and kept on disk."""

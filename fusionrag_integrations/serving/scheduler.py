@@ -78,6 +78,7 @@ class Limits:
     kv_token_budget: int  # KV positions of all running requests together
     prefill_tokens: int  # prompt tokens computed per step; a longer prefill runs in pieces of this size
     fits: Callable[[int, int], bool] = lambda kv_tokens, prefill_tokens: True
+    sync: Callable[[], None] = lambda: None  # waits for the device: the time split below stays honest
 
 
 class Scheduler:
@@ -144,6 +145,7 @@ class Scheduler:
                 t0, decode_before = time.perf_counter(), self.seconds["decode"]
                 seq.state = seq.prefill(self._pacing)
                 self._deliver(seq, seq.state.start())
+                self.limits.sync()
                 spent = time.perf_counter() - t0 - (self.seconds["decode"] - decode_before)  # less paced decodes
                 self.seconds["prefill"] += spent
             except torch.OutOfMemoryError:
@@ -177,6 +179,7 @@ class Scheduler:
             return
         self.peak_running = max(self.peak_running, len(self.running))
         batch = list(self.running)
+        self.limits.sync()  # a paced prefill's last piece is the prefill's time, not this step's
         t0 = time.perf_counter()
         try:
             logits = self.decode_batch([s.state for s in batch])
