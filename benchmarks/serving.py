@@ -128,9 +128,9 @@ def scheduler_stats(scheduler) -> dict:
     if scheduler is None:
         return {}
     stats = {"decode_steps": scheduler.steps, "rows_per_step": scheduler.batched_rows / max(scheduler.steps, 1),
-             "peak_running": scheduler.peak_running, "prefill_s": scheduler.seconds["prefill"],
-             "decode_s": scheduler.seconds["decode"]}  # fmt: skip
-    scheduler.steps = scheduler.batched_rows = scheduler.peak_running = 0
+             "peak_running": scheduler.peak_running, "requeued": scheduler.requeued,
+             "prefill_s": scheduler.seconds["prefill"], "decode_s": scheduler.seconds["decode"]}  # fmt: skip
+    scheduler.steps = scheduler.batched_rows = scheduler.peak_running = scheduler.requeued = 0
     scheduler.seconds = {"prefill": 0.0, "decode": 0.0}
     return stats
 
@@ -195,6 +195,7 @@ def main() -> None:
             settings = {**settings, "max_new_tokens": out_tokens}
             warm = max(args.concurrency)  # warm-up: kernels, autotuning, graphs of each batch size, allocator
             closed_loop(server, workload, settings, min(warm, 16), min(warm, 16))
+            closed_loop(server, workload, settings, 1, 3)  # and the single-request path (graphs per layout)
             scheduler_stats(server.scheduler)
             for c in args.concurrency:
                 total = args.requests or max(16, 3 * c)

@@ -50,7 +50,7 @@ class ModelRunner:
         """How many KV positions the running requests may hold together (EngineConfig.running_kv_bytes)."""
         per_token = self.kv_bytes_per_token()
         if running_kv_bytes is None and self.model.device.type == "cuda":  # leave the GPU tier and transients room
-            free = torch.cuda.mem_get_info(self.model.device)[0] - self.config.gpu_cache_bytes - (4 << 30)
+            free = self.free_device_memory() - self.config.gpu_cache_bytes - (4 << 30)
             running_kv_bytes = max(int(0.9 * free), per_token)
         return (running_kv_bytes or 4 << 30) // per_token
 
@@ -60,12 +60,16 @@ class ModelRunner:
         if self.model.device.type != "cuda":
             return True
         c = self.model.config
-        free, _ = torch.cuda.mem_get_info(self.model.device)
-        free += torch.cuda.memory_reserved(self.model.device) - torch.cuda.memory_allocated(self.model.device)
         # one layer's activations per prefill token (hidden states, q/k/v, MLP up and gate) at a time
         activations = prefill_tokens * (6 * c.hidden_size + 3 * c.intermediate_size) * self.model.dtype.itemsize
         need = kv_tokens * self.kv_bytes_per_token() + activations + (512 << 20)
-        return need <= free
+        return need <= self.free_device_memory()
+
+    def free_device_memory(self) -> int:
+        """Free device memory, counting the caching allocator's idle blocks as free."""
+        device = self.model.device
+        free = torch.cuda.mem_get_info(device)[0]
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
     def new_cache(self, needed: int) -> KVCache:
         if self.model.device.type == "cuda":  # graphs are keyed by the cache's buffers (graphs.py)

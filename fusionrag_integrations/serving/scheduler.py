@@ -95,6 +95,7 @@ class Scheduler:
         self.batched_rows = 0
         self.peak_running = 0
         self.seconds = {"prefill": 0.0, "decode": 0.0}  # where the scheduler thread's time went
+        self.requeued = 0  # prefills that ran out of device memory under load and went back to the queue
         self._thread: threading.Thread | None = None
         self._pacing = Pacing(limits.prefill_tokens, self._decode)
 
@@ -150,6 +151,7 @@ class Scheduler:
                 self.seconds["prefill"] += spent
             except torch.OutOfMemoryError:
                 if self.running:  # memory frees as running requests finish: it goes first then
+                    self.requeued += 1
                     self.waiting.appendleft(seq)
                     break
                 self._fail(seq, OutOfMemoryError("this request's KV cache and prefill do not fit in device memory"))
