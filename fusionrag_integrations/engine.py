@@ -155,6 +155,7 @@ class FusionEngine:
             entries = self.layout.learned_entries(layout, pre.cache.k, pre.cache.v)
             self.chunks.add(entries)
             self.counters["chunks_learned"] += len(entries)
+        request.layout = None  # its chunks' KV is in the cache now: a tier may evict and free theirs while this decodes
         return pre
 
     # -- inspection: the evaluation harness reads the first-token distribution and the fused cache --
