@@ -87,12 +87,16 @@ def one_request(engine, prompt, chunks, settings, out: list) -> None:
     out.append({"t0": t0, "ttft": times[0] - t0, "tpot": tpot, "end": times[-1], "tokens": n, "prefill": prefill_ms})
 
 
-def closed_loop(engine, workload, settings, concurrency: int, total: int) -> list[dict]:
+def closed_loop(engine, workload, settings, concurrency: int, total: int, ramp_s: float = 0.0) -> list[dict]:
+    """`concurrency` clients, each sending its next request when the last one finished; client i
+    starts after i x ramp_s (clients started in one instant stay in lock-step: their requests finish
+    together and come back together, a burst no independent users would make)."""
     work = [workload.request() for _ in range(total)]
     results: list[dict] = []
     lock = threading.Lock()
 
-    def client() -> None:
+    def client(index: int) -> None:
+        time.sleep(index * ramp_s)  # users arrive over time, not all in one instant
         while True:
             with lock:
                 if not work:
@@ -100,7 +104,7 @@ def closed_loop(engine, workload, settings, concurrency: int, total: int) -> lis
                 prompt, chunks = work.pop()
             one_request(engine, prompt, chunks, settings, results)
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
@@ -166,6 +170,7 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     p.add_argument("--rates", type=float, nargs="*", default=[], help="open-loop Poisson arrival rates (req/s)")
     p.add_argument("--requests", type=int, default=0, help="requests per load point (default 3 x concurrency, >= 16)")
+    p.add_argument("--ramp-s", type=float, default=0.15, help="closed loop: client i starts after i x this")
     p.add_argument("--methods", nargs="+", default=["fusion", "full", "one_at_a_time"])
     p.add_argument("--gpu-tier-gib", type=float, default=8.0)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "serving.json"))
@@ -199,7 +204,7 @@ def main() -> None:
             scheduler_stats(server.scheduler)
             for c in args.concurrency:
                 total = args.requests or max(16, 3 * c)
-                res = closed_loop(server, workload, settings, c, total)
+                res = closed_loop(server, workload, settings, c, total, args.ramp_s)
                 labels = dict(method=name, load=f"c={c}", context_tokens=args.chunks * 512, output_tokens=out_tokens)
                 rows.append(summarize(res, skip=c if c > 1 else 0, **labels, **scheduler_stats(server.scheduler)))
                 print(json.dumps(rows[-1]), flush=True)
