@@ -118,6 +118,25 @@ class EngineConfig(_Settings):
     )
     learn_min_chars: int = Field(200, ge=32, description="Shortest paragraph kept by learn_chunks.")
     precompute_batch_tokens: int = Field(8192, ge=1, description="Token budget of one batched precompute pass.")
+    max_running_requests: int | None = Field(
+        None,
+        ge=1,
+        description="Requests decoded together by the continuous-batching scheduler (serving/scheduler.py); "
+        "1 = no scheduler: requests take turns step by step. None: 8 on CPU, 64 on a GPU.",
+    )
+    max_prefill_tokens: int = Field(
+        8192,
+        ge=1,
+        description="Prompt tokens computed per scheduler step (a fused prefill counts only what it recomputes): "
+        "more waiting prefills are admitted in the next step, so running requests keep decoding in between.",
+    )
+    running_kv_bytes: int | None = Field(
+        None,
+        ge=1,
+        description="Memory for the KV caches of running requests: a request that does not fit waits for others "
+        "to finish (never an out-of-memory crash). None: 4 GiB on CPU; on a GPU, 90% of what is free when the "
+        "engine starts, less the GPU tier (gpu_cache_bytes) and 4 GiB for a prefill's temporaries.",
+    )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     use_triton: Literal["auto", "always", "never"] = Field(
         "auto", description="Sparse-attention kernel choice: Triton on CUDA when 'auto'."

@@ -22,10 +22,12 @@ from .inputs import check_length, check_precompute, check_texts
 from .model.loader import LoadedModel, load_aux_model, load_model, resolve_device, resolve_dtype
 from .outputs import Generation, GenerationChunk
 from .request import Request
-from .runtime.decode import Prefill
+from .runtime.decode import DecodeState, Prefill
+from .runtime.pacing import Pacing
 from .runtime.precompute import PrecomputeJob
 from .runtime.runner import ModelRunner
 from .runtime.stepwise import StepwiseStream
+from .serving.scheduler import Limits, Scheduler
 from .store.chunk_kv import ChunkKV
 from .store.ingest import ingest
 from .store.registry import ChunkRegistry
@@ -51,6 +53,10 @@ class FusionEngine:
         self.runner = ModelRunner(loaded, config, self.critical_layers)
         load_aux = lambda source: load_aux_model(source, loaded, config.model_cache_dir).model  # noqa: E731
         self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
+        budget = self.runner.kv_token_budget(config.running_kv_bytes)
+        running = config.max_running_requests or (64 if self.device.type == "cuda" else 8)
+        limits = Limits(running, budget, config.max_prefill_tokens, self.runner.memory_fits, self.runner.sync)
+        self.scheduler = Scheduler(self._lock, self.runner.decode_batch, limits) if running > 1 else None
 
     @classmethod
     def from_pretrained(
@@ -113,23 +119,43 @@ class FusionEngine:
         fields as keywords (max_new_tokens, temperature, top_p, top_k, seed, stop; chunks, selector,
         recompute_ratio, learn_chunks: see request.py)."""
         request = Request.build(prompt, **settings)
-        return StepwiseStream(self._run(request, *self.selectors(request.fusion)), self._lock)
+        selector, ratio = self.selectors(request.fusion)
+        if self.scheduler is not None:  # queued; t_start stays the submission: waiting is part of TTFT
+            share = ratio if selector.fixed_share is None else selector.fixed_share
+            plan = lambda: self._lay_out(request, share)  # noqa: E731
+            prefill = lambda pacing: self._decode_state(request, selector, ratio, pacing)  # noqa: E731
+            return self.scheduler.submit(request, plan, prefill)
+        return StepwiseStream(self._run(request, selector, ratio), self._lock)
 
     def _run(self, request: Request, selector: Selector, ratio: float) -> Iterator[GenerationChunk]:
         request.t_start = time.perf_counter()  # timing starts when the stream is first read
         yield from self.runner.decode(self._prefill(request, selector, ratio), request)
 
-    def _prefill(self, request: Request, selector: Selector, ratio: float) -> Prefill:
+    def _lay_out(self, request: Request, share: float = 1.0) -> tuple[int, int]:
+        """Render, detect and look up the request's chunks; returns (KV positions it will need, tokens its
+        prefill computes: the fresh ones and `share` of the chunk tokens)."""
         fusion = request.fusion
         learn = self.config.learn_chunks if fusion.learn_chunks is None else fusion.learn_chunks
         layout = self.layout.build(request.prompt, request.tools, fusion.chunks, learn, request.stats, self._compute)
         request.layout = layout
-        check_length(len(layout.token_ids), request.sampling.max_new_tokens, self.context_window)
-        pre = self.runner.prefill(request, selector, ratio)
+        n = len(layout.token_ids)
+        check_length(n, request.sampling.max_new_tokens, self.context_window)
+        n_chunk = sum(c.entry.num_tokens for c in layout.chunks)
+        return n + request.sampling.max_new_tokens, n - n_chunk + round(share * n_chunk)
+
+    def _decode_state(self, request: Request, selector: Selector, ratio: float, pacing: Pacing) -> DecodeState:
+        return self.runner.decode_state(self._prefill(request, selector, ratio, pacing), request)
+
+    def _prefill(self, request: Request, selector: Selector, ratio: float, pacing: Pacing | None = None) -> Prefill:
+        if request.layout is None:
+            self._lay_out(request)
+        layout = request.layout
+        pre = self.runner.prefill(request, selector, ratio, pacing)
         if layout.learnable:  # after the timing: storing is not on the path to the first token
             entries = self.layout.learned_entries(layout, pre.cache.k, pre.cache.v)
             self.chunks.add(entries)
             self.counters["chunks_learned"] += len(entries)
+        request.layout = None  # its chunks' KV is in the cache now: a tier may evict and free theirs while this decodes
         return pre
 
     # -- inspection: the evaluation harness reads the first-token distribution and the fused cache --

@@ -47,3 +47,8 @@ class InvalidArgumentError(FusionRAGError, TypeError, ValueError):
 
 class InvalidConfigError(FusionRAGError, ValueError):
     """EngineConfig / FusionConfig rejected a setting (pydantic's message names the field)."""
+
+
+class OutOfMemoryError(FusionRAGError, MemoryError):
+    """A request needs more device memory than is free even with nothing else running (a shorter
+    prompt, fewer new tokens or a smaller GPU tier helps); under load requests wait instead."""

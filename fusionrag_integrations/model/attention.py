@@ -20,6 +20,8 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn.functional as F
 
+from ..kernels import _dispatch, batch_decode
+from ..kernels.batch_decode import CacheTable
 from ..kernels.sparse_attention import sparse_query_attention
 
 if TYPE_CHECKING:
@@ -127,6 +129,31 @@ class PrefixBatchAttention:
             enable_gqa=True,
         )  # [B, Hq, T, D]
         return out.transpose(1, 2).reshape(B * T, c.num_heads, c.head_dim)
+
+
+class BatchDecodeAttention:
+    """One new token per request, each request with its own cache (continuous batching's decode step):
+    row i is written at positions[i] of caches[i] and attends to that cache up to it. The GEMMs around
+    it run on all rows at once; attention is per request (kernels/batch_decode.py): one Triton launch
+    for every row where Triton runs, else an SDPA per row, exactly what the row computes alone."""
+
+    def __init__(
+        self, caches: list[KVCache], positions: list[int], backend: str = "never", table: CacheTable | None = None
+    ) -> None:
+        """table: a prepared CacheTable (a CUDA graph's static input); else one is built for the kernel
+        where Triton runs."""
+        self.caches, self.positions, self.backend, self.table = caches, positions, backend, table
+        if table is None and _dispatch.use_triton(caches[0].k, backend) and batch_decode.triton_supports(caches[0].k):
+            self.table = batch_decode.CacheTable.of([c.k for c in caches], [c.v for c in caches], positions)
+
+    def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Done inside attend (the kernel writes each fresh row as it attends to it)."""
+
+    def attend(self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+        if self.table is not None:
+            return batch_decode.batch_decode_attention(q, k, v, self.table, layer)
+        keys, values = [c.k[layer] for c in self.caches], [c.v[layer] for c in self.caches]
+        return batch_decode.batch_decode_attention_ref(q, k, v, keys, values, self.positions)
 
 
 def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:

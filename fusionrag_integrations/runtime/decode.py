@@ -27,49 +27,67 @@ class Prefill:
     selected: torch.Tensor | None = None  # recomputed chunk positions (None without fusion)
 
 
-def decode_loop(
-    device: torch.device,
-    tokenizer,
-    eos: frozenset[int],
-    pre: Prefill,
-    params: SamplingParams,
-    t_start: float,
-    decode_step: DecodeStep,
-) -> Iterator[GenerationChunk]:
-    """Sample the first token from the prefill's logits, then decode step by step until EOS, a stop
-    string or max_new_tokens; text pieces never contain (part of) a stop string."""
-    prompt_ids, stats, cache = pre.token_ids, pre.stats, pre.cache
-    if cache.capacity < len(prompt_ids) + params.max_new_tokens:
-        raise ContextLengthError(
-            f"this prefill has room for {cache.capacity - len(prompt_ids)} new tokens, "
-            f"not {params.max_new_tokens}: pass max_new_tokens to prefill()"
-        )
-    sampler = Sampler(params, device)
-    token = sampler(pre.logits)
-    t_first = time.perf_counter()
-    stats.ttft_ms = (t_first - t_start) * 1e3
+class DecodeState:
+    """One request's decoding, a token at a time: whoever runs the model (one request alone, or the
+    scheduler's batch) feeds it the logits for (`token`, `position`); it samples, detokenises with
+    stop strings, and says when it is `done`. Text pieces never contain (part of) a stop string."""
 
-    stream = TextStream(tokenizer, params.stop)
-    pos, generated, finish = len(prompt_ids), [], "length"
-    while True:
-        if token in eos:
-            finish = "stop"
-            break
-        generated.append(token)
-        delta = stream.push(token)
-        if stream.stopped or len(generated) >= params.max_new_tokens:
-            finish = "stop" if stream.stopped else "length"
-            delta += "" if stream.stopped else stream.flush()
-            if delta:
-                yield GenerationChunk(delta, [token])
-            break
-        yield GenerationChunk(delta, [token])
-        token = sampler(decode_step(token, pos))
-        pos += 1
-    if finish == "stop" and not stream.stopped:
-        tail = stream.flush()
-        if tail:
-            yield GenerationChunk(tail, [])
-    stats.decode_ms = (time.perf_counter() - t_first) * 1e3
-    usage = Usage(len(prompt_ids), len(generated), stats.tokens_reused + stats.prefix_tokens_reused)
-    yield GenerationChunk("", [], finish, usage, stats)
+    def __init__(
+        self, pre: Prefill, params: SamplingParams, tokenizer, eos: frozenset[int], device: torch.device, t_start: float
+    ) -> None:
+        if pre.cache.capacity < len(pre.token_ids) + params.max_new_tokens:
+            raise ContextLengthError(
+                f"this prefill has room for {pre.cache.capacity - len(pre.token_ids)} new tokens, "
+                f"not {params.max_new_tokens}: pass max_new_tokens to prefill()"
+            )
+        self.pre, self.params, self.eos, self.t_start = pre, params, eos, t_start
+        self.sampler = Sampler(params, device)
+        self.tokenizer = tokenizer
+        self.generated: list[int] = []
+        self.position = len(pre.token_ids)  # where `token` goes when fed back
+        self.token = -1
+        self.done = False
+        self.t_first = 0.0
+        self.step: DecodeStep | None = None  # its own step function while it decodes alone
+
+    def start(self) -> list[GenerationChunk]:
+        """Sample the first token from the prefill's logits."""
+        token = self.sampler(self.pre.logits)
+        self.t_first = time.perf_counter()
+        self.pre.stats.ttft_ms = (self.t_first - self.t_start) * 1e3
+        self.text = TextStream(self.tokenizer, self.params.stop)
+        return self._accept(token)
+
+    def feed(self, logits: torch.Tensor) -> list[GenerationChunk]:
+        """The logits after `token` at `position`: sample the next one."""
+        self.position += 1
+        return self._accept(self.sampler(logits))
+
+    def _accept(self, token: int) -> list[GenerationChunk]:
+        if token in self.eos:
+            return self._finish("stop")
+        self.generated.append(token)
+        delta = self.text.push(token)
+        if self.text.stopped or len(self.generated) >= self.params.max_new_tokens:
+            delta += "" if self.text.stopped else self.text.flush()
+            last = [GenerationChunk(delta, [token])] if delta else []
+            return last + self._finish("stop" if self.text.stopped else "length")
+        self.token = token
+        return [GenerationChunk(delta, [token])]
+
+    def _finish(self, reason: str) -> list[GenerationChunk]:
+        pieces = []
+        if reason == "stop" and not self.text.stopped and (tail := self.text.flush()):
+            pieces.append(GenerationChunk(tail, []))
+        stats = self.pre.stats
+        stats.decode_ms = (time.perf_counter() - self.t_first) * 1e3
+        usage = Usage(len(self.pre.token_ids), len(self.generated), stats.tokens_reused + stats.prefix_tokens_reused)
+        self.done = True
+        return [*pieces, GenerationChunk("", [], reason, usage, stats)]
+
+
+def decode_loop(state: DecodeState, decode_step: DecodeStep) -> Iterator[GenerationChunk]:
+    """One request decoded alone: its own step function (eager or CUDA-graphed) until done."""
+    yield from state.start()
+    while not state.done:
+        yield from state.feed(decode_step(state.token, state.position))

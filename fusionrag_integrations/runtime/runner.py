@@ -24,9 +24,11 @@ from ..model.loader import LoadedModel
 from ..outputs import GenerationChunk, GenerationStats
 from ..request import Request
 from ..store.prefix_cache import PrefixCache
-from .decode import Prefill, decode_loop
+from .batch_step import BatchDecodeStep
+from .decode import DecodeState, Prefill, decode_loop
 from .decode_step import make_decode_step
 from .graphs import GraphCache, graph_friendly_capacity
+from .pacing import Pacing, paced_forward
 from .precompute import PrecomputeJob, compute_entries, prefix_kv
 
 
@@ -36,8 +38,38 @@ class ModelRunner:
         self.config, self.fingerprint, self.profiles = config, loaded.model_fingerprint, profiles
         self.backend = resolve_kernels(config.use_triton, self.model.device)
         self.graphs = GraphCache(self.model, self.backend, config.cuda_graph_decode, config.cuda_graph_probe)
+        self.batch_step = BatchDecodeStep(self.model, self.graphs, self.backend)
         self.prefixes = PrefixCache(config.prefix_cache_entries)
         self._shared_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def kv_bytes_per_token(self) -> int:
+        c = self.model.config
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.model.dtype.itemsize
+
+    def kv_token_budget(self, running_kv_bytes: int | None) -> int:
+        """How many KV positions the running requests may hold together (EngineConfig.running_kv_bytes)."""
+        per_token = self.kv_bytes_per_token()
+        if running_kv_bytes is None and self.model.device.type == "cuda":  # leave the GPU tier and transients room
+            free = self.free_device_memory() - self.config.gpu_cache_bytes - (4 << 30)
+            running_kv_bytes = max(int(0.9 * free), per_token)
+        return (running_kv_bytes or 4 << 30) // per_token
+
+    def memory_fits(self, kv_tokens: int, prefill_tokens: int) -> bool:
+        """Whether a request's cache and its prefill's activations fit the device memory free now (the
+        caching allocator's idle blocks count as free). Always true on CPU (the KV budget bounds it)."""
+        if self.model.device.type != "cuda":
+            return True
+        c = self.model.config
+        # one layer's activations per prefill token (hidden states, q/k/v, MLP up and gate) at a time
+        activations = prefill_tokens * (6 * c.hidden_size + 3 * c.intermediate_size) * self.model.dtype.itemsize
+        need = kv_tokens * self.kv_bytes_per_token() + activations + (512 << 20)
+        return need <= self.free_device_memory()
+
+    def free_device_memory(self) -> int:
+        """Free device memory, counting the caching allocator's idle blocks as free."""
+        device = self.model.device
+        free = torch.cuda.mem_get_info(device)[0]
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
 
     def new_cache(self, needed: int) -> KVCache:
         if self.model.device.type == "cuda":  # graphs are keyed by the cache's buffers (graphs.py)
@@ -61,7 +93,7 @@ class ModelRunner:
         ids = torch.tensor(layout.token_ids, device=self.model.device)
         return build_context(self.model, cache, ids, layout.chunks, 0, self.backend, self.graphs)
 
-    def prefill(self, request: Request, selector: Selector, ratio: float) -> Prefill:
+    def prefill(self, request: Request, selector: Selector, ratio: float, pacing: Pacing | None = None) -> Prefill:
         layout, stats = request.layout, request.stats
         prompt_ids = layout.token_ids
         cache = self.new_cache(len(prompt_ids) + request.sampling.max_new_tokens)
@@ -73,7 +105,7 @@ class ModelRunner:
                 selector.critical_layer = self.critical_layer(layout)
             prefix_ids, prefix_kv = self.prefixes.lookup(prompt_ids, layout.chunks[0].start, selector.name)
             logits, selected, n_chunk = fused_prefill(
-                self.model, cache, ids, layout.chunks, selector, ratio, prefix_kv, self.backend, self.graphs
+                self.model, cache, ids, layout.chunks, selector, ratio, prefix_kv, self.backend, self.graphs, pacing
             )
             self.prefixes.remember(prefix_ids, prefix_kv, cache)
             stats.prefix_tokens_reused = len(prefix_ids) if prefix_kv is not None else 0
@@ -82,16 +114,22 @@ class ModelRunner:
             stats.tokens_reused = n_chunk - stats.tokens_recomputed
         else:
             positions = torch.arange(len(prompt_ids), device=self.model.device)
-            mode, last = AttentionMode.CAUSAL_FROM_ZERO, len(prompt_ids) - 1
-            logits = self.model.forward(ids, positions, cache, mode, last, backend=self.backend)
-        if self.model.device.type == "cuda":
-            torch.cuda.synchronize(self.model.device)
+            if pacing is not None and pacing.splits(len(prompt_ids)):
+                logits = paced_forward(self.model, ids, positions, cache, pacing, self.backend, from_zero=True)
+            else:
+                mode, last = AttentionMode.CAUSAL_FROM_ZERO, len(prompt_ids) - 1
+                logits = self.model.forward(ids, positions, cache, mode, last, backend=self.backend)
+        self.sync()
         t_done = time.perf_counter()
         if selected is not None:
             count_reuse(layout, stats, selected)
         stats.prefill_ms = (t_done - t_prefill) * 1e3
         stats.ttft_ms = (t_done - request.t_start) * 1e3  # time to the logits; decoding adds the sampling
         return Prefill(logits[-1], prompt_ids, cache, stats, selected)
+
+    def sync(self) -> None:
+        if self.model.device.type == "cuda":
+            torch.cuda.synchronize(self.model.device)
 
     def critical_layer(self, layout: Layout) -> int:
         """QCFuse's layer for this model: profiled once (on this first prompt) and kept on disk."""
@@ -103,11 +141,27 @@ class ModelRunner:
 
     # -- decode --------------------------------------------------------------------------------
 
+    def decode_state(self, pre: Prefill, request: Request) -> DecodeState:
+        return DecodeState(pre, request.sampling, self.tokenizer, self.eos, self.model.device, request.t_start)
+
+    @torch.inference_mode()
+    def decode_batch(self, states: list[DecodeState]) -> torch.Tensor:
+        """One forward over the next token of every state (continuous batching's step): logits [B, V].
+        A request running alone takes the single-request step (CUDA-graphed where possible)."""
+        if len(states) == 1:
+            s = states[0]
+            if s.step is None:
+                graphs = self.graphs if s.params.max_new_tokens > 2 else None
+                s.step = make_decode_step(self.model, s.pre.cache, graphs, self.backend)
+            return s.step(s.token, s.position)[None]
+        caches = [s.pre.cache for s in states]
+        return self.batch_step(caches, [s.token for s in states], [s.position for s in states])
+
     def decode(self, pre: Prefill, request: Request) -> Iterator[GenerationChunk]:
         params = request.sampling
         graphs = self.graphs if params.max_new_tokens > 2 else None
         step = make_decode_step(self.model, pre.cache, graphs, self.backend)
-        yield from decode_loop(self.model.device, self.tokenizer, self.eos, pre, params, request.t_start, step)
+        yield from decode_loop(self.decode_state(pre, request), step)
 
 
 def count_reuse(layout: Layout, stats: GenerationStats, selected: torch.Tensor) -> None:

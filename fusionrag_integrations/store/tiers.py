@@ -1,8 +1,8 @@
 """Tiered chunk-KV store: GPU LRU -> CPU LRU (pinned when CUDA) -> a persistent backend.
 
 Reads fall through the tiers and promote what they find; writes go to the hot tier and straight
-through to the backend (backends.py), which is what a new process reuses. The tiers are exclusive:
-an entry promoted to the GPU leaves the CPU tier, and GPU evictions fall to the CPU tier.
+through to the backend (backends.py), which is what a new process reuses. The CPU tier is inclusive:
+it keeps the pinned copy of what the GPU tier holds, so GPU evictions cost nothing.
 """
 
 from __future__ import annotations
@@ -104,15 +104,16 @@ class ChunkStore:
             self.backend.discard(path)
 
     def _promote(self, entry: ChunkKV) -> ChunkKV:
-        """Place in the hottest tier; GPU evictions fall to the CPU tier."""
-        if self.gpu is None:
+        """Place in the hottest tier. The pinned CPU tier keeps a copy of what the GPU tier holds
+        (inclusive): a GPU eviction is then free (no device-to-host copy, no pinned allocation on the
+        request's path), which matters once the working set outgrows the GPU tier."""
+        if entry.device.type != "cpu" or entry.key not in self.cpu.entries:
             self.cpu.put(entry)
+        else:
+            self.cpu.get(entry.key)  # most recently used there too
+        if self.gpu is None:
             return entry if entry.device.type == "cpu" else entry.to(torch.device("cpu"))
         evicted = self.gpu.put(entry)
         if any(old.key == entry.key for old in evicted):  # larger than the hot tier: it lives in the CPU tier
-            self.cpu.put(entry)
             return entry.to(self.device)
-        self.cpu.pop(entry.key)
-        for old in evicted:
-            self.cpu.put(old)
         return self.gpu.get(entry.key)

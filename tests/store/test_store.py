@@ -168,7 +168,7 @@ def test_second_process_reuses_the_persistent_cache(smol_engine, tmp_path):
     assert stats == {"found": len(DOCS), "reused": len(DOCS), "computed": 0, "precomputed": 0}
 
 
-def test_hot_tier_demotes_to_cpu_and_keeps_what_does_not_fit(tmp_path):
+def test_hot_tier_is_backed_by_the_cpu_tier_and_keeps_what_does_not_fit(tmp_path):
     """The GPU tier's logic, run with a hot tier on the CPU device."""
     entries = [random_entry(ch * 64) for ch in "abc"]
     size = entries[0].nbytes
@@ -177,9 +177,9 @@ def test_hot_tier_demotes_to_cpu_and_keeps_what_does_not_fit(tmp_path):
     )
     for e in entries:
         store.put(e)
-    assert set(store.gpu.entries) == {"b" * 64, "c" * 64} and set(store.cpu.entries) == {"a" * 64}
-    assert torch.equal(store.get("a" * 64).k, entries[0].k)  # promoted back: b (least recent) is demoted
-    assert set(store.gpu.entries) == {"c" * 64, "a" * 64} and set(store.cpu.entries) == {"b" * 64}
+    assert set(store.gpu.entries) == {"b" * 64, "c" * 64} and set(store.cpu.entries) == {"a" * 64, "b" * 64, "c" * 64}
+    assert torch.equal(store.get("a" * 64).k, entries[0].k)  # promoted back from its CPU copy: b is dropped
+    assert set(store.gpu.entries) == {"c" * 64, "a" * 64} and set(store.cpu.entries) == {"a" * 64, "b" * 64, "c" * 64}
     tiny = ChunkStore(
         "fp", torch.device("cpu"), gpu_bytes=size // 2, cpu_bytes=10 * size, directory=None, hot_tier=True
     )

@@ -1,0 +1,210 @@
+"""Continuous batching: one thread runs the model for every request; requests join and leave
+between steps.
+
+A step admits waiting requests (their prefill, fused or full, and first token) while fewer than
+`max_running` run, then runs ONE forward over the next token of every running request (each row
+attends to its own cache: model.attention.BatchDecodeAttention). Callers submit from any thread and
+read their pieces from a queue; closing a stream cancels its request at the next step. The engine's
+lock is held for a step at a time, so precompute and other engine calls interleave between steps.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from ..errors import OutOfMemoryError
+from ..outputs import GenerationChunk
+from ..request import Request
+from ..runtime.decode import DecodeState
+from ..runtime.pacing import Pacing
+
+_DONE = object()
+
+
+@dataclass
+class Sequence:
+    """A request inside the scheduler: how to prefill it, then its decode state."""
+
+    request: Request
+    plan: Callable[[], tuple[int, int]]  # the layout step, on the scheduler thread: (KV positions, prefill tokens)
+    prefill: Callable[[Pacing], DecodeState]  # prefill + first-token setup, on the scheduler thread
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    state: DecodeState | None = None
+    kv_tokens: int = 0  # from plan(); 0 until laid out
+    prefill_tokens: int = 0
+    cancelled: bool = False
+
+
+class SequenceStream(Iterator[GenerationChunk]):
+    """What a caller iterates: pieces as the scheduler produces them; close() cancels."""
+
+    def __init__(self, seq: Sequence, scheduler: Scheduler) -> None:
+        self.seq, self.scheduler = seq, scheduler
+
+    def __iter__(self) -> SequenceStream:
+        return self
+
+    def __next__(self) -> GenerationChunk:
+        item = self.seq.out.get()
+        if item is _DONE:
+            self.seq.out.put(_DONE)  # later next() calls stop too
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.seq.out.put(_DONE)
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.seq.cancelled = True
+        self.scheduler.wake()
+
+    def __del__(self) -> None:
+        self.seq.cancelled = True
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What the scheduler may run at once (EngineConfig: max_running_requests, running_kv_bytes,
+    max_prefill_tokens; `fits` asks the device whether a request's memory is free right now)."""
+
+    max_running: int
+    kv_token_budget: int  # KV positions of all running requests together
+    prefill_tokens: int  # prompt tokens computed per step; a longer prefill runs in pieces of this size
+    fits: Callable[[int, int], bool] = lambda kv_tokens, prefill_tokens: True
+    sync: Callable[[], None] = lambda: None  # waits for the device: the time split below stays honest
+
+
+class Scheduler:
+    def __init__(self, lock: threading.RLock, decode_batch, limits: Limits) -> None:
+        """decode_batch(states) -> logits [B, V] for each state's (token, position). A waiting request is
+        admitted while fewer than max_running run and its KV and activations fit (or nothing runs); a
+        step's prefills stay within prefill_tokens (the first always goes, in pieces if it is longer,
+        with a decode step of the running requests between pieces)."""
+        self.decode_batch, self.limits = decode_batch, limits
+        self._work = threading.Condition(lock)
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.steps = 0  # forwards run, and how many rows they carried (the batching actually achieved)
+        self.batched_rows = 0
+        self.peak_running = 0
+        self.seconds = {"prefill": 0.0, "decode": 0.0}  # where the scheduler thread's time went
+        self.requeued = 0  # prefills that ran out of device memory under load and went back to the queue
+        self._thread: threading.Thread | None = None
+        self._pacing = Pacing(limits.prefill_tokens, self._decode)
+
+    def submit(self, request: Request, plan: Callable[[], tuple[int, int]], prefill: Callable[[Pacing], DecodeState]):
+        seq = Sequence(request, plan, prefill)
+        with self._work:
+            self.waiting.append(seq)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="fusionrag-scheduler", daemon=True)
+                self._thread.start()
+            self._work.notify()
+        return SequenceStream(seq, self)
+
+    def wake(self) -> None:
+        with self._work:
+            self._work.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._work:
+                while not (self.waiting or self.running):
+                    self._work.wait()
+                self.step()
+            time.sleep(0)  # callers waiting on the lock (precompute, submit) get it between steps
+
+    def step(self) -> None:
+        """Admit what fits, then one batched decode forward."""
+        self.running = [s for s in self.running if not self._cancelled(s)]
+        self._admit()
+        self._decode()
+
+    def _admit(self) -> None:
+        prefilled = 0
+        while self.waiting and len(self.running) < self.limits.max_running:
+            seq = self.waiting[0]
+            if self._cancelled(seq):
+                self.waiting.popleft()
+                continue
+            try:
+                if not seq.kv_tokens:
+                    seq.kv_tokens, seq.prefill_tokens = seq.plan()
+                if self.running and not self._fits(seq):
+                    break  # first come, first served: it waits for memory, and so do those behind it
+                if prefilled and prefilled + seq.prefill_tokens > self.limits.prefill_tokens:
+                    break  # the next step admits it: running requests decode a token first
+                prefilled += seq.prefill_tokens
+                self.waiting.popleft()
+                t0, decode_before = time.perf_counter(), self.seconds["decode"]
+                seq.state = seq.prefill(self._pacing)
+                self._deliver(seq, seq.state.start())
+                self.limits.sync()
+                spent = time.perf_counter() - t0 - (self.seconds["decode"] - decode_before)  # less paced decodes
+                self.seconds["prefill"] += spent
+            except torch.OutOfMemoryError:
+                if self.running:  # memory frees as running requests finish: it goes first then
+                    self.requeued += 1
+                    self.waiting.appendleft(seq)
+                    break
+                self._fail(seq, OutOfMemoryError("this request's KV cache and prefill do not fit in device memory"))
+                continue
+            except Exception as exc:  # noqa: BLE001 - the request's own error, raised in its reader
+                self._fail(seq, exc)
+                continue
+            if not seq.state.done:
+                self.running.append(seq)
+
+    def _fits(self, seq: Sequence) -> bool:
+        used = sum(s.kv_tokens for s in self.running)
+        if used + seq.kv_tokens > self.limits.kv_token_budget:
+            return False
+        return self.limits.fits(seq.kv_tokens, min(seq.prefill_tokens, self.limits.prefill_tokens))
+
+    def _fail(self, seq: Sequence, exc: BaseException) -> None:
+        if self.waiting and self.waiting[0] is seq:
+            self.waiting.popleft()
+        seq.out.put(exc)
+
+    def _decode(self) -> None:
+        """One forward over the next token of every running request (also run between the pieces of a
+        long prefill)."""
+        self.running = [s for s in self.running if not self._cancelled(s)]
+        if not self.running:
+            return
+        self.peak_running = max(self.peak_running, len(self.running))
+        batch = list(self.running)
+        self.limits.sync()  # a paced prefill's last piece is the prefill's time, not this step's
+        t0 = time.perf_counter()
+        try:
+            logits = self.decode_batch([s.state for s in batch])
+        except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in it, not the server
+            for seq in batch:
+                seq.out.put(exc)
+            self.running = [s for s in self.running if s not in batch]
+            return
+        self.steps += 1
+        self.batched_rows += len(batch)
+        for seq, row in zip(batch, logits):
+            self._deliver(seq, seq.state.feed(row))
+        self.seconds["decode"] += time.perf_counter() - t0  # sampling reads the logits: the step is done
+        self.running = [s for s in self.running if not s.state.done]
+
+    def _deliver(self, seq: Sequence, pieces: list[GenerationChunk]) -> None:
+        for piece in pieces:
+            seq.out.put(piece)
+        if seq.state.done:
+            seq.out.put(_DONE)
+
+    @staticmethod
+    def _cancelled(seq: Sequence) -> bool:
+        if seq.cancelled:
+            seq.out.put(_DONE)
+        return seq.cancelled

@@ -1,0 +1,138 @@
+"""Continuous batching: requests decoded together give exactly what they give alone (greedy, fp32 on
+CPU); a cancelled stream leaves the others untouched; one request's error stays its own."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from fusionrag_integrations import ChunkNotFoundError
+from tests.conftest import DOCS, engine_on, rag_messages
+
+QUESTIONS = [
+    "What is the password for the archive room?",
+    "Who founded the Varn Institute?",
+    "Where is Kellersby?",
+    "What colour is the lighthouse?",
+    "When does the fish market open?",
+    "Who did Amelia Varn meet?",
+    "What did they measure?",
+    "What is not allowed in the reading room?",
+]
+
+
+def requests() -> list[tuple[list[dict], dict]]:
+    """8 different requests: chunk sets, lengths, selectors, stop strings."""
+    out = []
+    for i, question in enumerate(QUESTIONS):
+        docs = DOCS[i % 2 : i % 2 + 2 + i % 3]
+        settings = dict(max_new_tokens=12 + 5 * i, selector=["fusionrag", "epic", "none", "full"][i % 4])
+        if i % 3 == 2:
+            settings["stop"] = ["."]
+        out.append((rag_messages(docs, question), settings))
+    return out
+
+
+@pytest.fixture
+def engines(smol_engine, tmp_path):
+    alone = engine_on(smol_engine.loaded, tmp_path / "c")
+    batched = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8)
+    alone.precompute(DOCS)
+    return alone, batched
+
+
+def run_concurrently(engine, work) -> list:
+    results: list = [None] * len(work)
+
+    def run(i: int) -> None:
+        prompt, settings = work[i]
+        try:
+            results[i] = engine.generate(prompt, **settings)
+        except Exception as exc:  # noqa: BLE001 - compared by the test
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(work))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    return results
+
+
+def test_eight_concurrent_requests_equal_each_alone(engines):
+    alone, batched = engines
+    work = requests()
+    reference = [alone.generate(prompt, **settings) for prompt, settings in work]
+    together = run_concurrently(batched, work)
+    for ref, got in zip(reference, together, strict=True):
+        assert got.token_ids == ref.token_ids and got.text == ref.text and got.finish_reason == ref.finish_reason
+        assert got.stats.tokens_recomputed == ref.stats.tokens_recomputed
+    scheduler = batched.scheduler
+    assert scheduler.batched_rows > 2 * scheduler.steps  # decoded together, not in turns
+    assert not scheduler.running and not scheduler.waiting
+
+
+def test_a_cancelled_stream_does_not_disturb_the_others(engines):
+    alone, batched = engines
+    work = requests()[:3]
+    reference = [alone.generate(prompt, **{**settings, "stop": None}) for prompt, settings in work]
+    dropped = batched.stream(work[0][0], max_new_tokens=40)
+    first = [next(dropped), next(dropped)]
+    others = run_concurrently(batched, [(p, {**s, "stop": None}) for p, s in work[1:]])
+    dropped.close()
+    assert all(piece.finish_reason is None for piece in first)
+    assert [o.token_ids for o in others] == [r.token_ids for r in reference[1:]]
+    batched.generate("Hello", max_new_tokens=2)  # the scheduler runs on: the cancelled slot was freed
+    assert not batched.scheduler.running
+
+
+def test_one_requests_error_stays_its_own(engines):
+    _, batched = engines
+    work = requests()[:3]
+    work[1] = (work[1][0], {**work[1][1], "chunks": ["a chunk that is nowhere in the prompt, long enough"]})
+    results = run_concurrently(batched, work)
+    assert isinstance(results[1], ChunkNotFoundError)
+    assert all(not isinstance(r, Exception) and r.token_ids for r in (results[0], results[2]))
+
+
+def test_chain_batch_is_served_in_one_schedule(engines):
+    from fusionrag_integrations.langchain import ChatFusionRAG
+
+    alone, batched = engines
+    prompts = [[("human", m[1]["content"])] for m, _ in requests()[:4]]
+    sequential = [ChatFusionRAG(engine=alone, max_tokens=10).invoke(p).content for p in prompts]
+    batched.scheduler.steps = batched.scheduler.batched_rows = 0
+    together = ChatFusionRAG(engine=batched, max_tokens=10).batch(prompts)
+    assert [m.content for m in together] == sequential
+    assert batched.scheduler.batched_rows > batched.scheduler.steps
+
+
+def test_a_request_that_does_not_fit_the_kv_budget_waits(smol_engine, tmp_path):
+    alone = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=1)
+    alone.precompute(DOCS)
+    c = smol_engine.model.config
+    per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4  # fp32
+    work = requests()[:4]
+    # room for the largest request's KV, not for two: the others wait, then run, and nothing fails
+    need = max(len(alone.prefill(p).token_ids) + s["max_new_tokens"] for p, s in work)
+    budget = (need + 10) * per_token
+    tight = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8, running_kv_bytes=budget)
+    together = run_concurrently(tight, work)
+    assert [r.token_ids for r in together] == [alone.generate(p, **s).token_ids for p, s in work]
+    assert tight.scheduler.peak_running == 1
+
+
+def test_long_prefills_run_in_pieces_between_decode_steps(engines, smol_engine, tmp_path):
+    """max_prefill_tokens=32: every prompt (and every full/fused recompute) runs in pieces of 32 tokens
+    with a decode step of the running requests between pieces; answers stay those of each alone."""
+    alone, _ = engines
+    paced = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8, max_prefill_tokens=32)
+    work = requests()[:6] + [("A plain prompt without any chunk, long enough to be split. " * 4, {"max_new_tokens": 8})]
+    reference = [alone.generate(prompt, **settings).token_ids for prompt, settings in work]
+    calls = []
+    between = paced.scheduler._pacing.between
+    paced.scheduler._pacing = type(paced.scheduler._pacing)(32, lambda: (calls.append(1), between()))
+    together = run_concurrently(paced, work)
+    assert [r.token_ids for r in together] == reference
+    assert len(calls) > len(work)  # prompts of 100+ tokens: several pieces each
