@@ -1,6 +1,6 @@
 """Throughput vs p99 time to first token from benchmarks/serving.py's rows, one line per method.
 
-    python benchmarks/plot_serving.py [results/serving_gpu.json] [--out plots/serving.png]
+python benchmarks/plot_serving.py [results/serving_gpu.json] [--out plots/serving.png]
 """
 
 from __future__ import annotations
