@@ -96,6 +96,8 @@ class Scheduler:
         self.peak_running = 0
         self.seconds = {"prefill": 0.0, "decode": 0.0}  # where the scheduler thread's time went
         self.requeued = 0  # prefills that ran out of device memory under load and went back to the queue
+        self.finished = 0  # requests that left the running set
+        self._memory_freed_since: int | None = None  # after a requeue: wait until a request finishes
         self._thread: threading.Thread | None = None
         self._pacing = Pacing(limits.prefill_tokens, self._decode)
 
@@ -123,12 +125,15 @@ class Scheduler:
 
     def step(self) -> None:
         """Admit what fits, then one batched decode forward."""
-        self.running = [s for s in self.running if not self._cancelled(s)]
+        self._drop_cancelled()
         self._admit()
         self._decode()
 
     def _admit(self) -> None:
         prefilled = 0
+        if self._memory_freed_since == self.finished and self.running:
+            return  # the last prefill ran out of memory: retrying before anything finished would waste it again
+        self._memory_freed_since = None
         while self.waiting and len(self.running) < self.limits.max_running:
             seq = self.waiting[0]
             if self._cancelled(seq):
@@ -152,6 +157,7 @@ class Scheduler:
             except torch.OutOfMemoryError:
                 if self.running:  # memory frees as running requests finish: it goes first then
                     self.requeued += 1
+                    self._memory_freed_since = self.finished
                     self.waiting.appendleft(seq)
                     break
                 self._fail(seq, OutOfMemoryError("this request's KV cache and prefill do not fit in device memory"))
@@ -176,7 +182,7 @@ class Scheduler:
     def _decode(self) -> None:
         """One forward over the next token of every running request (also run between the pieces of a
         long prefill)."""
-        self.running = [s for s in self.running if not self._cancelled(s)]
+        self._drop_cancelled()
         if not self.running:
             return
         self.peak_running = max(self.peak_running, len(self.running))
@@ -195,7 +201,14 @@ class Scheduler:
         for seq, row in zip(batch, logits):
             self._deliver(seq, seq.state.feed(row))
         self.seconds["decode"] += time.perf_counter() - t0  # sampling reads the logits: the step is done
-        self.running = [s for s in self.running if not s.state.done]
+        still = [s for s in self.running if not s.state.done]
+        self.finished += len(self.running) - len(still)
+        self.running = still
+
+    def _drop_cancelled(self) -> None:
+        still = [s for s in self.running if not self._cancelled(s)]
+        self.finished += len(self.running) - len(still)  # their memory is free again
+        self.running = still
 
     def _deliver(self, seq: Sequence, pieces: list[GenerationChunk]) -> None:
         for piece in pieces:

@@ -136,3 +136,28 @@ def test_long_prefills_run_in_pieces_between_decode_steps(engines, smol_engine, 
     together = run_concurrently(paced, work)
     assert [r.token_ids for r in together] == reference
     assert len(calls) > len(work)  # prompts of 100+ tokens: several pieces each
+
+
+def test_concurrent_async_calls_are_batched(engines):
+    """LangChain `ainvoke`s and LlamaIndex `acomplete`s gathered on one event loop share decode steps."""
+    import asyncio
+
+    from fusionrag_integrations.langchain import ChatFusionRAG
+    from fusionrag_integrations.llamaindex import FusionRAGLLM
+
+    alone, batched = engines
+    prompts = [[("human", m[1]["content"])] for m, _ in requests()[:4]]
+    sequential = [ChatFusionRAG(engine=alone, max_tokens=8).invoke(p).content for p in prompts]
+    chat = ChatFusionRAG(engine=batched, max_tokens=8)
+    llm = FusionRAGLLM(engine=batched, max_new_tokens=8)
+    texts = [m[1]["content"] for m, _ in requests()[4:7]]
+    one_by_one = [FusionRAGLLM(engine=alone, max_new_tokens=8).complete(t).text for t in texts]
+    batched.scheduler.steps = batched.scheduler.batched_rows = 0
+
+    async def together():
+        return await asyncio.gather(*(chat.ainvoke(p) for p in prompts), *(llm.acomplete(t) for t in texts))
+
+    results = asyncio.run(together())
+    assert [m.content for m in results[:4]] == sequential
+    assert [r.text for r in results[4:]] == one_by_one
+    assert batched.scheduler.batched_rows > batched.scheduler.steps

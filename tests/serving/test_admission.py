@@ -1,0 +1,95 @@
+"""Scheduler admission on its own (fake prefills and decode steps, no model): memory waits, an
+out-of-memory prefill under load goes back to the queue and is retried only once memory was freed,
+and alone it is the request's own typed error."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from fusionrag_integrations import FusionRAGError
+from fusionrag_integrations.errors import OutOfMemoryError
+from fusionrag_integrations.outputs import GenerationChunk
+from fusionrag_integrations.serving.scheduler import Limits, Scheduler
+
+
+class FakeState:
+    """Decodes `n` tokens, one a step."""
+
+    def __init__(self, n: int) -> None:
+        self.left, self.done, self.token, self.position = n, False, 0, 0
+
+    def start(self) -> list[GenerationChunk]:
+        return self._next()
+
+    def feed(self, _row) -> list[GenerationChunk]:
+        return self._next()
+
+    def _next(self) -> list[GenerationChunk]:
+        self.left -= 1
+        self.done = self.left <= 0
+        return [GenerationChunk("x", [1], "length" if self.done else None)]
+
+
+def scheduler(**limits) -> Scheduler:
+    return Scheduler(threading.RLock(), lambda states: [None] * len(states), Limits(**{"max_running": 8,
+                     "kv_token_budget": 10**6, "prefill_tokens": 10**6, **limits}))  # fmt: skip
+
+
+def prefill_failing(times: int, tokens: int, attempts: list):
+    def prefill(_pacing):
+        attempts.append(1)
+        if len(attempts) <= times:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return FakeState(tokens)
+
+    return prefill
+
+
+def test_out_of_memory_under_load_is_retried_after_a_request_finishes():
+    s = scheduler()
+    long_state = FakeState(6)
+    long = s.submit(None, lambda: (10, 10), lambda _: long_state)
+    next(long)  # the long request runs
+    attempts: list = []
+
+    def prefill(_pacing):  # out of memory for as long as the long request holds its memory
+        attempts.append(1)
+        if not long_state.done:
+            raise torch.OutOfMemoryError("CUDA out of memory (test)")
+        return FakeState(3)
+
+    late = s.submit(None, lambda: (10, 10), prefill)
+    assert len(list(late)) == 3
+    assert len(list(long)) == 5
+    assert s.requeued == 1
+    assert len(attempts) == 2  # not retried at every step while the long request still ran
+
+
+def test_out_of_memory_alone_is_a_typed_error():
+    s = scheduler()
+    stream = s.submit(None, lambda: (10, 10), prefill_failing(5, 3, []))
+    with pytest.raises(OutOfMemoryError) as err:
+        next(stream)
+    assert isinstance(err.value, FusionRAGError) and isinstance(err.value, MemoryError)
+    assert len(list(s.submit(None, lambda: (10, 10), lambda _: FakeState(2)))) == 2  # serving goes on
+
+
+def test_a_request_waits_while_the_device_says_it_does_not_fit():
+    running = []
+    s = scheduler(fits=lambda kv, prefill: not running)
+    pieces = []
+
+    def client(n: int) -> None:
+        stream = s.submit(None, lambda: (10, 10), lambda _: (running.append(1), FakeState(n))[1])
+        pieces.append(len(list(stream)))
+        running.pop()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in (4, 3, 5)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert sorted(pieces) == [3, 4, 5] and s.peak_running == 1
