@@ -32,7 +32,7 @@ from .openai_format import (
     stream_chunk,
     usage_json,
 )
-from .schemas import ChatCompletionRequest, ChunksRequest, CompletionRequest
+from .schemas import ChatCompletionRequest, ChunkKeysRequest, ChunksRequest, CompletionRequest, ForgetRequest
 
 MAX_BODY_BYTES = 8 << 20
 
@@ -120,10 +120,14 @@ def create_app(
         computed = len(set(keys) - before)
         return {"object": "list", "keys": keys, "computed": computed, "cached": len(set(keys)) - computed}
 
+    @app.post("/v1/chunks/keys", dependencies=[Depends(authorised)])
+    async def chunk_keys(body: ChunkKeysRequest) -> dict:
+        """Every stored key (standalone and context-aware) of these texts."""
+        return {"object": "list", "keys": await asyncio.to_thread(engine.keys_for, body.texts)}
+
     @app.delete("/v1/chunks", dependencies=[Depends(authorised)])
-    async def forget_chunks(body: ChunksRequest) -> dict:
-        """Forget every stored entry (standalone and context-aware) of these texts."""
-        keys = await asyncio.to_thread(engine.keys_for, body.texts)
+    async def forget_chunks(body: ForgetRequest) -> dict:
+        keys = list(body.keys or []) + (await asyncio.to_thread(engine.keys_for, body.texts) if body.texts else [])
         removed = await asyncio.to_thread(engine.forget, keys) if keys else 0
         return {"object": "list", "removed": removed}
 

@@ -21,6 +21,9 @@ class Metrics:
         self.requests = Counter("fusionrag_requests", "Generation requests by outcome", ["outcome"], registry=r)
         self.ttft = Histogram("fusionrag_ttft_seconds", "Time to first token", buckets=TTFT_BUCKETS, registry=r)
         self.tokens = Counter("fusionrag_prompt_tokens", "Prompt tokens by how they were served", ["kind"], registry=r)
+        self.chunks = Counter(
+            "fusionrag_chunks", "Chunks found in prompts, and how they were served", ["kind"], registry=r
+        )
         store_hits = Gauge("fusionrag_store_lookups", "Chunk-KV store lookups by tier (or miss)", ["tier"], registry=r)
         counts = engine.chunks.store.counts
         for tier in ("gpu", "cpu", "disk", "miss"):
@@ -62,6 +65,8 @@ class ObservedStream(Iterator[GenerationChunk]):
             m.tokens.labels("reused").inc(piece.usage.cached_tokens)
             m.tokens.labels("computed").inc(piece.usage.prompt_tokens - piece.usage.cached_tokens)
             m.tokens.labels("chunk_recomputed").inc(stats.tokens_recomputed)
+            for kind in ("found", "reused", "computed", "recomputed"):
+                m.chunks.labels(kind).inc(getattr(stats, f"chunks_{kind}"))
         return piece
 
     def close(self) -> None:

@@ -86,3 +86,20 @@ class CompletionRequest(_Generation):
 class ChunksRequest(_Body):
     texts: list[str] = Field(min_length=1)
     neighbors: list[list[str]] | None = None
+
+
+class ChunkKeysRequest(_Body):
+    texts: list[str] = Field(min_length=1)
+
+
+class ForgetRequest(_Body):
+    """Forget by keys (what `keys` returned) or by texts (every stored entry of each)."""
+
+    keys: list[str] | None = None
+    texts: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> ForgetRequest:
+        if not self.keys and not self.texts:
+            raise ValueError("give keys or texts")
+        return self

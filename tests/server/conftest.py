@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 API_KEY = "test-key-0123456789"
+server_pid: dict[str, int] = {}  # base URL -> the server process (tests read its memory)
 MODEL = "smol"
 
 
@@ -44,6 +45,7 @@ def server(tmp_path_factory):
     else:
         proc.kill()
         raise RuntimeError("server did not start in 180 s")
+    server_pid[url] = proc.pid
     yield url
     proc.terminate()
     try:
@@ -57,3 +59,18 @@ def client(server):
     from openai import OpenAI
 
     return OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+
+
+@pytest.fixture(scope="session")
+def embeddings():
+    from fusionrag_integrations.langchain import MiniLMEmbeddings
+
+    return MiniLMEmbeddings()
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident memory of a process (Linux /proc)."""
+    for line in open(f"/proc/{pid}/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmRSS")
