@@ -31,6 +31,7 @@ from common import LLAMA31_8B, device_name, markdown_table, random_hf_llama  # n
 from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
 from fusionrag_integrations.model.identity import model_fingerprint, tokenizer_fingerprint  # noqa: E402
 from fusionrag_integrations.model.loader import LoadedModel, load_tokenizer, model_from_hf  # noqa: E402
+from fusionrag_integrations.outputs import GenerationChunk, GenerationStats  # noqa: E402
 
 
 def build_engine_parts(args) -> LoadedModel:
@@ -85,6 +86,49 @@ def one_request(engine, prompt, chunks, settings, out: list) -> None:
             prefill_ms = piece.stats.prefill_ms
     tpot = (times[-1] - times[0]) / (n - 1) if n > 1 else 0.0
     out.append({"t0": t0, "ttft": times[0] - t0, "tpot": tpot, "end": times[-1], "tokens": n, "prefill": prefill_ms})
+
+
+class HTTPServer:
+    """The engine behind `fusionrag serve`'s app, on a loopback port in this process (uvicorn thread);
+    `stream` is engine.stream's HTTP twin (/v1/completions with SSE), for the HTTP-layer overhead."""
+
+    def __init__(self, engine) -> None:
+        import socket
+
+        import httpx
+        import uvicorn
+
+        from fusionrag_integrations.server.app import create_app
+
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        self.server = uvicorn.Server(uvicorn.Config(create_app(engine, "m"), host="127.0.0.1", port=port,
+                                                    log_level="warning"))  # fmt: skip
+        threading.Thread(target=self.server.run, daemon=True).start()
+        while not self.server.started:
+            time.sleep(0.05)
+        self.url, self.scheduler = f"http://127.0.0.1:{port}", engine.scheduler
+        self._clients = threading.local()
+        self._httpx = httpx
+
+    def stream(self, prompt: str, max_new_tokens: int, **fusion):
+        client = getattr(self._clients, "client", None)
+        if client is None:
+            client = self._clients.client = self._httpx.Client(base_url=self.url, timeout=600)
+        body = {"model": "m", "prompt": prompt, "max_tokens": max_new_tokens, "temperature": 0, "stream": True,
+                "stream_options": {"include_usage": True}, **fusion}  # fmt: skip
+        with client.stream("POST", "/v1/completions", json=body) as response:
+            for line in response.iter_lines():
+                if not line.startswith("data: {"):
+                    continue
+                event = json.loads(line[6:])
+                if event["choices"] and event["choices"][0]["text"]:
+                    yield GenerationChunk(event["choices"][0]["text"], [0])
+                if event.get("usage"):
+                    stats = GenerationStats(**{k: v for k, v in event["fusionrag"].items()
+                                               if k in GenerationStats.__dataclass_fields__})  # fmt: skip
+                    yield GenerationChunk("", [], "stop", None, stats)
 
 
 def closed_loop(engine, workload, settings, concurrency: int, total: int, ramp_s: float = 0.0) -> list[dict]:
@@ -187,8 +231,10 @@ def main() -> None:
     # scheduler); full: the same scheduler over an engine with an empty chunk store, so every prompt is
     # prefilled in full (prompt-prefix cache on) and nothing is fetched or placed: a server without reuse
     plain = FusionEngine(loaded, EngineConfig(**common))
+    http = HTTPServer(engine) if "fusion_http" in args.methods else None
     methods = {
         "fusion": (engine, scheduler, {"recompute_ratio": 0.15}),
+        "fusion_http": (http, scheduler, {"recompute_ratio": 0.15}),
         "full": (plain, plain.scheduler, {"selector": "full"}),
         "one_at_a_time": (engine, None, {"recompute_ratio": 0.15}),
     }
