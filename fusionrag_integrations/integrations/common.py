@@ -7,6 +7,7 @@ import contextvars
 import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -89,6 +90,11 @@ def check_precompute_mode(mode: str, engine: FusionEngine | None, store: str, ll
         raise ValueError(f"precompute must be one of {PRECOMPUTE_MODES}, got {mode!r}")
 
 
+# A stream's worker thread mostly waits for the scheduler's next token; the event loop's default
+# executor (min(32, CPUs + 4) threads) would make the 33rd concurrent stream wait for a thread.
+STREAM_THREADS = ThreadPoolExecutor(max_workers=512, thread_name_prefix="fusionrag-stream")
+
+
 async def iterate_in_thread(source: Iterator[T]) -> AsyncIterator[T]:
     """Drive a blocking iterator (the engine's stream) in a worker thread and hand its items to the
     event loop as they come, so async frameworks never block their loop on generation."""
@@ -106,7 +112,7 @@ async def iterate_in_thread(source: Iterator[T]) -> AsyncIterator[T]:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             loop.call_soon_threadsafe(queue.put_nowait, exc)
 
-    worker = loop.run_in_executor(None, contextvars.copy_context().run, produce)  # the caller's context vars
+    worker = loop.run_in_executor(STREAM_THREADS, contextvars.copy_context().run, produce)  # the caller's context vars
     try:
         while (item := await queue.get()) is not done:
             if isinstance(item, BaseException):

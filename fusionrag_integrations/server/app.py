@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from ..engine import FusionEngine
-from ..integrations.common import iterate_in_thread
+from ..integrations.common import STREAM_THREADS, iterate_in_thread
 from ..outputs import GenerationChunk
 from . import errors
 from .errors import APIError, as_api_error
@@ -132,7 +132,8 @@ def create_app(
         return {"object": "list", "removed": removed}
 
     async def complete(prompt, settings: dict[str, Any]) -> tuple[str, GenerationChunk]:
-        pieces = await asyncio.to_thread(lambda: list(metrics.observe(engine.stream(prompt, **settings))))
+        run = lambda: list(metrics.observe(engine.stream(prompt, **settings)))  # noqa: E731
+        pieces = await asyncio.get_running_loop().run_in_executor(STREAM_THREADS, run)
         return "".join(p.text for p in pieces), pieces[-1]
 
     async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool):
