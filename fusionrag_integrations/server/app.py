@@ -132,12 +132,16 @@ def create_app(
         return {"object": "list", "removed": removed}
 
     async def complete(prompt, settings: dict[str, Any]) -> tuple[str, GenerationChunk]:
-        run = lambda: list(metrics.observe(engine.stream(prompt, **settings)))  # noqa: E731
-        pieces = await asyncio.get_running_loop().run_in_executor(STREAM_THREADS, run)
+        pieces = await in_thread(lambda: list(metrics.observe(engine.stream(prompt, **settings))))
         return "".join(p.text for p in pieces), pieces[-1]
 
+    def in_thread(fn):
+        """Engine calls that may wait for the scheduler's lock (held for a whole step) never run on the
+        event loop: it would stall every other stream and request for that step."""
+        return asyncio.get_running_loop().run_in_executor(STREAM_THREADS, fn)
+
     async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool):
-        source = metrics.observe(engine.stream(prompt, **settings))
+        source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))
         pieces = iterate_in_thread(source)
         try:  # the first piece before the response starts: a bad request still gets its status code
             first = await anext(pieces)
@@ -164,7 +168,7 @@ def create_app(
         finally:
             close = getattr(source, "close", None)
             if close is not None:
-                close()  # a client that went away frees its slot at the next step
+                await in_thread(close)  # a client that went away frees its slot at the next step
             await pieces.aclose()
 
     app.state.metrics = metrics
