@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import os
 import threading
-from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -90,9 +90,16 @@ def check_precompute_mode(mode: str, engine: FusionEngine | None, store: str, ll
         raise ValueError(f"precompute must be one of {PRECOMPUTE_MODES}, got {mode!r}")
 
 
-# A stream's worker thread mostly waits for the scheduler's next token; the event loop's default
-# executor (min(32, CPUs + 4) threads) would make the 33rd concurrent stream wait for a thread.
-STREAM_THREADS = ThreadPoolExecutor(max_workers=512, thread_name_prefix="fusionrag-stream")
+# An async call's worker thread mostly waits for the scheduler's next token. The event loop's default
+# executor has min(32, CPUs + 4) threads (6 on a 2-core machine): more concurrent `ainvoke`s or
+# streams than that would queue for a thread instead of joining the running batch.
+ASYNC_CALL_THREADS = ThreadPoolExecutor(max_workers=512, thread_name_prefix="fusionrag-async")
+
+
+async def run_in_thread(fn: Callable[[], T]) -> T:
+    """asyncio.to_thread on our own pool (context variables carried, as to_thread does)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(ASYNC_CALL_THREADS, contextvars.copy_context().run, fn)
 
 
 async def iterate_in_thread(source: Iterator[T]) -> AsyncIterator[T]:
@@ -112,7 +119,9 @@ async def iterate_in_thread(source: Iterator[T]) -> AsyncIterator[T]:
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             loop.call_soon_threadsafe(queue.put_nowait, exc)
 
-    worker = loop.run_in_executor(STREAM_THREADS, contextvars.copy_context().run, produce)  # the caller's context vars
+    worker = loop.run_in_executor(
+        ASYNC_CALL_THREADS, contextvars.copy_context().run, produce
+    )  # the caller's context vars
     try:
         while (item := await queue.get()) is not done:
             if isinstance(item, BaseException):

@@ -26,7 +26,14 @@ from pydantic import ConfigDict, Field, SecretStr, field_validator, model_valida
 from ..engine import FusionEngine
 from ..errors import FusionRAGError, InvalidArgumentError
 from ..inputs import check_stop
-from ..integrations.common import ENGINE_FIELDS, iterate_in_thread, model_path_text, request_settings, shared_engine
+from ..integrations.common import (
+    ENGINE_FIELDS,
+    iterate_in_thread,
+    model_path_text,
+    request_settings,
+    run_in_thread,
+    shared_engine,
+)
 from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
 from ..outputs import GenerationChunk
 from .messages import to_engine_messages
@@ -246,7 +253,9 @@ class ChatFusionRAG(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        return await asyncio.wait_for(asyncio.to_thread(self._generate, messages, stop, None, **kwargs), self.timeout)
+        return await asyncio.wait_for(
+            run_in_thread(lambda: self._generate(messages, stop, None, **kwargs)), self.timeout
+        )
 
     async def _astream(
         self,

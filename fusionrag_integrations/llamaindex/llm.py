@@ -9,7 +9,6 @@ TokenCountingHandler reads it) with the fusion stats beside it.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
@@ -31,7 +30,14 @@ from pydantic import Field, PrivateAttr, field_validator
 
 from ..engine import FusionEngine
 from ..inputs import check_stop
-from ..integrations.common import ENGINE_FIELDS, iterate_in_thread, model_path_text, request_settings, shared_engine
+from ..integrations.common import (
+    ENGINE_FIELDS,
+    iterate_in_thread,
+    model_path_text,
+    request_settings,
+    run_in_thread,
+    shared_engine,
+)
 from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
 from ..outputs import GenerationChunk
 from . import stats as query_stats
@@ -237,7 +243,7 @@ class FusionRAGLLM(FunctionCallingLLM):
 
     @llm_completion_callback()
     async def acomplete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponse:
-        return await asyncio.to_thread(lambda: list(self._completions(self._prompt(prompt, formatted), kwargs))[-1])
+        return await run_in_thread(lambda: list(self._completions(self._prompt(prompt, formatted), kwargs))[-1])
 
     @llm_completion_callback()
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
@@ -255,7 +261,7 @@ class FusionRAGLLM(FunctionCallingLLM):
     @llm_chat_callback()
     async def _achat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponse:
         prompt = self._chat_prompt(messages, kwargs)
-        last = await asyncio.to_thread(lambda: list(self._completions(prompt, kwargs))[-1])
+        last = await run_in_thread(lambda: list(self._completions(prompt, kwargs))[-1])
         return self._with_tool_calls(self._to_chat(last), kwargs)
 
     async def astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:

@@ -17,7 +17,7 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from ..engine import FusionEngine
-from ..integrations.common import STREAM_THREADS, iterate_in_thread
+from ..integrations.common import ASYNC_CALL_THREADS, iterate_in_thread
 from ..outputs import GenerationChunk
 from . import errors
 from .errors import APIError, as_api_error
@@ -138,7 +138,7 @@ def create_app(
     def in_thread(fn):
         """Engine calls that may wait for the scheduler's lock (held for a whole step) never run on the
         event loop: it would stall every other stream and request for that step."""
-        return asyncio.get_running_loop().run_in_executor(STREAM_THREADS, fn)
+        return asyncio.get_running_loop().run_in_executor(ASYNC_CALL_THREADS, fn)
 
     async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool):
         source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))
