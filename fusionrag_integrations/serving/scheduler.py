@@ -10,9 +10,11 @@ lock is held for a step at a time, so precompute and other engine calls interlea
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -100,6 +102,7 @@ class Scheduler:
         self._memory_freed_since: int | None = None  # after a requeue: wait until a request finishes
         self._thread: threading.Thread | None = None
         self._pacing = Pacing(limits.prefill_tokens, self._decode)
+        self._stopping = False
 
     def submit(self, request: Request, plan: Callable[[], tuple[int, int]], prefill: Callable[[Pacing], DecodeState]):
         seq = Sequence(request, plan, prefill)
@@ -108,6 +111,7 @@ class Scheduler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="fusionrag-scheduler", daemon=True)
                 self._thread.start()
+                atexit.register(_stop_at_exit, weakref.ref(self))
             self._work.notify()
         return SequenceStream(seq, self)
 
@@ -118,10 +122,22 @@ class Scheduler:
     def _loop(self) -> None:
         while True:
             with self._work:
-                while not (self.waiting or self.running):
+                while not (self.waiting or self.running or self._stopping):
                     self._work.wait()
+                if self._stopping:
+                    return
                 self.step()
             time.sleep(0)  # callers waiting on the lock (precompute, submit) get it between steps
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Finish the step in progress and end the thread (requests still queued are not served). Run
+        at interpreter exit: a scheduler thread still inside a torch op while the runtime tears down
+        would abort the process."""
+        with self._work:
+            self._stopping = True
+            self._work.notify_all()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def step(self) -> None:
         """Admit what fits, then one batched decode forward."""
@@ -221,3 +237,9 @@ class Scheduler:
         if seq.cancelled:
             seq.out.put(_DONE)
         return seq.cancelled
+
+
+def _stop_at_exit(ref: weakref.ref) -> None:
+    scheduler = ref()
+    if scheduler is not None:
+        scheduler.stop()

@@ -93,3 +93,12 @@ def test_a_request_waits_while_the_device_says_it_does_not_fit():
     for t in threads:
         t.join(timeout=30)
     assert sorted(pieces) == [3, 4, 5] and s.peak_running == 1
+
+
+def test_stop_ends_the_thread_after_its_step():
+    """What runs at interpreter exit: the step in progress finishes, the thread ends."""
+    s = scheduler()
+    stream = s.submit(None, lambda: (10, 10), lambda _: FakeState(10**6))
+    next(stream)
+    s.stop(timeout=10)
+    assert not s._thread.is_alive()
