@@ -30,7 +30,7 @@ class Metrics:
             store_hits.labels(tier).set_function(lambda tier=tier: counts[tier])
         scheduler = engine.scheduler
         Gauge("fusionrag_queue_depth", "Requests waiting for admission", registry=r).set_function(
-            lambda: len(scheduler.waiting) if scheduler is not None else 0
+            lambda: scheduler.queued if scheduler is not None else 0
         )
         Gauge("fusionrag_running_requests", "Requests being decoded", registry=r).set_function(
             lambda: len(scheduler.running) if scheduler is not None else 0
