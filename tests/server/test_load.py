@@ -39,7 +39,9 @@ def test_64_concurrent_streams_and_hang_ups(server):
 
     asyncio.run(run())  # warm-up round: allocator pools, graphs of each batch size, thread pool
     memory_before = rss_bytes(server_pid[server])
+    started = time.perf_counter()
     results = asyncio.run(run())
+    print(f"second round {time.perf_counter() - started:.1f} s")
     finished = [r for i, r in enumerate(results) if i % HANG_UP_EVERY]
     assert len(finished) == CLIENTS - CLIENTS // HANG_UP_EVERY
     assert all(u and 1 <= u["completion_tokens"] <= 8 and u["prompt_tokens"] > 0 for u in finished)
@@ -54,4 +56,5 @@ def test_64_concurrent_streams_and_hang_ups(server):
     assert depth == 0 and running == 0
     assert 'fusionrag_requests_total{outcome="cancelled"}' in page
     memory_after = rss_bytes(server_pid[server])
+    print(f"64 streams, {len(finished)} complete, RSS {memory_before / 2**20:.0f} -> {memory_after / 2**20:.0f} MiB")
     assert memory_after <= 1.05 * memory_before, (memory_before, memory_after)
