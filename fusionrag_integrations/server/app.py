@@ -113,22 +113,47 @@ def create_app(
         return completion_response(ids, text, last)
 
     @app.post("/v1/chunks", dependencies=[Depends(authorised)])
-    async def add_chunks(body: ChunksRequest) -> dict:
-        """Precompute (idempotent): the keys, and how many were computed now vs already cached."""
-        before = set(await asyncio.to_thread(engine.keys_for, body.texts))
-        keys = await asyncio.to_thread(engine.precompute, body.texts, None, body.neighbors, False)
+    async def add_chunks(body: ChunksRequest):
+        """Precompute (idempotent): the keys, and how many were computed now vs already cached; with
+        `stream`, a progress event after each batch first (a bulk add over a slow link shows progress and
+        its finished batches stay stored if the client goes away)."""
+        if body.stream:
+            return StreamingResponse(ingest_events(body), media_type="text/event-stream")
+        return await ingest_batch(body.texts, body.neighbors)
+
+    async def ingest_batch(texts: list[str], neighbors: list[list[str]] | None) -> dict:
+        before = set(await in_thread(lambda: engine.keys_for(texts)))
+        keys = await in_thread(lambda: engine.precompute(texts, None, neighbors, False))
         computed = len(set(keys) - before)
         return {"object": "list", "keys": keys, "computed": computed, "cached": len(set(keys)) - computed}
+
+    async def ingest_events(body: ChunksRequest):
+        total, step = len(body.texts), body.batch_size
+        result = {"object": "list", "keys": [], "computed": 0, "cached": 0}
+        try:
+            for start in range(0, total, step):
+                nbrs = body.neighbors[start : start + step] if body.neighbors is not None else None
+                part = await ingest_batch(body.texts[start : start + step], nbrs)
+                result = {**result, "keys": result["keys"] + part["keys"], "computed": result["computed"] +
+                          part["computed"], "cached": result["cached"] + part["cached"]}  # fmt: skip
+                done = min(start + step, total)
+                yield sse({"object": "chunks.progress", "done": done, "total": total,
+                           "computed": result["computed"], "cached": result["cached"]})  # fmt: skip
+            yield sse(result)
+            yield "data: [DONE]\n\n"
+        except Exception as exc:  # noqa: BLE001 - mid-stream: the status line is gone, the error is an event
+            err = as_api_error(exc)
+            yield sse(errors.error_body(err.status, err.message, err.code))
 
     @app.post("/v1/chunks/keys", dependencies=[Depends(authorised)])
     async def chunk_keys(body: ChunkKeysRequest) -> dict:
         """Every stored key (standalone and context-aware) of these texts."""
-        return {"object": "list", "keys": await asyncio.to_thread(engine.keys_for, body.texts)}
+        return {"object": "list", "keys": await in_thread(lambda: engine.keys_for(body.texts))}
 
     @app.delete("/v1/chunks", dependencies=[Depends(authorised)])
     async def forget_chunks(body: ForgetRequest) -> dict:
-        keys = list(body.keys or []) + (await asyncio.to_thread(engine.keys_for, body.texts) if body.texts else [])
-        removed = await asyncio.to_thread(engine.forget, keys) if keys else 0
+        keys = list(body.keys or []) + (await in_thread(lambda: engine.keys_for(body.texts)) if body.texts else [])
+        removed = await in_thread(lambda: engine.forget(keys)) if keys else 0
         return {"object": "list", "removed": removed}
 
     async def complete(prompt, settings: dict[str, Any]) -> tuple[str, GenerationChunk]:

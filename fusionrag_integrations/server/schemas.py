@@ -84,8 +84,18 @@ class CompletionRequest(_Generation):
 
 
 class ChunksRequest(_Body):
+    """stream: progress events (server-sent) after every `batch_size` texts, then the result."""
+
     texts: list[str] = Field(min_length=1)
     neighbors: list[list[str]] | None = None
+    stream: bool = False
+    batch_size: int = Field(default=64, ge=1, le=4096)
+
+    @model_validator(mode="after")
+    def _aligned(self) -> ChunksRequest:
+        if self.neighbors is not None and len(self.neighbors) != len(self.texts):
+            raise ValueError("neighbors needs one list per text")
+        return self
 
 
 class ChunkKeysRequest(_Body):
