@@ -1,5 +1,6 @@
 """Throughput and latency under load: the continuous-batching engine with fusion, the same scheduler
-with selector `full`, and the one-at-a-time engine, on a RAG workload (issue 17).
+with selector `full`, and the one-at-a-time engine, on a RAG workload (issue 17); the same engine
+behind `fusionrag serve`'s app over HTTP, clients in another process (`fusion_http`, issue 18).
 
 Workload: a pool of precomputed ~512-token chunks; each request retrieves `--chunks` of them (Zipf
 popularity: some chunks are shared across requests, as in a real corpus), adds a 64-token question,
@@ -11,14 +12,16 @@ GPU (the issue's numbers): python3 benchmarks/serving.py --shape llama3-8b --tok
     (random bf16 weights in the Llama-3.1-8B shape, vocab cut to the tokenizer's; DIR: any HF
     tokenizer folder, e.g. the converted SmolLM2's)
 CPU smoke run: python benchmarks/serving.py --pool 24 --chunks 4 --concurrency 1 4 --requests 8
+HTTP layer: --methods fusion fusion_http fusion_think --concurrency 1 4 16 --rates 3 --repeats 3
+    (fusion_think: in-process clients pausing --think-ms between requests, as a network would)
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -27,6 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import LLAMA31_8B, device_name, markdown_table, random_hf_llama  # noqa: E402
+from load_clients import HTTPServer, http_clients, http_open_loop, run_clients, run_open_loop  # noqa: E402
 
 from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
 from fusionrag_integrations.model.identity import model_fingerprint, tokenizer_fingerprint  # noqa: E402
@@ -73,58 +77,22 @@ class Workload:
         return prompt, chunks
 
 
-def one_request(engine, prompt, chunks, settings, out: list) -> None:
-    t0 = time.perf_counter()
-    times = []
-    n, prefill_ms = 0, 0.0
-    for piece in engine.stream(prompt, **settings):  # drop-in: the engine finds the chunks in the prompt
-        if piece.token_ids:
-            times.append(time.perf_counter())
-            n += len(piece.token_ids)
-        if piece.stats is not None:
-            prefill_ms = piece.stats.prefill_ms
-    tpot = (times[-1] - times[0]) / (n - 1) if n > 1 else 0.0
-    out.append({"t0": t0, "ttft": times[0] - t0, "tpot": tpot, "end": times[-1], "tokens": n, "prefill": prefill_ms})
-
-
-def closed_loop(engine, workload, settings, concurrency: int, total: int, ramp_s: float = 0.0) -> list[dict]:
+def closed_loop(engine, workload, settings, concurrency: int, total: int, ramp_s=0.0, think_s=0.0) -> list[dict]:
     """`concurrency` clients, each sending its next request when the last one finished; client i
     starts after i x ramp_s (clients started in one instant stay in lock-step: their requests finish
     together and come back together, a burst no independent users would make)."""
     work = [workload.request() for _ in range(total)]
-    results: list[dict] = []
-    lock = threading.Lock()
-
-    def client(index: int) -> None:
-        time.sleep(index * ramp_s)  # users arrive over time, not all in one instant
-        while True:
-            with lock:
-                if not work:
-                    return
-                prompt, chunks = work.pop()
-            one_request(engine, prompt, chunks, settings, results)
-
-    threads = [threading.Thread(target=client, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results
+    if isinstance(engine, HTTPServer):
+        return engine.clients.submit(http_clients, engine.url, work, settings, concurrency, ramp_s).result()
+    return run_clients(engine, work, settings, concurrency, ramp_s, think_s)
 
 
 def open_loop(engine, workload, settings, rate: float, total: int) -> list[dict]:
-    results: list[dict] = []
-    threads = []
-    gaps = np.random.default_rng(1).exponential(1.0 / rate, size=total)
-    for gap in gaps:
-        prompt, chunks = workload.request()
-        t = threading.Thread(target=one_request, args=(engine, prompt, chunks, settings, results))
-        t.start()
-        threads.append(t)
-        time.sleep(gap)
-    for t in threads:
-        t.join()
-    return results
+    work = [workload.request() for _ in range(total)]
+    gaps = np.random.default_rng(1).exponential(1.0 / rate, size=total).tolist()
+    if isinstance(engine, HTTPServer):
+        return engine.clients.submit(http_open_loop, engine.url, work, gaps, settings).result()
+    return run_open_loop(engine, work, gaps, settings)
 
 
 def scheduler_stats(scheduler) -> dict:
@@ -156,7 +124,18 @@ def summarize(results: list[dict], skip: int = 0, **labels) -> dict:
         "tpot_p50_ms": q(tpot, 50),
         "tpot_p99_ms": q(tpot, 99),
         "prefill_p50_ms": float(np.median([r["prefill"] for r in results])),  # the model's work, queueing left out
+        "engine_ttft_p50_ms": float(np.median([r["server_ttft"] for r in results])),  # submission -> first token
     }
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["method"], row["load"], row["output_tokens"]), []).append(row)
+    numeric = [k for k, v in rows[0].items() if isinstance(v, float)]
+    median = lambda g, k: float(np.median([r[k] for r in g]))  # noqa: E731
+    return [{"method": m, "load": load, "output_tokens": out, **{k: median(g, k) for k in numeric}}
+            for (m, load, out), g in groups.items()]  # fmt: skip
 
 
 def main() -> None:
@@ -171,7 +150,9 @@ def main() -> None:
     p.add_argument("--rates", type=float, nargs="*", default=[], help="open-loop Poisson arrival rates (req/s)")
     p.add_argument("--requests", type=int, default=0, help="requests per load point (default 3 x concurrency, >= 16)")
     p.add_argument("--ramp-s", type=float, default=0.15, help="closed loop: client i starts after i x this")
+    p.add_argument("--think-ms", type=float, default=10.0, help="fusion_think: client pause between requests")
     p.add_argument("--methods", nargs="+", default=["fusion", "full", "one_at_a_time"])
+    p.add_argument("--repeats", type=int, default=1, help="rounds over the methods, interleaved (medians printed)")
     p.add_argument("--gpu-tier-gib", type=float, default=8.0)
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "serving.json"))
     args = p.parse_args()
@@ -187,36 +168,44 @@ def main() -> None:
     # scheduler); full: the same scheduler over an engine with an empty chunk store, so every prompt is
     # prefilled in full (prompt-prefix cache on) and nothing is fetched or placed: a server without reuse
     plain = FusionEngine(loaded, EngineConfig(**common))
+    http = HTTPServer(engine) if "fusion_http" in args.methods else None
     methods = {
         "fusion": (engine, scheduler, {"recompute_ratio": 0.15}),
+        "fusion_http": (http, scheduler, {"recompute_ratio": 0.15}),
+        "fusion_think": (engine, scheduler, {"recompute_ratio": 0.15}),  # in-process, --think-ms between requests
         "full": (plain, plain.scheduler, {"selector": "full"}),
         "one_at_a_time": (engine, None, {"recompute_ratio": 0.15}),
     }
     rows = []
-    for out_tokens in args.output_tokens:
-        for name in args.methods:
-            engine.scheduler = scheduler
-            server, server.scheduler, settings = methods[name]
-            settings = {**settings, "max_new_tokens": out_tokens}
-            warm = max(args.concurrency)  # warm-up: kernels, autotuning, graphs of each batch size, allocator
-            closed_loop(server, workload, settings, min(warm, 16), min(warm, 16))
+    for out_tokens, repeat, name in itertools.product(args.output_tokens, range(args.repeats), args.methods):
+        engine.scheduler = scheduler
+        server, server.scheduler, settings = methods[name]
+        settings = {**settings, "max_new_tokens": out_tokens}
+        if repeat == 0:  # warm-up: kernels, autotuning, graphs of each batch size, allocator
+            warm = min(max(args.concurrency), 16)
+            closed_loop(server, workload, settings, warm, warm)
             closed_loop(server, workload, settings, 1, 3)  # and the single-request path (graphs per layout)
-            scheduler_stats(server.scheduler)
-            for c in args.concurrency:
-                total = args.requests or max(16, 3 * c)
-                res = closed_loop(server, workload, settings, c, total, args.ramp_s)
-                labels = dict(method=name, load=f"c={c}", context_tokens=args.chunks * 512, output_tokens=out_tokens)
-                rows.append(summarize(res, skip=c if c > 1 else 0, **labels, **scheduler_stats(server.scheduler)))
-                print(json.dumps(rows[-1]), flush=True)
-            for rate in args.rates:
-                res = open_loop(server, workload, settings, rate, args.requests or 32)
-                rows.append(summarize(res, method=name, load=f"rate={rate}", context_tokens=args.chunks * 512,
-                                      output_tokens=out_tokens, **scheduler_stats(server.scheduler)))  # fmt: skip
-                print(json.dumps(rows[-1]), flush=True)
+        scheduler_stats(server.scheduler)
+        labels = dict(method=name, context_tokens=args.chunks * 512, output_tokens=out_tokens, repeat=repeat)
+        for c in args.concurrency:
+            think = args.think_ms / 1e3 if name == "fusion_think" else 0.0
+            res = closed_loop(server, workload, settings, c, args.requests or max(16, 3 * c), args.ramp_s, think)
+            rows.append(summarize(res, skip=c if c > 1 else 0, load=f"c={c}", **labels,
+                                  **scheduler_stats(server.scheduler)))  # fmt: skip
+            print(json.dumps(rows[-1]), flush=True)
+        for rate in args.rates:
+            res = open_loop(server, workload, settings, rate, args.requests or 32)
+            rows.append(summarize(res, load=f"rate={rate}", **labels, **scheduler_stats(server.scheduler)))
+            print(json.dumps(rows[-1]), flush=True)
     print(f"\n{device_name(torch.device(args.device))}, {args.shape}\n")
-    cols = ["method", "load", "output_tokens", "req_per_s", "out_tok_s", "ttft_p50_ms", "ttft_p99_ms",
-            "tpot_p50_ms", "tpot_p99_ms", "prefill_p50_ms", "rows_per_step", "prefill_s", "decode_s"]  # fmt: skip
+    cols = ["method", "load", "repeat", "output_tokens", "req_per_s", "out_tok_s", "ttft_p50_ms", "ttft_p99_ms",
+            "tpot_p50_ms", "tpot_p99_ms", "prefill_p50_ms", "engine_ttft_p50_ms", "rows_per_step", "prefill_s",
+            "decode_s"]  # fmt: skip
     print(markdown_table(rows, cols))
+    if args.repeats > 1:
+        print("\nmedians over the repeats\n")
+        print(markdown_table(medians(rows), ["method", "load", "output_tokens", "req_per_s", "ttft_p50_ms",
+                                             "ttft_p99_ms", "engine_ttft_p50_ms", "prefill_p50_ms"]))  # fmt: skip
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(rows, indent=2))
 

@@ -104,6 +104,22 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    import uvicorn
+
+    from .server.app import create_app
+
+    engine = _engine(args)
+    name = args.served_model_name or engine.loaded.name
+    api_key = args.api_key or os.environ.get("FUSIONRAG_API_KEY") or None
+    app = create_app(engine, name, api_key, args.max_body_bytes)
+    print(f"fusionrag: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -163,6 +179,21 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("what", choices=["quality"], help="which benchmark")
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
     bench.set_defaults(func=cmd_bench)
+
+    serve = sub.add_parser("serve", help="an OpenAI-compatible server (chat/completions, completions, chunks)")
+    serve.add_argument("model", nargs="?", help="HF directory, .gguf file or cached hub id (default: bundled SmolLM2)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    serve.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    serve.add_argument(
+        "--cache-dir", help="chunk-KV cache directory (default $FUSIONRAG_CACHE_DIR or ~/.cache/fusionrag)"
+    )
+    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default $FUSIONRAG_API_KEY; none: open)")
+    serve.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
+    serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (default 8 MiB)")
+    serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    serve.set_defaults(func=cmd_serve)
 
     demo = sub.add_parser("demo", help="the README demo (LangChain RAG over a persistent Chroma store)")
     demo.add_argument("--model", help="HF directory, .gguf file or cached hub id (default: the bundled SmolLM2)")

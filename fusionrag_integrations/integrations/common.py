@@ -67,6 +67,21 @@ def shared_engine(model: str, device: str = "auto", dtype: str = "auto") -> Fusi
 PRECOMPUTE_MODES = ("standalone", "similar")
 
 
+def store_engine(engine: Any, server: str | None, api_key: str | None, store: str, llm: str) -> Any:
+    """A vector store's engine: the local one given, or a `fusionrag serve` server's chunk API."""
+    if engine is not None and server is not None:
+        raise ValueError(f"{store}: give engine= or server=, not both")
+    if server is not None:
+        from .remote import RemoteEngine
+
+        return RemoteEngine(server, api_key)
+    if engine is None:
+        raise ValueError(
+            f"{store} needs engine= (a FusionEngine, e.g. {llm}(...).engine) or server= (a fusionrag serve URL)"
+        )
+    return engine
+
+
 def check_precompute_mode(mode: str, engine: FusionEngine | None, store: str, llm: str) -> None:
     """The vector stores' shared constructor checks, with the framework's own class names in the messages."""
     if engine is None:

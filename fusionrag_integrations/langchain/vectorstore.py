@@ -15,7 +15,7 @@ from langchain_chroma import Chroma
 
 from ..engine import FusionEngine
 from ..inputs import check_texts
-from ..integrations.common import check_precompute_mode
+from ..integrations.common import check_precompute_mode, store_engine
 
 
 class FusionRAGChroma(Chroma):
@@ -42,10 +42,15 @@ class FusionRAGChroma(Chroma):
         precompute: str = "standalone",
         neighbors: int = 3,
         show_progress: bool | None = None,
+        server: str | None = None,
+        api_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         """precompute: "standalone" (each chunk alone) or "similar" (FusionRAG's similarity-guided
-        preprocessing: each new chunk is computed after its `neighbors` nearest chunks in the collection)."""
+        preprocessing: each new chunk is computed after its `neighbors` nearest chunks in the collection).
+        server: a `fusionrag serve` URL to precompute through instead of a local engine (api_key: its key,
+        default $FUSIONRAG_API_KEY)."""
+        engine = store_engine(engine, server, api_key, "FusionRAGChroma", "ChatFusionRAG")
         check_precompute_mode(precompute, engine, "FusionRAGChroma", "ChatFusionRAG")
         if isinstance(kwargs.get("persist_directory"), (str, os.PathLike)):  # '~' expanded, as everywhere
             kwargs["persist_directory"] = os.path.expanduser(kwargs["persist_directory"])

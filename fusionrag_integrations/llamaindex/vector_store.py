@@ -18,7 +18,7 @@ from llama_index.vector_stores.chroma.base import _to_chroma_filter
 from pydantic import PrivateAttr
 
 from ..engine import FusionEngine
-from ..integrations.common import check_precompute_mode
+from ..integrations.common import check_precompute_mode, store_engine
 
 
 def prompt_text(node: BaseNode) -> str:
@@ -49,10 +49,15 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
         precompute: str = "standalone",
         neighbors: int = 3,
         show_progress: bool | None = None,
+        server: str | None = None,
+        api_key: str | None = None,
         **kwargs: Any,
     ) -> None:
         """precompute: "standalone" (each node alone) or "similar" (FusionRAG's similarity-guided
-        preprocessing: each new node is computed after its `neighbors` nearest nodes in the collection)."""
+        preprocessing: each new node is computed after its `neighbors` nearest nodes in the collection).
+        server: a `fusionrag serve` URL to precompute through instead of a local engine (api_key: its key,
+        default $FUSIONRAG_API_KEY)."""
+        engine = store_engine(engine, server, api_key, "FusionRAGChromaVectorStore", "FusionRAGLLM")
         check_precompute_mode(precompute, engine, "FusionRAGChromaVectorStore", "FusionRAGLLM")
         if isinstance(kwargs.get("persist_dir"), (str, os.PathLike)):  # '~' expanded, as everywhere
             kwargs["persist_dir"] = os.path.expanduser(kwargs["persist_dir"])

@@ -5,7 +5,9 @@ A step admits waiting requests (their prefill, fused or full, and first token) w
 `max_running` run, then runs ONE forward over the next token of every running request (each row
 attends to its own cache: model.attention.BatchDecodeAttention). Callers submit from any thread and
 read their pieces from a queue; closing a stream cancels its request at the next step. The engine's
-lock is held for a step at a time, so precompute and other engine calls interleave between steps.
+lock is held for a step at a time, so precompute and other engine calls interleave between steps;
+submitting never takes it (a new request lands in an inbox the next step drains), so a server's
+request handlers never wait for a step.
 """
 
 from __future__ import annotations
@@ -90,7 +92,10 @@ class Scheduler:
         step's prefills stay within prefill_tokens (the first always goes, in pieces if it is longer,
         with a decode step of the running requests between pieces)."""
         self.decode_batch, self.limits = decode_batch, limits
-        self._work = threading.Condition(lock)
+        self._lock = lock
+        self._inbox: queue.SimpleQueue[Sequence] = queue.SimpleQueue()  # submitted, not yet seen by a step
+        self._has_work = threading.Event()
+        self._start_lock = threading.Lock()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.steps = 0  # forwards run, and how many rows they carried (the batching actually achieved)
@@ -106,41 +111,50 @@ class Scheduler:
 
     def submit(self, request: Request, plan: Callable[[], tuple[int, int]], prefill: Callable[[Pacing], DecodeState]):
         seq = Sequence(request, plan, prefill)
-        with self._work:
-            self.waiting.append(seq)
+        self._inbox.put(seq)
+        with self._start_lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="fusionrag-scheduler", daemon=True)
                 self._thread.start()
                 atexit.register(_stop_at_exit, weakref.ref(self))
-            self._work.notify()
+        self._has_work.set()
         return SequenceStream(seq, self)
 
+    @property
+    def queued(self) -> int:
+        """Requests submitted and not yet admitted."""
+        return len(self.waiting) + self._inbox.qsize()
+
     def wake(self) -> None:
-        with self._work:
-            self._work.notify()
+        self._has_work.set()
 
     def _loop(self) -> None:
-        while True:
-            with self._work:
-                while not (self.waiting or self.running or self._stopping):
-                    self._work.wait()
+        while not self._stopping:
+            with self._lock:
                 if self._stopping:
                     return
                 self.step()
-            time.sleep(0)  # callers waiting on the lock (precompute, submit) get it between steps
+                idle = not (self.waiting or self.running)
+            if idle:
+                self._has_work.clear()
+                if self._inbox.empty() and not self._stopping:
+                    self._has_work.wait()  # a submit (or stop) after the clear sets it again
+            else:
+                time.sleep(0)  # callers waiting on the lock (precompute) get it between steps
 
     def stop(self, timeout: float = 30.0) -> None:
         """Finish the step in progress and end the thread (requests still queued are not served). Run
         at interpreter exit: a scheduler thread still inside a torch op while the runtime tears down
         would abort the process."""
-        with self._work:
-            self._stopping = True
-            self._work.notify_all()
+        self._stopping = True
+        self._has_work.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
 
     def step(self) -> None:
         """Admit what fits, then one batched decode forward."""
+        while not self._inbox.empty():
+            self.waiting.append(self._inbox.get())
         self._drop_cancelled()
         self._admit()
         self._decode()

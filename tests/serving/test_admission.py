@@ -102,3 +102,25 @@ def test_stop_ends_the_thread_after_its_step():
     next(stream)
     s.stop(timeout=10)
     assert not s._thread.is_alive()
+
+
+def test_submit_does_not_wait_for_the_step_in_progress():
+    """A server's handlers submit while the scheduler thread holds the engine lock for a long step."""
+    s = scheduler()
+    in_step, release = threading.Event(), threading.Event()
+
+    def slow_prefill(_pacing):
+        in_step.set()
+        release.wait(timeout=30)
+        return FakeState(2)
+
+    first = s.submit(None, lambda: (10, 10), slow_prefill)
+    assert in_step.wait(timeout=30)
+    submitted = []
+    submitter = threading.Thread(target=lambda: submitted.append(s.submit(None, lambda: (10, 10), lambda _: FakeState(3))))
+    submitter.start()
+    submitter.join(timeout=5)
+    assert submitted and s.queued == 1  # returned while the step still runs; waits in the inbox
+    release.set()
+    assert len(list(first)) == 2 and len(list(submitted[0])) == 3
+    assert s.queued == 0

@@ -1,0 +1,1 @@
+"""OpenAI-compatible HTTP server (`fusionrag serve`): app.py."""

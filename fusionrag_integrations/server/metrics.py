@@ -1,0 +1,78 @@
+"""Prometheus metrics of one server (its own registry, so several apps in one process stay apart):
+requests by endpoint and outcome, time to first token, tokens reused vs recomputed, store hits per
+tier, and the scheduler's queue depth and running requests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+from ..engine import FusionEngine
+from ..outputs import GenerationChunk
+
+TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+class Metrics:
+    def __init__(self, engine: FusionEngine) -> None:
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("fusionrag_requests", "Generation requests by outcome", ["outcome"], registry=r)
+        self.ttft = Histogram("fusionrag_ttft_seconds", "Time to first token", buckets=TTFT_BUCKETS, registry=r)
+        self.tokens = Counter("fusionrag_prompt_tokens", "Prompt tokens by how they were served", ["kind"], registry=r)
+        self.chunks = Counter(
+            "fusionrag_chunks", "Chunks found in prompts, and how they were served", ["kind"], registry=r
+        )
+        store_hits = Gauge("fusionrag_store_lookups", "Chunk-KV store lookups by tier (or miss)", ["tier"], registry=r)
+        counts = engine.chunks.store.counts
+        for tier in ("gpu", "cpu", "disk", "miss"):
+            store_hits.labels(tier).set_function(lambda tier=tier: counts[tier])
+        scheduler = engine.scheduler
+        Gauge("fusionrag_queue_depth", "Requests waiting for admission", registry=r).set_function(
+            lambda: scheduler.queued if scheduler is not None else 0
+        )
+        Gauge("fusionrag_running_requests", "Requests being decoded", registry=r).set_function(
+            lambda: len(scheduler.running) if scheduler is not None else 0
+        )
+
+    def observe(self, pieces: Iterator[GenerationChunk]) -> ObservedStream:
+        return ObservedStream(pieces, self)
+
+    def response(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class ObservedStream(Iterator[GenerationChunk]):
+    """The engine's stream, counted when its last piece passes; close() cancels the request."""
+
+    def __init__(self, pieces: Iterator[GenerationChunk], metrics: Metrics) -> None:
+        self.pieces, self.metrics, self.finished = pieces, metrics, False
+
+    def __next__(self) -> GenerationChunk:
+        try:
+            piece = next(self.pieces)
+        except StopIteration:
+            raise
+        except Exception:
+            self.metrics.requests.labels("error").inc()
+            raise
+        if piece.stats is not None and piece.usage is not None:
+            self.finished = True
+            m, stats = self.metrics, piece.stats
+            m.requests.labels("ok").inc()
+            m.ttft.observe(stats.ttft_ms / 1e3)
+            m.tokens.labels("reused").inc(piece.usage.cached_tokens)
+            m.tokens.labels("computed").inc(piece.usage.prompt_tokens - piece.usage.cached_tokens)
+            m.tokens.labels("chunk_recomputed").inc(stats.tokens_recomputed)
+            for kind in ("found", "reused", "computed", "recomputed"):
+                m.chunks.labels(kind).inc(getattr(stats, f"chunks_{kind}"))
+        return piece
+
+    def close(self) -> None:
+        if not self.finished:
+            self.metrics.requests.labels("cancelled").inc()
+            self.finished = True
+        close = getattr(self.pieces, "close", None)
+        if close is not None:
+            close()

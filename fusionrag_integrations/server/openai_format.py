@@ -1,0 +1,116 @@
+"""Between OpenAI's wire format and the engine: request -> (prompt, settings), pieces -> response
+objects. The fusion statistics ride in an extra `fusionrag` field that OpenAI clients ignore, and the
+reused prompt tokens in `usage.prompt_tokens_details.cached_tokens`."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+from ..integrations.messages import engine_message
+from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
+from ..outputs import GenerationChunk, GenerationStats, Usage
+from .schemas import ChatCompletionRequest, CompletionRequest, _Generation
+
+
+def engine_settings(body: _Generation, max_tokens: int | None) -> dict[str, Any]:
+    settings: dict[str, Any] = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed,
+                                "stop": body.stops()}  # fmt: skip
+    if max_tokens is not None:
+        settings["max_new_tokens"] = max_tokens
+    if body.selector is not None:
+        settings["selector"] = body.selector
+    if body.recompute_ratio is not None:
+        settings["recompute_ratio"] = body.recompute_ratio
+    if body.chunks is not None:
+        settings["chunks"] = body.chunks
+    return settings
+
+
+def chat_prompt(body: ChatCompletionRequest, tokenizer) -> tuple[list[dict], dict[str, Any]]:
+    """OpenAI messages -> chat-template messages (tool calls and results through the shared converter)."""
+    native = template_supports_tools(tokenizer)
+    messages = []
+    for m in body.messages:
+        role = "system" if m.role == "developer" else m.role
+        calls = [{"id": c.get("id"), "name": c["function"]["name"], "args": _arguments(c["function"])}
+                 for c in m.tool_calls or []]  # fmt: skip
+        result = (m.tool_call_id, m.name or "tool") if m.role == "tool" else None
+        messages.append(engine_message(role, m.text(), calls, result, native))
+    choice = body.tool_choice if isinstance(body.tool_choice, str) or body.tool_choice is None else (
+        body.tool_choice["function"]["name"])  # fmt: skip
+    tools = body.tools if choice != "none" else None
+    prompt, template_tools = prompt_with_tools(messages, tools, choice, native)
+    settings = engine_settings(body, body.max_completion_tokens or body.max_tokens)
+    return prompt, {**settings, "tools": template_tools} if template_tools else settings
+
+
+def _arguments(function: dict) -> dict:
+    args = function.get("arguments", {})
+    if isinstance(args, str):
+        try:
+            return json.loads(args or "{}")
+        except json.JSONDecodeError as err:
+            raise ValueError(f"tool call arguments are not JSON: {err}") from None
+    return args
+
+
+def completion_prompt(body: CompletionRequest) -> tuple[str, dict[str, Any]]:
+    return body.text(), engine_settings(body, body.max_tokens if body.max_tokens is not None else 16)
+
+
+def usage_json(usage: Usage) -> dict[str, Any]:
+    return {
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
+        "prompt_tokens_details": {"cached_tokens": usage.cached_tokens},
+    }
+
+
+def stats_json(stats: GenerationStats | None) -> dict[str, Any] | None:
+    return stats.to_dict() if stats is not None else None
+
+
+class ResponseIds:
+    def __init__(self, kind: str, model: str) -> None:
+        self.id = f"{'chatcmpl' if kind == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+        self.kind, self.model, self.created = kind, model, int(time.time())
+
+    def envelope(self, obj: str) -> dict[str, Any]:
+        return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
+
+
+def chat_response(ids: ResponseIds, text: str, last: GenerationChunk, tools: list[dict] | None) -> dict:
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    finish = last.finish_reason
+    if tools:
+        parsed = parse_tool_calls(text, {t.get("function", {}).get("name") for t in tools})
+        if parsed.tool_calls:
+            message["content"] = parsed.content or None
+            message["tool_calls"] = [{"id": c["id"], "type": "function",
+                                      "function": {"name": c["name"], "arguments": json.dumps(c["args"])}}
+                                     for c in parsed.tool_calls]  # fmt: skip
+            finish = "tool_calls"
+    return {**ids.envelope("chat.completion"), "choices": [{"index": 0, "message": message, "finish_reason": finish}],
+            "usage": usage_json(last.usage), "fusionrag": stats_json(last.stats)}  # fmt: skip
+
+
+def completion_response(ids: ResponseIds, text: str, last: GenerationChunk) -> dict:
+    choice = {"index": 0, "text": text, "finish_reason": last.finish_reason, "logprobs": None}
+    return {**ids.envelope("text_completion"), "choices": [choice], "usage": usage_json(last.usage),
+            "fusionrag": stats_json(last.stats)}  # fmt: skip
+
+
+def stream_chunk(ids: ResponseIds, piece: GenerationChunk | None, first: bool = False) -> dict:
+    """One SSE event's object; piece None = the final usage-only chunk (choices empty, as OpenAI sends)."""
+    if piece is None:
+        return {**ids.envelope("chat.completion.chunk" if ids.kind == "chat" else "text_completion"), "choices": []}
+    if ids.kind == "chat":
+        delta: dict[str, Any] = {"role": "assistant", "content": piece.text} if first else {"content": piece.text}
+        choice = {"index": 0, "delta": delta if piece.text or first else {}, "finish_reason": piece.finish_reason}
+        return {**ids.envelope("chat.completion.chunk"), "choices": [choice]}
+    choice = {"index": 0, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": None}
+    return {**ids.envelope("text_completion"), "choices": [choice]}

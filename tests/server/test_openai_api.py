@@ -1,0 +1,65 @@
+"""The server driven by the official `openai` client: answers, streaming with one usage chunk, chunk
+ingestion and reuse (cached_tokens, fusionrag stats), and the in-process engine's greedy answer."""
+
+from __future__ import annotations
+
+import httpx
+
+from tests.conftest import DOCS, engine_on, rag_messages
+from tests.server.conftest import API_KEY, MODEL
+
+
+def test_models_and_health(client, server):
+    assert [m.id for m in client.models.list().data] == [MODEL]
+    assert httpx.get(f"{server}/health").json()["status"] == "ok"
+
+
+def test_chat_completion(client):
+    out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Say hello."}],
+                                         max_tokens=8, temperature=0)  # fmt: skip
+    assert out.choices[0].message.role == "assistant" and out.choices[0].message.content
+    assert out.usage.completion_tokens <= 8 and out.usage.prompt_tokens > 0
+    assert out.choices[0].finish_reason in ("stop", "length")
+
+
+def test_streaming_has_exactly_one_usage_chunk(client):
+    stream = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Count to five."}],
+                                            max_tokens=10, temperature=0, stream=True,
+                                            stream_options={"include_usage": True})  # fmt: skip
+    chunks = list(stream)
+    with_usage = [c for c in chunks if c.usage is not None]
+    assert len(with_usage) == 1 and with_usage[0] is chunks[-1] and not with_usage[0].choices
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text and 1 <= with_usage[0].usage.completion_tokens <= 10
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] in ("stop", "length")
+
+
+def test_ingested_chunks_are_reused_and_full_equals_in_process(client, server, smol_engine, tmp_path):
+    headers = {"Authorization": f"Bearer {API_KEY}"}
+    first = httpx.post(f"{server}/v1/chunks", json={"texts": DOCS}, headers=headers, timeout=300).json()
+    again = httpx.post(f"{server}/v1/chunks", json={"texts": DOCS}, headers=headers, timeout=300).json()
+    assert first["computed"] == len(DOCS) and again == {**first, "computed": 0, "cached": len(DOCS)}
+    messages = rag_messages(DOCS[:3], "Who founded the Varn Institute?")
+    out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
+    stats = out.model_extra["fusionrag"]
+    assert stats["chunks_found"] == 3 and stats["chunks_reused"] == 3
+    assert out.usage.prompt_tokens_details.cached_tokens > 0
+    full = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0,
+                                          extra_body={"selector": "full"})  # fmt: skip
+    local = engine_on(smol_engine.loaded, tmp_path / "c").generate(messages, max_new_tokens=12, selector="full")
+    assert full.choices[0].message.content == local.text
+
+
+def test_completions_endpoint(client):
+    out = client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5, temperature=0)
+    assert out.choices[0].text and out.usage.completion_tokens <= 5
+    streamed = list(client.completions.create(model=MODEL, prompt="The capital of France is", max_tokens=5,
+                                              temperature=0, stream=True))  # fmt: skip
+    assert "".join(c.choices[0].text for c in streamed if c.choices) == out.choices[0].text
+
+
+def test_metrics_count_requests(client, server):
+    client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
+    page = httpx.get(f"{server}/metrics").text
+    assert 'fusionrag_requests_total{outcome="ok"}' in page and "fusionrag_ttft_seconds_bucket" in page
+    assert "fusionrag_queue_depth 0.0" in page
