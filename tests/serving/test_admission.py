@@ -117,7 +117,8 @@ def test_submit_does_not_wait_for_the_step_in_progress():
     first = s.submit(None, lambda: (10, 10), slow_prefill)
     assert in_step.wait(timeout=30)
     submitted = []
-    submitter = threading.Thread(target=lambda: submitted.append(s.submit(None, lambda: (10, 10), lambda _: FakeState(3))))
+    second = lambda: submitted.append(s.submit(None, lambda: (10, 10), lambda _: FakeState(3)))  # noqa: E731
+    submitter = threading.Thread(target=second)
     submitter.start()
     submitter.join(timeout=5)
     assert submitted and s.queued == 1  # returned while the step still runs; waits in the inbox
