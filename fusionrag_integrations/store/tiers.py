@@ -83,9 +83,23 @@ class ChunkStore:
 
     def put(self, entry: ChunkKV) -> bool:
         """Keep the entry in memory and write it through; returns whether it persisted."""
-        persisted = self.backend.put(entry) if self.backend is not None else False
+        return bool(self.persist(self.keep(entry)))
+
+    def keep(self, entry: ChunkKV) -> ChunkKV:
+        """In the memory tiers; returns the host copy (on a GPU: pinned, still landing) for `persist`."""
         self._promote(entry)
-        return persisted
+        host = self.cpu.entries.get(entry.key)
+        return host if host is not None else entry
+
+    def persist(self, entry: ChunkKV) -> int:
+        """Write to the backend; the bytes it took on disk (0: not persisted)."""
+        if self.backend is None or not self.backend.put(entry):
+            return 0
+        path = self.backend.path(entry.key)
+        try:
+            return path.stat().st_size if path is not None else 0
+        except OSError:
+            return 0
 
     def contains(self, key: str) -> bool:
         in_memory = key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
