@@ -176,13 +176,17 @@ class Catalog:
             row = self._db.execute("SELECT sum(bytes) FROM usage WHERE model_fp = ?", (self.model_fp,)).fetchone()
         return int(row[0] or 0)
 
-    def least_recent(self) -> list[tuple[str, int]]:
-        """(key, bytes) of every entry on disk, least recently used first."""
+    def least_recent(self) -> list[tuple[str, int, float]]:
+        """(key, bytes, last use) of every entry on disk, least recently used first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT key, bytes FROM usage WHERE model_fp = ? ORDER BY used, rowid", (self.model_fp,)
+                "SELECT key, bytes, used FROM usage WHERE model_fp = ? ORDER BY used, rowid", (self.model_fp,)
             ).fetchall()
-        return [(k, int(n)) for k, n in rows if is_valid_key(k)]
+        return [(k, int(n), float(t)) for k, n, t in rows if is_valid_key(k)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
     def drop(self, ref: ChunkRef) -> None:
         """Delete one row that turned out wrong (its entry names another text)."""

@@ -176,7 +176,7 @@ class ChunkRegistry:
         if budget is None or total <= budget:
             return 0
         victims = []
-        for key, size in self.catalog.least_recent():
+        for key, size, _ in self.catalog.least_recent():
             if total <= budget:
                 break
             victims.append(key)
