@@ -90,8 +90,8 @@ CHILD = textwrap.dedent(
 
 def test_a_bulk_ingest_killed_midway_leaves_nothing_partial_in_use(smol_engine, tmp_path):
     cache = tmp_path / "c"
-    child = subprocess.Popen([sys.executable, "-c", CHILD.format(repo=str(REPO), cache=str(cache))],
-                             stdout=subprocess.PIPE, text=True, env={**os.environ, "FUSIONRAG_TEST_CHILD": "1"})  # fmt: skip
+    script = CHILD.format(repo=str(REPO), cache=str(cache))
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env=dict(os.environ))
     assert child.stdout.readline().strip() == "ready"
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline and len(list(cache.glob("kv/*/??/*.safetensors"))) < 20:
