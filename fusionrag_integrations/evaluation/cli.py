@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="standalone",
         help="chunk KV computed alone, or after its most similar passages (FusionRAG's offline stage)",
     )
+    p.add_argument("--kv-format", default="native", choices=["native", "fp8", "int4"], help="stored chunk-KV format")
     p.add_argument("--neighbors", type=int, default=3, help="neighbours per passage with --precompute similar")
     p.add_argument("--offset", type=int, default=0, help="skip this many examples of --data (to split a run)")
     return p
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         args.model or default_model_path(),
         device=args.device,
         dtype=args.dtype,
-        config=EngineConfig(cache_dir=Path(args.cache_dir)),
+        config=EngineConfig(cache_dir=Path(args.cache_dir), kv_format=args.kv_format),
     )
     if "qcfuse" in args.selectors:  # profiled here on its own samples, so runs on any data are comparable
         print(f"profiling QCFuse's critical layer on {args.profile_examples} examples (once per run)...", flush=True)

@@ -93,3 +93,19 @@ def test_an_entry_of_another_format_is_never_used(stores, smol_engine):
     planted.write_bytes(native.path(keys["native"][0]).read_bytes())  # a native file under an int4 key
     with pytest.raises(CorruptEntryError, match="key"):
         read_entry(planted, keys["int4"][0], smol_engine.loaded.model_fingerprint, int4.secret)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("kv_format", ["fp8", "int4"])
+def test_fused_kernel_on_the_gpu_equals_the_reference(kv_format):
+    """The 8B shape's chunk (8 KV heads of 128), 4 layers, a bf16 cache."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    k = torch.randn(4, 512, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
+    v = torch.randn(4, 512, 8, 128, device="cuda", generator=g, dtype=torch.bfloat16)
+    kc, vc, scales = encode(k, v, kv_format)
+    cos, sin = rotation(1000, 1.0 / (500000 ** (torch.arange(0, 128, 2, dtype=torch.float64) / 128)))
+    ref_k, ref_v = torch.zeros_like(k), torch.zeros_like(v)
+    out_k, out_v = torch.zeros_like(k), torch.zeros_like(v)
+    place_compact_ref(ref_k, ref_v, (kc, vc), scales, kv_format, cos.cuda(), sin.cuda())
+    place_compact(out_k, out_v, (kc, vc), scales, kv_format, cos, sin, backend="always")
+    assert rel(out_k, ref_k) < 1e-2 and rel(out_v, ref_v) < 1e-2
