@@ -18,7 +18,6 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
 from .codecs import KV_FORMATS, code_dtypes, encode, expected_shapes
 from .integrity import seal_payload, verify_payload
@@ -148,10 +147,34 @@ def write_entry(entry: ChunkKV, path: Path, secret: bytes) -> None:
     header = _header(entry)
     metadata = {**header, "mac": seal_payload(secret, _sealed_parts(header, tensors))}
     try:
-        save_file(tensors, str(tmp), metadata=metadata)
+        _save_safetensors(tensors, metadata, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+_DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.uint8: "U8", torch.int64: "I64"}
+
+
+def _save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+    """The safetensors layout (8-byte header length, JSON header, raw bytes; read back with safe_open),
+    written from zero-copy views: the writes release the interpreter lock, so a writer thread does not
+    stall the thread that launches the next batch's compute (safetensors' save_file copies every tensor
+    to bytes while holding it)."""
+    header: dict = {"__metadata__": metadata}
+    views, offset = [], 0
+    for name in sorted(tensors):
+        t = tensors[name].contiguous()
+        view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(view)]}
+        views.append(view)
+        offset += len(view)
+    raw = json.dumps(header, separators=(",", ":")).encode()
+    raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
+    with open(path, "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for view in views:
+            f.write(view)
 
 
 def read_header(path: Path) -> dict[str, str]:

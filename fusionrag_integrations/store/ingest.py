@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 
 from tqdm.auto import tqdm
@@ -43,13 +44,16 @@ class Writer:
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
         self.failures = 0
+        self.seconds = {"writing": 0.0, "waiting": 0.0}  # writer busy; submitters blocked on a full queue
 
     def submit(self, batch: list) -> None:
         with self._start:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="fusionrag-kv-writer", daemon=True)
                 self._thread.start()
+        t0 = time.perf_counter()
         self._queue.put(batch)  # waits while `depth` batches are queued: backpressure on the compute
+        self.seconds["waiting"] += time.perf_counter() - t0
 
     def flush(self) -> None:
         """Wait until every submitted batch is written (or failed)."""
@@ -59,10 +63,12 @@ class Writer:
     def _run(self) -> None:
         while True:
             batch = self._queue.get()
+            t0 = time.perf_counter()
             try:
                 self._write(batch)
             except Exception:  # noqa: BLE001 - a failed write costs reuse in later processes, not the caller
                 self.failures += 1
                 log.exception("writing chunk KV failed; kept in memory only")
             finally:
+                self.seconds["writing"] += time.perf_counter() - t0
                 self._queue.task_done()
