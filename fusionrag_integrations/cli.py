@@ -217,7 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     cache = sub.add_parser("cache", help="the persistent chunk-KV cache: stats, prune to a size, verify every entry")
-    cache.add_argument("action", choices=["stats", "prune", "verify"])
+    cache.add_argument("action", choices=["stats", "prune", "verify"], help="stats, prune (--max-bytes) or verify")
     cache.add_argument("--cache-dir", help="cache directory (default $FUSIONRAG_CACHE_DIR or ~/.cache/fusionrag)")
     cache.add_argument("--max-bytes", type=int, help="prune: delete least recently used entries down to this size")
     cache.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")

@@ -29,6 +29,7 @@ from .chunk_kv import FORMAT_VERSION, STANDALONE, ChunkKV, CorruptEntryError, re
 from .detect import ChunkIndex, Match
 from .ingest import Writer
 from .integrity import cache_secret, is_valid_key
+from .staging import PinnedStaging
 from .tiers import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class ChunkRegistry:
         self.kv_format, self.disk_budget = kv_format, disk_bytes
         self.store = ChunkStore(model_fingerprint, device, gpu_bytes, cpu_bytes, directory, secret=secret)
         self.writer = Writer(self._persist)
+        self.staging = PinnedStaging()
         self._touched: set[str] = set()  # keys used since the last write to the catalog's usage table
         self._touched_at = time.monotonic()
         self._touch_lock = threading.Lock()
@@ -147,20 +149,27 @@ class ChunkRegistry:
         for entry, text in entries:
             entry = entry.compacted(self.kv_format)
             ref = ChunkRef(entry.key, text, entry.context_id, entry.num_tokens)
-            written.append((self.store.keep(entry), ref))
+            self.store.keep(entry)
+            if self.store.backend is not None:
+                host, slot = self.staging.copy(entry) if entry.device.type == "cuda" else (entry, None)
+                written.append((host, ref, slot))
             self._remember(ref)
-        if self.store.backend is not None:
+        if written:
             self.writer.submit(written)
 
     def flush(self) -> None:
         """Return once everything added is on disk and in the catalog."""
         self.writer.flush()
 
-    def _persist(self, written: list[tuple[ChunkKV, ChunkRef]]) -> None:
+    def _persist(self, written: list[tuple[ChunkKV, ChunkRef, torch.Tensor | None]]) -> None:
         """On the writer thread: write, catalogue what reached the disk, keep the disk within budget."""
         persisted, sizes = [], []
-        for entry, ref in written:
-            size = self.store.persist(entry)
+        for entry, ref, slot in written:
+            try:
+                size = self.store.persist(entry)
+            finally:
+                if slot is not None:
+                    self.staging.release(slot)
             if size:
                 persisted.append(ref)
                 sizes.append((ref.key, size))

@@ -83,13 +83,17 @@ class ChunkStore:
 
     def put(self, entry: ChunkKV) -> bool:
         """Keep the entry in memory and write it through; returns whether it persisted."""
-        return bool(self.persist(self.keep(entry)))
+        self.keep(entry)
+        return bool(self.persist(entry))
 
-    def keep(self, entry: ChunkKV) -> ChunkKV:
-        """In the memory tiers; returns the host copy (on a GPU: pinned, still landing) for `persist`."""
-        self._promote(entry)
-        host = self.cpu.entries.get(entry.key)
-        return host if host is not None else entry
+    def keep(self, entry: ChunkKV) -> None:
+        """A new entry into the memory tiers: a device entry into the GPU tier only (its copy on the way to
+        disk is staged apart; pinning a CPU-tier copy of every ingested chunk would bound ingest), a host
+        entry into the CPU tier."""
+        if self.gpu is not None and entry.device.type == "cuda" and entry.nbytes <= self.gpu.budget:
+            self.gpu.put(entry)
+        else:
+            self._promote(entry)
 
     def persist(self, entry: ChunkKV) -> int:
         """Write to the backend; the bytes it took on disk (0: not persisted)."""

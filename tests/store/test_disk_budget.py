@@ -35,7 +35,7 @@ def test_the_disk_budget_holds_after_every_batch_of_10000_chunks(tiny_engines, t
     def checked(batch):  # after every write batch, as the writer thread finishes it
         persist(batch)
         sizes.append(disk_bytes(registry.store.directory))
-        order.extend(ref.key for _, ref in batch)
+        order.extend(item[1].key for item in batch)
 
     registry.writer._write = checked
     texts = [f"Chunk number {i} of the budget test." for i in range(10_000)]
