@@ -76,10 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         args.model or default_model_path(),
         device=args.device,
         dtype=args.dtype,
-        config=EngineConfig(cache_dir=Path(args.cache_dir), kv_format=args.kv_format,
-                            fusion=FusionConfig(critical_layer=args.critical_layer)),  # fmt: skip
+        config=EngineConfig(
+            cache_dir=Path(args.cache_dir),
+            kv_format=args.kv_format,
+            fusion=FusionConfig(critical_layer=args.critical_layer),
+        ),  # fmt: skip
     )
-    if "qcfuse" in args.selectors and args.critical_layer is None:  # profiled here on its own samples, so runs on any data are comparable
+    if "qcfuse" in args.selectors and args.critical_layer is None:  # profiled on its own samples: runs comparable
         print(f"profiling QCFuse's critical layer on {args.profile_examples} examples (once per run)...", flush=True)
         samples = synthetic_examples(args.profile_examples, seed=12345)
         contexts = []
