@@ -103,6 +103,8 @@ def main() -> None:
         default=[],
         help="also time similarity-guided precompute with these neighbour counts (e.g. 3)",
     )
+    p.add_argument("--kv-formats", nargs="*", default=[], choices=["fp8", "int4"],
+                   help="also fusionrag@0.15 from chunks stored in these formats (GPU and CPU tier)")  # fmt: skip
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ttft_gpu.json"))
     args = p.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
@@ -152,6 +154,12 @@ def main() -> None:
     for e in entries:
         gpu_store.put(e)
         cpu_store.put(e)
+    compact = {f: (ChunkStore("bench", dev, 64 << 30, 0, None), ChunkStore("bench", dev, 0, 64 << 30, None))
+               for f in args.kv_formats}  # fmt: skip
+    for f, stores in compact.items():
+        for e in entries:
+            for store in stores:
+                store.put(e.compacted(f))
     cfg = FusionConfig()
     graphs = GraphCache(model, KERNELS, decode=True, probe=True)  # what the engine's runner owns
 
@@ -212,6 +220,9 @@ def main() -> None:
             record(context, "fused", fused("fusionrag", ratio, gpu_store), "fusionrag", ratio, "gpu")
         if not args.quick:
             record(context, "fused", fused("fusionrag", 0.15, cpu_store), "fusionrag", 0.15, "cpu")
+        for f, (gpu_f, cpu_f) in compact.items():  # stored compact, dequantised where placed
+            record(context, f"fused_{f}", fused("fusionrag", 0.15, gpu_f), "fusionrag", 0.15, "gpu")
+            record(context, f"fused_{f}", fused("fusionrag", 0.15, cpu_f), "fusionrag", 0.15, "cpu")
         if context == args.selector_context:
             for sel in SELECTORS:
                 if sel != "fusionrag":

@@ -16,13 +16,15 @@ from collections.abc import Callable
 from pathlib import Path
 
 from . import EngineConfig, FusionEngine, FusionRAGError, default_model_path
-from .errors import EmptyPromptError
+from .errors import EmptyPromptError, InvalidArgumentError
 
 EXIT_USAGE = 2
 
 
 def _engine(args: argparse.Namespace) -> FusionEngine:
     settings = {"cache_dir": args.cache_dir} if args.cache_dir else {}
+    if getattr(args, "kv_format", None):
+        settings["kv_format"] = args.kv_format
     return FusionEngine.from_pretrained(
         args.model or default_model_path(), device=args.device, dtype=args.dtype, config=EngineConfig(**settings)
     )
@@ -132,6 +134,23 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return quality_main(args.rest)
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from .config import default_cache_dir
+    from .store import maintenance
+
+    cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    if args.action == "stats":
+        result: object = maintenance.stats(cache_dir)
+    elif args.action == "prune":
+        if args.max_bytes is None:
+            raise InvalidArgumentError("prune needs --max-bytes")
+        result = maintenance.prune(cache_dir, args.max_bytes)
+    else:
+        result = maintenance.verify(cache_dir)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="fusionrag", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -149,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--cache-dir", help="chunk-KV cache directory (default $FUSIONRAG_CACHE_DIR or ~/.cache/fusionrag)"
         )
         p.add_argument("--json", action="store_true", help="print the result as one JSON object")
+        p.add_argument("--kv-format", choices=["native", "fp8", "int4"], help="stored chunk-KV format (default native)")
         p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
     gen = sub.add_parser("generate", help="answer one prompt, streaming")
@@ -190,10 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--cache-dir", help="chunk-KV cache directory (default $FUSIONRAG_CACHE_DIR or ~/.cache/fusionrag)"
     )
     serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default $FUSIONRAG_API_KEY; none: open)")
+    serve.add_argument("--kv-format", choices=["native", "fp8", "int4"], help="stored chunk-KV format (default native)")
     serve.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
     serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (default 8 MiB)")
     serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     serve.set_defaults(func=cmd_serve)
+
+    cache = sub.add_parser("cache", help="the persistent chunk-KV cache: stats, prune to a size, verify every entry")
+    cache.add_argument("action", choices=["stats", "prune", "verify"], help="stats, prune (--max-bytes) or verify")
+    cache.add_argument("--cache-dir", help="cache directory (default $FUSIONRAG_CACHE_DIR or ~/.cache/fusionrag)")
+    cache.add_argument("--max-bytes", type=int, help="prune: delete least recently used entries down to this size")
+    cache.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    cache.set_defaults(func=cmd_cache)
 
     demo = sub.add_parser("demo", help="the README demo (LangChain RAG over a persistent Chroma store)")
     demo.add_argument("--model", help="HF directory, .gguf file or cached hub id (default: the bundled SmolLM2)")

@@ -99,6 +99,16 @@ class EngineConfig(_Settings):
     gpu_cache_bytes: int = Field(4 << 30, ge=0, description="Byte budget of the GPU tier of the chunk-KV store.")
     cpu_cache_bytes: int = Field(8 << 30, ge=0, description="Byte budget of the CPU tier of the chunk-KV store.")
     persist: bool = Field(True, description="Write chunk KV to disk under cache_dir/kv (the persistent tier).")
+    kv_format: Literal["native", "fp8", "int4"] = Field(
+        "native",
+        description="How chunk KV is stored in every tier and on disk (store/codecs.py): native = the model's dtype; "
+        "fp8 = e4m3 with a scale per token and head (52% of bf16); int4 = 4-bit with a scale and zero per 64 "
+        "tokens and channel (28%). Dequantised where a chunk is placed. Each format is its own store.",
+    )
+    disk_cache_bytes: int | None = Field(
+        None, ge=0, description="Byte budget of the persistent tier: least recently used entries are deleted "
+        "after each write batch. None: no limit.",
+    )  # fmt: skip
     chunk_prefix: str = Field(
         "",
         description="Text placed after BOS and before every chunk at precompute time. With BOS it forms the shared "

@@ -44,11 +44,12 @@ class FusionEngine:
         self.counters: Counter[str] = Counter()  # chunks computed / learned, across calls
         self.prefix_ids = shared_prefix_ids(self.tokenizer, config.chunk_prefix)
         fingerprints = (loaded.model_fingerprint, loaded.tokenizer_fingerprint)
-        namespace = store_namespace(fingerprints, self.prefix_ids)
+        namespace = store_namespace(fingerprints, self.prefix_ids, config.kv_format)
         self.chunks = ChunkRegistry.from_config(config, namespace, loaded.model_fingerprint, self.device)
         self.layout = PromptLayout(
-            self.tokenizer, fingerprints, self.prefix_ids, self.context_window, self.chunks, config.learn_min_chars
-        )
+            self.tokenizer, fingerprints, self.prefix_ids, self.context_window, self.chunks, config.learn_min_chars,
+            config.kv_format,
+        )  # fmt: skip
         self.critical_layers = CriticalLayers(config.cache_dir / "profiles.json" if config.persist else None)
         self.runner = ModelRunner(loaded, config, self.critical_layers)
         load_aux = lambda source: load_aux_model(source, loaded, config.model_cache_dir).model  # noqa: E731
@@ -83,12 +84,13 @@ class FusionEngine:
             self.chunks.sync()
             jobs = [self.layout.job(text, nbrs) for text, nbrs in zip(texts, contexts)]
             self._compute(list({j.key: j for j in jobs if not self.chunks.has(j.key)}.values()), show_progress)
-            return [job.key for job in jobs]
+        self.chunks.flush()  # persisted and catalogued when it returns (the writes overlapped the compute)
+        return [job.key for job in jobs]
 
     def _compute(self, jobs: list[PrecomputeJob], show_progress: bool | None = False) -> list[ChunkKV]:
         """Compute, store and return these jobs' entries (in the order computed)."""
         batches = self.runner.compute_chunks(self.prefix_ids, jobs) if jobs else ()
-        done = ingest(batches, len(jobs), self.chunks, show_progress)
+        done = ingest(batches, len(jobs), self.chunks.add, show_progress)
         self.counters["chunks_computed"] += len(done)
         return done
 

@@ -43,6 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="standalone",
         help="chunk KV computed alone, or after its most similar passages (FusionRAG's offline stage)",
     )
+    p.add_argument("--critical-layer", type=int, help="QCFuse's layer (default: profiled on --profile-examples)")
+    p.add_argument("--kv-format", default="native", choices=["native", "fp8", "int4"], help="stored chunk-KV format")
     p.add_argument("--neighbors", type=int, default=3, help="neighbours per passage with --precompute similar")
     p.add_argument("--offset", type=int, default=0, help="skip this many examples of --data (to split a run)")
     return p
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.data and not args.synthetic:
         parser.error("no examples: pass --data FILE and/or --synthetic N")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .. import EngineConfig, FusionEngine, default_model_path
+    from .. import EngineConfig, FusionConfig, FusionEngine, default_model_path
     from ..fusion.probe import profile_critical_layer
     from .prompts import musique_messages
 
@@ -74,9 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         args.model or default_model_path(),
         device=args.device,
         dtype=args.dtype,
-        config=EngineConfig(cache_dir=Path(args.cache_dir)),
+        config=EngineConfig(
+            cache_dir=Path(args.cache_dir),
+            kv_format=args.kv_format,
+            fusion=FusionConfig(critical_layer=args.critical_layer),
+        ),  # fmt: skip
     )
-    if "qcfuse" in args.selectors:  # profiled here on its own samples, so runs on any data are comparable
+    if "qcfuse" in args.selectors and args.critical_layer is None:  # profiled on its own samples: runs comparable
         print(f"profiling QCFuse's critical layer on {args.profile_examples} examples (once per run)...", flush=True)
         samples = synthetic_examples(args.profile_examples, seed=12345)
         contexts = []

@@ -43,9 +43,11 @@ def shared_prefix_ids(tokenizer, chunk_prefix: str) -> list[int]:
     return ([sink] if sink is not None else []) + (encode_text(tokenizer, chunk_prefix, False) if chunk_prefix else [])
 
 
-def store_namespace(fingerprints: tuple[str, str], prefix_ids: list[int]) -> str:
-    """The chunk store's folder name: entries are only comparable under one model, tokenizer and prefix."""
-    return hashlib.sha256(json.dumps([*fingerprints, prefix_ids]).encode()).hexdigest()[:16]
+def store_namespace(fingerprints: tuple[str, str], prefix_ids: list[int], kv_format: str = "native") -> str:
+    """The chunk store's folder name: entries are only comparable under one model, tokenizer and prefix
+    (and a store keeps one stored-KV format)."""
+    parts = [*fingerprints, prefix_ids] + ([kv_format] if kv_format != "native" else [])
+    return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
 
 class PromptLayout:
@@ -57,8 +59,10 @@ class PromptLayout:
         context_window: int,
         registry: ChunkRegistry,
         learn_min_chars: int,
+        kv_format: str = "native",
     ) -> None:
         self.tokenizer, self.fingerprints, self.prefix_ids = tokenizer, fingerprints, prefix_ids
+        self.kv_format = kv_format
         self.context_window, self.registry, self.learn_min_chars = context_window, registry, learn_min_chars
         # chat-template markup ends a paragraph for learn_chunks
         self._special_tokens = [*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()]
@@ -67,7 +71,7 @@ class PromptLayout:
 
     def key(self, ids: list[int], before: list[int], context_id: str) -> str:
         """The key of chunk tokens `ids` computed after tokens `before` (the shared prefix included)."""
-        return chunk_key(*self.fingerprints, before, ids, context_id)
+        return chunk_key(*self.fingerprints, before, ids, context_id, self.kv_format)
 
     def chunk_token_ids(self, text: str) -> list[int]:
         stripped = check_text(text, "chunk text").strip()

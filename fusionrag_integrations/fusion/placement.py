@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels.dequant_place import place_compact
 from ..kernels.rope_gather import place_rotated, rotation
 from ..model.attention import KVCache
 from ..model.transformer import TransformerModel
@@ -60,10 +61,12 @@ def place_chunks(model: TransformerModel, cache: KVCache, chunks: list[PlacedChu
     cos, sin = rotation([c.start - c.entry.start for c in chunks], model.rope.inv_freq_host)
     cos, sin = to_device(torch.stack((cos, sin)), cache.k.device)
     for i, c in enumerate(chunks):
-        span = slice(c.start, c.end)
-        place_rotated(
-            cache.k[:, span], c.entry.k, cos[i], sin[i], values=(cache.v[:, span], c.entry.v), backend=backend
-        )
+        span, e = slice(c.start, c.end), c.entry
+        if e.kv_format == "native":
+            place_rotated(cache.k[:, span], e.k, cos[i], sin[i], values=(cache.v[:, span], e.v), backend=backend)
+        else:  # dequantised where it is placed: the compact form is all that moved
+            dst_k, dst_v = cache.k[:, span], cache.v[:, span]
+            place_compact(dst_k, dst_v, (e.k, e.v), e.scales, e.kv_format, cos[i], sin[i], backend)
 
 
 def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -59,6 +59,10 @@ def _open_writable(path: Path) -> sqlite3.Connection:
                 "context_id TEXT NOT NULL, num_tokens INTEGER NOT NULL, created REAL NOT NULL, "
                 "PRIMARY KEY (model_fp, key))"
             )
+            db.execute(  # the disk budget's bookkeeping: bytes on disk and last use of each entry
+                "CREATE TABLE IF NOT EXISTS usage (model_fp TEXT NOT NULL, key TEXT NOT NULL, bytes INTEGER NOT NULL, "
+                "used REAL NOT NULL, PRIMARY KEY (model_fp, key))"
+            )
         db.execute("SELECT count(*) FROM chunks").fetchone()  # reads every page header: garbage fails here
     except BaseException:
         db.close()
@@ -152,7 +156,37 @@ class Catalog:
         """Delete these keys; return what was removed."""
         removed = [ref for key in keys for ref in self._select("key = ?", (key,))]
         self._write("DELETE FROM chunks WHERE model_fp = ? AND key = ?", [(self.model_fp, k) for k in keys])
+        self._write("DELETE FROM usage WHERE model_fp = ? AND key = ?", [(self.model_fp, k) for k in keys])
         return removed
+
+    # -- the disk budget: least recently used entries go first --------------------------------------
+
+    def record(self, sizes: list[tuple[str, int]], replace: bool = True) -> None:
+        """Bytes on disk of newly written entries (used now); replace=False keeps known rows (adoption)."""
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        now = time.time()
+        self._write(f"{verb} INTO usage VALUES (?, ?, ?, ?)", [(self.model_fp, k, n, now) for k, n in sizes])
+
+    def touch(self, keys: list[str]) -> None:
+        now = time.time()
+        self._write("UPDATE usage SET used = ? WHERE model_fp = ? AND key = ?", [(now, self.model_fp, k) for k in keys])
+
+    def disk_bytes(self) -> int:
+        with self._lock:
+            row = self._db.execute("SELECT sum(bytes) FROM usage WHERE model_fp = ?", (self.model_fp,)).fetchone()
+        return int(row[0] or 0)
+
+    def least_recent(self) -> list[tuple[str, int, float]]:
+        """(key, bytes, last use) of every entry on disk, least recently used first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT key, bytes, used FROM usage WHERE model_fp = ? ORDER BY used, rowid", (self.model_fp,)
+            ).fetchall()
+        return [(k, int(n), float(t)) for k, n, t in rows if is_valid_key(k)]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
 
     def drop(self, ref: ChunkRef) -> None:
         """Delete one row that turned out wrong (its entry names another text)."""

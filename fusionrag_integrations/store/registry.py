@@ -12,9 +12,12 @@ their headers, and files that are not valid entries of this model are pruned.
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
+import threading
 import time
+import weakref
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -24,7 +27,9 @@ import torch
 from .catalog import Catalog, ChunkRef
 from .chunk_kv import FORMAT_VERSION, STANDALONE, ChunkKV, CorruptEntryError, read_header
 from .detect import ChunkIndex, Match
+from .ingest import Writer
 from .integrity import cache_secret, is_valid_key
+from .staging import PinnedStaging
 from .tiers import ChunkStore
 
 log = logging.getLogger(__name__)
@@ -41,8 +46,18 @@ class ChunkRegistry:
         directory: Path | None,
         min_chunk_chars: int,
         secret: bytes = b"",
+        kv_format: str = "native",
+        disk_bytes: int | None = None,
     ) -> None:
+        """kv_format: how entries are stored (codecs.py); disk_bytes: the persistent tier's budget (None: none)."""
+        self.kv_format, self.disk_budget = kv_format, disk_bytes
         self.store = ChunkStore(model_fingerprint, device, gpu_bytes, cpu_bytes, directory, secret=secret)
+        self.writer = Writer(self._persist)
+        self.staging = PinnedStaging()
+        self._touched: set[str] = set()  # keys used since the last write to the catalog's usage table
+        self._touched_at = time.monotonic()
+        self._touch_lock = threading.Lock()
+        atexit.register(_flush_at_exit, weakref.ref(self))
         self.catalog = Catalog(directory / "catalog.sqlite" if directory else None, namespace)
         self.index = ChunkIndex(min_chunk_chars)
         self.counts: Counter[str] = Counter()  # adopted / pruned files, mismatched rows
@@ -58,9 +73,8 @@ class ChunkRegistry:
         """The registry of an engine (EngineConfig): its tiers' budgets, its folder under cache_dir/kv."""
         directory = config.cache_dir / "kv" / namespace if config.persist else None
         budgets = (config.gpu_cache_bytes, config.cpu_cache_bytes)
-        return cls(
-            namespace, model_fingerprint, device, *budgets, directory, config.fusion.min_chunk_chars, cache_secret()
-        )
+        return cls(namespace, model_fingerprint, device, *budgets, directory, config.fusion.min_chunk_chars,
+                   cache_secret(), config.kv_format, config.disk_cache_bytes)  # fmt: skip
 
     def _pull(self) -> None:
         refs, self._seen_rowid = self.catalog.refs_since(self._seen_rowid)
@@ -68,7 +82,12 @@ class ChunkRegistry:
             self._remember(ref)
 
     def sync(self) -> None:
-        """Pick up chunks other processes added to the shared catalog since the last look."""
+        """Pick up chunks other processes added to the shared catalog since the last look (and record,
+        at most once a second, which entries were used: the disk budget evicts the least recent)."""
+        if self._touched and time.monotonic() - self._touched_at > 1.0:
+            with self._touch_lock:
+                touched, self._touched, self._touched_at = list(self._touched), set(), time.monotonic()
+            self.catalog.touch(touched)
         if self.catalog.changed():
             self._pull()
 
@@ -78,10 +97,11 @@ class ChunkRegistry:
         directory = self.store.directory
         if directory is None or not directory.is_dir():
             return 0
-        adopted = []
+        adopted, sizes = [], []
         self.counts["stale_temp_removed"] += _remove_stale_temp_files(directory)
         for path in _entry_files(directory):
             key = path.name[: -len(".safetensors")]
+            sizes.append((key, path.stat().st_size))
             if key in self._by_key:
                 continue
             ref = self._ref_from_header(path, key)
@@ -90,6 +110,7 @@ class ChunkRegistry:
                 self.store.discard(path)
             else:
                 adopted.append(ref)
+        self.catalog.record(sizes, replace=False)  # entries written before the budget existed count too
         if adopted:
             self._catalogue(adopted)
             self.counts["adopted"] += len(adopted)
@@ -122,17 +143,58 @@ class ChunkRegistry:
         return key in self._by_key and self.store.contains(key)
 
     def add(self, entries: list[tuple[ChunkKV, str]]) -> None:
-        """Store (entry, text) pairs and make their texts detectable. Only entries that reached the
-        disk are catalogued for other processes; the rest serve this process from memory."""
-        refs, persisted = [], []
+        """Store (entry, text) pairs in the store's format and make their texts detectable now; the
+        writer thread persists them and then catalogues them for other processes (`flush` waits)."""
+        written = []
         for entry, text in entries:
+            entry = entry.compacted(self.kv_format)
             ref = ChunkRef(entry.key, text, entry.context_id, entry.num_tokens)
-            refs.append(ref)
-            if self.store.put(entry):
-                persisted.append(ref)
-        self.catalog.add(persisted)
-        for ref in refs:
+            self.store.keep(entry)
+            if self.store.backend is not None:
+                host, slot = self.staging.copy(entry) if entry.device.type == "cuda" else (entry, None)
+                written.append((host, ref, slot))
             self._remember(ref)
+        if written:
+            self.writer.submit(written)
+
+    def flush(self) -> None:
+        """Return once everything added is on disk and in the catalog."""
+        self.writer.flush()
+
+    def _persist(self, written: list[tuple[ChunkKV, ChunkRef, torch.Tensor | None]]) -> None:
+        """On the writer thread: write, catalogue what reached the disk, keep the disk within budget."""
+        persisted, sizes = [], []
+        for entry, ref, slot in written:
+            try:
+                size = self.store.persist(entry)
+            finally:
+                if slot is not None:
+                    self.staging.release(slot)
+            if size:
+                persisted.append(ref)
+                sizes.append((ref.key, size))
+        self.catalog.add(persisted)
+        self.catalog.record(sizes)
+        self.enforce_budget()
+
+    def enforce_budget(self, budget: int | None = None) -> int:
+        """Delete the least recently used entry files until the disk holds at most `budget` bytes (default:
+        disk_cache_bytes); returns how many went. Memory tiers keep what they hold; the catalog forgets them."""
+        budget = self.disk_budget if budget is None else budget
+        total = self.catalog.disk_bytes() if budget is not None else 0
+        if budget is None or total <= budget:
+            return 0
+        victims = []
+        for key, size, _ in self.catalog.least_recent():
+            if total <= budget:
+                break
+            victims.append(key)
+            total -= size
+        for key in victims:
+            self.store.backend.delete(key)
+        self.catalog.remove(victims)
+        self.counts["evicted_from_disk"] += len(victims)
+        return len(victims)
 
     def _catalogue(self, refs: list[ChunkRef]) -> None:
         """Catalog entries whose KV is already on disk (written by another process)."""
@@ -157,6 +219,8 @@ class ChunkRegistry:
             if entry is None:
                 continue
             if entry.text == text and entry.context_id == ref.context_id:
+                with self._touch_lock:
+                    self._touched.add(ref.key)
                 return entry
             self.counts["mismatched"] += 1
             log.warning("catalog row for key %s names another text than its entry; dropped", ref.key[:12])
@@ -196,6 +260,12 @@ class ChunkRegistry:
 
     def __len__(self) -> int:
         return len(self._by_key)
+
+
+def _flush_at_exit(ref: weakref.ref) -> None:
+    registry = ref()
+    if registry is not None:
+        registry.flush()
 
 
 def _remove_stale_temp_files(directory: Path, age_s: float = 600.0) -> int:

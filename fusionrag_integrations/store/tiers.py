@@ -83,9 +83,27 @@ class ChunkStore:
 
     def put(self, entry: ChunkKV) -> bool:
         """Keep the entry in memory and write it through; returns whether it persisted."""
-        persisted = self.backend.put(entry) if self.backend is not None else False
-        self._promote(entry)
-        return persisted
+        self.keep(entry)
+        return bool(self.persist(entry))
+
+    def keep(self, entry: ChunkKV) -> None:
+        """A new entry into the memory tiers: a device entry into the GPU tier only (its copy on the way to
+        disk is staged apart; pinning a CPU-tier copy of every ingested chunk would bound ingest), a host
+        entry into the CPU tier."""
+        if self.gpu is not None and entry.device.type == "cuda" and entry.nbytes <= self.gpu.budget:
+            self.gpu.put(entry)
+        else:
+            self._promote(entry)
+
+    def persist(self, entry: ChunkKV) -> int:
+        """Write to the backend; the bytes it took on disk (0: not persisted)."""
+        if self.backend is None or not self.backend.put(entry):
+            return 0
+        path = self.backend.path(entry.key)
+        try:
+            return path.stat().st_size if path is not None else 0
+        except OSError:
+            return 0
 
     def contains(self, key: str) -> bool:
         in_memory = key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)

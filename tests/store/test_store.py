@@ -93,17 +93,18 @@ def test_entry_level_corruption_is_detected(tmp_path, how):
         read_entry(tmp_path / "e.safetensors", entry.key, "fp", SECRET)
 
 
+@pytest.mark.parametrize("kv_format", ["native", "fp8", "int4"])
 @pytest.mark.parametrize("how", ["truncate", "bitflip", "foreign_model"])
-def test_corrupt_entries_are_recomputed_and_output_unchanged(smol_engine, tmp_path, how):
-    clean = engine_on(smol_engine.loaded, tmp_path / "clean")
+def test_corrupt_entries_are_recomputed_and_output_unchanged(smol_engine, tmp_path, how, kv_format):
+    clean = engine_on(smol_engine.loaded, tmp_path / "clean", kv_format=kv_format)
     clean.precompute(DOCS)
     expected = clean.generate(rag_messages(DOCS), max_new_tokens=12, selector="fusionrag")
 
-    writer = engine_on(smol_engine.loaded, tmp_path / "c")
+    writer = engine_on(smol_engine.loaded, tmp_path / "c", kv_format=kv_format)
     keys = writer.precompute(DOCS)
     for key in keys:
         corrupt(writer.chunks.store.path(key), how)
-    reader = engine_on(smol_engine.loaded, tmp_path / "c")  # fresh memory tiers: must read the disk
+    reader = engine_on(smol_engine.loaded, tmp_path / "c", kv_format=kv_format)  # fresh memory tiers: reads the disk
     out = reader.generate(rag_messages(DOCS), max_new_tokens=12, selector="fusionrag")
     assert reader.chunks.store.counts["corrupt"] == len(DOCS)
     assert out.stats.chunks_found == len(DOCS) and out.stats.chunks_computed == len(DOCS)
