@@ -1,0 +1,121 @@
+"""The Redis backend against a real redis-server on loopback: entries round-trip verified; damaged,
+foreign and truncated values are misses (and deleted); Redis stopped is a miss, not an error, and
+the backend works again once Redis is back."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections import Counter
+from dataclasses import replace
+
+import pytest
+import torch
+
+from fusionrag_integrations.store.chunk_kv import ChunkKV
+from fusionrag_integrations.store.redis_backend import RedisBackend
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+SECRET = b"s" * 32
+
+
+class RedisServer:
+    def __init__(self, tmp_path) -> None:
+        self.port, self.dir, self.proc = free_port(), tmp_path, None
+
+    def start(self) -> RedisServer:
+        args = [
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+        ]
+        self.proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
+        import redis
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if redis.Redis(port=self.port).ping():
+                    return self
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=20)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+@pytest.fixture
+def server(tmp_path):
+    s = RedisServer(tmp_path).start()
+    yield s
+    if s.proc.poll() is None:
+        s.stop()
+
+
+def entry(seed: int, kv_format: str = "native") -> ChunkKV:
+    g = torch.Generator().manual_seed(seed)
+    k, v = torch.randn(2, 9, 2, 16, generator=g), torch.randn(2, 9, 2, 16, generator=g)
+    e = ChunkKV(f"{seed:064x}", torch.arange(9), k, v, 1, "fp", text=f"chunk {seed}")
+    return e.compacted(kv_format)
+
+
+@pytest.mark.parametrize("kv_format", ["native", "int4"])
+def test_entries_round_trip_in_one_batched_get(server, kv_format):
+    counts: Counter[str] = Counter()
+    backend = RedisBackend(server.url, "ns", "fp", SECRET, counts)
+    written = [entry(i, kv_format) for i in range(5)]
+    assert all(backend.put(e) for e in written)
+    got = backend.get_many([e.key for e in written] + [f"{99:064x}", "../not-a-key"])
+    assert got[-2:] == [None, None]
+    for a, b in zip(written, got):
+        assert b.kv_format == kv_format and b.text == a.text and torch.equal(a.k, b.k) and torch.equal(a.v, b.v)
+    assert backend.contains(written[0].key) and not backend.contains(f"{99:064x}")
+
+
+@pytest.mark.parametrize("damage", ["bitflip", "truncate", "foreign_model", "other_secret"])
+def test_a_bad_value_is_a_miss_and_is_deleted(server, damage):
+    counts: Counter[str] = Counter()
+    backend = RedisBackend(server.url, "ns", "fp", SECRET, counts)
+    e = entry(1)
+    name = backend.prefix + e.key
+    if damage == "foreign_model":
+        backend.put(replace(e, model_fingerprint="other-model"))  # another model's KV under this key
+    elif damage == "other_secret":
+        RedisBackend(server.url, "ns", "fp", b"x" * 32, Counter()).put(e)
+    else:
+        backend.put(e)
+        value = bytearray(backend.redis.get(name))
+        if damage == "bitflip":
+            value[-5] ^= 0x01
+        else:
+            value = value[: len(value) // 2]
+        backend.redis.set(name, bytes(value))
+    assert backend.get(e.key) is None and counts["corrupt"] == 1
+    assert not backend.redis.exists(name)
+
+
+def test_redis_stopped_is_a_miss_and_it_reconnects(server):
+    counts: Counter[str] = Counter()
+    backend = RedisBackend(server.url, "ns", "fp", SECRET, counts, timeout_s=0.5)
+    e = entry(3)
+    assert backend.put(e)
+    server.stop()
+    assert backend.get(e.key) is None and not backend.put(entry(4)) and not backend.contains(e.key)
+    assert counts["remote_unavailable"] >= 3
+    server.start()  # empty again (no persistence): writes and reads work without a new backend
+    assert backend.put(e) and backend.get(e.key).text == e.text
