@@ -35,16 +35,18 @@ class RedisBackend:
     def _name(self, key: str) -> str | None:
         return self.prefix + key if is_valid_key(key) else None
 
-    def put(self, entry: ChunkKV) -> bool:
+    def put(self, entry: ChunkKV) -> int:
+        """Bytes stored (0: not stored)."""
         name = self._name(entry.key)
         if name is None:
-            return False
+            return 0
+        value = entry_bytes(entry, self.secret)
         try:
-            self.redis.set(name, entry_bytes(entry, self.secret))
-            return True
+            self.redis.set(name, value)
+            return len(value)
         except redis.RedisError as exc:
             self._unavailable("write", exc)
-            return False
+            return 0
 
     def get(self, key: str) -> ChunkKV | None:
         return self.get_many([key])[0]

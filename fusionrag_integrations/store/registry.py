@@ -48,10 +48,13 @@ class ChunkRegistry:
         secret: bytes = b"",
         kv_format: str = "native",
         disk_bytes: int | None = None,
+        remote: str | None = None,
     ) -> None:
-        """kv_format: how entries are stored (codecs.py); disk_bytes: the persistent tier's budget (None: none)."""
+        """kv_format: how entries are stored (codecs.py); disk_bytes: the persistent tier's budget (None: none);
+        remote: a Redis URL: entries persist there (shared by every engine) instead of the directory."""
         self.kv_format, self.disk_budget = kv_format, disk_bytes
-        self.store = ChunkStore(model_fingerprint, device, gpu_bytes, cpu_bytes, directory, secret=secret)
+        self.store = ChunkStore(model_fingerprint, device, gpu_bytes, cpu_bytes, directory, secret=secret,
+                                remote=(remote, namespace) if remote else None)  # fmt: skip
         self.writer = Writer(self._persist)
         self.staging = PinnedStaging()
         self._touched: set[str] = set()  # keys used since the last write to the catalog's usage table
@@ -74,7 +77,7 @@ class ChunkRegistry:
         directory = config.cache_dir / "kv" / namespace if config.persist else None
         budgets = (config.gpu_cache_bytes, config.cpu_cache_bytes)
         return cls(namespace, model_fingerprint, device, *budgets, directory, config.fusion.min_chunk_chars,
-                   cache_secret(), config.kv_format, config.disk_cache_bytes)  # fmt: skip
+                   cache_secret(), config.kv_format, config.disk_cache_bytes, config.kv_backend)  # fmt: skip
 
     def _pull(self) -> None:
         refs, self._seen_rowid = self.catalog.refs_since(self._seen_rowid)

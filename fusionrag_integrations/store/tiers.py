@@ -53,18 +53,24 @@ class ChunkStore:
         directory: Path | None,
         hot_tier: bool | None = None,
         secret: bytes = b"",
+        remote: tuple[str, str] | None = None,
     ) -> None:
         """hot_tier: keep a tier on `device` in front of the CPU one (default: when device is CUDA).
-        directory: the local backend's (None: memory only). secret: the entries' HMAC key."""
+        directory: the local backend's (None: memory only). secret: the entries' MAC key. remote: (Redis URL,
+        store namespace): entries persist in Redis instead of the directory (a tier shared by every engine)."""
         self.model_fingerprint, self.secret, self.device, self.directory = model_fingerprint, secret, device, directory
         self.gpu = LRUTier(device, gpu_bytes) if (device.type == "cuda" if hot_tier is None else hot_tier) else None
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
         self.backend = LocalDirBackend(directory, model_fingerprint, secret, self.counts) if directory else None
+        if remote is not None:
+            from .redis_backend import RedisBackend
+
+            self.backend, self.directory = RedisBackend(*remote, model_fingerprint, secret, self.counts), None
 
     def path(self, key: str) -> Path | None:
         """Where the entry lives on disk; None without a directory or for a key that is not a key."""
-        return self.backend.path(key) if self.backend is not None else None
+        return self.backend.path(key) if isinstance(self.backend, LocalDirBackend) else None
 
     def get(self, key: str) -> ChunkKV | None:
         """The entry on the engine's device, or None (also when the persisted copy was bad)."""
@@ -97,13 +103,7 @@ class ChunkStore:
 
     def persist(self, entry: ChunkKV) -> int:
         """Write to the backend; the bytes it took on disk (0: not persisted)."""
-        if self.backend is None or not self.backend.put(entry):
-            return 0
-        path = self.backend.path(entry.key)
-        try:
-            return path.stat().st_size if path is not None else 0
-        except OSError:
-            return 0
+        return self.backend.put(entry) if self.backend is not None else 0
 
     def contains(self, key: str) -> bool:
         in_memory = key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
@@ -118,7 +118,7 @@ class ChunkStore:
                 self.backend.delete(key)
 
     def discard(self, path: Path) -> None:
-        if self.backend is not None:
+        if isinstance(self.backend, LocalDirBackend):
             self.backend.discard(path)
 
     def _promote(self, entry: ChunkKV) -> ChunkKV:

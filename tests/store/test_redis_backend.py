@@ -119,3 +119,17 @@ def test_redis_stopped_is_a_miss_and_it_reconnects(server):
     assert counts["remote_unavailable"] >= 3
     server.start()  # empty again (no persistence): writes and reads work without a new backend
     assert backend.put(e) and backend.get(e.key).text == e.text
+
+
+def test_an_engine_persists_in_redis_and_a_new_one_reads_it_there(server, smol_engine, tmp_path):
+    from tests.conftest import DOCS, engine_on, rag_messages
+
+    writer = engine_on(smol_engine.loaded, tmp_path / "a", kv_backend=server.url)
+    keys = writer.precompute(DOCS)
+    assert not list((tmp_path / "a").glob("kv/*/??/*.safetensors"))  # nothing on the local disk
+    assert all(writer.chunks.store.backend.contains(k) for k in keys)
+    expected = writer.generate(rag_messages(DOCS), max_new_tokens=8)
+    reader = engine_on(smol_engine.loaded, tmp_path / "a", kv_backend=server.url)  # empty memory tiers
+    out = reader.generate(rag_messages(DOCS), max_new_tokens=8)
+    assert out.stats.chunks_reused == len(DOCS) and out.stats.chunks_computed == 0
+    assert reader.chunks.store.counts["disk"] == len(DOCS) and out.token_ids == expected.token_ids
