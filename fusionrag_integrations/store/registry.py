@@ -61,7 +61,12 @@ class ChunkRegistry:
         self._touched_at = time.monotonic()
         self._touch_lock = threading.Lock()
         atexit.register(_flush_at_exit, weakref.ref(self))
-        self.catalog = Catalog(directory / "catalog.sqlite" if directory else None, namespace)
+        if remote:  # the catalog is shared where the entries are: every engine detects every chunk
+            from .redis_catalog import RedisCatalog
+
+            self.catalog = RedisCatalog(self.store.backend.redis, namespace)
+        else:
+            self.catalog = Catalog(directory / "catalog.sqlite" if directory else None, namespace)
         self.index = ChunkIndex(min_chunk_chars)
         self.counts: Counter[str] = Counter()  # adopted / pruned files, mismatched rows
         self._refs: dict[str, dict[str, ChunkRef]] = {}  # text -> context_id -> ref

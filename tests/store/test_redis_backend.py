@@ -133,3 +133,34 @@ def test_an_engine_persists_in_redis_and_a_new_one_reads_it_there(server, smol_e
     out = reader.generate(rag_messages(DOCS), max_new_tokens=8)
     assert out.stats.chunks_reused == len(DOCS) and out.stats.chunks_computed == 0
     assert reader.chunks.store.counts["disk"] == len(DOCS) and out.token_ids == expected.token_ids
+
+
+PASSAGE = "Passage {i} of the shared tier: the keeper of lighthouse {i} logged {n} ships in fog."
+QUESTION = "\n\nWhich lighthouse logged 27 ships?"
+CHILD = """
+import sys
+sys.path.insert(0, {repo!r})
+from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path
+engine = FusionEngine.from_pretrained(default_model_path(), device="cpu",
+    config=EngineConfig(cache_dir={cache!r}, kv_backend={url!r}))
+texts = [{passage!r}.format(i=i, n=i * 3) for i in range(20)]
+engine.precompute(texts)
+print(engine.generate("\\n\\n".join(texts) + {question!r}, max_new_tokens=8).token_ids)
+"""
+
+
+def test_two_processes_share_one_redis(server, smol_engine, tmp_path):
+    """Engine A (another process) ingests 20 passages; engine B, on its own cache directory, detects them
+    inside a prompt without being told and reuses every one, with A's greedy answer."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO, engine_on
+
+    script = CHILD.format(repo=str(REPO), cache=str(tmp_path / "a"), url=server.url, passage=PASSAGE, question=QUESTION)
+    answer = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600, check=True)
+    texts = [PASSAGE.format(i=i, n=i * 3) for i in range(20)]
+    b = engine_on(smol_engine.loaded, tmp_path / "b", kv_backend=server.url)
+    out = b.generate("\n\n".join(texts) + QUESTION, max_new_tokens=8)
+    assert out.stats.chunks_found == 20 and out.stats.chunks_reused == 20 and out.stats.chunks_computed == 0
+    assert str(out.token_ids) == answer.stdout.strip().splitlines()[-1]  # A's greedy answer
