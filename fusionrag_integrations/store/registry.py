@@ -33,6 +33,7 @@ from .staging import PinnedStaging
 from .tiers import ChunkStore
 
 log = logging.getLogger(__name__)
+WRITE_BATCH = 8  # entries per writer batch: fewer than the staging slots minus what the writer queue holds
 
 
 class ChunkRegistry:
@@ -151,11 +152,18 @@ class ChunkRegistry:
             ref = ChunkRef(entry.key, text, entry.context_id, entry.num_tokens)
             self.store.keep(entry)
             if self.store.backend is not None:
-                host, slot = self.staging.copy(entry) if entry.device.type == "cuda" else (entry, None)
+                host, slot = self.staging.copy(entry) if self._staged(entry) else (entry, None)
                 written.append((host, ref, slot))
+                if len(written) == WRITE_BATCH:  # staged copies reach the writer before more slots are taken
+                    self.writer.submit(written)
+                    written = []
             self._remember(ref)
         if written:
             self.writer.submit(written)
+
+    @staticmethod
+    def _staged(entry: ChunkKV) -> bool:
+        return entry.device.type == "cuda"  # its copy to the host goes through a pinned staging slot
 
     def flush(self) -> None:
         """Return once everything added is on disk and in the catalog."""

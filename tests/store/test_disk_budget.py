@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from fusionrag_integrations.cli import main as cli_main
@@ -105,3 +106,29 @@ def test_a_bulk_ingest_killed_midway_leaves_nothing_partial_in_use(smol_engine, 
         key = path.name[: -len(".safetensors")]
         read_entry(path, key, smol_engine.loaded.model_fingerprint, reader.chunks.store.secret)
     assert reader.chunks.store.counts["corrupt"] == 0 and len(reader.chunks) >= len(written)
+
+
+class CountedSlots:
+    """PinnedStaging's contract without a GPU: `slots` copies in flight at most; a copy waits for a slot."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = threading.Semaphore(slots)
+
+    def copy(self, entry):
+        if not self.free.acquire(timeout=20):
+            raise TimeoutError("no staging slot came back: the writer never got the staged copies")
+        return entry, object()
+
+    def release(self, slot) -> None:
+        self.free.release()
+
+
+def test_a_batch_larger_than_the_staging_slots_does_not_wait_forever(tiny_engines, tmp_path):
+    """One add() of more entries than there are staging slots (small chunks on a GPU): staged copies are
+    handed to the writer as they go, so the slots come back."""
+    engine = engine_on(tiny_engines["llama"].loaded, tmp_path / "c")
+    registry = engine.chunks
+    registry.staging, registry._staged = CountedSlots(48), lambda entry: True
+    texts = [f"Short chunk {i} about the harbour." for i in range(150)]
+    keys = engine.precompute(texts, show_progress=False)  # one batch: 150 entries, 48 slots
+    assert all(registry.store.backend.contains(k) for k in keys)
