@@ -14,8 +14,8 @@ from pathlib import Path
 
 from .catalog import Catalog
 from .chunk_kv import CorruptEntryError, read_entry, read_header
+from .entry_files import entry_files
 from .integrity import cache_secret
-from .registry import _entry_files
 
 
 def stores(cache_dir: Path) -> list[Path]:
@@ -31,7 +31,7 @@ def stats(cache_dir: Path) -> list[dict]:
     """Per store: entries, bytes on disk, entries per stored-KV format, catalogued entries."""
     out = []
     for store in stores(cache_dir):
-        files = list(_entry_files(store))
+        files = list(entry_files(store))
         formats: Counter[str] = Counter()
         for path in files:
             try:
@@ -52,7 +52,7 @@ def prune(cache_dir: Path, max_bytes: int) -> dict:
     catalogs = {store: _catalog(store) for store in stores(cache_dir)}
     for store, catalog in catalogs.items():
         known = {key: (size, used) for key, size, used in catalog.least_recent()}
-        for path in _entry_files(store):
+        for path in entry_files(store):
             key, size = path.name[: -len(".safetensors")], path.stat().st_size
             used = known.get(key, (size, path.stat().st_mtime))[1]
             candidates.append((used, key, size, store, path))
@@ -74,7 +74,7 @@ def verify(cache_dir: Path) -> dict:
     good, bad, secret = 0, 0, cache_secret()
     for store in stores(cache_dir):
         catalog = _catalog(store)
-        for path in _entry_files(store):
+        for path in entry_files(store):
             key = path.name[: -len(".safetensors")]
             try:
                 read_entry(path, key, read_header(path).get("model_fingerprint", ""), secret)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import logging
-import os
 import threading
 import time
 import weakref
@@ -27,12 +26,14 @@ import torch
 from .catalog import Catalog, ChunkRef
 from .chunk_kv import FORMAT_VERSION, STANDALONE, ChunkKV, CorruptEntryError, read_header
 from .detect import ChunkIndex, Match
+from .entry_files import entry_files, remove_stale_temp_files
 from .ingest import Writer
 from .integrity import cache_secret, is_valid_key
 from .staging import PinnedStaging
 from .tiers import ChunkStore
 
 log = logging.getLogger(__name__)
+WRITE_BATCH = 8  # entries per writer batch: fewer than the staging slots minus what the writer queue holds
 
 
 class ChunkRegistry:
@@ -106,8 +107,8 @@ class ChunkRegistry:
         if directory is None or not directory.is_dir():
             return 0
         adopted, sizes = [], []
-        self.counts["stale_temp_removed"] += _remove_stale_temp_files(directory)
-        for path in _entry_files(directory):
+        self.counts["stale_temp_removed"] += remove_stale_temp_files(directory)
+        for path in entry_files(directory):
             key = path.name[: -len(".safetensors")]
             sizes.append((key, path.stat().st_size))
             if key in self._by_key:
@@ -159,11 +160,18 @@ class ChunkRegistry:
             ref = ChunkRef(entry.key, text, entry.context_id, entry.num_tokens)
             self.store.keep(entry)
             if self.store.backend is not None:
-                host, slot = self.staging.copy(entry) if entry.device.type == "cuda" else (entry, None)
+                host, slot = self.staging.copy(entry) if self._staged(entry) else (entry, None)
                 written.append((host, ref, slot))
+                if len(written) == WRITE_BATCH:  # staged copies reach the writer before more slots are taken
+                    self.writer.submit(written)
+                    written = []
             self._remember(ref)
         if written:
             self.writer.submit(written)
+
+    @staticmethod
+    def _staged(entry: ChunkKV) -> bool:
+        return entry.device.type == "cuda"  # its copy to the host goes through a pinned staging slot
 
     def flush(self) -> None:
         """Return once everything added is on disk and in the catalog."""
@@ -274,30 +282,3 @@ def _flush_at_exit(ref: weakref.ref) -> None:
     registry = ref()
     if registry is not None:
         registry.flush()
-
-
-def _remove_stale_temp_files(directory: Path, age_s: float = 600.0) -> int:
-    """Temporary files of writers that died mid-write (kill -9, power loss): never read (their names are
-    not keys), but they take space. Young ones may belong to a live writer and are left alone."""
-    removed, cutoff = 0, time.time() - age_s
-    for path in directory.glob("??/.*.tmp"):
-        try:
-            if path.is_file() and not path.is_symlink() and path.stat().st_mtime < cutoff:
-                path.unlink()
-                removed += 1
-        except OSError:
-            continue
-    return removed
-
-
-def _entry_files(directory: Path) -> Iterable[Path]:
-    """<dir>/<2 hex>/<64 hex>.safetensors files; anything else in the directory is left alone."""
-    with os.scandir(directory) as shards:
-        for shard in shards:
-            if len(shard.name) != 2 or not shard.is_dir(follow_symlinks=False):
-                continue
-            with os.scandir(shard.path) as files:
-                for f in files:
-                    key = f.name[: -len(".safetensors")] if f.name.endswith(".safetensors") else ""
-                    if is_valid_key(key) and key[:2] == shard.name and f.is_file(follow_symlinks=False):
-                        yield Path(f.path)

@@ -22,6 +22,8 @@ _ALIGN = 64
 
 class PinnedStaging:
     def __init__(self, slots: int = 48) -> None:
+        """slots: more than the writer queue holds (4 batches of registry.WRITE_BATCH) plus one batch, so a
+        copy that waits for a slot always waits for a batch the writer already has."""
         self._free: queue.Queue[torch.Tensor] = queue.Queue()
         self._slots, self._made, self._lock = slots, 0, threading.Lock()
 

@@ -9,16 +9,17 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from fusionrag_integrations.cli import main as cli_main
 from fusionrag_integrations.store.chunk_kv import read_entry
-from fusionrag_integrations.store.registry import _entry_files
+from fusionrag_integrations.store.entry_files import entry_files
 from tests.conftest import DOCS, REPO, engine_on, rag_messages
 
 
 def disk_bytes(directory) -> int:
-    return sum(p.stat().st_size for p in _entry_files(directory))
+    return sum(p.stat().st_size for p in entry_files(directory))
 
 
 def test_the_disk_budget_holds_after_every_batch_of_10000_chunks(tiny_engines, tmp_path):
@@ -43,7 +44,7 @@ def test_the_disk_budget_holds_after_every_batch_of_10000_chunks(tiny_engines, t
     assert len(sizes) > 20 and max(sizes) <= budget and sizes[-1] >= budget - 2 * per_entry
     assert registry.counts["evicted_from_disk"] >= 10_000 - 300
     assert registry.catalog.disk_bytes() == disk_bytes(registry.store.directory)
-    on_disk = {p.name[: -len(".safetensors")] for p in _entry_files(registry.store.directory)}
+    on_disk = {p.name[: -len(".safetensors")] for p in entry_files(registry.store.directory)}
     assert on_disk == set(order[-len(on_disk) :])  # the most recently written survive
     survivors = [t for t in texts if engine.layout.job(t, []).key in on_disk]
     again = engine_on(loaded, tmp_path / "c", disk_cache_bytes=budget)  # a new process reuses them
@@ -59,7 +60,7 @@ def test_cache_commands_stats_prune_verify(smol_engine, tmp_path, capsys):
     assert sorted((s["formats"] for s in stores), key=str) == sorted([{"native": 4}, {"int4": 4}], key=str)
     assert all(s["entries"] == s["catalogued"] == 4 for s in stores)
     total = sum(s["bytes"] for s in stores)
-    victim = next(_entry_files(tmp_path / "kv" / stores[0]["store"]))
+    victim = next(entry_files(tmp_path / "kv" / stores[0]["store"]))
     data = bytearray(victim.read_bytes())
     data[-10] ^= 0xFF
     victim.write_bytes(bytes(data))
@@ -101,7 +102,33 @@ def test_a_bulk_ingest_killed_midway_leaves_nothing_partial_in_use(smol_engine, 
     written = list(cache.glob("kv/*/??/*.safetensors"))
     assert 20 <= len(written) < 400
     reader = engine_on(smol_engine.loaded, cache, kv_format="int4")
-    for path in _entry_files(reader.chunks.store.directory):  # every file there is complete and verified
+    for path in entry_files(reader.chunks.store.directory):  # every file there is complete and verified
         key = path.name[: -len(".safetensors")]
         read_entry(path, key, smol_engine.loaded.model_fingerprint, reader.chunks.store.secret)
     assert reader.chunks.store.counts["corrupt"] == 0 and len(reader.chunks) >= len(written)
+
+
+class CountedSlots:
+    """PinnedStaging's contract without a GPU: `slots` copies in flight at most; a copy waits for a slot."""
+
+    def __init__(self, slots: int) -> None:
+        self.free = threading.Semaphore(slots)
+
+    def copy(self, entry):
+        if not self.free.acquire(timeout=20):
+            raise TimeoutError("no staging slot came back: the writer never got the staged copies")
+        return entry, object()
+
+    def release(self, slot) -> None:
+        self.free.release()
+
+
+def test_a_batch_larger_than_the_staging_slots_does_not_wait_forever(tiny_engines, tmp_path):
+    """One add() of more entries than there are staging slots (small chunks on a GPU): staged copies are
+    handed to the writer as they go, so the slots come back."""
+    engine = engine_on(tiny_engines["llama"].loaded, tmp_path / "c")
+    registry = engine.chunks
+    registry.staging, registry._staged = CountedSlots(48), lambda entry: True
+    texts = [f"Short chunk {i} about the harbour." for i in range(150)]
+    keys = engine.precompute(texts, show_progress=False)  # one batch: 150 entries, 48 slots
+    assert all(registry.store.backend.contains(k) for k in keys)
