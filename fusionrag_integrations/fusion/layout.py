@@ -124,6 +124,7 @@ class PromptLayout:
         """Render, find chunks, and lay out token ids with each chunk's cached entry at its position."""
         text, add_special = render_prompt(self.tokenizer, prompt, tools)
         matches, computed_now = self._find_chunks(text, chunks, compute)
+        self.registry.prefetch(m.text for m in matches)
         layout = Layout([])
         for kind, piece in split_at_matches(text, matches):
             if kind == "text":

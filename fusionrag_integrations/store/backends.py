@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
+    tier: str  # its name in hit counts and metrics
+
     def put(self, entry: ChunkKV) -> int: ...  # bytes stored (0: not persisted)
 
     def get(self, key: str) -> ChunkKV | None: ...  # complete and verified, or None
@@ -40,6 +42,8 @@ class Backend(Protocol):
 
 class LocalDirBackend:
     """One safetensors file per entry under `directory/<key[:2]>/`, written to a temp file and renamed."""
+
+    tier = "disk"  # its name in the store's hit counts and metrics
 
     def __init__(self, directory: Path, model_fingerprint: str, secret: bytes, counts: Counter[str]) -> None:
         self.directory, self.model_fingerprint, self.secret, self.counts = directory, model_fingerprint, secret, counts

@@ -179,16 +179,14 @@ class ChunkRegistry:
 
     def _persist(self, written: list[tuple[ChunkKV, ChunkRef, torch.Tensor | None]]) -> None:
         """On the writer thread: write, catalogue what reached the disk, keep the disk within budget."""
-        persisted, sizes = [], []
-        for entry, ref, slot in written:
-            try:
-                size = self.store.persist(entry)
-            finally:
+        try:
+            stored = self.store.persist_many([entry for entry, _, _ in written])
+        finally:
+            for _, _, slot in written:
                 if slot is not None:
                     self.staging.release(slot)
-            if size:
-                persisted.append(ref)
-                sizes.append((ref.key, size))
+        persisted = [ref for (_, ref, _), size in zip(written, stored) if size]
+        sizes = [(ref.key, size) for (_, ref, _), size in zip(written, stored) if size]
         self.catalog.add(persisted)
         self.catalog.record(sizes)
         self.enforce_budget()
@@ -226,6 +224,10 @@ class ChunkRegistry:
 
     def get(self, key: str) -> ChunkKV | None:
         return self.store.get(key)
+
+    def prefetch(self, texts: Iterable[str]) -> None:
+        """Read ahead, in one round trip where the backend batches, the preferred entries of these texts."""
+        self.store.prefetch(refs[0].key for refs in map(self.refs_for, texts) if refs)
 
     def entry_for(self, text: str) -> ChunkKV | None:
         """The preferred verified entry of this text, or None. An entry whose header names another

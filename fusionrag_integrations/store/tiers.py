@@ -62,6 +62,7 @@ class ChunkStore:
         self.gpu = LRUTier(device, gpu_bytes) if (device.type == "cuda" if hot_tier is None else hot_tier) else None
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
+        self._fetched: dict[str, ChunkKV] = {}  # read ahead from the backend for the request being laid out
         self.backend = LocalDirBackend(directory, model_fingerprint, secret, self.counts) if directory else None
         if remote is not None:
             from .redis_backend import RedisBackend
@@ -80,12 +81,22 @@ class ChunkStore:
         if (entry := self.cpu.get(key)) is not None:
             self.counts["cpu"] += 1
             return self._promote(entry)
-        entry = self.backend.get(key) if self.backend is not None else None
+        entry = self._fetched.pop(key, None) or (self.backend.get(key) if self.backend is not None else None)
         if entry is None:
             self.counts["miss"] += 1
             return None
-        self.counts["disk"] += 1
+        self.counts[self.backend.tier] += 1
         return self._promote(entry)
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Read the entries a request is about to use that no memory tier holds in one round trip, where the
+        backend batches (Redis: one MGET instead of one GET per chunk). `get` then takes them from here."""
+        get_many = getattr(self.backend, "get_many", None)
+        if get_many is None:
+            return
+        wanted = [k for k in dict.fromkeys(keys) if k not in self.cpu.entries and
+                  (self.gpu is None or k not in self.gpu.entries)]  # fmt: skip
+        self._fetched = {k: e for k, e in zip(wanted, get_many(wanted)) if e is not None} if wanted else {}
 
     def put(self, entry: ChunkKV) -> bool:
         """Keep the entry in memory and write it through; returns whether it persisted."""
@@ -104,6 +115,11 @@ class ChunkStore:
     def persist(self, entry: ChunkKV) -> int:
         """Write to the backend; the bytes it took on disk (0: not persisted)."""
         return self.backend.put(entry) if self.backend is not None else 0
+
+    def persist_many(self, entries: list[ChunkKV]) -> list[int]:
+        """A write batch: one round trip where the backend batches (Redis), else one write per entry."""
+        put_many = getattr(self.backend, "put_many", None)
+        return put_many(entries) if put_many is not None else [self.persist(e) for e in entries]
 
     def contains(self, key: str) -> bool:
         in_memory = key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)

@@ -4,9 +4,6 @@ the backend works again once Redis is back."""
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-import time
 from collections import Counter
 from dataclasses import replace
 
@@ -15,56 +12,15 @@ import torch
 
 from fusionrag_integrations.store.chunk_kv import ChunkKV
 from fusionrag_integrations.store.redis_backend import RedisBackend
-from tests.conftest import free_port
+from tests.redis_server import needs_redis, running
 
-pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="needs redis-server")
+pytestmark = needs_redis
 SECRET = b"s" * 32
-
-
-class RedisServer:
-    def __init__(self, tmp_path) -> None:
-        self.port, self.dir, self.proc = free_port(), tmp_path, None
-
-    def start(self) -> RedisServer:
-        args = [
-            "--port",
-            str(self.port),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(self.dir),
-        ]
-        self.proc = subprocess.Popen(["redis-server", *args], stdout=subprocess.DEVNULL)
-        import redis
-
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if redis.Redis(port=self.port).ping():
-                    return self
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("redis-server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=20)
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
 
 
 @pytest.fixture
 def server(tmp_path):
-    s = RedisServer(tmp_path).start()
-    yield s
-    if s.proc.poll() is None:
-        s.stop()
+    yield from running(tmp_path)
 
 
 def entry(seed: int, kv_format: str = "native") -> ChunkKV:
@@ -132,7 +88,7 @@ def test_an_engine_persists_in_redis_and_a_new_one_reads_it_there(server, smol_e
     reader = engine_on(smol_engine.loaded, tmp_path / "a", kv_backend=server.url)  # empty memory tiers
     out = reader.generate(rag_messages(DOCS), max_new_tokens=8)
     assert out.stats.chunks_reused == len(DOCS) and out.stats.chunks_computed == 0
-    assert reader.chunks.store.counts["disk"] == len(DOCS) and out.token_ids == expected.token_ids
+    assert reader.chunks.store.counts["redis"] == len(DOCS) and out.token_ids == expected.token_ids
 
 
 PASSAGE = "Passage {i} of the shared tier: the keeper of lighthouse {i} logged {n} ships in fog."
