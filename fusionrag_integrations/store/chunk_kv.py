@@ -9,7 +9,6 @@ cache made by another model or under another context can never be picked up.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import uuid
@@ -20,7 +19,6 @@ from typing import BinaryIO
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load as load_safetensors
 
 from .codecs import KV_FORMATS, code_dtypes, encode, expected_shapes
 from .integrity import seal_payload, verify_payload
@@ -153,24 +151,6 @@ def write_entry(entry: ChunkKV, path: Path, secret: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def entry_bytes(entry: ChunkKV, secret: bytes) -> bytes:
-    """The entry as one value (the same safetensors layout as a file): what a remote backend stores."""
-    out = io.BytesIO()
-    _save_safetensors(*_sealed(entry, secret), out)
-    return out.getvalue()
-
-
-def entry_from_bytes(data: bytes, expected_key: str, model_fingerprint: str, secret: bytes) -> ChunkKV:
-    """Parse and verify a value written by entry_bytes (the checks read_entry makes on a file)."""
-    try:
-        n = int.from_bytes(data[:8], "little")
-        meta = json.loads(data[8 : 8 + n]).get("__metadata__") or {}
-        tensors = load_safetensors(data)
-    except Exception as exc:  # truncated or garbled: safetensors and json raise various types
-        raise CorruptEntryError(f"unreadable: {exc}") from None
-    return _verified(meta, tensors, expected_key, model_fingerprint, secret)
 
 
 def _sealed(entry: ChunkKV, secret: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -62,7 +62,8 @@ from fusionrag_integrations import EngineConfig, FusionEngine, default_model_pat
 engine = FusionEngine.from_pretrained(default_model_path(), device="cpu",
     config=EngineConfig(cache_dir={cache!r}, kv_backend={url!r}))
 texts = [{passage!r}.format(i=i) for i in range({n})]
-engine.precompute(texts)
+for start in range(0, len(texts), 4):  # one bulk add after another, as a loader would send them
+    engine.precompute(texts[start : start + 4])
 print("ingested", len(engine.chunks), "failed writes", engine.chunks.store.counts["remote_unavailable"])
 """
 PASSAGE = "Record {i} of the harbour ledger: the ship number {i} unloaded {i} crates of salt and rope at dawn."
@@ -116,3 +117,17 @@ def test_a_bad_entry_in_redis_is_recomputed_by_the_engine(durable, smol_engine, 
     assert out.stats.chunks_found == 2 and out.stats.chunks_computed == 1 and out.stats.chunks_reused == 1
     assert b.chunks.store.counts["corrupt"] == 1 and out.token_ids == expected.token_ids
     assert b.chunks.store.backend.get(keys[0]) is not None  # the recomputed entry replaced it
+
+
+def test_a_slow_redis_is_waited_for_at_most_its_socket_timeout(durable, smol_engine, tmp_path):
+    """Redis that stops answering (CLIENT PAUSE: every client waits 3 s) costs a request the URL's
+    socket_timeout, after which the chunks are recomputed, not the pause."""
+    a = engine_on(smol_engine.loaded, tmp_path / "a", kv_backend=durable.url)
+    a.precompute(DOCS[:2])
+    expected = a.generate(rag_messages(DOCS[:2]), max_new_tokens=4)
+    b = engine_on(smol_engine.loaded, tmp_path / "b", kv_backend=durable.url + "?socket_timeout=0.3")
+    durable.client().execute_command("CLIENT", "PAUSE", "3000", "ALL")
+    t0 = time.monotonic()
+    out = b.generate(rag_messages(DOCS[:2]), max_new_tokens=4)
+    assert time.monotonic() - t0 < 2.5 and out.stats.chunks_computed == 2 and out.token_ids == expected.token_ids
+    assert b.chunks.store.counts["remote_unavailable"] > 0
