@@ -145,11 +145,14 @@ def main() -> None:
     p.add_argument("--formats", nargs="+", default=["native", "fp8", "int4"])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
+    p.add_argument("--io-threads", type=int, default=1, help="redis-server's I/O threads (io-threads)")
     p.add_argument("--fetch-threads", type=int, nargs="+", default=[1, 4], help="connections per request's read")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "redis_tier.json"))
     args = p.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
     n = args.context // CHUNK
+    if args.io_threads > 1:
+        EXTRA[:] = ["--io-threads", str(args.io_threads)]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         port = free_port()
@@ -175,7 +178,7 @@ def main() -> None:
     print(markdown_table(rows, columns))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"context_tokens": args.context, "rows": rows}, indent=2))
+    out.write_text(json.dumps({"context_tokens": args.context, "io_threads": args.io_threads, "rows": rows}, indent=2))
 
 
 if __name__ == "__main__":

@@ -4,8 +4,9 @@ The same five calls as the local directory (backends.Backend) plus batched gets.
 entry in the file layout (header, keyed MAC, model fingerprint, stored format), written with one SET:
 Redis applies a SET atomically, so a reader sees a complete value or none, never half of one; a
 value that fails verification (damaged, foreign, of another format) is deleted and is a miss, so
-the caller recomputes. Redis unreachable or slow (past `timeout_s`) is a miss too, counted and
-warned about, never a failed request; the client reconnects by itself once Redis is back.
+the caller recomputes. Redis unreachable or slow (past `timeout_s`, or the URL's `?socket_timeout=`)
+is a miss too, counted and warned about, never a failed request; the client reconnects by itself
+once Redis is back.
 """
 
 from __future__ import annotations
@@ -23,13 +24,14 @@ from .entry_value import entry_bytes, entry_from_bytes
 from .integrity import is_valid_key
 
 log = logging.getLogger(__name__)
+PIPELINE_BYTES = 64 << 20  # a socket timeout bounds a whole send: keep each one well inside it
 
 
 class RedisBackend:
     tier = "redis"  # its name in the store's hit counts and metrics
 
     def __init__(self, url: str, namespace: str, model_fingerprint: str, secret: bytes, counts: Counter[str],
-                 timeout_s: float = 2.0, fetch_threads: int = 4) -> None:  # fmt: skip
+                 timeout_s: float = 5.0, fetch_threads: int = 4) -> None:  # fmt: skip
         """url: redis://host:port/db; namespace: the store's (model, tokenizer, prefix, format) name."""
         self.model_fingerprint, self.secret, self.counts = model_fingerprint, secret, counts
         self.prefix = f"fusionrag:kv:{namespace}:"
@@ -55,20 +57,29 @@ class RedisBackend:
             return 0
 
     def put_many(self, entries: Sequence[ChunkKV]) -> list[int]:
-        """A write batch in one round trip (a pipeline of SETs, no transaction: each SET is atomic on its
-        own, so a connection lost mid-batch leaves some entries whole and the rest absent)."""
-        named = [(e, self._name(e.key)) for e in entries]
-        values = [entry_bytes(e, self.secret) if name else b"" for e, name in named]
+        """A write batch in few round trips (pipelines of SETs of up to PIPELINE_BYTES, no transaction: each
+        SET is atomic on its own, so a connection lost mid-batch leaves some entries whole, the rest absent)."""
+        named = [(self._name(e.key), entry_bytes(e, self.secret) if self._name(e.key) else b"") for e in entries]
+        sizes, start = [], 0
+        while start < len(named):
+            end, size = start + 1, len(named[start][1])
+            while end < len(named) and size + len(named[end][1]) <= PIPELINE_BYTES:
+                size, end = size + len(named[end][1]), end + 1
+            sizes += self._set_all(named[start:end])
+            start = end
+        return sizes
+
+    def _set_all(self, named: list[tuple[str | None, bytes]]) -> list[int]:
         try:
             pipe = self.redis.pipeline(transaction=False)
-            for (_, name), value in zip(named, values):
+            for name, value in named:
                 if name:
                     pipe.set(name, value)
             pipe.execute()
         except redis.RedisError as exc:
             self._unavailable("write", exc)
-            return [0] * len(entries)
-        return [len(v) for v in values]
+            return [0] * len(named)
+        return [len(value) if name else 0 for name, value in named]
 
     def get(self, key: str) -> ChunkKV | None:
         return self.get_many([key])[0]
