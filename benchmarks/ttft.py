@@ -60,7 +60,7 @@ def build_chunks(
         context = [t for j in range(1, neighbors + 1) for t in ids[(i + j) % n_chunks]]
         jobs.append(
             PrecomputeJob(
-                f"chunk{i}-{neighbors}", f"chunk{i}", context, ids[i], "standalone" if not neighbors else f"nbr:{i}"
+                f"{i:032x}{neighbors:032x}", f"chunk{i}", context, ids[i], "standalone" if not neighbors else f"nbr:{i}"
             )
         )
     warm = jobs[: max(1, batch_tokens // (CHUNK * (neighbors + 1)))]  # compile / autotune happen here, untimed
