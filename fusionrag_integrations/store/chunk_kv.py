@@ -107,8 +107,8 @@ class ChunkKV:
 
 
 def _moved(t: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tensor:
-    if not pinned:
-        return t.to(device, non_blocking=True)
+    if not pinned:  # to the GPU: stream-ordered, safe to not wait; to host memory the bytes must have landed
+        return t.to(device, non_blocking=device.type == "cuda")
     if t.device.type == "cpu":
         return t if t.is_pinned() else t.pin_memory()
     out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
