@@ -116,8 +116,7 @@ def measure(fmt: str, entries: list[ChunkKV], backend: RedisBackend, disk: Local
         assert all(g is not None for g in got), "an entry did not verify"
         del got
         t0 = time.perf_counter()
-        groups = [names[i :: backend.fetch_threads] for i in range(backend.fetch_threads)]
-        raw = list(backend._pool.map(backend.redis.mget, groups))  # the same transfer, nothing verified
+        raw = backend.redis.mget(names)  # the same transfer, nothing verified
         transfer.append(time.perf_counter() - t0)
         del raw
         t0 = time.perf_counter()
@@ -146,7 +145,6 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--redis-server", default=shutil.which("redis-server") or "redis-server")
     p.add_argument("--io-threads", type=int, default=1, help="redis-server's I/O threads (io-threads)")
-    p.add_argument("--fetch-threads", type=int, nargs="+", default=[1, 4], help="connections per request's read")
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "redis_tier.json"))
     args = p.parse_args()
     torch.set_num_threads(max(torch.get_num_threads(), 1))
@@ -160,15 +158,13 @@ def main() -> None:
         try:
             for fmt in args.formats:
                 entries = random_entries(n, LLAMA31_8B, fmt)
-                for threads in args.fetch_threads:
-                    url = f"redis://127.0.0.1:{port}/0"
-                    backend = RedisBackend(url, fmt, FINGERPRINT, SECRET, Counter(), 60.0, threads)
-                    disk = LocalDirBackend(Path(tmp) / fmt, FINGERPRINT, SECRET, Counter())
-                    rows.append({**measure(fmt, entries, backend, disk, args.repeats), "fetch_threads": threads})
-                    backend.redis.flushdb()
-                    backend.close()
-                    shutil.rmtree(Path(tmp) / fmt)
-                    print(markdown_table(rows[-1:], list(rows[-1])), flush=True)
+                backend = RedisBackend(f"redis://127.0.0.1:{port}/0", fmt, FINGERPRINT, SECRET, Counter(), 60.0)
+                disk = LocalDirBackend(Path(tmp) / fmt, FINGERPRINT, SECRET, Counter())
+                rows.append(measure(fmt, entries, backend, disk, args.repeats))
+                backend.redis.flushdb()
+                backend.close()
+                shutil.rmtree(Path(tmp) / fmt)
+                print(markdown_table(rows[-1:], list(rows[-1])), flush=True)
                 del entries
         finally:
             server.terminate()

@@ -131,6 +131,7 @@ class PromptLayout:
                 self._add_fresh_text(layout, piece, add_special, learn)
                 continue
             entry, computed = self._entry_for(piece, compute)
+            stats.chunks_hot += not computed and self.registry.store.last_tier in ("gpu", "cpu")
             computed = computed or piece in computed_now
             layout.chunks.append(PlacedChunk(entry, len(layout.token_ids)))
             layout.token_ids += entry.token_ids.tolist()

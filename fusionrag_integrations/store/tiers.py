@@ -63,6 +63,7 @@ class ChunkStore:
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
         self._fetched: dict[str, ChunkKV] = {}  # read ahead from the backend for the request being laid out
+        self.last_tier = "miss"
         self.backend = LocalDirBackend(directory, model_fingerprint, secret, self.counts) if directory else None
         if remote is not None:
             from .redis_backend import RedisBackend
@@ -76,17 +77,20 @@ class ChunkStore:
     def get(self, key: str) -> ChunkKV | None:
         """The entry on the engine's device, or None (also when the persisted copy was bad)."""
         if self.gpu is not None and (entry := self.gpu.get(key)) is not None:
-            self.counts["gpu"] += 1
-            return entry
+            return self._served("gpu", entry)
         if (entry := self.cpu.get(key)) is not None:
-            self.counts["cpu"] += 1
-            return self._promote(entry)
+            return self._served("cpu", self._promote(entry))
         entry = self._fetched.pop(key, None) or (self.backend.get(key) if self.backend is not None else None)
         if entry is None:
             self.counts["miss"] += 1
+            self.last_tier = "miss"
             return None
-        self.counts[self.backend.tier] += 1
-        return self._promote(entry)
+        return self._served(self.backend.tier, self._promote(entry))
+
+    def _served(self, tier: str, entry: ChunkKV) -> ChunkKV:
+        self.counts[tier] += 1
+        self.last_tier = tier  # where the latest get found its entry (a request's hot-tier hits)
+        return entry
 
     def prefetch(self, keys: Iterable[str]) -> None:
         """Read the entries a request is about to use that no memory tier holds in one round trip, where the

@@ -89,6 +89,8 @@ def test_an_engine_persists_in_redis_and_a_new_one_reads_it_there(server, smol_e
     out = reader.generate(rag_messages(DOCS), max_new_tokens=8)
     assert out.stats.chunks_reused == len(DOCS) and out.stats.chunks_computed == 0
     assert reader.chunks.store.counts["redis"] == len(DOCS) and out.token_ids == expected.token_ids
+    assert out.stats.chunks_hot == 0  # read from Redis; the next request finds them in memory
+    assert reader.generate(rag_messages(DOCS), max_new_tokens=2).stats.chunks_hot == len(DOCS)
 
 
 PASSAGE = "Passage {i} of the shared tier: the keeper of lighthouse {i} logged {n} ships in fog."
