@@ -53,7 +53,7 @@ class ChunkRegistry:
     ) -> None:
         """kv_format: how entries are stored (codecs.py); disk_bytes: the persistent tier's budget (None: none);
         remote: a Redis URL: entries persist there (shared by every engine) instead of the directory."""
-        self.kv_format, self.disk_budget = kv_format, disk_bytes
+        self.namespace, self.kv_format, self.disk_budget = namespace, kv_format, disk_bytes
         self.store = ChunkStore(model_fingerprint, device, gpu_bytes, cpu_bytes, directory, secret=secret,
                                 remote=(remote, namespace) if remote else None)  # fmt: skip
         self.writer = Writer(self._persist)
