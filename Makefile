@@ -4,13 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test lint bench-cpu clean
 
 install: $(STAMP)
 
 # torch==2.13.0 first: it is the CPU build on the machine's disk; a plain `torch` would pull a multi-GB CUDA build.
+# redis-server (Debian's package) for the shared-tier tests; the tests skip them where it is missing.
 $(STAMP): pyproject.toml
+	command -v redis-server >/dev/null || { $(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends redis-server >/dev/null; }
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0

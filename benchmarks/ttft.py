@@ -60,7 +60,7 @@ def build_chunks(
         context = [t for j in range(1, neighbors + 1) for t in ids[(i + j) % n_chunks]]
         jobs.append(
             PrecomputeJob(
-                f"chunk{i}-{neighbors}", f"chunk{i}", context, ids[i], "standalone" if not neighbors else f"nbr:{i}"
+                f"{i:032x}{neighbors:032x}", f"chunk{i}", context, ids[i], "standalone" if not neighbors else f"nbr:{i}"
             )
         )
     warm = jobs[: max(1, batch_tokens // (CHUNK * (neighbors + 1)))]  # compile / autotune happen here, untimed
@@ -105,6 +105,8 @@ def main() -> None:
     )
     p.add_argument("--kv-formats", nargs="*", default=[], choices=["fp8", "int4"],
                    help="also fusionrag@0.15 from chunks stored in these formats (GPU and CPU tier)")  # fmt: skip
+    p.add_argument("--redis-server", help="a redis-server binary: also fusionrag@0.15 with every chunk read from "
+                   "Redis on loopback (no memory tier), per stored format (native and --kv-formats)")  # fmt: skip
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ttft_gpu.json"))
     args = p.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
@@ -160,6 +162,14 @@ def main() -> None:
         for e in entries:
             for store in stores:
                 store.put(e.compacted(f))
+    remote, redis_proc = {}, None
+    if args.redis_server:
+        import tempfile
+
+        from redis_tier import redis_stores
+
+        remote, redis_proc = redis_stores(entries, ["native", *args.kv_formats], args.redis_server, dev,
+                                          tempfile.mkdtemp())  # fmt: skip
     cfg = FusionConfig()
     graphs = GraphCache(model, KERNELS, decode=True, probe=True)  # what the engine's runner owns
 
@@ -207,6 +217,7 @@ def main() -> None:
 
             def run():
                 with torch.inference_mode():
+                    store.prefetch(keys)  # one batched read where the backend batches (Redis); else nothing
                     placed = [PlacedChunk(store.get(k), s) for k, s in zip(keys, prompt.starts())]
                     cache = model.new_cache(n + 1)
                     return fused_prefill(model, cache, ids, placed, selector, ratio, None, KERNELS, graphs)[0]
@@ -223,6 +234,9 @@ def main() -> None:
         for f, (gpu_f, cpu_f) in compact.items():  # stored compact, dequantised where placed
             record(context, f"fused_{f}", fused("fusionrag", 0.15, gpu_f), "fusionrag", 0.15, "gpu")
             record(context, f"fused_{f}", fused("fusionrag", 0.15, cpu_f), "fusionrag", 0.15, "cpu")
+        for f, store in remote.items():  # every chunk fetched from Redis, verified, moved to the GPU
+            record(context, "fused" if f == "native" else f"fused_{f}", fused("fusionrag", 0.15, store), "fusionrag",
+                   0.15, "redis")  # fmt: skip
         if context == args.selector_context:
             for sel in SELECTORS:
                 if sel != "fusionrag":
@@ -254,6 +268,8 @@ def main() -> None:
             ["context_tokens", "method", "selector", "ratio", "kv_tier", "ttft_ms", "speedup_vs_hf", "peak_mem_gib"],
         )
     )
+    if redis_proc is not None:
+        redis_proc.terminate()
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(rows, indent=2))

@@ -25,6 +25,8 @@ def _engine(args: argparse.Namespace) -> FusionEngine:
     settings = {"cache_dir": args.cache_dir} if args.cache_dir else {}
     if getattr(args, "kv_format", None):
         settings["kv_format"] = args.kv_format
+    if getattr(args, "kv_backend", None):
+        settings["kv_backend"] = args.kv_backend
     return FusionEngine.from_pretrained(
         args.model or default_model_path(), device=args.device, dtype=args.dtype, config=EngineConfig(**settings)
     )
@@ -113,9 +115,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from .server.app import create_app
 
+    api_key = args.api_key or os.environ.get("FUSIONRAG_API_KEY") or None
+    if args.replicas:
+        from .replicas.ray_app import serve_from_cli
+
+        return serve_from_cli(args, api_key)
     engine = _engine(args)
     name = args.served_model_name or engine.loaded.name
-    api_key = args.api_key or os.environ.get("FUSIONRAG_API_KEY") or None
     app = create_app(engine, name, api_key, args.max_body_bytes)
     print(f"fusionrag: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
@@ -213,6 +219,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--kv-format", choices=["native", "fp8", "int4"], help="stored chunk-KV format (default native)")
     serve.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
     serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (default 8 MiB)")
+    serve.add_argument("--kv-backend", help="shared chunk-KV tier and catalog, e.g. redis://127.0.0.1:6379/0")
+    serve.add_argument("--replicas", type=int, help="N engines on Ray Serve behind this endpoint (one per GPU)")
+    serve.add_argument("--routing", choices=["chunk", "round_robin"], default="chunk",
+                       help="replicas: to the one holding the request's chunks (default) or in turn")  # fmt: skip
+    serve.add_argument("--ray-address", help="replicas: an existing Ray cluster (default: start a local one)")
     serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     serve.set_defaults(func=cmd_serve)
 

@@ -105,6 +105,10 @@ class EngineConfig(_Settings):
         "fp8 = e4m3 with a scale per token and head (52% of bf16); int4 = 4-bit with a scale and zero per 64 "
         "tokens and channel (28%). Dequantised where a chunk is placed. Each format is its own store.",
     )
+    kv_backend: str | None = Field(
+        None, pattern=r"^(redis|rediss|unix)://", description="A Redis URL (redis://host:6379/0): chunk KV persists "
+        "there, shared by every engine that names it, instead of under cache_dir (the local tiers stay in front).",
+    )  # fmt: skip
     disk_cache_bytes: int | None = Field(
         None, ge=0, description="Byte budget of the persistent tier: least recently used entries are deleted "
         "after each write batch. None: no limit.",

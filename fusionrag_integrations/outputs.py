@@ -31,6 +31,7 @@ class GenerationStats:
     decode_ms: float = 0.0  # first token -> last token
     chunks_found: int = 0  # cached or given chunks located in the prompt
     chunks_reused: int = 0  # of those, KV loaded from the store and (at least partly) kept
+    chunks_hot: int = 0  # of the reused, served by a memory tier (GPU / CPU), not read from disk or Redis
     chunks_computed: int = 0  # of those, KV computed during this call (missing from the store; then stored)
     chunks_recomputed: int = 0  # of those, every token recomputed (selector "full"): no cached KV kept
     tokens_reused: int = 0  # chunk tokens whose cached KV was kept

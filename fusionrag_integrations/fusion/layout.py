@@ -124,12 +124,14 @@ class PromptLayout:
         """Render, find chunks, and lay out token ids with each chunk's cached entry at its position."""
         text, add_special = render_prompt(self.tokenizer, prompt, tools)
         matches, computed_now = self._find_chunks(text, chunks, compute)
+        self.registry.prefetch(m.text for m in matches)
         layout = Layout([])
         for kind, piece in split_at_matches(text, matches):
             if kind == "text":
                 self._add_fresh_text(layout, piece, add_special, learn)
                 continue
             entry, computed = self._entry_for(piece, compute)
+            stats.chunks_hot += not computed and self.registry.store.last_tier in ("gpu", "cpu")
             computed = computed or piece in computed_now
             layout.chunks.append(PlacedChunk(entry, len(layout.token_ids)))
             layout.token_ids += entry.token_ids.tolist()

@@ -24,6 +24,7 @@ KEY = "fusionrag"
 _SUMMED = (
     "chunks_found",
     "chunks_reused",
+    "chunks_hot",
     "chunks_computed",
     "chunks_recomputed",
     "tokens_reused",

@@ -26,7 +26,7 @@ class Metrics:
         )
         store_hits = Gauge("fusionrag_store_lookups", "Chunk-KV store lookups by tier (or miss)", ["tier"], registry=r)
         counts = engine.chunks.store.counts
-        for tier in ("gpu", "cpu", "disk", "miss"):
+        for tier in ("gpu", "cpu", "disk", "redis", "miss"):
             store_hits.labels(tier).set_function(lambda tier=tier: counts[tier])
         scheduler = engine.scheduler
         Gauge("fusionrag_queue_depth", "Requests waiting for admission", registry=r).set_function(

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 
 
 class Backend(Protocol):
-    def put(self, entry: ChunkKV) -> bool: ...  # persisted?
+    tier: str  # its name in hit counts and metrics
+
+    def put(self, entry: ChunkKV) -> int: ...  # bytes stored (0: not persisted)
 
     def get(self, key: str) -> ChunkKV | None: ...  # complete and verified, or None
 
@@ -41,6 +43,8 @@ class Backend(Protocol):
 class LocalDirBackend:
     """One safetensors file per entry under `directory/<key[:2]>/`, written to a temp file and renamed."""
 
+    tier = "disk"  # its name in the store's hit counts and metrics
+
     def __init__(self, directory: Path, model_fingerprint: str, secret: bytes, counts: Counter[str]) -> None:
         self.directory, self.model_fingerprint, self.secret, self.counts = directory, model_fingerprint, secret, counts
         self._real_directory = os.path.realpath(directory)
@@ -49,22 +53,22 @@ class LocalDirBackend:
         """Where the entry lives; None for a key that is not a key."""
         return self.directory / key[:2] / f"{key}.safetensors" if is_valid_key(key) else None
 
-    def put(self, entry: ChunkKV) -> bool:
+    def put(self, entry: ChunkKV) -> int:
         path = self.path(entry.key)
         if path is None:
-            return False
+            return 0
         if path.parent.exists() and not self.inside(path.parent):
             self.counts["write_failed"] += 1
             log.warning("not writing %s: its folder resolves outside the cache directory", path.name)
-            return False
+            return 0
         try:
             write_entry(entry, path, self.secret)
-            return True
+            return path.stat().st_size
         except (OSError, SafetensorError) as exc:  # disk full, quota, read-only, a folder in the way: keep in memory
             self.counts["write_failed"] += 1
             if self.counts["write_failed"] == 1 or self.counts["write_failed"] % 100 == 0:
                 log.warning("cannot persist chunk KV under %s (%s); kept in memory only", self.directory, exc)
-            return False
+            return 0
 
     def get(self, key: str) -> ChunkKV | None:
         path = self.path(key)

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from safetensors import safe_open
@@ -106,8 +107,8 @@ class ChunkKV:
 
 
 def _moved(t: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tensor:
-    if not pinned:
-        return t.to(device, non_blocking=True)
+    if not pinned:  # to the GPU: stream-ordered, safe to not wait; to host memory the bytes must have landed
+        return t.to(device, non_blocking=device.type == "cuda")
     if t.device.type == "cpu":
         return t if t.is_pinned() else t.pin_memory()
     out = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
@@ -143,20 +144,25 @@ def write_entry(entry: ChunkKV, path: Path, secret: bytes) -> None:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    tensors = {name: t.contiguous().cpu() for name, t in entry.wait().tensors().items()}
-    header = _header(entry)
-    metadata = {**header, "mac": seal_payload(secret, _sealed_parts(header, tensors))}
+    tensors, metadata = _sealed(entry, secret)
     try:
-        _save_safetensors(tensors, metadata, tmp)
+        with open(tmp, "wb") as f:
+            _save_safetensors(tensors, metadata, f)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
 
 
+def _sealed(entry: ChunkKV, secret: bytes) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    tensors = {name: t.contiguous().cpu() for name, t in entry.wait().tensors().items()}
+    header = _header(entry)
+    return tensors, {**header, "mac": seal_payload(secret, _sealed_parts(header, tensors))}
+
+
 _DTYPES = {torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32", torch.uint8: "U8", torch.int64: "I64"}
 
 
-def _save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], path: Path) -> None:
+def _save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str], out: BinaryIO) -> None:
     """The safetensors layout (8-byte header length, JSON header, raw bytes; read back with safe_open),
     written from zero-copy views: the writes release the interpreter lock, so a writer thread does not
     stall the thread that launches the next batch's compute (safetensors' save_file copies every tensor
@@ -171,10 +177,9 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
         offset += len(view)
     raw = json.dumps(header, separators=(",", ":")).encode()
     raw += b" " * (-len(raw) % 8)  # the data starts 8-byte aligned
-    with open(path, "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for view in views:
-            f.write(view)
+    out.write(len(raw).to_bytes(8, "little") + raw)
+    for view in views:
+        out.write(view)
 
 
 def read_header(path: Path) -> dict[str, str]:
@@ -194,6 +199,11 @@ def read_entry(path: Path, expected_key: str, model_fingerprint: str, secret: by
             tensors = {name: f.get_tensor(name) for name in f.keys()}  # noqa: SIM118 - safe_open has no __iter__
     except Exception as exc:  # truncated or garbled header / data: safetensors raises various types
         raise CorruptEntryError(f"unreadable: {exc}") from None
+    return _verified(meta, tensors, expected_key, model_fingerprint, secret)
+
+
+def _verified(meta: dict, tensors: dict[str, torch.Tensor], expected_key: str, model_fingerprint: str,
+              secret: bytes) -> ChunkKV:  # fmt: skip
     if any(not isinstance(meta.get(f), str) for f in _HEADER_FIELDS) or not meta["start"].isdigit():
         raise CorruptEntryError("incomplete header")
     if meta.get("format") != FORMAT_VERSION or meta.get("key") != expected_key:

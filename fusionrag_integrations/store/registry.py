@@ -49,17 +49,25 @@ class ChunkRegistry:
         secret: bytes = b"",
         kv_format: str = "native",
         disk_bytes: int | None = None,
+        remote: str | None = None,
     ) -> None:
-        """kv_format: how entries are stored (codecs.py); disk_bytes: the persistent tier's budget (None: none)."""
-        self.kv_format, self.disk_budget = kv_format, disk_bytes
-        self.store = ChunkStore(model_fingerprint, device, gpu_bytes, cpu_bytes, directory, secret=secret)
+        """kv_format: how entries are stored (codecs.py); disk_bytes: the persistent tier's budget (None: none);
+        remote: a Redis URL: entries persist there (shared by every engine) instead of the directory."""
+        self.namespace, self.kv_format, self.disk_budget = namespace, kv_format, disk_bytes
+        self.store = ChunkStore(model_fingerprint, device, gpu_bytes, cpu_bytes, directory, secret=secret,
+                                remote=(remote, namespace) if remote else None)  # fmt: skip
         self.writer = Writer(self._persist)
         self.staging = PinnedStaging()
         self._touched: set[str] = set()  # keys used since the last write to the catalog's usage table
         self._touched_at = time.monotonic()
         self._touch_lock = threading.Lock()
         atexit.register(_flush_at_exit, weakref.ref(self))
-        self.catalog = Catalog(directory / "catalog.sqlite" if directory else None, namespace)
+        if remote:  # the catalog is shared where the entries are: every engine detects every chunk
+            from .redis_catalog import RedisCatalog
+
+            self.catalog = RedisCatalog(self.store.backend.redis, namespace)
+        else:
+            self.catalog = Catalog(directory / "catalog.sqlite" if directory else None, namespace)
         self.index = ChunkIndex(min_chunk_chars)
         self.counts: Counter[str] = Counter()  # adopted / pruned files, mismatched rows
         self._refs: dict[str, dict[str, ChunkRef]] = {}  # text -> context_id -> ref
@@ -75,7 +83,7 @@ class ChunkRegistry:
         directory = config.cache_dir / "kv" / namespace if config.persist else None
         budgets = (config.gpu_cache_bytes, config.cpu_cache_bytes)
         return cls(namespace, model_fingerprint, device, *budgets, directory, config.fusion.min_chunk_chars,
-                   cache_secret(), config.kv_format, config.disk_cache_bytes)  # fmt: skip
+                   cache_secret(), config.kv_format, config.disk_cache_bytes, config.kv_backend)  # fmt: skip
 
     def _pull(self) -> None:
         refs, self._seen_rowid = self.catalog.refs_since(self._seen_rowid)
@@ -171,16 +179,14 @@ class ChunkRegistry:
 
     def _persist(self, written: list[tuple[ChunkKV, ChunkRef, torch.Tensor | None]]) -> None:
         """On the writer thread: write, catalogue what reached the disk, keep the disk within budget."""
-        persisted, sizes = [], []
-        for entry, ref, slot in written:
-            try:
-                size = self.store.persist(entry)
-            finally:
+        try:
+            stored = self.store.persist_many([entry for entry, _, _ in written])
+        finally:
+            for _, _, slot in written:
                 if slot is not None:
                     self.staging.release(slot)
-            if size:
-                persisted.append(ref)
-                sizes.append((ref.key, size))
+        persisted = [ref for (_, ref, _), size in zip(written, stored) if size]
+        sizes = [(ref.key, size) for (_, ref, _), size in zip(written, stored) if size]
         self.catalog.add(persisted)
         self.catalog.record(sizes)
         self.enforce_budget()
@@ -218,6 +224,10 @@ class ChunkRegistry:
 
     def get(self, key: str) -> ChunkKV | None:
         return self.store.get(key)
+
+    def prefetch(self, texts: Iterable[str]) -> None:
+        """Read ahead, in one round trip where the backend batches, the preferred entries of these texts."""
+        self.store.prefetch(refs[0].key for refs in map(self.refs_for, texts) if refs)
 
     def entry_for(self, text: str) -> ChunkKV | None:
         """The preferred verified entry of this text, or None. An entry whose header names another

@@ -53,33 +53,54 @@ class ChunkStore:
         directory: Path | None,
         hot_tier: bool | None = None,
         secret: bytes = b"",
+        remote: tuple[str, str] | None = None,
     ) -> None:
         """hot_tier: keep a tier on `device` in front of the CPU one (default: when device is CUDA).
-        directory: the local backend's (None: memory only). secret: the entries' HMAC key."""
+        directory: the local backend's (None: memory only). secret: the entries' MAC key. remote: (Redis URL,
+        store namespace): entries persist in Redis instead of the directory (a tier shared by every engine)."""
         self.model_fingerprint, self.secret, self.device, self.directory = model_fingerprint, secret, device, directory
         self.gpu = LRUTier(device, gpu_bytes) if (device.type == "cuda" if hot_tier is None else hot_tier) else None
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
+        self._fetched: dict[str, ChunkKV] = {}  # read ahead from the backend for the request being laid out
+        self.last_tier = "miss"
         self.backend = LocalDirBackend(directory, model_fingerprint, secret, self.counts) if directory else None
+        if remote is not None:
+            from .redis_backend import RedisBackend
+
+            self.backend, self.directory = RedisBackend(*remote, model_fingerprint, secret, self.counts), None
 
     def path(self, key: str) -> Path | None:
         """Where the entry lives on disk; None without a directory or for a key that is not a key."""
-        return self.backend.path(key) if self.backend is not None else None
+        return self.backend.path(key) if isinstance(self.backend, LocalDirBackend) else None
 
     def get(self, key: str) -> ChunkKV | None:
         """The entry on the engine's device, or None (also when the persisted copy was bad)."""
         if self.gpu is not None and (entry := self.gpu.get(key)) is not None:
-            self.counts["gpu"] += 1
-            return entry
+            return self._served("gpu", entry)
         if (entry := self.cpu.get(key)) is not None:
-            self.counts["cpu"] += 1
-            return self._promote(entry)
-        entry = self.backend.get(key) if self.backend is not None else None
+            return self._served("cpu", self._promote(entry))
+        entry = self._fetched.pop(key, None) or (self.backend.get(key) if self.backend is not None else None)
         if entry is None:
             self.counts["miss"] += 1
+            self.last_tier = "miss"
             return None
-        self.counts["disk"] += 1
-        return self._promote(entry)
+        return self._served(self.backend.tier, self._promote(entry))
+
+    def _served(self, tier: str, entry: ChunkKV) -> ChunkKV:
+        self.counts[tier] += 1
+        self.last_tier = tier  # where the latest get found its entry (a request's hot-tier hits)
+        return entry
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Read the entries a request is about to use that no memory tier holds in one round trip, where the
+        backend batches (Redis: one MGET instead of one GET per chunk). `get` then takes them from here."""
+        get_many = getattr(self.backend, "get_many", None)
+        if get_many is None:
+            return
+        wanted = [k for k in dict.fromkeys(keys) if k not in self.cpu.entries and
+                  (self.gpu is None or k not in self.gpu.entries)]  # fmt: skip
+        self._fetched = {k: e for k, e in zip(wanted, get_many(wanted)) if e is not None} if wanted else {}
 
     def put(self, entry: ChunkKV) -> bool:
         """Keep the entry in memory and write it through; returns whether it persisted."""
@@ -97,13 +118,12 @@ class ChunkStore:
 
     def persist(self, entry: ChunkKV) -> int:
         """Write to the backend; the bytes it took on disk (0: not persisted)."""
-        if self.backend is None or not self.backend.put(entry):
-            return 0
-        path = self.backend.path(entry.key)
-        try:
-            return path.stat().st_size if path is not None else 0
-        except OSError:
-            return 0
+        return self.backend.put(entry) if self.backend is not None else 0
+
+    def persist_many(self, entries: list[ChunkKV]) -> list[int]:
+        """A write batch: one round trip where the backend batches (Redis), else one write per entry."""
+        put_many = getattr(self.backend, "put_many", None)
+        return put_many(entries) if put_many is not None else [self.persist(e) for e in entries]
 
     def contains(self, key: str) -> bool:
         in_memory = key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
@@ -118,7 +138,7 @@ class ChunkStore:
                 self.backend.delete(key)
 
     def discard(self, path: Path) -> None:
-        if self.backend is not None:
+        if isinstance(self.backend, LocalDirBackend):
             self.backend.discard(path)
 
     def _promote(self, entry: ChunkKV) -> ChunkKV:

@@ -1,0 +1,100 @@
+"""The chunk catalog (text -> keys) in Redis, beside the entries: every engine that shares the Redis
+tier detects every chunk any of them ingested, without being told.
+
+Same calls as the SQLite catalog (catalog.py). Rows go to an append-only list, so `refs_since(i)`
+and `changed()` work as SQLite's rowid and data_version do (one LLEN per lookup when nothing
+changed); removals append a tombstone. The disk-budget bookkeeping is a hash of key -> "bytes used".
+Redis down: reads return nothing new, writes are counted as failed; the engine keeps its own index.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+import redis
+
+from .catalog import ChunkRef
+from .integrity import is_valid_key
+
+log = logging.getLogger(__name__)
+
+
+class RedisCatalog:
+    read_only = False
+
+    def __init__(self, client: redis.Redis, namespace: str) -> None:
+        self.redis, self.log_name = client, f"fusionrag:catalog:{namespace}"
+        self.usage_name = self.log_name + ":usage"
+        self.write_failures, self._length = 0, -1
+
+    def _try(self, what: str, call, default):
+        try:
+            return call()
+        except redis.RedisError as exc:
+            if what == "write":
+                self.write_failures += 1
+            log.warning("chunk catalog in Redis unavailable (%s); this engine's own index serves", exc)
+            return default
+
+    def changed(self) -> bool:
+        length = self._try("read", lambda: self.redis.llen(self.log_name), self._length)
+        changed, self._length = length != self._length, length
+        return changed
+
+    def add(self, refs: list[ChunkRef]) -> bool:
+        rows = [json.dumps(["add", r.key, r.text, r.context_id, r.num_tokens]) for r in refs]
+        return bool(rows) and self._try("write", lambda: self.redis.rpush(self.log_name, *rows), 0) > 0 or not rows
+
+    def remove(self, keys: list[str]) -> list[ChunkRef]:
+        known = {r.key: r for r in self.refs_since(0)[0]}
+        if keys:
+            rows = [json.dumps(["del", k]) for k in keys]
+            self._try(
+                "write", lambda: (self.redis.rpush(self.log_name, *rows), self.redis.hdel(self.usage_name, *keys)), 0
+            )
+        return [known[k] for k in keys if k in known]
+
+    def drop(self, ref: ChunkRef) -> None:
+        self.remove([ref.key])
+
+    def refs_since(self, rowid: int = 0) -> tuple[list[ChunkRef], int]:
+        rows = self._try("read", lambda: self.redis.lrange(self.log_name, rowid, -1), [])
+        refs: dict[str, ChunkRef] = {}
+        for raw in rows:
+            try:
+                op, key, *rest = json.loads(raw)
+            except (ValueError, TypeError):
+                continue
+            if op == "del":
+                refs.pop(key, None)
+            elif op == "add" and is_valid_key(key) and len(rest) == 3 and isinstance(rest[0], str):
+                refs[key] = ChunkRef(key, rest[0], str(rest[1]), int(rest[2]) if isinstance(rest[2], int) else 0)
+        return list(refs.values()), rowid + len(rows)
+
+    def record(self, sizes: list[tuple[str, int]], replace: bool = True) -> None:
+        now, setter = time.time(), self.redis.hset if replace else self.redis.hsetnx
+        for key, n in sizes:
+            self._try("write", lambda k=key, n=n: setter(self.usage_name, k, f"{n} {now}"), 0)
+
+    def touch(self, keys: list[str]) -> None:
+        now = time.time()
+        for key, value in zip(keys, self._try("read", lambda: self.redis.hmget(self.usage_name, keys), [])):
+            if value is not None:
+                self._try(
+                    "write",
+                    lambda k=key, v=value: self.redis.hset(self.usage_name, k, f"{v.split()[0].decode()} {now}"),
+                    0,
+                )
+
+    def least_recent(self) -> list[tuple[str, int, float]]:
+        rows = self._try("read", lambda: self.redis.hgetall(self.usage_name), {})
+        parsed = [(k.decode(), *v.decode().split()) for k, v in rows.items()]
+        return sorted(((k, int(n), float(t)) for k, n, t in parsed if is_valid_key(k)), key=lambda r: r[2])
+
+    def disk_bytes(self) -> int:
+        return sum(n for _, n, _ in self.least_recent())
+
+    def close(self) -> None:
+        """The client belongs to the backend."""

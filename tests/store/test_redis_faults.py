@@ -1,0 +1,133 @@
+"""Redis faults at the engine level, against a real redis-server on loopback: stopped mid-run (answers
+go on, the chunks are recomputed and counted), restarted (reuse resumes on the same engines), killed
+with SIGKILL while a bulk ingest writes its batches (what Redis holds afterwards is complete and
+verified; no entry is half there)."""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.conftest import DOCS, REPO, engine_on, rag_messages
+from tests.redis_server import needs_redis, running
+
+pytestmark = needs_redis
+
+
+@pytest.fixture
+def durable(tmp_path):
+    """A redis-server that writes every command to its append-only file before answering: a restart
+    brings back what was stored, and a kill can cut a write in the middle."""
+    (tmp_path / "redis").mkdir()
+    yield from running(tmp_path / "redis", appendonly=True)
+
+
+def test_redis_stopped_mid_run_then_restarted(durable, smol_engine, tmp_path, caplog):
+    loaded, first, later = smol_engine.loaded, DOCS[:2], DOCS[2:]
+    a = engine_on(loaded, tmp_path / "a", kv_backend=durable.url)
+    a.precompute(first)
+    expected = a.generate(rag_messages(first), max_new_tokens=8)
+    b = engine_on(loaded, tmp_path / "b", kv_backend=durable.url)  # knows the 2 chunks from the shared catalog
+
+    durable.stop()
+    with caplog.at_level(logging.WARNING):
+        during = b.generate(rag_messages(first), max_new_tokens=8)
+    assert during.token_ids == expected.token_ids  # answered, with the same tokens
+    assert during.stats.chunks_found == 2 and during.stats.chunks_computed == 2  # recomputed, not failed
+    assert b.chunks.store.counts["remote_unavailable"] > 0
+    assert any("Redis chunk-KV tier unavailable" in r.getMessage() for r in caplog.records)
+    still = a.generate(rag_messages(first), max_new_tokens=8)  # a's memory tiers serve it meanwhile
+    assert still.stats.chunks_reused == 2 and still.token_ids == expected.token_ids
+
+    durable.start()  # same append-only file: the entries and catalog rows are back
+    a.precompute(later)  # a's client reconnected: new entries reach Redis
+    before = b.chunks.store.counts["redis"]
+    after = b.generate(rag_messages(later), max_new_tokens=8)  # b reconnected too: detects, reads Redis
+    assert after.stats.chunks_found == 2 and after.stats.chunks_reused == 2 and after.stats.chunks_computed == 0
+    assert b.chunks.store.counts["redis"] == before + 2
+    fresh = engine_on(loaded, tmp_path / "c", kv_backend=durable.url)
+    again = fresh.generate(rag_messages(first), max_new_tokens=8)
+    assert again.stats.chunks_reused == 2 and again.stats.chunks_computed == 0
+    assert again.token_ids == expected.token_ids
+
+
+INGEST = """
+import sys
+sys.path.insert(0, {repo!r})
+from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path
+engine = FusionEngine.from_pretrained(default_model_path(), device="cpu",
+    config=EngineConfig(cache_dir={cache!r}, kv_backend={url!r}))
+texts = [{passage!r}.format(i=i) for i in range({n})]
+for start in range(0, len(texts), 4):  # one bulk add after another, as a loader would send them
+    engine.precompute(texts[start : start + 4])
+print("ingested", len(engine.chunks), "failed writes", engine.chunks.store.counts["remote_unavailable"])
+"""
+PASSAGE = "Record {i} of the harbour ledger: the ship number {i} unloaded {i} crates of salt and rope at dawn."
+
+
+def test_redis_killed_during_a_bulk_ingest_leaves_only_whole_entries(durable, smol_engine, tmp_path):
+    n = 64
+    script = INGEST.format(repo=str(REPO), cache=str(tmp_path / "a"), url=durable.url, passage=PASSAGE, n=n)
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    client, deadline = durable.client(), time.monotonic() + 300
+    while client.dbsize() < 6 and time.monotonic() < deadline and child.poll() is None:
+        time.sleep(0.01)
+    durable.kill()  # SIGKILL while batches are being written
+    out, _ = child.communicate(timeout=600)
+    assert child.returncode == 0 and out.split()[1] == str(n)  # the ingest itself finished
+    assert int(out.split()[-1]) > 0  # and counted the writes Redis missed
+
+    durable.start()  # replays the append-only file, dropping a command cut in the middle
+    reader = engine_on(smol_engine.loaded, tmp_path / "b", kv_backend=durable.url)
+    backend = reader.chunks.store.backend
+    stored = [name.decode()[len(backend.prefix) :] for name in durable.client().keys(backend.prefix + "*")]
+    assert 0 < len(stored) < n
+    assert all(e is not None for e in backend.get_many(stored))  # every value there verifies
+    assert reader.chunks.store.counts["corrupt"] == 0
+    catalogued = set(reader.chunks._by_key)
+    assert catalogued <= set(stored)  # a catalog row never points at an entry that is not whole
+    texts = [PASSAGE.format(i=i) for i in range(n)]
+    out = reader.generate("\n\n".join(texts[:12]) + "\n\nWhich ship unloaded 7 crates?", max_new_tokens=4)
+    known = sum(1 for t in texts[:12] if reader.chunks.refs_for(t.strip()))  # detected: in the shared catalog
+    assert known > 0 and out.stats.chunks_found == out.stats.chunks_reused == known  # each one read whole
+    assert out.stats.chunks_computed == 0
+
+
+@pytest.mark.parametrize("damage", ["bitflip", "foreign_model"])
+def test_a_bad_entry_in_redis_is_recomputed_by_the_engine(durable, smol_engine, tmp_path, damage):
+    from dataclasses import replace
+
+    a = engine_on(smol_engine.loaded, tmp_path / "a", kv_backend=durable.url)
+    keys = a.precompute(DOCS[:2])
+    expected = a.generate(rag_messages(DOCS[:2]), max_new_tokens=8)
+    backend = a.chunks.store.backend
+    name = backend.prefix + keys[0]
+    if damage == "bitflip":
+        value = bytearray(durable.client().get(name))
+        value[len(value) // 2] ^= 0x10
+        durable.client().set(name, bytes(value))
+    else:  # another model's KV under this key, correctly sealed with the shared secret
+        backend.put(replace(backend.get(keys[0]), model_fingerprint="another-model"))
+    b = engine_on(smol_engine.loaded, tmp_path / "b", kv_backend=durable.url)
+    out = b.generate(rag_messages(DOCS[:2]), max_new_tokens=8)
+    assert out.stats.chunks_found == 2 and out.stats.chunks_computed == 1 and out.stats.chunks_reused == 1
+    assert b.chunks.store.counts["corrupt"] == 1 and out.token_ids == expected.token_ids
+    assert b.chunks.store.backend.get(keys[0]) is not None  # the recomputed entry replaced it
+
+
+def test_a_slow_redis_is_waited_for_at_most_its_socket_timeout(durable, smol_engine, tmp_path):
+    """Redis that stops answering (CLIENT PAUSE: every client waits 3 s) costs a request the URL's
+    socket_timeout, after which the chunks are recomputed, not the pause."""
+    a = engine_on(smol_engine.loaded, tmp_path / "a", kv_backend=durable.url)
+    a.precompute(DOCS[:2])
+    expected = a.generate(rag_messages(DOCS[:2]), max_new_tokens=4)
+    b = engine_on(smol_engine.loaded, tmp_path / "b", kv_backend=durable.url + "?socket_timeout=0.3")
+    durable.client().execute_command("CLIENT", "PAUSE", "3000", "ALL")
+    t0 = time.monotonic()
+    out = b.generate(rag_messages(DOCS[:2]), max_new_tokens=4)
+    assert time.monotonic() - t0 < 2.5 and out.stats.chunks_computed == 2 and out.token_ids == expected.token_ids
+    assert b.chunks.store.counts["remote_unavailable"] > 0
