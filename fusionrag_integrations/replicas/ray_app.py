@@ -114,7 +114,8 @@ class Gateway:
                 from ..store.detect import ChunkIndex
                 from ..store.redis_catalog import RedisCatalog
 
-                self.catalog = RedisCatalog(redis.Redis.from_url(where["kv_backend"]), where["namespace"])
+                client = redis.Redis.from_url(where["kv_backend"], socket_timeout=0.5, socket_connect_timeout=0.5)
+                self.catalog = RedisCatalog(client, where["namespace"])  # a hung Redis costs 0.5 s, not the loop
                 self.index = ChunkIndex()
             if self.catalog.changed():
                 refs, self._seen = self.catalog.refs_since(self._seen)
@@ -125,11 +126,15 @@ class Gateway:
 
     @gateway_app.api_route("/{path:path}", methods=["GET", "POST", "DELETE"])
     async def forward(self, path: str, request: Request):
+        limit, body = self.settings.max_body_bytes, bytearray()
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > self.settings.max_body_bytes:
-            return errors.error_response(413, f"request body over {self.settings.max_body_bytes} bytes",
-                                         "body_too_large")  # fmt: skip
-        body = await request.body()
+        if declared and declared.isdigit() and int(declared) > limit:
+            return errors.error_response(413, f"request body over {limit} bytes", "body_too_large")
+        async for part in request.stream():  # a chunked body is counted as it arrives
+            body += part
+            if len(body) > limit:
+                return errors.error_response(413, f"request body over {limit} bytes", "body_too_large")
+        body = bytes(body)
         affinity = []
         if request.method == "POST" and body:
             await self._follow_catalog()

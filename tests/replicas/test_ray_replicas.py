@@ -76,6 +76,8 @@ def test_a_chunk_ingested_through_the_endpoint_is_reused_by_either_replica(clust
     assert len({c.choices[0].message.content for _, c in answers}) == 1  # same greedy answer on both
     bad = httpx.post(base + "/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
     assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_json"  # the replica's own errors
+    big = httpx.post(base + "/chat/completions", content=b"x" * (9 << 20), headers={"content-type": "application/json"})
+    assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"  # refused at the gateway
 
 
 def test_chunk_aware_routing_keeps_more_chunks_hot_than_round_robin(cluster):
