@@ -135,3 +135,28 @@ def test_a_killed_replica_loses_no_request_the_client_retries(cluster):
         time.sleep(1)
     replicas = {ask(client, PASSAGES[3:])[0] for _ in range(4)}
     assert len(replicas) == 2 and victim not in replicas  # two again, the killed one replaced
+
+
+def test_a_langchain_chain_over_a_chroma_server_and_the_replicated_endpoint(cluster, chroma_server):
+    """Drop-in at scale: the user's LCEL chain is unchanged; the vector store is a Chroma server, the KV is
+    precomputed through the replicated endpoint into Redis, and whichever replica answers reuses it."""
+    from langchain_core.prompts import ChatPromptTemplate
+    from langchain_core.runnables import RunnablePassthrough
+    from langchain_openai import ChatOpenAI
+
+    from fusionrag_integrations.langchain import FusionRAGChroma, MiniLMEmbeddings
+
+    base = deploy(cluster, "chunk")
+    store = FusionRAGChroma(server=base.removesuffix("/v1"), client=chroma_server,
+                            embedding_function=MiniLMEmbeddings(), collection_name="replicated")  # fmt: skip
+    store.add_texts(PASSAGES)
+    prompt = ChatPromptTemplate.from_messages(
+        [("system", "Answer from the passages."), ("human", "Passages:\n{context}\n\nQuestion: {question}")]
+    )
+    llm = ChatOpenAI(base_url=base, api_key="none", model=MODEL, temperature=0, max_tokens=8, max_retries=3)
+    format_docs = lambda docs: "\n\n".join(d.page_content for d in docs)  # noqa: E731
+    chain = {"context": store.as_retriever(search_kwargs={"k": 3}) | format_docs, "question": RunnablePassthrough()}
+    message = (chain | prompt | llm).invoke("Which lighthouse logged 6 ships?")
+    assert message.content and message.usage_metadata["input_token_details"]["cache_read"] > 0  # chunk KV reused
+    keys = httpx.post(base + "/chunks/keys", json={"texts": PASSAGES}, timeout=60).json()["keys"]
+    assert len(keys) == len(PASSAGES)  # every passage's KV is in the shared tier, whichever replica stored it
