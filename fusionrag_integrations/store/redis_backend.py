@@ -24,6 +24,8 @@ from .integrity import is_valid_key
 
 log = logging.getLogger(__name__)
 PIPELINE_BYTES = 64 << 20  # a socket timeout bounds a whole send: keep each one well inside it
+RETRY_AFTER_S = 1.0  # after a failure, calls are misses without a round trip for this long (a slow Redis
+# then costs one socket timeout per second, not one per chunk)
 
 
 class RedisBackend:
@@ -35,7 +37,7 @@ class RedisBackend:
         self.model_fingerprint, self.secret, self.counts = model_fingerprint, secret, counts
         self.prefix = f"fusionrag:kv:{namespace}:"
         self.redis = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
-        self._warned_at = 0.0
+        self._warned_at = self._down_until = 0.0
 
     def _name(self, key: str) -> str | None:
         return self.prefix + key if is_valid_key(key) else None
@@ -43,7 +45,7 @@ class RedisBackend:
     def put(self, entry: ChunkKV) -> int:
         """Bytes stored (0: not stored)."""
         name = self._name(entry.key)
-        if name is None:
+        if name is None or self._down():
             return 0
         value = entry_bytes(entry, self.secret)
         try:
@@ -67,6 +69,8 @@ class RedisBackend:
         return sizes
 
     def _set_all(self, named: list[tuple[str | None, bytes]]) -> list[int]:
+        if self._down():
+            return [0] * len(named)
         try:
             pipe = self.redis.pipeline(transaction=False)
             for name, value in named:
@@ -86,6 +90,8 @@ class RedisBackend:
         read over several connections measured no faster on the GPU host: results/redis_tier_gpu_host.json.)"""
         names = [self._name(k) for k in keys]
         asked = [n for n in names if n is not None]
+        if asked and self._down():
+            return [None] * len(keys)
         try:
             values = dict(zip(asked, self.redis.mget(asked))) if asked else {}
         except redis.RedisError as exc:
@@ -106,24 +112,35 @@ class RedisBackend:
 
     def contains(self, key: str) -> bool:
         name = self._name(key)
+        if name is None or self._down():
+            return False
         try:
-            return name is not None and bool(self.redis.exists(name))
+            return bool(self.redis.exists(name))
         except redis.RedisError as exc:
             self._unavailable("read", exc)
             return False
 
     def delete(self, key: str) -> None:
         name = self._name(key)
+        if name is None or self._down():
+            return
         try:
-            if name is not None:
-                self.redis.delete(name)
+            self.redis.delete(name)
         except redis.RedisError as exc:
             self._unavailable("delete", exc)
 
     def close(self) -> None:
         self.redis.close()
 
+    def _down(self) -> bool:
+        """Within RETRY_AFTER_S of a failure: a miss (counted) without trying."""
+        if time.monotonic() < self._down_until:
+            self.counts["remote_unavailable"] += 1
+            return True
+        return False
+
     def _unavailable(self, what: str, exc: Exception) -> None:
+        self._down_until = time.monotonic() + RETRY_AFTER_S
         self.counts["remote_unavailable"] += 1
         if time.monotonic() - self._warned_at > 30:
             self._warned_at = time.monotonic()

@@ -17,6 +17,7 @@ import redis
 
 from .catalog import ChunkRef
 from .integrity import is_valid_key
+from .redis_backend import RETRY_AFTER_S
 
 log = logging.getLogger(__name__)
 
@@ -28,14 +29,21 @@ class RedisCatalog:
         self.redis, self.log_name = client, f"fusionrag:catalog:{namespace}"
         self.usage_name = self.log_name + ":usage"
         self.write_failures, self._length = 0, -1
+        self._warned_at = self._down_until = 0.0
 
     def _try(self, what: str, call, default):
+        """Redis down (or within a second of failing): the default, and this engine's own index serves."""
+        if time.monotonic() < self._down_until:
+            self.write_failures += what == "write"
+            return default
         try:
             return call()
         except redis.RedisError as exc:
-            if what == "write":
-                self.write_failures += 1
-            log.warning("chunk catalog in Redis unavailable (%s); this engine's own index serves", exc)
+            self._down_until = time.monotonic() + RETRY_AFTER_S
+            self.write_failures += what == "write"
+            if time.monotonic() - self._warned_at > 30:
+                self._warned_at = time.monotonic()
+                log.warning("chunk catalog in Redis unavailable (%s); this engine's own index serves", exc)
             return default
 
     def changed(self) -> bool:

@@ -62,7 +62,7 @@ class ChunkStore:
         self.gpu = LRUTier(device, gpu_bytes) if (device.type == "cuda" if hot_tier is None else hot_tier) else None
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
-        self._fetched: dict[str, ChunkKV] = {}  # read ahead from the backend for the request being laid out
+        self._fetched: dict[str, ChunkKV | None] = {}  # read ahead from the backend for the request being laid out
         self.last_tier = "miss"
         self.backend = LocalDirBackend(directory, model_fingerprint, secret, self.counts) if directory else None
         if remote is not None:
@@ -80,7 +80,10 @@ class ChunkStore:
             return self._served("gpu", entry)
         if (entry := self.cpu.get(key)) is not None:
             return self._served("cpu", self._promote(entry))
-        entry = self._fetched.pop(key, None) or (self.backend.get(key) if self.backend is not None else None)
+        if key in self._fetched:  # this request's read-ahead already asked the backend (None: absent there)
+            entry = self._fetched.pop(key)
+        else:
+            entry = self.backend.get(key) if self.backend is not None else None
         if entry is None:
             self.counts["miss"] += 1
             self.last_tier = "miss"
@@ -100,7 +103,7 @@ class ChunkStore:
             return
         wanted = [k for k in dict.fromkeys(keys) if k not in self.cpu.entries and
                   (self.gpu is None or k not in self.gpu.entries)]  # fmt: skip
-        self._fetched = {k: e for k, e in zip(wanted, get_many(wanted)) if e is not None} if wanted else {}
+        self._fetched = dict(zip(wanted, get_many(wanted))) if wanted else {}
 
     def put(self, entry: ChunkKV) -> bool:
         """Keep the entry in memory and write it through; returns whether it persisted."""

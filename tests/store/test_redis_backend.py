@@ -4,6 +4,7 @@ the backend works again once Redis is back."""
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import replace
 
@@ -11,7 +12,7 @@ import pytest
 import torch
 
 from fusionrag_integrations.store.chunk_kv import ChunkKV
-from fusionrag_integrations.store.redis_backend import RedisBackend
+from fusionrag_integrations.store.redis_backend import RETRY_AFTER_S, RedisBackend
 from tests.redis_server import needs_redis, running
 
 pytestmark = needs_redis
@@ -74,6 +75,7 @@ def test_redis_stopped_is_a_miss_and_it_reconnects(server):
     assert backend.get(e.key) is None and not backend.put(entry(4)) and not backend.contains(e.key)
     assert counts["remote_unavailable"] >= 3
     server.start()  # empty again (no persistence): writes and reads work without a new backend
+    time.sleep(RETRY_AFTER_S)  # within a second of a failure calls do not try (a slow Redis costs one timeout)
     assert backend.put(e) and backend.get(e.key).text == e.text
 
 
@@ -122,3 +124,20 @@ def test_two_processes_share_one_redis(server, smol_engine, tmp_path):
     out = b.generate("\n\n".join(texts) + QUESTION, max_new_tokens=8)
     assert out.stats.chunks_found == 20 and out.stats.chunks_reused == 20 and out.stats.chunks_computed == 0
     assert str(out.token_ids) == answer.stdout.strip().splitlines()[-1]  # A's greedy answer
+
+
+def test_after_a_failure_calls_do_not_wait_on_redis_for_a_second(server):
+    """A slow Redis costs one socket timeout, then misses come at once until RETRY_AFTER_S has passed."""
+    backend = RedisBackend(server.url + "?socket_timeout=0.2", "ns", "fp", SECRET, Counter())
+    e = entry(5)
+    assert backend.put(e)
+    server.client().execute_command("CLIENT", "PAUSE", "1500", "ALL")  # every client waits 1.5 s
+    t0 = time.monotonic()
+    assert backend.get(e.key) is None
+    first = time.monotonic() - t0
+    t0 = time.monotonic()
+    assert [backend.get(e.key) for _ in range(20)] == [None] * 20 and not backend.put(entry(6))
+    rest = time.monotonic() - t0
+    assert 0.15 <= first < 1.0 and rest < 0.1, (first, rest)
+    time.sleep(1.6)  # the pause is over and so is the back-off
+    assert backend.get(e.key).text == e.text
