@@ -3,8 +3,9 @@ baseline it is measured against).
 
 A router is handed the candidate replicas and the pending request; the gateway passed the request's
 chunks as the `affinity` keyword (affinity.py). Ray tries the ranks it gets in order and, within a
-rank, the replica with the shortest queue that accepts: so the chunks' owner comes first, and when it
-is full (max_ongoing_requests) the others follow, least loaded first: the fallback costs nothing.
+rank, the replica with the shortest queue that accepts. Offering the others in the same round as the
+owner made a busy owner (slow to answer Ray's queue-length probe on a loaded host) lose requests it
+could have served at once, so the owner is offered alone for a few rounds first.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ def _affinity(pending_request: PendingRequest | None) -> list[tuple[str, int]]:
 
 
 class ChunkAffinityRouter(RequestRouter):
-    """The replica that owns most of the request's chunk text first (rendezvous hashing), then the rest."""
+    """The replica that owns most of the request's chunk text (rendezvous hashing); after OWNER_TRIES
+    routing rounds in which it did not accept (full, or too slow to answer the queue-length probe on a
+    busy host), the others too, least loaded first."""
+
+    OWNER_TRIES = 3
+
+    def initialize_state(self, **kwargs) -> None:
+        self._tries: dict[str, int] = {}
 
     async def choose_replicas(
         self, candidate_replicas: list[RunningReplica], pending_request: PendingRequest | None = None
@@ -32,7 +40,16 @@ class ChunkAffinityRouter(RequestRouter):
             return [candidate_replicas]  # no chunks to follow: the least loaded
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         order = ranked(tokens, sorted(by_id))
+        request = pending_request.metadata.internal_request_id
+        self._tries[request] = tries = self._tries.pop(request, 0) + 1
+        if len(self._tries) > 4096:  # routed requests are not always reported back: forget the oldest
+            self._tries.pop(next(iter(self._tries)))
+        if tries <= self.OWNER_TRIES:
+            return [[by_id[order[0]]]]
         return [[by_id[order[0]]], [by_id[r] for r in order[1:]]]
+
+    def on_request_routed(self, pending_request: PendingRequest, replica_id, result) -> None:
+        self._tries.pop(pending_request.metadata.internal_request_id, None)
 
 
 class RoundRobinRouter(RequestRouter):
