@@ -25,7 +25,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field
 from ray import serve
-from ray.exceptions import RayActorError, RayError
+from ray.exceptions import RayError
 from ray.serve.config import RequestRouterConfig
 
 from ..server import errors
@@ -148,7 +148,7 @@ class Gateway:
         parts = call.remote(request.method, "/" + path, request.url.query.encode(), headers, body, affinity=affinity)
         try:
             start = await parts.__anext__()
-        except (RayActorError, RayError, StopAsyncIteration) as exc:
+        except (RayError, StopAsyncIteration) as exc:  # RayActorError (replica died) is one
             return errors.error_response(503, f"the replica serving this request went away ({type(exc).__name__}); "
                                          "retry", "replica_unavailable")  # fmt: skip
         kept = {k: v for k, v in start["headers"] if k.lower() not in _HOP_HEADERS}

@@ -64,11 +64,12 @@ class ChunkStore:
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
         self._fetched: dict[str, ChunkKV | None] = {}  # read ahead from the backend for the request being laid out
         self.last_tier = "miss"
-        self.backend = LocalDirBackend(directory, model_fingerprint, secret, self.counts) if directory else None
-        if remote is not None:
+        if remote is not None:  # the shared tier replaces the directory (no local files to adopt or prune)
             from .redis_backend import RedisBackend
 
             self.backend, self.directory = RedisBackend(*remote, model_fingerprint, secret, self.counts), None
+        else:
+            self.backend = LocalDirBackend(directory, model_fingerprint, secret, self.counts) if directory else None
 
     def path(self, key: str) -> Path | None:
         """Where the entry lives on disk; None without a directory or for a key that is not a key."""
