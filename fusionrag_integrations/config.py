@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .errors import InvalidConfigError
 
-SelectorName = Literal["full", "none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip"]
+SelectorName = Literal["full", "none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "hybrid"]
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +61,15 @@ class FusionConfig(_Settings):
     recompute_ratio: float = Field(
         0.15, ge=0.0, le=1.0, description="Share of chunk tokens recomputed (question tokens always are)."
     )
-    check_layer: int = Field(1, ge=0, description="CacheBlend: layer whose K/V deviation ranks tokens.")
+    check_layer: int = Field(
+        1, ge=0, description="CacheBlend: layer whose K/V deviation ranks tokens (hybrid: measures each chunk's)."
+    )
+    sink_tokens: int = Field(2, ge=0, description="hybrid: each chunk's first tokens, recomputed inside its budget.")
+    adaptive_ratio: bool = Field(
+        True,
+        description="hybrid: scale each request's budget by its measured KV deviation over the engine's running "
+        "mean (x1/3 to x3), so easy prompts recompute less and hard ones more at the same mean ratio.",
+    )
     critical_layer: int | None = Field(
         None,
         ge=0,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from .data import load_examples, synthetic_examples
 from .harness import evaluate, markdown, summarize
 
-DEFAULT_SELECTORS = ["epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip"]
+DEFAULT_SELECTORS = ["epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "hybrid"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,7 +19,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="HF directory, .gguf or cached hub id (default: bundled SmolLM2)")
     p.add_argument("--data", help="CacheBlend-style JSON ({ctxs, question, answers} list)")
     p.add_argument("--synthetic", type=int, default=0, help="add N seeded synthetic two-hop questions")
-    p.add_argument("--selectors", nargs="+", default=DEFAULT_SELECTORS, help="selectors compared with full attention")
+    p.add_argument(
+        "--selectors",
+        nargs="+",
+        default=DEFAULT_SELECTORS,
+        help="selectors compared with full attention; a variant as name:key=value,... (evaluation/variants.py)",
+    )
     p.add_argument("--ratios", nargs="+", type=float, default=[0.05, 0.10, 0.15, 0.30], help="recompute ratios to run")
     p.add_argument("--limit", type=int, help="at most this many examples from --data")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -46,8 +52,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--critical-layer", type=int, help="QCFuse's layer (default: profiled on --profile-examples)")
     p.add_argument("--kv-format", default="native", choices=["native", "fp8", "int4"], help="stored chunk-KV format")
     p.add_argument("--neighbors", type=int, default=3, help="neighbours per passage with --precompute similar")
+    p.add_argument(
+        "--neighbor-pool",
+        choices=["example", "dataset"],
+        default="dataset",
+        help="where --precompute similar finds neighbours: the example's own passages, or every passage of "
+        "the loaded examples (a store holding the whole dataset; default)",
+    )
     p.add_argument("--offset", type=int, default=0, help="skip this many examples of --data (to split a run)")
     return p
+
+
+def neighbor_finder(pool: str, examples: list) -> Callable[[list[str], int], list[list[str]]]:
+    """Nearest passages from the chosen pool (benchmarks/device_quality.py swaps in a precomputed table)."""
+    from .harness import NearestPassages
+
+    return NearestPassages([p for ex in examples for p in ex.passages] if pool == "dataset" else None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_new_tokens,
         precompute=args.precompute,
         neighbors=args.neighbors,
+        nearest=neighbor_finder(args.neighbor_pool, examples),
     )
     table = summarize(rows)
     (out / "summary.json").write_text(json.dumps(table, indent=2))

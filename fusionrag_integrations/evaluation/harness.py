@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -21,6 +21,7 @@ from ..engine import FusionEngine
 from .data import Example
 from .metrics import exact_match, f1_score, kl_divergence, prefix_agreement, rouge_l
 from .prompts import musique_messages
+from .variants import build_selector
 
 METRICS = ("kl", "top1", "agree", "rougeL", "f1", "em", "ttft_ms", "recomputed")
 
@@ -40,18 +41,35 @@ def completed(path: Path) -> set[tuple[str, str, float]]:
     return done
 
 
-def nearest_passages(passages: list[str], k: int) -> list[list[str]]:
-    """Each passage's k most similar other passages (MiniLM cosine), farthest first: the neighbours a
-    vector store with precompute="similar" would pick from a collection holding these passages."""
-    import torch
+class NearestPassages:
+    """Each passage's k most similar passages of a pool (MiniLM cosine, itself excluded), farthest first:
+    the neighbours a vector store with precompute="similar" picks from a collection holding the pool.
+    pool None: the example's own passages (its retrieved set: the most optimistic case); a dataset's
+    every passage is what a store holding the whole dataset would pick from."""
 
-    from ..embeddings import shared_encoder
+    def __init__(self, pool: list[str] | None = None) -> None:
+        self.pool = list(dict.fromkeys(pool)) if pool is not None else None
+        self._pool_embeddings = None
 
-    emb = torch.tensor(shared_encoder().encode(passages))
-    sim = emb @ emb.T
-    sim.fill_diagonal_(float("-inf"))
-    order = torch.argsort(sim, dim=1, descending=True)[:, :k]
-    return [[passages[j] for j in row.tolist()][::-1] for row in order]
+    def __call__(self, passages: list[str], k: int) -> list[list[str]]:
+        import torch
+
+        from ..embeddings import shared_encoder
+
+        encoder = shared_encoder()
+        pool = self.pool if self.pool is not None else passages
+        if self.pool is None:
+            pool_emb = torch.tensor(encoder.encode(pool))
+        else:
+            if self._pool_embeddings is None:
+                self._pool_embeddings = torch.tensor(encoder.encode(pool))
+            pool_emb = self._pool_embeddings
+        sim = torch.tensor(encoder.encode(passages)) @ pool_emb.T
+        index = {text: j for j, text in enumerate(pool)}
+        for i, text in enumerate(passages):
+            sim[i, index[text]] = float("-inf")
+        order = torch.argsort(sim, dim=1, descending=True)[:, :k]
+        return [[pool[j] for j in row.tolist()][::-1] for row in order]
 
 
 def evaluate(
@@ -64,12 +82,15 @@ def evaluate(
     progress: bool | None = None,
     precompute: str = "standalone",
     neighbors: int = 3,
+    nearest: Callable[[list[str], int], list[list[str]]] | None = None,
 ) -> list[dict]:
-    """Append rows for every (example, selector, ratio) not yet in out_path; return all rows.
+    """Append rows for every (example, selector spec, ratio) not yet in out_path; return all rows.
 
     precompute="similar": each passage's KV is computed after its `neighbors` most similar passages
-    of the same example (FusionRAG's offline stage); the `full` baseline is unaffected by it.
+    (`nearest`, default: of the same example; FusionRAG's offline stage); `full` is unaffected by it.
+    Selector specs may name variants (variants.py); rows keep the spec as their selector.
     """
+    nearest = nearest or NearestPassages()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = completed(out_path)
     runs = [("full", 1.0), ("none", 0.0)] + [(s, r) for s in selectors if s not in ("full", "none") for r in ratios]
@@ -80,14 +101,15 @@ def evaluate(
                 continue
             messages = musique_messages(ex)
             if precompute == "similar":
-                engine.precompute(ex.passages, neighbors=nearest_passages(ex.passages, neighbors))
+                engine.precompute(ex.passages, neighbors=nearest(ex.passages, neighbors))
             else:
                 engine.precompute(ex.passages)
             full_pre = engine.prefill(messages, selector="full", max_new_tokens=max_new_tokens)
             full_logits = full_pre.logits.clone()
             full = engine.decode(full_pre, max_new_tokens=max_new_tokens)
             for selector, ratio in todo:
-                pre = engine.prefill(messages, selector=selector, recompute_ratio=ratio, max_new_tokens=max_new_tokens)
+                chosen = build_selector(engine, selector)
+                pre = engine.prefill(messages, selector=chosen, recompute_ratio=ratio, max_new_tokens=max_new_tokens)
                 logits = pre.logits.clone()
                 gen = full if selector == "full" else engine.decode(pre, max_new_tokens=max_new_tokens)
                 s = gen.stats if selector != "full" else full.stats

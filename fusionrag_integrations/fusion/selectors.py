@@ -12,14 +12,14 @@ pass (CacheBlend) returns a hook from `in_pass` instead; recompute.py runs the p
 | fusionrag  | question's last-layer attention over chunk keys, top per chunk        | FusionRAG, arXiv 2601.12904 |
 | qcfuse     | question probed through one critical layer: attention + key norm      | QCFuse, arXiv 2604.08585 |
 | cacheclip  | a small auxiliary model's last-layer attention, window-grouped         | CacheClip, arXiv 2510.10129 |
+| hybrid     | qcfuse's attention in each chunk; budgets by measured KV deviation,   | ours (hybrid.py) |
+|            | chunk-initial (sink) tokens, a per-request adaptive ratio              |                  |
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -29,66 +29,12 @@ from ..errors import InvalidArgumentError
 from ..lru import LRU
 from ..model.transformer import TransformerModel
 from ..request import FusionParams
+from .hybrid import DeviationReference, HybridSelector
 from .placement import FusionContext, active_positions
 from .probe import CriticalLayers, default_critical_layer, probe_attention
+from .selector_base import InPassSelection, Selector, allocate_budget, sorted_positions, top_global, top_per_chunk
 
-
-def allocate_budget(lengths: list[int], budget: int) -> list[int]:
-    """Split `budget` over chunks in proportion to their lengths (largest remainder), summing exactly."""
-    total = sum(lengths)
-    if total == 0:
-        return [0] * len(lengths)
-    budget = min(budget, total)
-    exact = [budget * n / total for n in lengths]
-    counts = [int(x) for x in exact]
-    by_remainder = sorted(range(len(lengths)), key=lambda i: exact[i] - counts[i], reverse=True)
-    for i in by_remainder[: budget - sum(counts)]:
-        counts[i] += 1
-    return counts
-
-
-def top_per_chunk(ctx: FusionContext, scores: torch.Tensor, budget: int) -> torch.Tensor:
-    """scores aligned with ctx.chunk_positions -> the best-scoring positions of each chunk, budget split by length."""
-    lengths = [c.entry.num_tokens for c in ctx.chunks]
-    picked, offset = [], 0
-    for c, n, want in zip(ctx.chunks, lengths, allocate_budget(lengths, budget)):
-        if want:
-            best = torch.topk(scores[offset : offset + n], want).indices
-            picked.append(best + c.start)
-        offset += n
-    return _sorted(picked, ctx)
-
-
-def top_global(ctx: FusionContext, scores: torch.Tensor, budget: int) -> torch.Tensor:
-    budget = min(budget, scores.numel())
-    return torch.sort(ctx.chunk_positions[torch.topk(scores, budget).indices]).values
-
-
-def _sorted(parts: list[torch.Tensor], ctx: FusionContext) -> torch.Tensor:
-    if not parts:
-        return ctx.chunk_positions[:0]
-    return torch.sort(torch.cat(parts)).values
-
-
-@dataclass
-class InPassSelection:
-    """A selection made inside the recompute pass: `before_write` (see model.forward.BeforeWrite)
-    decides at some layer and narrows the pass; `selected` holds its picks once the pass has run."""
-
-    before_write: object
-    selected: torch.Tensor | None = None
-
-
-class Selector:
-    name: ClassVar[str]
-    fixed_share: ClassVar[float | None] = None  # full / none: this share of chunk tokens whatever the ratio
-
-    def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def in_pass(self, ctx: FusionContext, budget: int) -> InPassSelection | None:
-        """A hook deciding inside the recompute pass instead of `select` before it (None: not this one)."""
-        return None
+__all__ = ["InPassSelection", "Selector", "allocate_budget", "top_global", "top_per_chunk"]
 
 
 class FullSelector(Selector):
@@ -110,7 +56,7 @@ class EpicSelector(Selector):
             torch.arange(c.start, c.start + n, device=ctx.chunk_positions.device)
             for c, n in zip(ctx.chunks, allocate_budget(lengths, budget))
         ]
-        return _sorted(parts, ctx)
+        return sorted_positions(parts, ctx)
 
 
 class CacheBlendSelector(Selector):
@@ -218,6 +164,7 @@ SELECTORS: dict[str, type[Selector]] = {
         FusionRAGSelector,
         QCFuseSelector,
         CacheClipSelector,
+        HybridSelector,
     )
 }
 
@@ -228,6 +175,7 @@ def make_selector(
     critical_layer: int | None = None,
     aux_model: TransformerModel | None = None,
     aux_scores: LRU | None = None,
+    deviations: DeviationReference | None = None,
 ) -> Selector:
     """A selector instance from its name (configured from `config`), or the instance itself."""
     if isinstance(selector, Selector):
@@ -240,13 +188,18 @@ def make_selector(
         return QCFuseSelector(critical_layer if critical_layer is not None else config.critical_layer)
     if selector == "cacheclip":
         return CacheClipSelector(aux_model, aux_scores)
+    if selector == "hybrid":
+        adaptive = (deviations or DeviationReference()) if config.adaptive_ratio else None
+        layer = critical_layer if critical_layer is not None else config.critical_layer
+        return HybridSelector(layer, config.sink_tokens, adaptive, check_layer=config.check_layer)
     return SELECTORS[selector]()
 
 
 class SelectorFactory:
-    """A request's selector and ratio from its FusionParams and the engine's FusionConfig. QCFuse gets
-    the configured layer, else the one profiled for this model (None: the runner profiles it now);
-    CacheClip gets the auxiliary model (loaded on first use) and the engine's score cache."""
+    """A request's selector and ratio from its FusionParams and the engine's FusionConfig. QCFuse and
+    hybrid get the configured layer, else the one profiled for this model (None: the runner profiles it
+    now); CacheClip gets the auxiliary model (loaded on first use) and the engine's score cache; hybrid
+    the engine's running deviation reference (its adaptive ratio)."""
 
     def __init__(
         self,
@@ -259,6 +212,7 @@ class SelectorFactory:
         self.load_aux = load_aux
         self.aux_model: TransformerModel | None = None
         self.aux_scores: LRU[tuple, torch.Tensor] = LRU(max_entries=8)
+        self.deviations = DeviationReference()  # the adaptive ratio's scale: this engine's recent requests
         self._lock = threading.Lock()
 
     def __call__(self, fusion: FusionParams) -> tuple[Selector, float]:
@@ -267,7 +221,7 @@ class SelectorFactory:
         layer = self.config.critical_layer
         layer = self.critical_layers.get(self.fingerprint) if layer is None else layer
         ratio = self.config.recompute_ratio if fusion.recompute_ratio is None else fusion.recompute_ratio
-        return make_selector(chosen, self.config, layer, aux, self.aux_scores), ratio
+        return make_selector(chosen, self.config, layer, aux, self.aux_scores, self.deviations), ratio
 
     def _aux_model(self) -> TransformerModel | None:
         with self._lock:

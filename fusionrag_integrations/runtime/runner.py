@@ -18,7 +18,7 @@ from ..fusion.layout import Layout
 from ..fusion.placement import FusionContext, build_context, place_chunks
 from ..fusion.probe import CriticalLayers, profile_critical_layer
 from ..fusion.recompute import fused_prefill
-from ..fusion.selectors import QCFuseSelector, Selector
+from ..fusion.selectors import HybridSelector, QCFuseSelector, Selector
 from ..model.attention import AttentionMode, KVCache, resolve_kernels
 from ..model.loader import LoadedModel
 from ..outputs import GenerationChunk, GenerationStats
@@ -101,7 +101,7 @@ class ModelRunner:
         ids = torch.tensor(prompt_ids, device=self.model.device)
         selected = None
         if layout.chunks:
-            if isinstance(selector, QCFuseSelector) and selector.critical_layer is None:
+            if isinstance(selector, (QCFuseSelector, HybridSelector)) and selector.critical_layer is None:
                 selector.critical_layer = self.critical_layer(layout)
             prefix_ids, prefix_kv = self.prefixes.lookup(prompt_ids, layout.chunks[0].start, selector.name)
             logits, selected, n_chunk = fused_prefill(

@@ -51,10 +51,10 @@ def test_pipeline_runs_resumes_and_summarises(smol, tmp_path):
 
 
 def test_similar_precompute_mode_uses_nearest_passages(smol, tmp_path):
-    from fusionrag_integrations.evaluation.harness import nearest_passages
+    from fusionrag_integrations.evaluation.harness import NearestPassages
 
     ex = synthetic_examples(1, seed=2)[0]
-    nbrs = nearest_passages(ex.passages, 2)
+    nbrs = NearestPassages()(ex.passages, 2)
     assert all(len(n) == 2 and p not in n for p, n in zip(ex.passages, nbrs))
     rows = evaluate(
         smol,

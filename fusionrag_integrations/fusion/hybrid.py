@@ -1,0 +1,148 @@
+"""The hybrid selector: the question's attention picks the tokens, measured KV deviation decides how many.
+
+QCFuse's probe (the question run over the placed cache up to one critical layer) says which chunk
+tokens the question reads; it cannot say how wrong a chunk's cached KV is here. CacheBlend's signal can:
+a token's fresh K/V at an early layer vs its cached ones. Measuring that for every token costs two
+full layers (5.3x instead of 6.1x at 16K on an H100), so a strided sample is measured instead (one
+token in `deviation_stride`, each chunk's first token included), and the deviation is used where a
+sample suffices: per chunk and per request. Three levers, each switchable so the quality harness can
+price it alone:
+
+- deviation budget: each chunk's share of the budget follows its deviation mass (length x mean
+  deviation), not its length: a chunk whose KV was computed in a context like this one needs little.
+- sink tokens: each chunk's first `sink_tokens` are recomputed inside its share (EPIC, CacheClip:
+  a chunk computed alone put excess attention there).
+- adaptive ratio: the request's budget is ratio x its deviation / the mean deviation of recent
+  requests (DeviationReference), within [ratio / 3, 3 ratio]: easy prompts recompute less, hard ones
+  more, and the mean over a stream of requests stays at ratio.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from ..model.attention import AttentionMode, CacheAttention
+from ..model.forward import run_layers
+from .placement import FusionContext, to_device
+from .probe import default_critical_layer, probe_attention
+from .selector_base import Selector, allocate_weighted, sorted_positions
+
+
+class DeviationReference:
+    """The running mean deviation of the requests an engine has fused (the last ~`window` of them).
+
+    The adaptive ratio divides by it: without a reference a deviation has no scale (it differs by
+    model, prompt format and precompute mode), and a fixed profiled one would not keep the mean ratio
+    on a workload unlike the profile's."""
+
+    def __init__(self, window: int = 256) -> None:
+        self.window = window
+        self.count = 0
+        self.mean = 0.0
+        self._lock = threading.Lock()
+
+    def observe(self, deviation: float) -> float:
+        """Add a request's deviation; returns its ratio factor, deviation / the mean including it."""
+        with self._lock:
+            self.count += 1
+            self.mean += (deviation - self.mean) / min(self.count, self.window)
+            return deviation / self.mean if self.mean > 0 else 1.0
+
+
+class _ReadOnlyCache(CacheAttention):
+    """The placed cache, read by position and never written: measuring deviation leaves it as placed."""
+
+    def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        return None
+
+
+def chunk_deviation(ctx: FusionContext, layer: int = 1, stride: int = 8) -> list[float]:
+    """Each chunk's mean relative K/V deviation at `layer`, from one token in `stride` (its first included).
+
+    The sampled tokens run layers 0..layer over the placed cache (the fresh tokens' K/V must be in it:
+    call after the probe). Layer 0's K/V do not depend on context, so their attention there reads
+    exact keys and their layer-`layer` K/V are what a full prefill computes for layer 1 exactly.
+    deviation = |fresh - cached|^2 / |cached|^2 over K and V, all heads."""
+    starts, owner = [], []
+    for i, c in enumerate(ctx.chunks):
+        sampled = torch.arange(c.start, c.end, stride)
+        starts.append(sampled)
+        owner += [i] * sampled.numel()
+    positions = torch.cat(starts)
+    layer = min(layer, ctx.model.config.num_layers - 1)
+    found: dict[str, torch.Tensor] = {}
+
+    def before_write(at: int, q, k, v, pos) -> None:
+        if at == layer:
+            old_k, old_v = ctx.cache.k[at, pos].float(), ctx.cache.v[at, pos].float()
+            diff = ((k.float() - old_k) ** 2).sum(dim=(1, 2)) + ((v.float() - old_v) ** 2).sum(dim=(1, 2))
+            found["deviation"] = diff / ((old_k**2).sum(dim=(1, 2)) + (old_v**2).sum(dim=(1, 2))).clamp_min(1e-12)
+        return None
+
+    device_positions = to_device(positions, ctx.token_ids.device)
+    attention = _ReadOnlyCache(ctx.cache, AttentionMode.BY_POSITION, int(positions[-1]), ctx.backend)
+    ids = ctx.token_ids[device_positions]
+    run_layers(ctx.model, ids, device_positions, attention, before_write=before_write, num_layers=layer + 1,
+               finish_last=False)  # fmt: skip
+    owner_t = torch.tensor(owner, device=found["deviation"].device)
+    sums = torch.zeros(len(ctx.chunks), device=owner_t.device).index_add_(0, owner_t, found["deviation"])
+    counts = torch.bincount(owner_t, minlength=len(ctx.chunks)).clamp_min(1)
+    return (sums / counts).tolist()  # one sync: the budget split is decided on the host
+
+
+class HybridSelector(Selector):
+    """QCFuse's attention within each chunk, budgets by measured deviation, sink tokens, adaptive ratio.
+
+    Within a chunk's share: its first `sink_tokens`, then `attention_share` of the rest by the
+    question's attention at the critical layer, the remainder by key norm there (QCFuse's rule)."""
+
+    name = "hybrid"
+    attention_share = 0.75
+
+    def __init__(
+        self,
+        critical_layer: int | None = None,
+        sink_tokens: int = 2,
+        adaptive: DeviationReference | None = None,
+        deviation_budget: bool = True,
+        check_layer: int = 1,
+        deviation_stride: int = 8,
+    ) -> None:
+        self.critical_layer, self.sink_tokens, self.adaptive = critical_layer, sink_tokens, adaptive
+        self.deviation_budget, self.check_layer, self.deviation_stride = deviation_budget, check_layer, deviation_stride
+
+    def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:
+        layer = self.critical_layer if self.critical_layer is not None else default_critical_layer(ctx.model)
+        layer = min(layer, ctx.model.config.num_layers - 1)
+        attention = probe_attention(ctx, ctx.model, ctx.cache, layers={layer}, full=False)[layer]
+        lengths = [c.entry.num_tokens for c in ctx.chunks]
+        weights: list[float] = [float(n) for n in lengths]
+        if self.deviation_budget or self.adaptive is not None:
+            deviation = chunk_deviation(ctx, self.check_layer, self.deviation_stride)
+            if self.adaptive is not None:
+                request = sum(n * d for n, d in zip(lengths, deviation)) / max(sum(lengths), 1)
+                factor = min(max(self.adaptive.observe(request), 1 / 3), 3.0)
+                budget = min(round(budget * factor), sum(lengths))
+            if self.deviation_budget:
+                weights = [n * d for n, d in zip(lengths, deviation)]
+        key_norm = ctx.cache.k[layer, ctx.chunk_positions].float().norm(dim=-1).mean(dim=-1)
+        picked, offset = [], 0
+        for c, n, want in zip(ctx.chunks, lengths, allocate_weighted(lengths, weights, budget)):
+            if want:
+                local = self._within_chunk(attention[offset : offset + n], key_norm[offset : offset + n], want)
+                picked.append(local + c.start)
+            offset += n
+        return sorted_positions(picked, ctx)
+
+    def _within_chunk(self, attention: torch.Tensor, key_norm: torch.Tensor, want: int) -> torch.Tensor:
+        """`want` offsets into one chunk: the sink first, then by attention, then by key norm."""
+        sink = min(self.sink_tokens, want)
+        attention, key_norm = attention.clone(), key_norm.clone()
+        attention[:sink], key_norm[:sink] = float("-inf"), float("-inf")
+        n_attention = round((want - sink) * self.attention_share)
+        by_attention = torch.topk(attention, n_attention).indices
+        key_norm[by_attention] = float("-inf")
+        by_norm = torch.topk(key_norm, want - sink - n_attention).indices
+        return torch.cat((torch.arange(sink, device=attention.device), by_attention, by_norm))

@@ -1,0 +1,129 @@
+"""The hybrid selector's levers, each checked against what it promises (real small model, fp32 CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from fusionrag_integrations.errors import InvalidArgumentError
+from fusionrag_integrations.evaluation.variants import build_selector, parse_spec
+from fusionrag_integrations.fusion.hybrid import DeviationReference, HybridSelector, chunk_deviation
+from fusionrag_integrations.fusion.probe import probe_attention
+from fusionrag_integrations.fusion.selector_base import allocate_budget, allocate_weighted
+from fusionrag_integrations.model.attention import AttentionMode
+from tests.conftest import DOCS, rag_messages
+
+
+@pytest.fixture
+def ctx_factory(smol):
+    smol.precompute(DOCS)
+    return lambda: smol.fusion_context(rag_messages(DOCS))
+
+
+def per_chunk(ctx, picked: torch.Tensor) -> list[list[int]]:
+    return [[p - c.start for p in picked.tolist() if c.start <= p < c.end] for c in ctx.chunks]
+
+
+def test_allocate_weighted_follows_weights_caps_and_sums_exactly():
+    assert allocate_weighted([100, 100, 100], [1.0, 2.0, 1.0], 40) == [10, 20, 10]
+    assert allocate_weighted([5, 100, 100], [10.0, 1.0, 1.0], 30) == [5, 13, 12]  # a full chunk's excess moves on
+    assert allocate_weighted([4, 4], [1.0, 0.0], 6) == [4, 2]  # weight 0 still takes what nobody else can
+    assert allocate_weighted([3, 3], [0.0, 0.0], 4) == [2, 2]
+    assert allocate_weighted([3, 3], [1.0, 1.0], 99) == [3, 3]
+    for seed in range(20):
+        g = torch.Generator().manual_seed(seed)
+        lengths = torch.randint(0, 60, (7,), generator=g).tolist()
+        weights = torch.rand(7, generator=g).tolist()
+        budget = int(torch.randint(0, 300, (1,), generator=g))
+        got = allocate_weighted(lengths, weights, budget)
+        assert sum(got) == min(budget, sum(lengths)) and all(0 <= c <= n for c, n in zip(got, lengths))
+        assert got == allocate_weighted(lengths, weights, budget)  # deterministic
+    assert allocate_budget([37, 51, 12, 90], 29) == allocate_weighted([37, 51, 12, 90], [37, 51, 12, 90], 29)
+
+
+def test_deviation_reference_keeps_the_mean_factor_at_one():
+    ref = DeviationReference(window=1000)
+    assert ref.observe(0.4) == pytest.approx(1.0)  # the first request sets the scale
+    g = torch.Generator().manual_seed(1)
+    factors = [ref.observe(float(d)) for d in torch.rand(500, generator=g) * 2 + 0.1]
+    assert sum(factors[100:]) / 400 == pytest.approx(1.0, abs=0.05)
+    assert ref.observe(10.0) > 3 and ref.observe(0.01) < 0.1  # hard and easy requests stand out
+
+
+def test_chunk_deviation_is_exact_at_layer_one_and_leaves_the_cache_as_placed(smol, ctx_factory):
+    ctx = ctx_factory()
+    probe_attention(ctx, ctx.model, ctx.cache, layers={3}, full=False)  # writes the fresh tokens' K/V
+    placed_k, placed_v = ctx.cache.k.clone(), ctx.cache.v.clone()
+    got = chunk_deviation(ctx, layer=1, stride=4)
+    assert torch.equal(ctx.cache.k, placed_k) and torch.equal(ctx.cache.v, placed_v)
+    # reference: a full prefill's layer-1 K/V of the same tokens vs the placed (cached) ones
+    full = smol.model.new_cache(ctx.num_positions)
+    positions = torch.arange(ctx.num_positions)
+    smol.model.forward(ctx.token_ids, positions, full, AttentionMode.CAUSAL_FROM_ZERO, ctx.num_positions - 1)
+    want = []
+    for c in ctx.chunks:
+        rows = torch.arange(c.start, c.end, 4)
+        fk, fv, ok, ov = full.k[1, rows], full.v[1, rows], placed_k[1, rows], placed_v[1, rows]
+        diff = ((fk - ok) ** 2).sum(dim=(1, 2)) + ((fv - ov) ** 2).sum(dim=(1, 2))
+        want.append(float((diff / ((ok**2).sum(dim=(1, 2)) + (ov**2).sum(dim=(1, 2)))).mean()))
+    assert min(want) > 0  # chunks computed alone do deviate here
+    assert torch.allclose(torch.tensor(got), torch.tensor(want), rtol=1e-3)
+
+
+def test_budget_follows_deviation_and_every_chunk_keeps_its_sink(ctx_factory):
+    ctx = ctx_factory()
+    selector = HybridSelector(critical_layer=5, sink_tokens=2, adaptive=None)
+    picked = selector.select(ctx, 40)
+    fresh = ctx_factory()
+    probe_attention(fresh, fresh.model, fresh.cache, layers={5}, full=False)  # as the selector does
+    deviation = chunk_deviation(fresh, 1, selector.deviation_stride)
+    lengths = [c.entry.num_tokens for c in ctx.chunks]
+    counts = [len(offsets) for offsets in per_chunk(ctx, picked)]
+    assert picked.numel() == 40 and picked.unique().numel() == 40
+    assert counts == allocate_weighted(lengths, [n * d for n, d in zip(lengths, deviation)], 40)
+    assert counts != allocate_budget(lengths, 40)  # the deviations here are unequal enough to move budget
+    for offsets, want in zip(per_chunk(ctx, picked), counts):
+        assert set(range(min(2, want))) <= set(offsets)
+    no_sink = HybridSelector(critical_layer=5, sink_tokens=0, adaptive=None, deviation_budget=False).select(
+        ctx_factory(), 40
+    )
+    assert [len(o) for o in per_chunk(ctx, no_sink)] == allocate_budget(lengths, 40)
+
+
+def test_adaptive_ratio_scales_the_budget_by_deviation_over_the_reference(ctx_factory):
+    ref = DeviationReference()
+    first = HybridSelector(critical_layer=5, adaptive=ref).select(ctx_factory(), 30)
+    assert first.numel() == 30  # its own deviation is the mean so far
+    easy, hard = DeviationReference(), DeviationReference()
+    for _ in range(10):
+        easy.observe(1e6)  # every earlier request deviated far more: this one is easy
+        hard.observe(1e-9)
+    assert HybridSelector(critical_layer=5, adaptive=easy).select(ctx_factory(), 30).numel() == 10  # x 1/3
+    assert HybridSelector(critical_layer=5, adaptive=hard).select(ctx_factory(), 30).numel() == 90  # x 3
+
+
+def test_engine_hybrid_uses_its_config_and_one_reference(smol):
+    smol.precompute(DOCS)
+    before = smol.selectors.deviations.count
+    pre = smol.prefill(rag_messages(DOCS), selector="hybrid", recompute_ratio=0.2)
+    assert pre.stats.selector == "hybrid" and smol.selectors.deviations.count == before + 1
+    chunk_tokens = pre.stats.tokens_recomputed + pre.stats.tokens_reused
+    assert 0.2 / 3 * chunk_tokens - 1 <= pre.stats.tokens_recomputed <= 0.6 * chunk_tokens + 1
+
+
+def test_variant_specs_parse_and_refuse_typed():
+    assert parse_spec("hybrid:sink=0,adaptive=0") == ("hybrid", {"sink": "0", "adaptive": "0"})
+    assert parse_spec("qcfuse") == ("qcfuse", {})
+    for bad in ("nope", "qcfuse:sink=1", "hybrid:sink", "hybrid:depth=3"):
+        with pytest.raises(InvalidArgumentError):
+            parse_spec(bad)
+
+
+def test_variant_builds_the_levers_it_names(smol):
+    assert build_selector(smol, "hybrid") == "hybrid"
+    variant = build_selector(smol, "hybrid:sink=0,adaptive=0,budget=length")
+    assert isinstance(variant, HybridSelector)
+    assert (variant.sink_tokens, variant.adaptive, variant.deviation_budget) == (0, None, False)
+    assert build_selector(smol, "hybrid:sink=3").adaptive is smol.selectors.deviations
+    with pytest.raises(InvalidArgumentError):
+        build_selector(smol, "hybrid:budget=attention")
