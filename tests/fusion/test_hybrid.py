@@ -7,7 +7,7 @@ import torch
 
 from fusionrag_integrations.errors import InvalidArgumentError
 from fusionrag_integrations.evaluation.variants import build_selector, parse_spec
-from fusionrag_integrations.fusion.hybrid import DeviationReference, HybridSelector, chunk_deviation
+from fusionrag_integrations.fusion.hybrid import DeviationReference, HybridSelector, chunk_deviation, pick_within_chunks
 from fusionrag_integrations.fusion.probe import probe_attention
 from fusionrag_integrations.fusion.selector_base import allocate_budget, allocate_weighted
 from fusionrag_integrations.model.attention import AttentionMode
@@ -127,3 +127,33 @@ def test_variant_builds_the_levers_it_names(smol):
     assert build_selector(smol, "hybrid:sink=3").adaptive is smol.selectors.deviations
     with pytest.raises(InvalidArgumentError):
         build_selector(smol, "hybrid:budget=attention")
+
+
+def reference_pick(ctx, attention, key_norm, wants, sink, share) -> torch.Tensor:
+    """The rule, chunk by chunk with topk: the vectorised pick must equal it."""
+    picked, offset = [], 0
+    for c, want in zip(ctx.chunks, wants):
+        n = c.entry.num_tokens
+        att, norm = attention[offset : offset + n].clone(), key_norm[offset : offset + n].clone()
+        offset += n
+        s = min(sink, want)
+        att[:s], norm[:s] = float("-inf"), float("-inf")
+        n_att = round((want - s) * share)
+        by_att = torch.topk(att, n_att).indices
+        norm[by_att] = float("-inf")
+        by_norm = torch.topk(norm, want - s - n_att).indices
+        picked.append(torch.cat((torch.arange(s), by_att, by_norm)) + c.start)
+    return torch.sort(torch.cat(picked)).values
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_pick_equals_the_per_chunk_reference(ctx_factory, seed):
+    ctx = ctx_factory()
+    g = torch.Generator().manual_seed(seed)
+    n = int(ctx.chunk_positions.numel())
+    attention, key_norm = torch.rand(n, generator=g), torch.rand(n, generator=g) + 0.5  # fresh, no ties
+    lengths = [c.entry.num_tokens for c in ctx.chunks]
+    wants = [int(torch.randint(0, m + 1, (1,), generator=g)) for m in lengths]
+    sink, share = [0, 1, 2, 4, 8, 100][seed], [0.75, 0.0, 1.0, 0.5, 0.75, 0.75][seed]
+    got = pick_within_chunks(ctx, attention, key_norm, wants, sink, share)
+    assert torch.equal(got, reference_pick(ctx, attention, key_norm, wants, sink, share))
