@@ -46,7 +46,14 @@ def run(args: argparse.Namespace, rest: list[str]) -> int:
 
     def from_table(pool: str, examples: list):
         texts = {passage_key(p): p for ex in examples for p in ex.passages}
-        return lambda passages, k: [[texts[n] for n in table[passage_key(p)][-k:]] for p in passages]
+
+        def nearest(passages: list[str], k: int) -> list[list[str]]:
+            rows = [table[passage_key(p)][-k:] for p in passages]
+            if any(n not in texts for row in rows for n in row):
+                raise SystemExit("a neighbour is not among this run's examples: dump the table for the same examples")
+            return [[texts[n] for n in row] for row in rows]
+
+        return nearest
 
     cli.neighbor_finder = from_table
     return cli.main(rest)

@@ -64,11 +64,12 @@ class FusionConfig(_Settings):
     check_layer: int = Field(
         1, ge=0, description="CacheBlend: layer whose K/V deviation ranks tokens (hybrid: measures each chunk's)."
     )
-    sink_tokens: int = Field(2, ge=0, description="hybrid: each chunk's first tokens, recomputed inside its budget.")
+    sink_tokens: int = Field(1, ge=0, description="hybrid: each chunk's first tokens, recomputed inside its budget.")
     adaptive_ratio: bool = Field(
         True,
-        description="hybrid: scale each request's budget by its measured KV deviation over the engine's running "
-        "mean (x1/3 to x3), so easy prompts recompute less and hard ones more at the same mean ratio.",
+        description="hybrid: scale each request's budget by where its measured KV deviation ranks among the "
+        "engine's recent requests (x0.5 to x1.5), so easy prompts recompute less and hard ones more at the same "
+        "mean ratio.",
     )
     critical_layer: int | None = Field(
         None,

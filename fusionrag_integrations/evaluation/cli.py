@@ -50,6 +50,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="chunk KV computed alone, or after its most similar passages (FusionRAG's offline stage)",
     )
     p.add_argument("--critical-layer", type=int, help="QCFuse's layer (default: profiled on --profile-examples)")
+    p.add_argument(
+        "--store-gb",
+        type=float,
+        nargs=3,
+        metavar=("GPU", "CPU", "DISK"),
+        help="byte budgets of the chunk store's tiers in GB (several runs sharing a machine; default: the engine's)",
+    )
     p.add_argument("--kv-format", default="native", choices=["native", "fp8", "int4"], help="stored chunk-KV format")
     p.add_argument("--neighbors", type=int, default=3, help="neighbours per passage with --precompute similar")
     p.add_argument(
@@ -61,6 +68,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--offset", type=int, default=0, help="skip this many examples of --data (to split a run)")
     return p
+
+
+def store_budgets(gigabytes: list[float] | None) -> dict[str, int]:
+    if gigabytes is None:
+        return {}
+    names = ("gpu_cache_bytes", "cpu_cache_bytes", "disk_cache_bytes")
+    return {name: int(gb * 1e9) for name, gb in zip(names, gigabytes)}
 
 
 def neighbor_finder(pool: str, examples: list) -> Callable[[list[str], int], list[list[str]]]:
@@ -100,6 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             cache_dir=Path(args.cache_dir),
             kv_format=args.kv_format,
             fusion=FusionConfig(critical_layer=args.critical_layer),
+            **store_budgets(args.store_gb),
         ),  # fmt: skip
     )
     if "qcfuse" in args.selectors and args.critical_layer is None:  # profiled on its own samples: runs comparable

@@ -12,14 +12,15 @@ price it alone:
   deviation), not its length: a chunk whose KV was computed in a context like this one needs little.
 - sink tokens: each chunk's first `sink_tokens` are recomputed inside its share (EPIC, CacheClip:
   a chunk computed alone put excess attention there).
-- adaptive ratio: the request's budget is ratio x its deviation / the mean deviation of recent
-  requests (DeviationReference), within [ratio / 3, 3 ratio]: easy prompts recompute less, hard ones
-  more, and the mean over a stream of requests stays at ratio.
+- adaptive ratio: the request's budget follows where its deviation ranks among recent requests
+  (DeviationReference), from ratio / 2 for the easiest to 1.5 ratio for the hardest: easy prompts
+  recompute less, hard ones more, and the mean over a stream of requests stays at ratio.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import deque
 
 import torch
 
@@ -31,24 +32,30 @@ from .selector_base import Selector, allocate_weighted
 
 
 class DeviationReference:
-    """The running mean deviation of the requests an engine has fused (the last ~`window` of them).
+    """Where a request's deviation ranks among the last `window` requests an engine fused.
 
-    The adaptive ratio divides by it: without a reference a deviation has no scale (it differs by
-    model, prompt format and precompute mode), and a fixed profiled one would not keep the mean ratio
-    on a workload unlike the profile's."""
+    The adaptive ratio scales a request's budget by 1 + spread x (2 quantile - 1): the easiest request
+    seen lately recomputes (1 - spread) x ratio, the hardest (1 + spread) x ratio. A quantile is uniform
+    over a stationary stream, so the mean ratio stays the configured one whatever the deviations' scale
+    (it differs by model, prompt format and precompute mode) and however heavy their tail; dividing by
+    a running mean instead let a few hard requests pull the mean ratio 1.5x above the configured one."""
 
-    def __init__(self, window: int = 256) -> None:
-        self.window = window
-        self.count = 0
-        self.mean = 0.0
+    def __init__(self, window: int = 256, spread: float = 0.5) -> None:
+        self.spread = spread
+        self.recent: deque[float] = deque(maxlen=window)
         self._lock = threading.Lock()
 
     def observe(self, deviation: float) -> float:
-        """Add a request's deviation; returns its ratio factor, deviation / the mean including it."""
+        """Add a request's deviation; returns its budget factor (1 for the first request)."""
         with self._lock:
-            self.count += 1
-            self.mean += (deviation - self.mean) / min(self.count, self.window)
-            return deviation / self.mean if self.mean > 0 else 1.0
+            below = sum(x < deviation for x in self.recent) + 0.5 * sum(x == deviation for x in self.recent)
+            quantile = (below + 0.5) / (len(self.recent) + 1)
+            self.recent.append(deviation)
+        return 1 + self.spread * (2 * quantile - 1)
+
+    @property
+    def count(self) -> int:
+        return len(self.recent)
 
 
 class _ReadOnlyCache(CacheAttention):
@@ -123,8 +130,7 @@ class HybridSelector(Selector):
             deviation = chunk_deviation(ctx, self.check_layer, self.deviation_stride)
             if self.adaptive is not None:
                 request = sum(n * d for n, d in zip(lengths, deviation)) / max(sum(lengths), 1)
-                factor = min(max(self.adaptive.observe(request), 1 / 3), 3.0)
-                budget = min(round(budget * factor), sum(lengths))
+                budget = min(round(budget * self.adaptive.observe(request)), sum(lengths))
             if self.deviation_budget:
                 weights = [n * d for n, d in zip(lengths, deviation)]
         key_norm = ctx.cache.k[layer, ctx.chunk_positions].float().norm(dim=-1).mean(dim=-1)
