@@ -4,7 +4,7 @@ selector is measured alone (e.g. `hybrid:sink=0,adaptive=0` against `hybrid`).
 A spec names a registered selector; keys set the hybrid selector's levers:
   sink=N           chunk-initial tokens recomputed inside each chunk's budget
   adaptive=0|1     the per-request adaptive ratio (over the engine's running deviation reference)
-  budget=deviation|length   how a request's budget is split over its chunks
+  budget=deviation|length|global   how a request's budget is split over its chunks (global: not split)
 """
 
 from __future__ import annotations
@@ -47,14 +47,11 @@ def build_selector(engine: FusionEngine, spec: str) -> str | Selector:
     if not options:
         return name
     config = engine.config.fusion
-    budget = options.get("budget", "deviation")
-    if budget not in ("deviation", "length"):
-        raise InvalidArgumentError(f"selector spec {spec!r}: budget must be deviation or length")
     adaptive = options.get("adaptive", "1" if config.adaptive_ratio else "0") == "1"
     return HybridSelector(
         critical_layer=config.critical_layer,
         sink_tokens=int(options.get("sink", config.sink_tokens)),
         adaptive=engine.selectors.deviations if adaptive else None,
-        deviation_budget=budget == "deviation",
+        budget=options.get("budget", "deviation"),
         check_layer=config.check_layer,
     )

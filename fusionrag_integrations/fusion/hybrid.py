@@ -24,6 +24,7 @@ from collections import deque
 
 import torch
 
+from ..errors import InvalidArgumentError
 from ..model.attention import AttentionMode, CacheAttention
 from ..model.forward import run_layers
 from .placement import FusionContext, to_device
@@ -99,9 +100,14 @@ def chunk_deviation(ctx: FusionContext, layer: int = 1, stride: int = 8) -> list
     return (sums / counts).tolist()  # one sync: the budget split is decided on the host
 
 
+BUDGET_SPLITS = ("deviation", "length", "global")
+
+
 class HybridSelector(Selector):
     """QCFuse's attention within each chunk, budgets by measured deviation, sink tokens, adaptive ratio.
 
+    budget: how the request's budget is split over chunks: "deviation" (by deviation mass), "length",
+    or "global" (no split: QCFuse's ranking over all chunk tokens, each chunk's sink still first).
     Within a chunk's share: its first `sink_tokens`, then `attention_share` of the rest by the
     question's attention at the critical layer, the remainder by key norm there (QCFuse's rule)."""
 
@@ -113,12 +119,14 @@ class HybridSelector(Selector):
         critical_layer: int | None = None,
         sink_tokens: int = 2,
         adaptive: DeviationReference | None = None,
-        deviation_budget: bool = True,
+        budget: str = "deviation",
         check_layer: int = 1,
         deviation_stride: int = 8,
     ) -> None:
+        if budget not in BUDGET_SPLITS:
+            raise InvalidArgumentError(f"hybrid budget split must be one of {BUDGET_SPLITS}, got {budget!r}")
         self.critical_layer, self.sink_tokens, self.adaptive = critical_layer, sink_tokens, adaptive
-        self.deviation_budget, self.check_layer, self.deviation_stride = deviation_budget, check_layer, deviation_stride
+        self.budget, self.check_layer, self.deviation_stride = budget, check_layer, deviation_stride
 
     def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:
         layer = self.critical_layer if self.critical_layer is not None else default_critical_layer(ctx.model)
@@ -126,16 +134,34 @@ class HybridSelector(Selector):
         attention = probe_attention(ctx, ctx.model, ctx.cache, layers={layer}, full=False)[layer]
         lengths = [c.entry.num_tokens for c in ctx.chunks]
         weights: list[float] = [float(n) for n in lengths]
-        if self.deviation_budget or self.adaptive is not None:
+        if self.budget == "deviation" or self.adaptive is not None:
             deviation = chunk_deviation(ctx, self.check_layer, self.deviation_stride)
             if self.adaptive is not None:
                 request = sum(n * d for n, d in zip(lengths, deviation)) / max(sum(lengths), 1)
                 budget = min(round(budget * self.adaptive.observe(request)), sum(lengths))
-            if self.deviation_budget:
+            if self.budget == "deviation":
                 weights = [n * d for n, d in zip(lengths, deviation)]
         key_norm = ctx.cache.k[layer, ctx.chunk_positions].float().norm(dim=-1).mean(dim=-1)
+        if self.budget == "global":
+            return pick_global(ctx, attention, key_norm, budget, self.sink_tokens, self.attention_share)
         wants = allocate_weighted(lengths, weights, budget)
         return pick_within_chunks(ctx, attention, key_norm, wants, self.sink_tokens, self.attention_share)
+
+
+def pick_global(
+    ctx: FusionContext, attention: torch.Tensor, key_norm: torch.Tensor, budget: int, sink: int, share: float
+) -> torch.Tensor:
+    """`budget` chunk positions: every chunk's first `sink` tokens, then round(share x the rest) by
+    attention over all chunks (QCFuse's global rule), the remainder by key norm."""
+    offsets = torch.cat([torch.arange(c.entry.num_tokens) for c in ctx.chunks])
+    is_sink = to_device(offsets < sink, attention.device)
+    n_sink = min(int((offsets < sink).sum()), budget)
+    n_attention = n_sink + round((budget - n_sink) * share)
+    by_attention = torch.topk(attention.float().masked_fill(is_sink, float("inf")), n_attention).indices
+    key_norm = key_norm.clone()
+    key_norm[by_attention] = float("-inf")
+    by_norm = torch.topk(key_norm, budget - n_attention).indices
+    return torch.sort(ctx.chunk_positions[torch.cat((by_attention, by_norm))]).values
 
 
 def pick_within_chunks(

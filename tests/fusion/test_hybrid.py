@@ -7,7 +7,13 @@ import torch
 
 from fusionrag_integrations.errors import InvalidArgumentError
 from fusionrag_integrations.evaluation.variants import build_selector, parse_spec
-from fusionrag_integrations.fusion.hybrid import DeviationReference, HybridSelector, chunk_deviation, pick_within_chunks
+from fusionrag_integrations.fusion.hybrid import (
+    DeviationReference,
+    HybridSelector,
+    chunk_deviation,
+    pick_global,
+    pick_within_chunks,
+)
 from fusionrag_integrations.fusion.probe import probe_attention
 from fusionrag_integrations.fusion.selector_base import allocate_budget, allocate_weighted
 from fusionrag_integrations.model.attention import AttentionMode
@@ -87,9 +93,7 @@ def test_budget_follows_deviation_and_every_chunk_keeps_its_sink(ctx_factory):
     assert counts != allocate_budget(lengths, 40)  # the deviations here are unequal enough to move budget
     for offsets, want in zip(per_chunk(ctx, picked), counts):
         assert set(range(min(2, want))) <= set(offsets)
-    no_sink = HybridSelector(critical_layer=5, sink_tokens=0, adaptive=None, deviation_budget=False).select(
-        ctx_factory(), 40
-    )
+    no_sink = HybridSelector(critical_layer=5, sink_tokens=0, adaptive=None, budget="length").select(ctx_factory(), 40)
     assert [len(o) for o in per_chunk(ctx, no_sink)] == allocate_budget(lengths, 40)
 
 
@@ -126,10 +130,11 @@ def test_variant_builds_the_levers_it_names(smol):
     assert build_selector(smol, "hybrid") == "hybrid"
     variant = build_selector(smol, "hybrid:sink=0,adaptive=0,budget=length")
     assert isinstance(variant, HybridSelector)
-    assert (variant.sink_tokens, variant.adaptive, variant.deviation_budget) == (0, None, False)
+    assert (variant.sink_tokens, variant.adaptive, variant.budget) == (0, None, "length")
     assert build_selector(smol, "hybrid:sink=3").adaptive is smol.selectors.deviations
     with pytest.raises(InvalidArgumentError):
         build_selector(smol, "hybrid:budget=attention")
+    assert build_selector(smol, "hybrid:budget=global").budget == "global"
 
 
 def reference_pick(ctx, attention, key_norm, wants, sink, share) -> torch.Tensor:
@@ -160,3 +165,23 @@ def test_vectorised_pick_equals_the_per_chunk_reference(ctx_factory, seed):
     sink, share = [0, 1, 2, 4, 8, 100][seed], [0.75, 0.0, 1.0, 0.5, 0.75, 0.75][seed]
     got = pick_within_chunks(ctx, attention, key_norm, wants, sink, share)
     assert torch.equal(got, reference_pick(ctx, attention, key_norm, wants, sink, share))
+
+
+def test_global_budget_is_qcfuse_plus_every_chunks_sink(ctx_factory):
+    from fusionrag_integrations.fusion.selectors import QCFuseSelector
+
+    ctx = ctx_factory()
+    g = torch.Generator().manual_seed(3)
+    n = int(ctx.chunk_positions.numel())
+    attention, key_norm = torch.rand(n, generator=g), torch.rand(n, generator=g)
+    no_sink = pick_global(ctx, attention, key_norm, 30, sink=0, share=0.75)
+    qcfuse = QCFuseSelector(critical_layer=5)
+    want = set(ctx.chunk_positions[torch.topk(attention, 22).indices].tolist())
+    assert want <= set(no_sink.tolist()) and no_sink.numel() == 30 and qcfuse.attention_share == 0.75
+    with_sink = pick_global(ctx, attention, key_norm, 30, sink=2, share=0.75)
+    assert {c.start + i for c in ctx.chunks for i in range(2)} <= set(with_sink.tolist())
+    assert with_sink.numel() == 30 and with_sink.unique().numel() == 30
+    same = HybridSelector(critical_layer=5, sink_tokens=0, adaptive=None, budget="global").select(ctx_factory(), 30)
+    assert torch.equal(same, qcfuse.select(ctx_factory(), 30))  # no sink, no adaptive ratio: QCFuse itself
+    with pytest.raises(InvalidArgumentError):
+        HybridSelector(budget="attention")
