@@ -1,30 +1,36 @@
 #!/usr/bin/env bash
-# The quality sweep behind RESULTS.md's issue-21 tables: every candidate x ratio x precompute mode on
-# MuSiQue dev (50) and the synthetic set (100), one process per (dataset, mode, selector group), in
-# parallel on one GPU (SmolLM2 fp32 is launch-bound: the processes overlap). Resumable: rows already
-# in an output directory are skipped.
-#   benchmarks/quality_sweep.sh MODEL.gguf MUSIQUE.json NEIGHBORS.json OUT_DIR [GROUP ...]
-# A GROUP is a quoted, space-separated list of selector specs (evaluation/variants.py).
+# The quality sweep behind RESULTS.md's issue-21 tables: candidates x ratios x precompute mode on
+# MuSiQue dev (50) and the synthetic set (100). One process per (mode, dataset, selector group, part),
+# all in parallel on one GPU (SmolLM2 fp32 is host-bound: the processes overlap). Resumable: rows
+# already in an output directory are skipped. Each group's processes share the whole dataset as the
+# neighbour pool (--part splits the examples, not the pool).
+#   benchmarks/quality_sweep.sh MODEL.gguf MUSIQUE.json NEIGHBORS.json OUT_DIR
+# Environment: PARTS (default 2), MODES (default "standalone similar"), and the groups below.
 set -u
 model=$1 musique=$2 neighbors=$3 out=$4
-shift 4
-groups=("$@")
-[ ${#groups[@]} -gt 0 ] || groups=("epic cacheblend" "fusionrag qcfuse" "hybrid:sink=0,adaptive=0 hybrid:adaptive=0" "hybrid")
+parts=${PARTS:-2}
 here=$(cd "$(dirname "$0")" && pwd)
+similar_groups=("epic cacheblend" "fusionrag qcfuse" "hybrid:sink=0,adaptive=0 hybrid:budget=global,adaptive=0"
+  "hybrid hybrid:budget=global")
+standalone_groups=("" "" "${similar_groups[2]}" "${similar_groups[3]}")  # baselines: issue 8's runs
 pids=()
-for mode in standalone similar; do
+for mode in ${MODES:-standalone similar}; do
   for dataset in musique synthetic; do
-    for i in "${!groups[@]}"; do
-      dir="$out/${dataset}_${mode}_g$i"
-      mkdir -p "$dir"
-      if [ "$dataset" = musique ]; then data=(--data "$musique" --limit 50); else data=(--synthetic 100); fi
-      # shellcheck disable=SC2206
-      selectors=(${groups[$i]})
-      python3 "$here/device_quality.py" run --neighbors-json "$neighbors" -- --model "$model" \
-        --device "${DEVICE:-cuda}" --dtype float32 --threads 1 "${data[@]}" --precompute "$mode" \
-        --selectors "${selectors[@]}" --ratios 0.05 0.15 0.3 --store-gb 1 0.5 2 --cache-dir "$dir/cache" --out "$dir" \
-        > "$dir/log.txt" 2>&1 &
-      pids+=($!)
+    for g in 0 1 2 3; do
+      if [ "$mode" = similar ]; then group=${similar_groups[$g]}; else group=${standalone_groups[$g]}; fi
+      [ -n "$group" ] || continue
+      for part in $(seq 1 "$parts"); do
+        dir="$out/${dataset}_${mode}_g${g}_p$part"
+        mkdir -p "$dir"
+        if [ "$dataset" = musique ]; then data=(--data "$musique" --limit 50); else data=(--synthetic 100); fi
+        # shellcheck disable=SC2206
+        selectors=($group)
+        python3 "$here/device_quality.py" run --neighbors-json "$neighbors" -- --model "$model" \
+          --device "${DEVICE:-cuda}" --dtype float32 --threads 1 "${data[@]}" --part "$part/$parts" \
+          --precompute "$mode" --selectors "${selectors[@]}" --ratios 0.05 0.15 0.3 --store-gb 0.5 0.5 2 \
+          --cache-dir "$dir/cache" --out "$dir" >> "$dir/log.txt" 2>&1 &
+        pids+=($!)
+      done
     done
   done
 done

@@ -34,7 +34,7 @@ def runs_by_set(sweep: Path, extras: list[str]) -> dict[tuple[str, str], list[di
     """(dataset, mode) -> rows, the sweep's first (an extra run fills only what the sweep lacks)."""
     found: dict[tuple[str, str], list[str]] = defaultdict(list)
     for d in sorted(sweep.iterdir()):
-        m = re.fullmatch(r"(\w+?)_(standalone|similar)_g\d+", d.name)
+        m = re.fullmatch(r"(\w+?)_(standalone|similar)_g\d+(_p\d+)?", d.name)
         if m and (d / "runs.jsonl").exists():
             found[(m.group(1), m.group(2))].append(str(d))
     for extra in extras:

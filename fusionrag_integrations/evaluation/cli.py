@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the loaded examples (a store holding the whole dataset; default)",
     )
     p.add_argument("--offset", type=int, default=0, help="skip this many examples of --data (to split a run)")
+    p.add_argument(
+        "--part",
+        default="1/1",
+        help="I/K: run the I-th of K equal parts of the loaded examples (splits a run over processes; the "
+        "neighbour pool stays every loaded example)",
+    )
     return p
 
 
@@ -106,6 +112,12 @@ def main(argv: list[str] | None = None) -> int:
         load_examples(args.data, args.offset + args.limit if args.limit else None)[args.offset :] if args.data else []
     )
     examples += synthetic_examples(args.synthetic, seed=0) if args.synthetic else []
+    pool = examples
+    index, _, parts = args.part.partition("/")
+    if not (index.isdigit() and parts.isdigit() and 1 <= int(index) <= int(parts)):
+        parser.error(f"--part must be I/K with 1 <= I <= K, got {args.part!r}")
+    size = -(-len(examples) // int(parts))
+    examples = examples[(int(index) - 1) * size : int(index) * size]
     engine = FusionEngine.from_pretrained(
         args.model or default_model_path(),
         device=args.device,
@@ -137,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         args.max_new_tokens,
         precompute=args.precompute,
         neighbors=args.neighbors,
-        nearest=neighbor_finder(args.neighbor_pool, examples),
+        nearest=neighbor_finder(args.neighbor_pool, pool),
     )
     table = summarize(rows)
     (out / "summary.json").write_text(json.dumps(table, indent=2))
