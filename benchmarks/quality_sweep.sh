@@ -21,6 +21,7 @@ for mode in ${MODES:-standalone similar}; do
       [ -n "$group" ] || continue
       for part in $(seq 1 "$parts"); do
         dir="$out/${dataset}_${mode}_g${g}_p$part"
+        pgrep -f "$dir/cache" > /dev/null && continue  # still running (a re-run restarts only the others)
         mkdir -p "$dir"
         if [ "$dataset" = musique ]; then data=(--data "$musique" --limit 50); else data=(--synthetic 100); fi
         # shellcheck disable=SC2206
