@@ -10,13 +10,15 @@ set -u
 model=$1 musique=$2 neighbors=$3 out=$4
 parts=${PARTS:-2}
 here=$(cd "$(dirname "$0")" && pwd)
-similar_groups=("epic cacheblend" "fusionrag qcfuse" "hybrid:sink=0,adaptive=0 hybrid:budget=global,adaptive=0"
-  "hybrid hybrid:budget=global")
-standalone_groups=("" "" "${similar_groups[2]}" "${similar_groups[3]}")  # baselines: issue 8's runs
+similar_groups=("epic cacheblend" "fusionrag qcfuse"
+  "hybrid:budget=deviation,sink=0,adaptive=0 hybrid:budget=global,sink=1,adaptive=0"
+  "hybrid:budget=deviation,sink=1,adaptive=1 hybrid:budget=global,sink=1,adaptive=1"
+  "hybrid:budget=global,sink=4,adaptive=0 hybrid:budget=global,sink=16,adaptive=0")
+standalone_groups=("" "" "${similar_groups[@]:2}")  # standalone baselines: issue 8's runs
 pids=()
 for mode in ${MODES:-standalone similar}; do
   for dataset in musique synthetic; do
-    for g in 0 1 2 3; do
+    for g in 0 1 2 3 4; do
       if [ "$mode" = similar ]; then group=${similar_groups[$g]}; else group=${standalone_groups[$g]}; fi
       [ -n "$group" ] || continue
       for part in $(seq 1 "$parts"); do

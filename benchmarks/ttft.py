@@ -26,6 +26,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import LLAMA31_8B, device_name, markdown_table, median_ms, random_hf_llama, sync  # noqa: E402
 
 from fusionrag_integrations.config import FusionConfig  # noqa: E402
+from fusionrag_integrations.evaluation.variants import hybrid_variant, parse_spec  # noqa: E402
+from fusionrag_integrations.fusion.hybrid import DeviationReference  # noqa: E402
 from fusionrag_integrations.fusion.placement import PlacedChunk, build_context, place_chunks  # noqa: E402
 from fusionrag_integrations.fusion.recompute import fused_prefill  # noqa: E402
 from fusionrag_integrations.fusion.selectors import make_selector  # noqa: E402
@@ -36,7 +38,7 @@ from fusionrag_integrations.runtime.precompute import PrecomputeJob, compute_ent
 from fusionrag_integrations.store.tiers import ChunkStore  # noqa: E402
 
 CHUNK, QUESTION, INSTRUCTION = 512, 64, 16
-SELECTORS = ["none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "full"]
+SELECTORS = ["none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "hybrid", "full"]
 
 
 KERNELS = "auto"  # Triton on CUDA, as the engine chooses there (model.attention.resolve_kernels)
@@ -107,6 +109,8 @@ def main() -> None:
                    help="also fusionrag@0.15 from chunks stored in these formats (GPU and CPU tier)")  # fmt: skip
     p.add_argument("--redis-server", help="a redis-server binary: also fusionrag@0.15 with every chunk read from "
                    "Redis on loopback (no memory tier), per stored format (native and --kv-formats)")  # fmt: skip
+    p.add_argument("--selectors", nargs="+", default=SELECTORS,
+                   help="selectors or variants (evaluation/variants.py) timed at 0.15 at --selector-context")  # fmt: skip
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ttft_gpu.json"))
     args = p.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
@@ -213,7 +217,8 @@ def main() -> None:
             return model.forward(ids, torch.arange(n, device=dev), cache, mode, n - 1, backend=KERNELS)
 
         def fused(selector_name: str, ratio: float, store: ChunkStore):
-            selector = make_selector(selector_name, cfg)
+            name, options = parse_spec(selector_name)
+            selector = hybrid_variant(cfg, options, DeviationReference()) if options else make_selector(name, cfg)
 
             def run():
                 with torch.inference_mode():
@@ -238,7 +243,7 @@ def main() -> None:
             record(context, "fused" if f == "native" else f"fused_{f}", fused("fusionrag", 0.15, store), "fusionrag",
                    0.15, "redis")  # fmt: skip
         if context == args.selector_context:
-            for sel in SELECTORS:
+            for sel in args.selectors:
                 if sel != "fusionrag":
                     record(context, "fused", fused(sel, 0.15, gpu_store), sel, 0.15, "gpu")
             if args.breakdown:

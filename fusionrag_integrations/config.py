@@ -64,6 +64,11 @@ class FusionConfig(_Settings):
     check_layer: int = Field(
         1, ge=0, description="CacheBlend: layer whose K/V deviation ranks tokens (hybrid: measures each chunk's)."
     )
+    hybrid_budget: Literal["deviation", "length", "global"] = Field(
+        "global",
+        description="hybrid: how a request's budget is split over its chunks: by each chunk's measured KV "
+        "deviation, by length, or not at all (global: the question's attention over every chunk token).",
+    )
     sink_tokens: int = Field(1, ge=0, description="hybrid: each chunk's first tokens, recomputed inside its budget.")
     adaptive_ratio: bool = Field(
         True,

@@ -9,9 +9,10 @@ A spec names a registered selector; keys set the hybrid selector's levers:
 
 from __future__ import annotations
 
+from ..config import FusionConfig
 from ..engine import FusionEngine
 from ..errors import InvalidArgumentError
-from ..fusion.hybrid import HybridSelector
+from ..fusion.hybrid import DeviationReference, HybridSelector
 from ..fusion.selectors import SELECTORS, Selector
 
 HYBRID_KEYS = {"sink", "adaptive", "budget"}
@@ -44,14 +45,16 @@ def build_selector(engine: FusionEngine, spec: str) -> str | Selector:
     """A name the engine resolves itself, or a hybrid instance with the spec's levers (sharing the engine's
     deviation reference, so every adaptive variant sees the same stream of requests)."""
     name, options = parse_spec(spec)
-    if not options:
-        return name
-    config = engine.config.fusion
+    return hybrid_variant(engine.config.fusion, options, engine.selectors.deviations) if options else name
+
+
+def hybrid_variant(config: FusionConfig, options: dict[str, str], deviations: DeviationReference) -> HybridSelector:
+    """The hybrid selector configured by `config`, with the spec's levers changed."""
     adaptive = options.get("adaptive", "1" if config.adaptive_ratio else "0") == "1"
     return HybridSelector(
         critical_layer=config.critical_layer,
         sink_tokens=int(options.get("sink", config.sink_tokens)),
-        adaptive=engine.selectors.deviations if adaptive else None,
-        budget=options.get("budget", "deviation"),
+        adaptive=deviations if adaptive else None,
+        budget=options.get("budget", config.hybrid_budget),
         check_layer=config.check_layer,
     )

@@ -191,7 +191,7 @@ def make_selector(
     if selector == "hybrid":
         adaptive = (deviations or DeviationReference()) if config.adaptive_ratio else None
         layer = critical_layer if critical_layer is not None else config.critical_layer
-        return HybridSelector(layer, config.sink_tokens, adaptive, check_layer=config.check_layer)
+        return HybridSelector(layer, config.sink_tokens, adaptive, config.hybrid_budget, config.check_layer)
     return SELECTORS[selector]()
 
 
