@@ -109,8 +109,12 @@ def main() -> None:
                    help="also fusionrag@0.15 from chunks stored in these formats (GPU and CPU tier)")  # fmt: skip
     p.add_argument("--redis-server", help="a redis-server binary: also fusionrag@0.15 with every chunk read from "
                    "Redis on loopback (no memory tier), per stored format (native and --kv-formats)")  # fmt: skip
-    p.add_argument("--selectors", nargs="+", default=SELECTORS,
-                   help="selectors or variants (evaluation/variants.py) timed at 0.15 at --selector-context")  # fmt: skip
+    p.add_argument(
+        "--selectors",
+        nargs="+",
+        default=SELECTORS,
+        help="selectors or variants (evaluation/variants.py) timed at 0.15 at --selector-context",
+    )
     p.add_argument("--out", default=str(Path(__file__).parent / "results" / "ttft_gpu.json"))
     args = p.parse_args()
     dev, dtype = torch.device("cuda"), torch.bfloat16
