@@ -57,7 +57,11 @@ class FusionConfig(_Settings):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    selector: SelectorName = Field("fusionrag", description="Token selector used when a call names none.")
+    selector: SelectorName = Field(
+        "hybrid",
+        description="Token selector used when a call names none (hybrid: the measured best, benchmarks/RESULTS.md "
+        "'Quality defaults').",
+    )
     recompute_ratio: float = Field(
         0.15, ge=0.0, le=1.0, description="Share of chunk tokens recomputed (question tokens always are)."
     )
@@ -69,9 +73,14 @@ class FusionConfig(_Settings):
         description="hybrid: how a request's budget is split over its chunks: by each chunk's measured KV "
         "deviation, by length, or not at all (global: the question's attention over every chunk token).",
     )
-    sink_tokens: int = Field(1, ge=0, description="hybrid: each chunk's first tokens, recomputed inside its budget.")
+    sink_tokens: int = Field(4, ge=0, description="hybrid: each chunk's first tokens, recomputed inside its budget.")
+    sink_scope: Literal["context", "all"] = Field(
+        "context",
+        description="hybrid: recompute the sink tokens of chunks whose KV was computed after other text (context: "
+        "similarity-guided or seen in a prompt) or of every chunk (all; measured worse over standalone KV).",
+    )
     adaptive_ratio: bool = Field(
-        True,
+        False,
         description="hybrid: scale each request's budget by where its measured KV deviation ranks among the "
         "engine's recent requests (x0.5 to x1.5), so easy prompts recompute less and hard ones more at the same "
         "mean ratio.",

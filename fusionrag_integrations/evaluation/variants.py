@@ -5,6 +5,7 @@ A spec names a registered selector; keys set the hybrid selector's levers:
   sink=N           chunk-initial tokens recomputed inside each chunk's budget
   adaptive=0|1     the per-request adaptive ratio (over the engine's running deviation reference)
   budget=deviation|length|global   how a request's budget is split over its chunks (global: not split)
+  sinks=context|all                whose sink tokens: chunks computed after other text, or every chunk
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from ..errors import InvalidArgumentError
 from ..fusion.hybrid import DeviationReference, HybridSelector
 from ..fusion.selectors import SELECTORS, Selector
 
-HYBRID_KEYS = {"sink", "adaptive", "budget"}
+HYBRID_KEYS = {"sink", "adaptive", "budget", "sinks"}
 
 
 def parse_spec(spec: str) -> tuple[str, dict[str, str]]:
@@ -57,4 +58,5 @@ def hybrid_variant(config: FusionConfig, options: dict[str, str], deviations: De
         adaptive=deviations if adaptive else None,
         budget=options.get("budget", config.hybrid_budget),
         check_layer=config.check_layer,
+        sink_scope=options.get("sinks", config.sink_scope),
     )

@@ -10,8 +10,12 @@ price it alone:
 
 - deviation budget: each chunk's share of the budget follows its deviation mass (length x mean
   deviation), not its length: a chunk whose KV was computed in a context like this one needs little.
-- sink tokens: each chunk's first `sink_tokens` are recomputed inside its share (EPIC, CacheClip:
-  a chunk computed alone put excess attention there).
+- sink tokens: each chunk's first `sink_tokens` are recomputed inside its share (EPIC, CacheClip).
+  sink_scope="context" (default) does so only for chunks whose KV was computed after other text
+  (similarity-guided or seen in a prompt): there the boundary tokens carry the most foreign context
+  and recomputing them helped (MuSiQue KL 0.157 -> 0.152 of standalone none's); over standalone KV
+  it hurt (0.521 -> 0.645: a chunk computed alone keeps its own sink there), so QCFuse's rule is
+  left unchanged for those chunks.
 - adaptive ratio: the request's budget follows where its deviation ranks among recent requests
   (DeviationReference), from ratio / 2 for the easiest to 1.5 ratio for the hardest: easy prompts
   recompute less, hard ones more, and the mean over a stream of requests stays at ratio.
@@ -27,6 +31,7 @@ import torch
 from ..errors import InvalidArgumentError
 from ..model.attention import AttentionMode, CacheAttention
 from ..model.forward import run_layers
+from ..store.chunk_kv import STANDALONE
 from .placement import FusionContext, to_device
 from .probe import default_critical_layer, probe_attention
 from .selector_base import Selector, allocate_weighted
@@ -101,6 +106,7 @@ def chunk_deviation(ctx: FusionContext, layer: int = 1, stride: int = 8) -> list
 
 
 BUDGET_SPLITS = ("deviation", "length", "global")
+SINK_SCOPES = ("context", "all")
 
 
 class HybridSelector(Selector):
@@ -122,11 +128,21 @@ class HybridSelector(Selector):
         budget: str = "deviation",
         check_layer: int = 1,
         deviation_stride: int = 8,
+        sink_scope: str = "context",
     ) -> None:
         if budget not in BUDGET_SPLITS:
             raise InvalidArgumentError(f"hybrid budget split must be one of {BUDGET_SPLITS}, got {budget!r}")
+        if sink_scope not in SINK_SCOPES:
+            raise InvalidArgumentError(f"hybrid sink scope must be one of {SINK_SCOPES}, got {sink_scope!r}")
         self.critical_layer, self.sink_tokens, self.adaptive = critical_layer, sink_tokens, adaptive
         self.budget, self.check_layer, self.deviation_stride = budget, check_layer, deviation_stride
+        self.sink_scope = sink_scope
+
+    def sinks(self, ctx: FusionContext) -> list[int]:
+        """Each chunk's sink tokens: `sink_tokens`, or 0 for standalone KV when the scope is "context"."""
+        return [
+            self.sink_tokens if self.sink_scope == "all" or c.entry.context_id != STANDALONE else 0 for c in ctx.chunks
+        ]
 
     def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:
         layer = self.critical_layer if self.critical_layer is not None else default_critical_layer(ctx.model)
@@ -143,19 +159,30 @@ class HybridSelector(Selector):
                 weights = [n * d for n, d in zip(lengths, deviation)]
         key_norm = ctx.cache.k[layer, ctx.chunk_positions].float().norm(dim=-1).mean(dim=-1)
         if self.budget == "global":
-            return pick_global(ctx, attention, key_norm, budget, self.sink_tokens, self.attention_share)
+            return pick_global(ctx, attention, key_norm, budget, self.sinks(ctx), self.attention_share)
         wants = allocate_weighted(lengths, weights, budget)
-        return pick_within_chunks(ctx, attention, key_norm, wants, self.sink_tokens, self.attention_share)
+        return pick_within_chunks(ctx, attention, key_norm, wants, self.sinks(ctx), self.attention_share)
+
+
+def per_chunk(sink: int | list[int], ctx: FusionContext) -> list[int]:
+    return [sink] * len(ctx.chunks) if isinstance(sink, int) else sink
 
 
 def pick_global(
-    ctx: FusionContext, attention: torch.Tensor, key_norm: torch.Tensor, budget: int, sink: int, share: float
+    ctx: FusionContext,
+    attention: torch.Tensor,
+    key_norm: torch.Tensor,
+    budget: int,
+    sink: int | list[int],
+    share: float,
 ) -> torch.Tensor:
-    """`budget` chunk positions: every chunk's first `sink` tokens, then round(share x the rest) by
-    attention over all chunks (QCFuse's global rule), the remainder by key norm."""
-    offsets = torch.cat([torch.arange(c.entry.num_tokens) for c in ctx.chunks])
-    is_sink = to_device(offsets < sink, attention.device)
-    n_sink = min(int((offsets < sink).sum()), budget)
+    """`budget` chunk positions: every chunk's first `sink` tokens (one count, or one per chunk), then
+    round(share x the rest) by attention over all chunks (QCFuse's global rule), the remainder by key norm."""
+    lengths = [c.entry.num_tokens for c in ctx.chunks]
+    offsets = torch.cat([torch.arange(n) for n in lengths])
+    host_sink = offsets < torch.repeat_interleave(torch.tensor(per_chunk(sink, ctx)), torch.tensor(lengths))
+    is_sink = to_device(host_sink, attention.device)
+    n_sink = min(int(host_sink.sum()), budget)
     n_attention = n_sink + round((budget - n_sink) * share)
     by_attention = torch.topk(attention.float().masked_fill(is_sink, float("inf")), n_attention).indices
     key_norm = key_norm.clone()
@@ -165,9 +192,14 @@ def pick_global(
 
 
 def pick_within_chunks(
-    ctx: FusionContext, attention: torch.Tensor, key_norm: torch.Tensor, wants: list[int], sink: int, share: float
+    ctx: FusionContext,
+    attention: torch.Tensor,
+    key_norm: torch.Tensor,
+    wants: list[int],
+    sink: int | list[int],
+    share: float,
 ) -> torch.Tensor:
-    """`wants[c]` positions of each chunk c: its first min(sink, want) tokens, then round(share x the rest)
+    """`wants[c]` positions of each chunk c: its first min(sink[c], want) tokens, then round(share x the rest)
     by attention, the remainder by key norm (scores aligned with ctx.chunk_positions).
 
     All chunks at once, padded to [chunks, longest]: a loop of topk per chunk costs ~10 launches a chunk,
@@ -177,7 +209,7 @@ def pick_within_chunks(
     rows = torch.repeat_interleave(torch.arange(n_chunks), torch.tensor(lengths))
     cols = torch.cat([torch.arange(n) for n in lengths])
     flat = to_device(rows * longest + cols, device)
-    sinks = [min(sink, w) for w in wants]
+    sinks = [min(s, w) for s, w in zip(per_chunk(sink, ctx), wants)]
     by_attention = [s + round((w - s) * share) for s, w in zip(sinks, wants)]
 
     def padded(scores: torch.Tensor) -> torch.Tensor:

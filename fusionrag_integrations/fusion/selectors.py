@@ -12,8 +12,8 @@ pass (CacheBlend) returns a hook from `in_pass` instead; recompute.py runs the p
 | fusionrag  | question's last-layer attention over chunk keys, top per chunk        | FusionRAG, arXiv 2601.12904 |
 | qcfuse     | question probed through one critical layer: attention + key norm      | QCFuse, arXiv 2604.08585 |
 | cacheclip  | a small auxiliary model's last-layer attention, window-grouped         | CacheClip, arXiv 2510.10129 |
-| hybrid     | qcfuse's attention in each chunk; budgets by measured KV deviation,   | ours (hybrid.py) |
-|            | chunk-initial (sink) tokens, a per-request adaptive ratio              |                  |
+| hybrid     | qcfuse's ranking + the sink tokens of context-aware chunks (default);  | ours (hybrid.py) |
+|            | optional: budgets by measured KV deviation, a per-request ratio        |                  |
 """
 
 from __future__ import annotations
@@ -191,7 +191,9 @@ def make_selector(
     if selector == "hybrid":
         adaptive = (deviations or DeviationReference()) if config.adaptive_ratio else None
         layer = critical_layer if critical_layer is not None else config.critical_layer
-        return HybridSelector(layer, config.sink_tokens, adaptive, config.hybrid_budget, config.check_layer)
+        return HybridSelector(
+            layer, config.sink_tokens, adaptive, config.hybrid_budget, config.check_layer, sink_scope=config.sink_scope
+        )
     return SELECTORS[selector]()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -81,7 +83,7 @@ def test_chunk_deviation_is_exact_at_layer_one_and_leaves_the_cache_as_placed(sm
 
 def test_budget_follows_deviation_and_every_chunk_keeps_its_sink(ctx_factory):
     ctx = ctx_factory()
-    selector = HybridSelector(critical_layer=5, sink_tokens=2, adaptive=None)
+    selector = HybridSelector(critical_layer=5, sink_tokens=2, adaptive=None, sink_scope="all")
     picked = selector.select(ctx, 40)
     fresh = ctx_factory()
     probe_attention(fresh, fresh.model, fresh.cache, layers={5}, full=False)  # as the selector does
@@ -113,8 +115,12 @@ def test_engine_hybrid_uses_its_config_and_one_reference(smol):
     smol.precompute(DOCS)
     before = smol.selectors.deviations.count
     pre = smol.prefill(rag_messages(DOCS), selector="hybrid", recompute_ratio=0.2)
-    assert pre.stats.selector == "hybrid" and smol.selectors.deviations.count == before + 1
+    assert pre.stats.selector == "hybrid" and smol.selectors.deviations.count == before  # adaptive: off by default
     chunk_tokens = pre.stats.tokens_recomputed + pre.stats.tokens_reused
+    assert abs(pre.stats.tokens_recomputed - 0.2 * chunk_tokens) <= 1
+    adaptive = build_selector(smol, "hybrid:adaptive=1")
+    pre = smol.prefill(rag_messages(DOCS), selector=adaptive, recompute_ratio=0.2)
+    assert smol.selectors.deviations.count == before + 1  # the engine's one reference
     assert 0.1 * chunk_tokens - 1 <= pre.stats.tokens_recomputed <= 0.3 * chunk_tokens + 1
 
 
@@ -128,10 +134,12 @@ def test_variant_specs_parse_and_refuse_typed():
 
 def test_variant_builds_the_levers_it_names(smol):
     assert build_selector(smol, "hybrid") == "hybrid"
+    assert build_selector(smol, "hybrid:sinks=all").sink_scope == "all"
     variant = build_selector(smol, "hybrid:sink=0,adaptive=0,budget=length")
     assert isinstance(variant, HybridSelector)
     assert (variant.sink_tokens, variant.adaptive, variant.budget) == (0, None, "length")
-    assert build_selector(smol, "hybrid:sink=3").adaptive is smol.selectors.deviations
+    assert build_selector(smol, "hybrid:sink=3").adaptive is None  # off by default
+    assert build_selector(smol, "hybrid:sink=3,adaptive=1").adaptive is smol.selectors.deviations
     with pytest.raises(InvalidArgumentError):
         build_selector(smol, "hybrid:budget=attention")
     assert build_selector(smol, "hybrid:budget=global").budget == "global"
@@ -185,3 +193,21 @@ def test_global_budget_is_qcfuse_plus_every_chunks_sink(ctx_factory):
     assert torch.equal(same, qcfuse.select(ctx_factory(), 30))  # no sink, no adaptive ratio: QCFuse itself
     with pytest.raises(InvalidArgumentError):
         HybridSelector(budget="attention")
+
+
+def test_sinks_only_for_context_aware_chunks_by_default(ctx_factory):
+    """sink_scope="context": over standalone KV the default hybrid is QCFuse exactly; a chunk whose KV
+    was computed after other text gets its first tokens recomputed, the others do not."""
+    from fusionrag_integrations.fusion.selectors import QCFuseSelector
+
+    hybrid = HybridSelector(critical_layer=5, sink_tokens=4, adaptive=None, budget="global")
+    assert torch.equal(hybrid.select(ctx_factory(), 30), QCFuseSelector(critical_layer=5).select(ctx_factory(), 30))
+    ctx = ctx_factory()
+    ctx.chunks[1].entry = dataclasses.replace(ctx.chunks[1].entry, context_id="nbr:0123456789abcdef")
+    assert hybrid.sinks(ctx) == [0, 4] + [0] * (len(ctx.chunks) - 2)
+    picked = hybrid.select(ctx, 30)
+    assert set(range(4)) <= set(per_chunk(ctx, picked)[1]) and picked.unique().numel() == 30
+    everywhere = HybridSelector(critical_layer=5, sink_tokens=4, adaptive=None, budget="global", sink_scope="all")
+    assert all(set(range(4)) <= set(offsets) for offsets in per_chunk(ctx, everywhere.select(ctx_factory(), 30)))
+    with pytest.raises(InvalidArgumentError):
+        HybridSelector(sink_scope="first")
