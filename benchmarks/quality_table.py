@@ -69,12 +69,15 @@ def dataset_table(sets: dict[tuple[str, str], list[dict]], dataset: str) -> list
     return table
 
 
-def markdown(table: list[dict]) -> str:
+def markdown(table: list[dict], ttft: bool = False) -> str:
+    """ttft: add the TTFT columns (meaningful for runs that had the machine to themselves, e.g. on a CPU)."""
+    columns = COLUMNS + (["ttft_ms", "ttft_speedup"] if ttft else [])
+
     def fmt(v):
         return f"{v:.3f}" if isinstance(v, float) else str(v)
 
-    head = "| " + " | ".join(COLUMNS) + " |\n|" + "---|" * len(COLUMNS) + "\n"
-    return head + "\n".join("| " + " | ".join(fmt(row[c]) for c in COLUMNS) + " |" for row in table)
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns) + "\n"
+    return head + "\n".join("| " + " | ".join(fmt(row[c]) for c in columns) + " |" for row in table)
 
 
 def main() -> None:
@@ -82,12 +85,13 @@ def main() -> None:
     p.add_argument("sweep", type=Path)
     p.add_argument("--extra", action="append", default=[], help="DATASET_MODE=DIR[,DIR...]")
     p.add_argument("--out", type=Path)
+    p.add_argument("--ttft", action="store_true", help="add TTFT columns (runs with the machine to themselves)")
     args = p.parse_args()
     sets = runs_by_set(args.sweep, args.extra)
     tables = {}
     for dataset in sorted({d for d, _ in sets}):
         tables[dataset] = dataset_table(sets, dataset)
-        print(f"\n### {dataset}\n\n{markdown(tables[dataset])}")
+        print(f"\n### {dataset}\n\n{markdown(tables[dataset], args.ttft)}")
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "tables.json").write_text(json.dumps(tables, indent=2))

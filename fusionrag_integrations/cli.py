@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--stop", action="append", help="stop at this text (repeat for several)")
     gen.add_argument(
         "--selector",
-        help="token selector for cached chunks (full, none, epic, cacheblend, fusionrag, qcfuse, cacheclip)",
+        help="token selector for cached chunks (hybrid: the default, full, none, epic, cacheblend, fusionrag, qcfuse, "
+        "cacheclip)",
     )
     gen.add_argument("--recompute-ratio", type=float, help="share of chunk tokens recomputed, in [0, 1]")
     gen.add_argument("--stats", action="store_true", help="print timing and reuse stats to stderr")

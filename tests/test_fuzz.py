@@ -67,7 +67,7 @@ VALID = {  # per argument: values a caller might mean, mixed with junk below
     "seed": st.integers(0, 9),
     "stop": texts | st.lists(texts, max_size=2),
     "chunks": st.lists(st.sampled_from(DOCS) | texts, max_size=3),
-    "selector": st.sampled_from(["full", "none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip"]),
+    "selector": st.sampled_from(["full", "none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "hybrid"]),
     "recompute_ratio": st.floats(0, 1),
     "learn_chunks": st.booleans(),
     "tools": st.just([{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]),

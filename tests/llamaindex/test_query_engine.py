@@ -88,5 +88,5 @@ async def test_query_engine_responses_carry_the_fusion_stats(li_engine, embed_mo
     full = index.as_query_engine(llm=FusionRAGLLM(engine=li_engine, max_new_tokens=4, selector="full"))
     responses = await asyncio.gather(engine.aquery("Who stayed in lunar orbit?"), full.aquery("Who stayed in orbit?"))
     fused_stats, full_stats = (r.metadata["fusionrag"] for r in responses)
-    assert fused_stats["llm_calls"] == 1 and fused_stats["calls"][0]["selector"] == "fusionrag"
+    assert fused_stats["llm_calls"] == 1 and fused_stats["calls"][0]["selector"] == "hybrid"  # the default
     assert full_stats["llm_calls"] == 1 and full_stats["chunks_recomputed"] == full_stats["chunks_found"] > 0
