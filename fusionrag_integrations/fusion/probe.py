@@ -113,17 +113,28 @@ class CriticalLayers:
         self.path = path
         self.profiled = 0  # profiles this process made (the rest were read back)
         self._layers: dict[str, dict] = {}
-        if path is not None and path.is_file():
+        self._read()
+
+    def _read(self) -> None:
+        if self.path is not None and self.path.is_file():
             try:
-                self._layers = {k: v for k, v in json.loads(path.read_text()).items() if _valid(v)}
+                found = {k: v for k, v in json.loads(self.path.read_text()).items() if _valid(v)}
             except (OSError, ValueError, AttributeError) as exc:  # garbled: profile again
-                log.warning("ignoring %s (%s)", path, exc)
+                log.warning("ignoring %s (%s)", self.path, exc)
+                return
+            self._layers = {**found, **self._layers}
 
     def get(self, fingerprint: str) -> int | None:
+        """The layer, also when another engine or process on the same cache directory profiled it since
+        this one started (read through to the file while unknown: one profile per directory, and every
+        engine on it selects the same way)."""
+        if fingerprint not in self._layers:
+            self._read()
         found = self._layers.get(fingerprint)
         return None if found is None else found["layer"]
 
     def put(self, fingerprint: str, layer: int, recall: list[float], samples: int) -> None:
+        self._read()  # keep what others saved meanwhile
         self._layers[fingerprint] = {"layer": layer, "recall": recall, "samples": samples}
         self.profiled += 1
         if self.path is None:

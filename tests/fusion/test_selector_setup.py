@@ -73,6 +73,21 @@ def test_qcfuse_profiles_its_layer_on_first_use_and_reads_it_back(smol_engine, t
     assert again.critical_layers.profiled == 0 and again.critical_layers.get(engine.loaded.model_fingerprint) == layer
 
 
+def test_engines_started_together_on_one_cache_directory_profile_once(smol_engine, tmp_path):
+    """Both engines exist before either profiles: the second reads the first's layer from the directory
+    instead of profiling its own first prompt (which could pick another layer and select differently)."""
+    first, second = engine_on(smol_engine.loaded, tmp_path / "c"), engine_on(smol_engine.loaded, tmp_path / "c")
+    first.precompute(DOCS)
+    fingerprint = first.loaded.model_fingerprint
+    assert first.critical_layers.get(fingerprint) is None and second.critical_layers.get(fingerprint) is None
+    first.generate(rag_messages(DOCS), max_new_tokens=2)  # the default selector (hybrid) profiles here
+    layer = first.critical_layers.get(fingerprint)
+    other = rag_messages(DOCS[1:], "Which engine was made first?")
+    second.generate(other, max_new_tokens=2)
+    assert first.critical_layers.profiled == 1 and second.critical_layers.profiled == 0
+    assert second.critical_layers.get(fingerprint) == layer
+
+
 def test_a_configured_critical_layer_is_used_without_profiling(smol_engine, tmp_path):
     engine = engine_on(smol_engine.loaded, tmp_path / "c", fusion=FusionConfig(critical_layer=3))
     engine.precompute(DOCS)
