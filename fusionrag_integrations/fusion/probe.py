@@ -113,9 +113,12 @@ class CriticalLayers:
         self.path = path
         self.profiled = 0  # profiles this process made (the rest were read back)
         self._layers: dict[str, dict] = {}
-        self._read()
+        self.reload()
 
-    def _read(self) -> None:
+    def reload(self) -> None:
+        """Merge in what the file holds now: another engine or process on the same cache directory may have
+        profiled since this one started (checked before profiling, so a directory is profiled once and every
+        engine on it selects the same way)."""
         if self.path is not None and self.path.is_file():
             try:
                 found = {k: v for k, v in json.loads(self.path.read_text()).items() if _valid(v)}
@@ -125,16 +128,11 @@ class CriticalLayers:
             self._layers = {**found, **self._layers}
 
     def get(self, fingerprint: str) -> int | None:
-        """The layer, also when another engine or process on the same cache directory profiled it since
-        this one started (read through to the file while unknown: one profile per directory, and every
-        engine on it selects the same way)."""
-        if fingerprint not in self._layers:
-            self._read()
         found = self._layers.get(fingerprint)
         return None if found is None else found["layer"]
 
     def put(self, fingerprint: str, layer: int, recall: list[float], samples: int) -> None:
-        self._read()  # keep what others saved meanwhile
+        self.reload()  # keep what others saved meanwhile
         self._layers[fingerprint] = {"layer": layer, "recall": recall, "samples": samples}
         self.profiled += 1
         if self.path is None:

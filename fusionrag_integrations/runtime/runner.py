@@ -134,6 +134,9 @@ class ModelRunner:
     def critical_layer(self, layout: Layout) -> int:
         """QCFuse's layer for this model: profiled once (on this first prompt) and kept on disk."""
         layer = self.profiles.get(self.fingerprint)
+        if layer is None:  # another engine on this cache directory may have profiled it since this one started
+            self.profiles.reload()
+            layer = self.profiles.get(self.fingerprint)
         if layer is None:
             layer, recall = profile_critical_layer([self.fusion_context(layout)])
             self.profiles.put(self.fingerprint, layer, recall, samples=1)
