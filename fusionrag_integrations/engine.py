@@ -20,7 +20,7 @@ from .fusion.prompt import Prompt
 from .fusion.selectors import Selector, SelectorFactory
 from .inputs import check_length, check_precompute, check_texts
 from .model.loader import LoadedModel, load_aux_model, load_model, resolve_device, resolve_dtype
-from .outputs import Generation, GenerationChunk
+from .outputs import EngineStatus, Generation, GenerationChunk
 from .request import Request
 from .runtime.decode import DecodeState, Prefill
 from .runtime.pacing import Pacing
@@ -67,6 +67,13 @@ class FusionEngine:
         """model: a local HF directory (safetensors), a .gguf file, or a hub id already in the local HF cache."""
         config, dev = config or EngineConfig(), resolve_device(device)
         return cls(load_model(model, dev, resolve_dtype(dtype, dev), config.model_cache_dir), config)
+
+    def status(self) -> EngineStatus:
+        s = self.scheduler
+        if s is None:
+            return EngineStatus(True)
+        error = None if s.healthy else f"the step loop stopped: {s.failure!r}"
+        return EngineStatus(s.healthy, error, s.queued, len(s.running), len(s.crashes))
 
     model_name = property(lambda self: self.loaded.name)
     context_window = property(lambda self: self.model.config.context_window)

@@ -52,3 +52,8 @@ class InvalidConfigError(FusionRAGError, ValueError):
 class OutOfMemoryError(FusionRAGError, MemoryError):
     """A request needs more device memory than is free even with nothing else running (a shorter
     prompt, fewer new tokens or a smaller GPU tier helps); under load requests wait instead."""
+
+
+class EngineUnavailableError(FusionRAGError, RuntimeError):
+    """The engine could not serve this request: its step loop failed (it restarted; retrying is safe),
+    it failed repeatedly and stopped, or it is shutting down. HTTP: 503, which OpenAI clients retry."""

@@ -68,3 +68,14 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     stats: GenerationStats | None = None
+
+
+@dataclass(frozen=True)
+class EngineStatus:
+    """What a server's health check and metrics read of an engine (FusionEngine.status())."""
+
+    healthy: bool  # False once the step loop stopped after repeated failures: restart the process
+    error: str | None = None  # why it is not healthy
+    queued: int = 0  # requests submitted, not yet admitted
+    running: int = 0  # requests being decoded
+    step_failures: int = 0  # steps that failed in the last minute (their requests got EngineUnavailableError)

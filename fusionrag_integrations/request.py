@@ -51,8 +51,10 @@ class SamplingParams:
             raise bad(f"top_p must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise bad(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise bad(f"seed must be an integer or None, got {self.seed!r}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(1 << 63) <= self.seed < 1 << 64
+        ):
+            raise bad(f"seed must be an integer in [-2**63, 2**64) or None, got {self.seed!r}")
         object.__setattr__(self, "stop", check_stop(self.stop))
 
 

@@ -8,7 +8,12 @@ from ..request import SamplingParams
 
 
 class Sampler:
-    """Greedy, or temperature / top-k / top-p sampling from a seeded generator."""
+    """Greedy, or temperature / top-k / top-p sampling from a seeded generator.
+
+    Numerically safe for every valid setting: the logits are shifted so their maximum is 0 before
+    they are divided by the temperature (in float64, so no temperature > 0 overflows them and the
+    likeliest token always keeps probability > 0), and top-p keeps the likeliest token whatever p is.
+    Non-finite logits (a model fault) are never sampled from: NaN counts as -inf."""
 
     def __init__(self, params: SamplingParams, device: torch.device) -> None:
         self.params = params
@@ -16,24 +21,30 @@ class Sampler:
         if params.temperature > 0:
             self.generator = torch.Generator(device=device)
             if params.seed is not None:
-                self.generator.manual_seed(params.seed)
+                self.generator.manual_seed(params.seed % (1 << 64))  # negative seeds too, as torch's own
             else:
                 self.generator.seed()
 
     def __call__(self, logits: torch.Tensor) -> int:
         """logits: [V] float32 -> token id."""
         p = self.params
+        logits = torch.nan_to_num(logits.float(), nan=float("-inf"))
         if p.temperature == 0:
             return int(torch.argmax(logits))
-        logits = logits / p.temperature
         if p.top_k:
             kth = torch.topk(logits, min(p.top_k, logits.numel())).values[-1]
             logits = logits.masked_fill(logits < kth, float("-inf"))
-        probs = torch.softmax(logits, dim=-1)
+        top = logits.max()
+        if not torch.isfinite(top):  # every logit -inf (or +inf present): no distribution to sample
+            return int(torch.argmax(logits))
+        scaled = (logits.double() - top.double()) / p.temperature  # <= 0, the maximum exactly 0
+        probs = torch.softmax(scaled, dim=-1)
         if p.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             # drop a token when the mass before it already reaches top_p (the first always stays)
-            drop = (torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= p.top_p
+            before = torch.cumsum(sorted_probs, dim=-1) - sorted_probs
+            drop = before >= p.top_p
+            drop[0] = False
             probs = probs.scatter(0, order, sorted_probs.masked_fill(drop, 0.0))
         return int(torch.multinomial(probs, 1, generator=self.generator))
 

@@ -8,11 +8,17 @@ read their pieces from a queue; closing a stream cancels its request at the next
 lock is held for a step at a time, so precompute and other engine calls interleave between steps;
 submitting never takes it (a new request lands in an inbox the next step drains), so a server's
 request handlers never wait for a step.
+
+The loop is supervised: an error inside one request's work (its prefill, its sampling) fails that
+request alone; an error in the step itself fails the requests it touched with EngineUnavailableError
+and the loop goes on; repeated step failures stop it for good (`failure` is set, new submissions
+fail at once) so that a server reports itself unhealthy instead of hanging its clients.
 """
 
 from __future__ import annotations
 
 import atexit
+import logging
 import queue
 import threading
 import time
@@ -23,13 +29,15 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..errors import OutOfMemoryError
+from ..errors import EngineUnavailableError, OutOfMemoryError
 from ..outputs import GenerationChunk
 from ..request import Request
 from ..runtime.decode import DecodeState
 from ..runtime.pacing import Pacing
 
 _DONE = object()
+log = logging.getLogger(__name__)
+CRASH_WINDOW_S, CRASHES_TO_STOP = 60.0, 3  # step failures within the window after which the loop stops
 
 
 @dataclass
@@ -67,6 +75,7 @@ class SequenceStream(Iterator[GenerationChunk]):
 
     def close(self) -> None:
         self.seq.cancelled = True
+        self.seq.out.put(_DONE)  # a reader blocked in next() (another thread) returns now
         self.scheduler.wake()
 
     def __del__(self) -> None:
@@ -108,9 +117,22 @@ class Scheduler:
         self._thread: threading.Thread | None = None
         self._pacing = Pacing(limits.prefill_tokens, self._decode)
         self._stopping = False
+        self._accepting = True
+        self.failure: BaseException | None = None  # set when the loop stopped for good
+        self.crashes: list[float] = []  # when steps failed (the loop went on after each)
+
+    @property
+    def healthy(self) -> bool:
+        """False once the loop stopped after repeated failures (or its thread died)."""
+        thread = self._thread
+        return self.failure is None and (thread is None or thread.is_alive() or self._stopping)
 
     def submit(self, request: Request, plan: Callable[[], tuple[int, int]], prefill: Callable[[Pacing], DecodeState]):
         seq = Sequence(request, plan, prefill)
+        if not self._accepting or self.failure is not None:
+            why = "is shutting down" if self.failure is None else f"stopped after repeated failures ({self.failure!r})"
+            seq.out.put(EngineUnavailableError(f"the engine {why}"))
+            return SequenceStream(seq, self)
         self._inbox.put(seq)
         with self._start_lock:
             if self._thread is None:
@@ -129,12 +151,27 @@ class Scheduler:
         self._has_work.set()
 
     def _loop(self) -> None:
+        try:
+            self._serve()
+        except BaseException as exc:  # the loop itself failed (not a step): nothing will serve requests again
+            self.failure = exc
+            log.exception("the scheduler loop stopped")
+        finally:
+            self._fail_everything(self.failure or EngineUnavailableError("the engine is shutting down"))
+
+    def _serve(self) -> None:
         while not self._stopping:
-            with self._lock:
-                if self._stopping:
+            try:
+                with self._lock:
+                    if self._stopping:
+                        return
+                    self.step()
+                    idle = not (self.waiting or self.running)
+            except Exception as exc:  # noqa: BLE001 - supervised: the step's requests fail, the loop goes on
+                self._step_failed(exc)
+                if self.failure is not None:
                     return
-                self.step()
-                idle = not (self.waiting or self.running)
+                continue
             if idle:
                 self._has_work.clear()
                 if self._inbox.empty() and not self._stopping:
@@ -142,14 +179,49 @@ class Scheduler:
             else:
                 time.sleep(0)  # callers waiting on the lock (precompute) get it between steps
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Finish the step in progress and end the thread (requests still queued are not served). Run
-        at interpreter exit: a scheduler thread still inside a torch op while the runtime tears down
-        would abort the process."""
+    def _step_failed(self, exc: Exception) -> None:
+        """A step raised outside any one request's work: a bug or a device fault. Its requests fail
+        with a typed error (their readers never hang); the loop goes on unless this keeps happening."""
+        now = time.monotonic()
+        self.crashes = [t for t in self.crashes if now - t < CRASH_WINDOW_S] + [now]
+        log.error("a scheduler step failed; failing its requests", exc_info=exc)
+        error = EngineUnavailableError(f"the engine's step failed ({type(exc).__name__}: {exc}); retry the request")
+        for seq in [*self.running, *self.waiting]:
+            seq.out.put(error)
+        self.finished += len(self.running)
+        self.running, self.waiting = [], deque()
+        self._memory_freed_since = None
+        if len(self.crashes) >= CRASHES_TO_STOP:
+            self.failure = exc
+
+    def _fail_everything(self, error: BaseException) -> None:
+        """Every request the loop still knows of (and any that arrives later) gets `error`."""
+        self._accepting = False
+        if not isinstance(error, EngineUnavailableError):
+            error = EngineUnavailableError(f"the engine stopped after repeated failures ({error!r})")
+        while not self._inbox.empty():
+            self.waiting.append(self._inbox.get())
+        for seq in [*self.running, *self.waiting]:
+            seq.out.put(error)
+        self.running, self.waiting = [], deque()
+
+    def stop(self, timeout: float = 30.0, drain: float = 0.0) -> None:
+        """Stop taking requests; give those already submitted up to `drain` seconds to finish; then end
+        the thread after its step in progress, failing what is left with EngineUnavailableError (their
+        readers return). Run at interpreter exit: a scheduler thread still inside a torch op while the
+        runtime tears down would abort the process."""
+        self._accepting = False
+        deadline = time.monotonic() + drain
+        while time.monotonic() < deadline and (self.running or self.waiting or not self._inbox.empty()):
+            if self._thread is None or not self._thread.is_alive():
+                break
+            time.sleep(0.05)
         self._stopping = True
         self._has_work.set()
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
+        if self._thread is None or not self._thread.is_alive():
+            self._fail_everything(EngineUnavailableError("the engine is shutting down"))
 
     def step(self) -> None:
         """Admit what fits, then one batched decode forward."""
@@ -221,17 +293,23 @@ class Scheduler:
         t0 = time.perf_counter()
         try:
             logits = self.decode_batch([s.state for s in batch])
-        except Exception as exc:  # noqa: BLE001 - a failed step fails the requests in it, not the server
+        except torch.OutOfMemoryError:  # the batch's own size: its requests fail, the loop goes on
             for seq in batch:
-                seq.out.put(exc)
+                seq.out.put(OutOfMemoryError("the decode step ran out of device memory"))
+            self.finished += len(batch)
             self.running = [s for s in self.running if s not in batch]
             return
         self.steps += 1
         self.batched_rows += len(batch)
+        failed = []
         for seq, row in zip(batch, logits):
-            self._deliver(seq, seq.state.feed(row))
+            try:
+                self._deliver(seq, seq.state.feed(row))
+            except Exception as exc:  # noqa: BLE001 - this request's sampling or detokenising: its own error
+                seq.out.put(exc)
+                failed.append(seq)
         self.seconds["decode"] += time.perf_counter() - t0  # sampling reads the logits: the step is done
-        still = [s for s in self.running if not s.state.done]
+        still = [s for s in self.running if not s.state.done and s not in failed]
         self.finished += len(self.running) - len(still)
         self.running = still
 

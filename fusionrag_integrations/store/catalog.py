@@ -6,8 +6,12 @@ safe concurrent access from several processes for free.
 
 The catalog is an index, not the truth: every entry file's header carries its key, text and
 context, so a lost, truncated or garbled catalog is set aside and rebuilt from the entries
-(registry.adopt_orphans), and a read-only cache directory is opened read-only. A write that
-fails (read-only, disk full) is logged and counted: the in-memory index still has the rows.
+(registry.adopt_orphans), and a read-only cache directory is opened read-only. Damage is looked
+for when the file is opened (SQLite's quick_check reads every page) and caught on every later
+call: a call that finds the file damaged sets it aside, opens a new one and bumps `generation`,
+so the registry re-catalogues the entries; the call itself answers as an empty catalog would.
+A write that fails (read-only, disk full) is logged and counted: the in-memory index still has
+the rows.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +29,25 @@ from .integrity import is_valid_key
 
 log = logging.getLogger(__name__)
 _COLUMNS = "key, text, context_id, num_tokens"
+_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
+
+
+class CatalogDamagedError(sqlite3.DatabaseError):
+    """The catalog file's pages are not a sound database (found by quick_check or by a read)."""
+
+
+def is_damage(err: sqlite3.Error) -> bool:
+    """Damage to the file (never a lock, a read-only file or a full disk: those keep the file)."""
+    if isinstance(err, CatalogDamagedError) or getattr(err, "sqlite_errorcode", None) in _DAMAGED:
+        return True
+    text = str(err)
+    return "malformed" in text or "not a database" in text
+
+
+def _check_pages(db: sqlite3.Connection) -> None:
+    problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise CatalogDamagedError(f"quick_check: {'; '.join(map(str, problems[:3]))}")
 
 
 @dataclass(frozen=True)
@@ -63,7 +87,7 @@ def _open_writable(path: Path) -> sqlite3.Connection:
                 "CREATE TABLE IF NOT EXISTS usage (model_fp TEXT NOT NULL, key TEXT NOT NULL, bytes INTEGER NOT NULL, "
                 "used REAL NOT NULL, PRIMARY KEY (model_fp, key))"
             )
-        db.execute("SELECT count(*) FROM chunks").fetchone()  # reads every page header: garbage fails here
+        _check_pages(db)  # every page of the file: damage anywhere fails here, not at a later read
     except BaseException:
         db.close()
         raise
@@ -85,12 +109,41 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
 
 class Catalog:
     def __init__(self, path: Path | None, model_fingerprint: str) -> None:
-        self.model_fp = model_fingerprint
+        self.model_fp, self.path = model_fingerprint, path
         self.read_only = False
         self.write_failures = 0
+        self.generation = 0  # bumped when a damaged file was replaced: its rows must be rebuilt
         self._lock = threading.Lock()
         self._db = self._open(path)
+        self._inode = _inode(path)
         self._data_version = self._version()
+
+    def _guarded(self, what: str, call: Callable[[sqlite3.Connection], object], default: object) -> object:
+        """call(db) under the lock. Damage found here: the file is set aside and a new one opened
+        (unless another process did that already), and the call answers `default`."""
+        with self._lock:
+            db = self._db
+            try:
+                return call(db)
+            except sqlite3.DatabaseError as err:
+                if not is_damage(err) or self.path is None:
+                    raise
+                self._replace_damaged(db, err, what)
+                return default
+
+    def _replace_damaged(self, db: sqlite3.Connection, err: sqlite3.Error, what: str) -> None:
+        if db is not self._db:  # another thread replaced it already
+            return
+        db.close()
+        self.generation += 1
+        path = self.path
+        if self.read_only:
+            log.warning("chunk catalog %s is damaged (%s, on %s) and read-only: indexing in memory", path, err, what)
+            self._db = _open_writable(Path(":memory:"))
+        else:
+            log.warning("chunk catalog %s is damaged (%s, found on %s)", path, err, what)
+            self._db = self._reopen_after_damage(err, self._inode)
+            self._inode = _inode(path)
 
     def _open(self, path: Path | None) -> sqlite3.Connection:
         if path is None:
@@ -118,7 +171,7 @@ class Catalog:
 
     def _set_aside(self, path: Path, err: Exception) -> sqlite3.Connection:
         """A garbled catalog file: move it (and its WAL files) aside and start a new one."""
-        stamp = time.strftime("%Y%m%dT%H%M%S")
+        stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
         log.warning("chunk catalog %s is unreadable (%s): moved aside, rebuilding from the entries", path, err)
         for suffix in ("", "-wal", "-shm"):
             old = path.with_name(path.name + suffix)
@@ -126,12 +179,31 @@ class Catalog:
                 old.replace(path.with_name(f"{path.name}.corrupt-{stamp}{suffix}"))
         return _open_writable(path)
 
+    def _reopen_after_damage(self, err: Exception, damaged_inode: int | None) -> sqlite3.Connection:
+        """Another process may have set the damaged file aside already: then the file now at the path is
+        its new catalog, opened as it is; else this one sets it aside."""
+        path = self.path
+        if _inode(path) not in (None, damaged_inode):
+            try:
+                return _open_writable(path)
+            except sqlite3.DatabaseError as again:
+                if not is_damage(again):
+                    raise
+                err = again
+        return self._set_aside(path, err)
+
     def _version(self) -> int:
-        with self._lock:
-            return self._db.execute("PRAGMA data_version").fetchone()[0]
+        return self._guarded("read", lambda db: db.execute("PRAGMA data_version").fetchone()[0], -1)
 
     def changed(self) -> bool:
-        """Whether another connection (another process) committed since the last call: one cheap pragma."""
+        """Whether another connection (another process) committed since the last call: one cheap pragma
+        (and one stat: when another process replaced a damaged file, this one opens the new file too)."""
+        if self.path is not None and not self.read_only and _inode(self.path) != self._inode:
+            with self._lock:
+                self._db.close()
+                self.generation += 1
+                self._db = self._open(self.path)
+                self._inode = _inode(self.path)
         version = self._version()
         changed, self._data_version = version != self._data_version, version
         return changed
@@ -139,10 +211,14 @@ class Catalog:
     def _write(self, sql: str, rows: list[tuple]) -> bool:
         if self.read_only or not rows:
             return not rows
-        try:
-            with self._lock, self._db:
-                self._db.executemany(sql, rows)
+
+        def write(db: sqlite3.Connection) -> bool:
+            with db:
+                db.executemany(sql, rows)
             return True
+
+        try:
+            return bool(self._guarded("write", write, False))
         except sqlite3.Error as err:  # read-only, disk full, locked past the timeout: keep serving
             self.write_failures += 1
             log.warning("chunk catalog write failed (%s); kept in this process's index only", err)
@@ -172,16 +248,14 @@ class Catalog:
         self._write("UPDATE usage SET used = ? WHERE model_fp = ? AND key = ?", [(now, self.model_fp, k) for k in keys])
 
     def disk_bytes(self) -> int:
-        with self._lock:
-            row = self._db.execute("SELECT sum(bytes) FROM usage WHERE model_fp = ?", (self.model_fp,)).fetchone()
+        sql = "SELECT sum(bytes) FROM usage WHERE model_fp = ?"
+        row = self._guarded("read", lambda db: db.execute(sql, (self.model_fp,)).fetchone(), (0,))
         return int(row[0] or 0)
 
     def least_recent(self) -> list[tuple[str, int, float]]:
         """(key, bytes, last use) of every entry on disk, least recently used first."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT key, bytes, used FROM usage WHERE model_fp = ? ORDER BY used, rowid", (self.model_fp,)
-            ).fetchall()
+        sql = "SELECT key, bytes, used FROM usage WHERE model_fp = ? ORDER BY used, rowid"
+        rows = self._guarded("read", lambda db: db.execute(sql, (self.model_fp,)).fetchall(), [])
         return [(k, int(n), float(t)) for k, n, t in rows if is_valid_key(k)]
 
     def close(self) -> None:
@@ -197,20 +271,25 @@ class Catalog:
     def refs_since(self, rowid: int = 0) -> tuple[list[ChunkRef], int]:
         """Rows added after `rowid` (oldest first) and the newest rowid: how another process's new
         chunks reach this one. Rows with a key that is not a key are skipped (never used as a path)."""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT rowid, {_COLUMNS} FROM chunks WHERE model_fp = ? AND rowid > ? ORDER BY rowid",
-                (self.model_fp, rowid),
-            ).fetchall()
+        sql = f"SELECT rowid, {_COLUMNS} FROM chunks WHERE model_fp = ? AND rowid > ? ORDER BY rowid"
+        generation = self.generation
+        rows = self._guarded("read", lambda db: db.execute(sql, (self.model_fp, rowid)).fetchall(), [])
+        if self.generation != generation:
+            return [], 0  # a new file: its rows start again from the beginning
         last = max((r[0] for r in rows), default=rowid)
         return [ref for _, *row in rows if (ref := _ref(row)) is not None], last
 
     def _select(self, where: str, args: tuple) -> list[ChunkRef]:
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT {_COLUMNS} FROM chunks WHERE model_fp = ? AND {where}", (self.model_fp, *args)
-            ).fetchall()
+        sql = f"SELECT {_COLUMNS} FROM chunks WHERE model_fp = ? AND {where}"
+        rows = self._guarded("read", lambda db: db.execute(sql, (self.model_fp, *args)).fetchall(), [])
         return [ref for row in rows if (ref := _ref(row)) is not None]
+
+
+def _inode(path: Path | None) -> int | None:
+    try:
+        return os.stat(path).st_ino if path is not None else None
+    except OSError:
+        return None
 
 
 def _ref(row: tuple) -> ChunkRef | None:

@@ -73,6 +73,7 @@ class ChunkRegistry:
         self._refs: dict[str, dict[str, ChunkRef]] = {}  # text -> context_id -> ref
         self._by_key: dict[str, ChunkRef] = {}
         self._seen_rowid = 0
+        self._catalog_generation = self.catalog.generation
         self._pull()
         if directory is not None:
             self.adopt_orphans()
@@ -99,19 +100,33 @@ class ChunkRegistry:
             self.catalog.touch(touched)
         if self.catalog.changed():
             self._pull()
+        if self.catalog.generation != self._catalog_generation:
+            self._recatalogue()
 
-    def adopt_orphans(self) -> int:
+    def _recatalogue(self) -> None:
+        """The catalog file was damaged and replaced by an empty one: every entry on disk is catalogued
+        again from its header (this index's rows included), then other processes' rows are read anew."""
+        self._catalog_generation = self.catalog.generation
+        self.counts["catalog_rebuilt"] += 1
+        self._seen_rowid = 0
+        if self.store.directory is not None:
+            self.adopt_orphans(again=True)
+        self._pull()
+
+    def adopt_orphans(self, again: bool = False) -> int:
         """Catalogue entry files that no row names (their headers carry key, text and context) and
-        prune files that are not entries of this model; returns how many were adopted."""
+        prune files that are not entries of this model; returns how many were adopted. again: the
+        catalog is new, so the files this index knows are catalogued again too."""
         directory = self.store.directory
         if directory is None or not directory.is_dir():
             return 0
-        adopted, sizes = [], []
+        adopted, sizes, known = [], [], []
         self.counts["stale_temp_removed"] += remove_stale_temp_files(directory)
         for path in entry_files(directory):
             key = path.name[: -len(".safetensors")]
             sizes.append((key, path.stat().st_size))
             if key in self._by_key:
+                known.append(self._by_key[key])
                 continue
             ref = self._ref_from_header(path, key)
             if ref is None:
@@ -119,6 +134,8 @@ class ChunkRegistry:
                 self.store.discard(path)
             else:
                 adopted.append(ref)
+        if again:
+            self.catalog.add(known)
         self.catalog.record(sizes, replace=False)  # entries written before the budget existed count too
         if adopted:
             self._catalogue(adopted)

@@ -125,3 +125,95 @@ def test_submit_does_not_wait_for_the_step_in_progress():
     release.set()
     assert len(list(first)) == 2 and len(list(submitted[0])) == 3
     assert s.queued == 0
+
+
+# -- supervision: one request's failure is its own; a failing step never leaves a reader hanging ------
+
+from fusionrag_integrations.errors import EngineUnavailableError  # noqa: E402
+
+
+class FailingState(FakeState):
+    """Fails in its own sampling at the `at`-th token (what a NaN distribution did)."""
+
+    def __init__(self, n: int, at: int) -> None:
+        super().__init__(n)
+        self.at, self.count = at, 0
+
+    def feed(self, row):
+        self.count += 1
+        if self.count == self.at:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
+        return super().feed(row)
+
+
+def test_a_request_failing_in_its_own_sampling_fails_alone_and_the_loop_goes_on():
+    s = scheduler()
+    healthy = s.submit(None, lambda: (10, 10), lambda _: FakeState(8))
+    broken = s.submit(None, lambda: (10, 10), lambda _: FailingState(8, at=3))
+    with pytest.raises(RuntimeError, match="probability"):
+        list(broken)
+    assert len(list(healthy)) == 8
+    assert len(list(s.submit(None, lambda: (10, 10), lambda _: FakeState(3)))) == 3  # later requests served
+    assert s.healthy and not s.crashes
+
+
+def failing_forward(times: int):
+    left = {"n": times}
+
+    def decode_batch(states):  # the batched forward breaks: not any one request's doing
+        if left["n"] > 0:
+            left["n"] -= 1
+            raise RuntimeError("device fault (test)")
+        return [None] * len(states)
+
+    return decode_batch
+
+
+def test_a_failing_step_fails_its_requests_with_a_typed_error_and_the_loop_restarts():
+    s = scheduler()
+    s.decode_batch = failing_forward(1)
+    stream = s.submit(None, lambda: (10, 10), lambda _: FakeState(5))
+    with pytest.raises(EngineUnavailableError, match="device fault"):
+        list(stream)
+    assert len(list(s.submit(None, lambda: (10, 10), lambda _: FakeState(3)))) == 3
+    assert s.healthy and len(s.crashes) == 1
+
+
+def test_repeated_step_failures_stop_the_loop_and_new_requests_fail_at_once():
+    s = scheduler()
+    s.decode_batch = failing_forward(10**6)
+    for _ in range(3):
+        with pytest.raises(EngineUnavailableError):
+            list(s.submit(None, lambda: (10, 10), lambda _: FakeState(5)))
+    s._thread.join(timeout=10)
+    assert not s.healthy and s.failure is not None
+    with pytest.raises(EngineUnavailableError, match="repeated failures"):
+        next(s.submit(None, lambda: (10, 10), lambda _: FakeState(2)))
+
+
+def test_stop_drains_what_runs_then_fails_the_rest_and_no_reader_hangs():
+    s = scheduler(max_running=1)
+    short = s.submit(None, lambda: (10, 10), lambda _: FakeState(3))
+    endless = s.submit(None, lambda: (10, 10), lambda _: FakeState(10**9))  # waits behind... then never ends
+    assert next(short).text == "x"
+    s.stop(timeout=10, drain=0.5)
+    assert len(list(short)) == 2  # finished within the drain
+    with pytest.raises(EngineUnavailableError, match="shutting down"):
+        list(endless)
+    with pytest.raises(EngineUnavailableError, match="shutting down"):
+        next(s.submit(None, lambda: (10, 10), lambda _: FakeState(2)))
+
+
+def test_closing_a_stream_wakes_its_blocked_reader():
+    """A reader blocked in next() on another thread returns when the stream is closed (a server's
+    disconnect), instead of waiting for a token that will not come."""
+    s = scheduler()
+    hold = threading.Event()
+    stream = s.submit(None, lambda: (10, 10), lambda _: (hold.wait(30), FakeState(3))[1])
+    got = []
+    reader = threading.Thread(target=lambda: got.append(list(stream)))
+    reader.start()
+    stream.close()
+    reader.join(timeout=10)
+    hold.set()
+    assert not reader.is_alive() and got == [[]]

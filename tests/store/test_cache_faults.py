@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -12,6 +13,9 @@ import textwrap
 import pytest
 
 from tests.conftest import DOCS, MODELS, REPO, engine_on, rag_messages
+
+
+NEW_PASSAGE = "A new passage about the tides of Kellersby, which rise twice a day along the granite quay."
 
 
 def answer(engine, **kwargs):
@@ -31,8 +35,6 @@ def damage_catalog(path, how: str) -> None:
         for f in path.parent.glob("catalog.sqlite*"):
             f.unlink()
     elif how == "emptied":
-        import sqlite3
-
         with sqlite3.connect(path) as db:
             db.execute("DELETE FROM chunks")
     elif how in ("truncated", "garbage"):
@@ -40,9 +42,17 @@ def damage_catalog(path, how: str) -> None:
         path.write_bytes(data[: len(data) // 3] if how == "truncated" else os.urandom(4096))
         for f in path.parent.glob("catalog.sqlite-*"):  # the WAL would still hold every row
             f.unlink()
+    elif how in ("page zeroed", "page garbled", "pages garbled"):  # the header page stays sound
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        size = path.stat().st_size
+        with open(path, "r+b") as f:
+            f.seek(4104 if how == "page zeroed" else 4096)
+            damage = {"page zeroed": bytes(8192 - 4104), "page garbled": os.urandom(4096)}
+            f.write(damage.get(how) or os.urandom(size - 4096))  # pages garbled: every table page
 
 
-@pytest.mark.parametrize("how", ["deleted", "emptied", "truncated", "garbage"])
+@pytest.mark.parametrize("how", ["deleted", "emptied", "truncated", "garbage", "page zeroed", "page garbled"])
 def test_a_lost_or_damaged_catalog_is_rebuilt_from_the_entries(smol_engine, tmp_path, warm, how):
     directory, expected = warm
     damage_catalog(directory / "catalog.sqlite", how)
@@ -52,6 +62,40 @@ def test_a_lost_or_damaged_catalog_is_rebuilt_from_the_entries(smol_engine, tmp_
     assert out.token_ids == expected
     assert engine.chunks.counts["adopted"] == len(DOCS)
     assert engine_on(smol_engine.loaded, tmp_path / "cache").chunks.counts["adopted"] == 0  # catalogued again
+
+
+def test_a_catalog_damaged_while_running_is_rebuilt_and_requests_go_on(smol_engine, tmp_path, warm):
+    """Damage done under a running engine surfaces at its next catalog read: set aside, rebuilt from the
+    entries, and the request still reuses every chunk; a new process then starts on the rebuilt file."""
+    directory, expected = warm
+    running = engine_on(smol_engine.loaded, tmp_path / "cache")
+    damage_catalog(directory / "catalog.sqlite", "pages garbled")
+    with sqlite3.connect(directory / "catalog.sqlite") as other:  # another process commits: caches go stale
+        other.execute("PRAGMA user_version = 7")
+    running.precompute([NEW_PASSAGE])  # its next look at the catalog reads the damaged page
+    out = answer(running)
+    assert out.token_ids == expected and out.stats.chunks_reused == len(DOCS)
+    assert running.chunks.counts["catalog_rebuilt"] == 1 and running.chunks.catalog.generation == 1
+    assert list(directory.glob("catalog.sqlite.corrupt-*"))  # kept aside for a post-mortem
+    later = engine_on(smol_engine.loaded, tmp_path / "cache")
+    assert later.chunks.counts["adopted"] == 0 and len(later.chunks) == len(DOCS) + 1  # catalogued again
+    assert answer(later).token_ids == expected
+
+
+def test_a_catalog_another_process_replaced_is_followed(smol_engine, tmp_path, warm):
+    """Two engines on one directory: when one sets the damaged file aside and starts a new one, the other
+    opens the new file too (it would otherwise keep reading the old one and never see new chunks)."""
+    directory, _ = warm
+    a = engine_on(smol_engine.loaded, tmp_path / "cache")
+    b = engine_on(smol_engine.loaded, tmp_path / "cache")
+    damage_catalog(directory / "catalog.sqlite", "pages garbled")
+    b.chunks.sync()  # b finds the damage first and replaces the file
+    assert b.chunks.catalog.generation == 1
+    b.precompute([NEW_PASSAGE])
+    a.chunks.sync()
+    assert NEW_PASSAGE in a.chunks.index
+    aside = [f for f in directory.glob("catalog.sqlite.corrupt-*") if not f.name.endswith(("-wal", "-shm"))]
+    assert len(aside) == 1  # set aside once, not by both
 
 
 def test_junk_in_the_entry_folders_is_pruned_and_other_files_left_alone(smol_engine, tmp_path, warm):
