@@ -18,7 +18,7 @@ from .fusion.placement import FusionContext
 from .fusion.probe import CriticalLayers
 from .fusion.prompt import Prompt
 from .fusion.selectors import Selector, SelectorFactory
-from .inputs import check_length, check_precompute, check_texts
+from .inputs import check_length, check_precompute, check_salt, check_texts
 from .model.loader import LoadedModel, load_aux_model, load_model, resolve_device, resolve_dtype
 from .outputs import EngineStatus, Generation, GenerationChunk
 from .request import Request
@@ -28,7 +28,7 @@ from .runtime.precompute import PrecomputeJob
 from .runtime.runner import ModelRunner
 from .runtime.stepwise import StepwiseStream
 from .serving.scheduler import Limits, Scheduler
-from .store.chunk_kv import ChunkKV
+from .store.chunk_kv import ChunkKV, tenant_of
 from .store.ingest import ingest
 from .store.registry import ChunkRegistry
 
@@ -82,14 +82,17 @@ class FusionEngine:
     def precompute(
         self, texts: Sequence[str], context: Sequence[str] | None = None,
         neighbors: Sequence[Sequence[str]] | None = None, show_progress: bool | None = None,
+        cache_salt: str | None = None,
     ) -> list[str]:  # fmt: skip
         """Compute and store the KV of each text (stripped), idempotently; return their keys. Standalone by
         default; neighbors (per text) / context (for all): texts computed before it (FusionRAG's similarity-
-        guided preprocessing), named by its key's context id. Progress shows for large inputs on a terminal."""
+        guided preprocessing), named by its key's context id. Progress shows for large inputs on a terminal.
+        cache_salt: stored in that salt's space (FusionParams.cache_salt)."""
         texts, contexts = check_precompute(texts, context, neighbors, show_progress)
+        tenant = tenant_of(check_salt(cache_salt))
         with self._lock:
             self.chunks.sync()
-            jobs = [self.layout.job(text, nbrs) for text, nbrs in zip(texts, contexts)]
+            jobs = [self.layout.job(text, nbrs, tenant) for text, nbrs in zip(texts, contexts)]
             self._compute(list({j.key: j for j in jobs if not self.chunks.has(j.key)}.values()), show_progress)
         self.chunks.flush()  # persisted and catalogued when it returns (the writes overlapped the compute)
         return [job.key for job in jobs]
@@ -101,18 +104,21 @@ class FusionEngine:
         self.counters["chunks_computed"] += len(done)
         return done
 
-    def forget(self, keys: Sequence[str]) -> int:
-        """Remove these entries from every tier, the disk and the detection index; returns how many were known."""
+    def forget(self, keys: Sequence[str], cache_salt: str | None = None) -> int:
+        """Remove these entries from every tier, the disk and the detection index; returns how many were known.
+        cache_salt: only entries of that salt's space (None: any)."""
         keys = check_texts(keys, "keys")
+        tenant = None if cache_salt is None else tenant_of(check_salt(cache_salt))
         with self._lock:
-            return len(self.chunks.forget(keys))
+            return len(self.chunks.forget(keys, tenant))
 
-    def keys_for(self, texts: Sequence[str]) -> list[str]:
-        """Every stored key (standalone and context-aware) of these chunk texts: what vector stores forget on delete."""
-        texts = check_texts(texts, "texts")
+    def keys_for(self, texts: Sequence[str], cache_salt: str | None = None) -> list[str]:
+        """Every stored key (standalone and context-aware) of these chunk texts in the salt's space: what
+        vector stores forget on delete."""
+        texts, tenant = check_texts(texts, "texts"), tenant_of(check_salt(cache_salt))
         with self._lock:
             self.chunks.sync()
-            return [ref.key for text in texts for ref in self.chunks.refs_for(text.strip())]
+            return [ref.key for text in texts for ref in self.chunks.refs_for(text.strip(), tenant)]
 
     # -- generation ----------------------------------------------------------------------------
 
@@ -129,7 +135,8 @@ class FusionEngine:
         recompute_ratio, learn_chunks: see request.py)."""
         request = Request.build(prompt, **settings)
         selector, ratio = self.selectors(request.fusion)
-        if self.scheduler is not None:  # queued; t_start stays the submission: waiting is part of TTFT
+        if self.scheduler is not None:
+            request.draft = self._prepare(request)  # on the caller's thread: a long prompt never holds the loop  # queued; t_start stays the submission: waiting is part of TTFT
             share = ratio if selector.fixed_share is None else selector.fixed_share
             plan = lambda: self._lay_out(request, share)  # noqa: E731
             prefill = lambda pacing: self._decode_state(request, selector, ratio, pacing)  # noqa: E731
@@ -140,13 +147,17 @@ class FusionEngine:
         request.t_start = time.perf_counter()  # timing starts when the stream is first read
         yield from self.runner.decode(self._prefill(request, selector, ratio), request)
 
-    def _lay_out(self, request: Request, share: float = 1.0) -> tuple[int, int]:
-        """Render, detect and look up the request's chunks; returns (KV positions it will need, tokens its
-        prefill computes: the fresh ones and `share` of the chunk tokens)."""
+    def _prepare(self, request: Request):
         fusion = request.fusion
         learn = self.config.learn_chunks if fusion.learn_chunks is None else fusion.learn_chunks
-        layout = self.layout.build(request.prompt, request.tools, fusion.chunks, learn, request.stats, self._compute)
-        request.layout = layout
+        return self.layout.prepare(request.prompt, request.tools, fusion.chunks, learn, tenant_of(fusion.cache_salt))
+
+    def _lay_out(self, request: Request, share: float = 1.0) -> tuple[int, int]:
+        """Look up (or compute) the request's chunks; returns (KV positions it will need, tokens its prefill
+        computes: the fresh ones and `share` of the chunk tokens)."""
+        draft = request.draft if request.draft is not None else self._prepare(request)
+        layout = self.layout.build(draft, request.stats, self._compute)
+        request.layout, request.draft = layout, None
         n = len(layout.token_ids)
         check_length(n, request.sampling.max_new_tokens, self.context_window)
         n_chunk = sum(c.entry.num_tokens for c in layout.chunks)
@@ -188,8 +199,9 @@ class FusionEngine:
         """The fused cache before any recompute (chunks placed, fresh rows empty): for selectors' tests
         and profiling. Raises ChunkNotFoundError when the prompt holds no known chunk."""
         request = Request.build(prompt, tools=tools, chunks=chunks)
+        draft = self.layout.prepare(prompt, tools, request.fusion.chunks, False)
         with self._lock:
-            layout = self.layout.build(prompt, tools, request.fusion.chunks, False, request.stats, self._compute)
+            layout = self.layout.build(draft, request.stats, self._compute)
             if not layout.chunks:
                 raise ChunkNotFoundError("the prompt contains no precomputed chunk")
             return self.runner.fusion_context(layout)

@@ -41,6 +41,13 @@ def check_texts(values: Any, name: str) -> list[str]:
     return [check_text(v, f"{name}[{i}]") for i, v in enumerate(values)]
 
 
+def check_salt(salt: Any) -> str | None:
+    """A cache salt: None or a string (any text; only its hash is kept)."""
+    if salt is not None and not isinstance(salt, str):
+        raise InvalidArgumentError(f"cache_salt must be a string or None, got {type(salt).__name__}")
+    return salt
+
+
 def check_neighbors(neighbors: Any, count: int) -> list[list[str]]:
     """One list of neighbour texts per text."""
     if isinstance(neighbors, (str, bytes)) or isinstance(neighbors, Mapping) or not _iterable(neighbors):

@@ -19,7 +19,7 @@ from .inputs import check_ratio, check_stop, check_texts
 from .outputs import GenerationStats
 
 if TYPE_CHECKING:
-    from .fusion.layout import Layout
+    from .fusion.layout import Draft, Layout
     from .fusion.prompt import Prompt
     from .fusion.selectors import Selector
 
@@ -66,12 +66,15 @@ class FusionParams:
     now if not cached) must occur in the prompt; [] = no fusion (plain prefill).
     selector / recompute_ratio: which chunk tokens to recompute.
     learn_chunks: keep the KV of this prompt's long paragraphs for later prompts.
+    cache_salt: chunks are used, learned and computed only within this salt's space (vLLM's name for
+    its prefix cache's isolation): a client cannot tell whether another one's text is cached.
     """
 
     chunks: tuple[str, ...] | None = None
     selector: str | Selector | None = None
     recompute_ratio: float | None = None
     learn_chunks: bool | None = None
+    cache_salt: str | None = None
 
     def __post_init__(self) -> None:
         if self.chunks is not None:
@@ -80,10 +83,12 @@ class FusionParams:
             object.__setattr__(self, "recompute_ratio", check_ratio(self.recompute_ratio))
         if self.learn_chunks is not None and not isinstance(self.learn_chunks, bool):
             raise InvalidArgumentError(f"learn_chunks must be True, False or None, got {self.learn_chunks!r}")
+        if self.cache_salt is not None and not isinstance(self.cache_salt, str):
+            raise InvalidArgumentError(f"cache_salt must be a string or None, got {type(self.cache_salt).__name__}")
 
 
 SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
-FUSION_FIELDS = ("chunks", "selector", "recompute_ratio", "learn_chunks")
+FUSION_FIELDS = ("chunks", "selector", "recompute_ratio", "learn_chunks", "cache_salt")
 
 
 @dataclass
@@ -93,6 +98,7 @@ class Request:
     fusion: FusionParams = field(default_factory=FusionParams)
     tools: Sequence[dict] | None = None
     stats: GenerationStats = field(default_factory=GenerationStats)
+    draft: Draft | None = None  # the prompt prepared on the caller's thread (fusion/layout.py)
     layout: Layout | None = None  # set by the layout step (fusion/layout.py)
     t_start: float = field(default_factory=time.perf_counter)
 

@@ -30,7 +30,7 @@ import torch
 from ..errors import InvalidArgumentError
 from ..model.attention import AttentionMode, CacheAttention
 from ..model.forward import run_layers
-from ..store.chunk_kv import STANDALONE
+from ..store.chunk_kv import is_standalone
 from .placement import FusionContext, to_device
 from .probe import default_critical_layer, probe_attention
 from .selector_base import Selector, allocate_weighted
@@ -140,7 +140,7 @@ class HybridSelector(Selector):
     def sinks(self, ctx: FusionContext) -> list[int]:
         """Each chunk's sink tokens: `sink_tokens`, or 0 for standalone KV when the scope is "context"."""
         return [
-            self.sink_tokens if self.sink_scope == "all" or c.entry.context_id != STANDALONE else 0 for c in ctx.chunks
+            self.sink_tokens if self.sink_scope == "all" or not is_standalone(c.entry.context_id) else 0 for c in ctx.chunks
         ]
 
     def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The layout step: a prompt becomes token ids with each known chunk's cached entry at its place.
 
-Render (chat template), detect the stored chunks in the text (or take the given ones), look their
-entries up (computing what is missing), tokenise the fresh text between them, and note long fresh
-paragraphs to learn. This is also the one place chunk keys are derived: for precompute jobs, for a
+Two halves. `prepare` (on the caller's thread, before the request queues): render the chat template,
+refuse a prompt too long in bytes, detect the stored chunks in the text (or take the given ones) and
+tokenise the fresh text between them. `build` (on the step loop): look the chunks' entries up
+(computing what is missing) and lay the token ids out, noting long fresh paragraphs to learn. This is also the one place chunk keys are derived: for precompute jobs, for a
 context-aware entry's neighbours, and for learned paragraphs.
 """
 
@@ -19,8 +20,8 @@ from ..errors import ChunkNotFoundError, ContextLengthError, EmptyPromptError
 from ..inputs import check_text
 from ..outputs import GenerationStats
 from ..runtime.precompute import PrecomputeJob
-from ..store.chunk_kv import STANDALONE, ChunkKV, chunk_key
-from ..store.detect import ChunkIndex, Match
+from ..store.chunk_kv import STANDALONE, ChunkKV, chunk_key, with_tenant
+from ..store.detect import ChunkIndex
 from ..store.registry import ChunkRegistry
 from .placement import PlacedChunk
 from .prompt import Prompt, encode_text, render_prompt, split_at_matches, split_paragraphs
@@ -34,6 +35,30 @@ class Layout:
     chunks: list[PlacedChunk] = field(default_factory=list)
     loaded: list[bool] = field(default_factory=list)  # per chunk: its KV came from the store (not computed now)
     learnable: list[tuple[str, int, int]] = field(default_factory=list)  # (paragraph text, start, end) to keep
+    tenant: str = ""  # whose chunks it may use (store/chunk_kv.py: tenant_of)
+
+
+@dataclass
+class Fresh:
+    """Prompt text that is no chunk, tokenised; `learnable`: its text, when it is a paragraph to keep."""
+
+    ids: list[int]
+    learnable: str | None = None
+
+
+@dataclass
+class Draft:
+    """A prompt prepared for layout: chunk texts (str) and fresh pieces in prompt order."""
+
+    tenant: str
+    given: list[str] | None  # chunks passed explicitly (computed when missing); None: detected
+    segments: list[str | Fresh] = field(default_factory=list)
+
+
+def max_token_bytes(tokenizer) -> int:
+    """The most UTF-8 bytes one token's text can take (an upper bound: byte-level vocabularies spell a
+    byte with up to 2): a prompt longer than context_window x this is too long, known before tokenising."""
+    return max([len(str(t).encode()) for t in tokenizer.get_vocab()] + [1])
 
 
 def shared_prefix_ids(tokenizer, chunk_prefix: str) -> list[int]:
@@ -64,6 +89,7 @@ class PromptLayout:
         self.tokenizer, self.fingerprints, self.prefix_ids = tokenizer, fingerprints, prefix_ids
         self.kv_format = kv_format
         self.context_window, self.registry, self.learn_min_chars = context_window, registry, learn_min_chars
+        self.max_token_bytes = max_token_bytes(tokenizer)
         # chat-template markup ends a paragraph for learn_chunks
         self._special_tokens = [*tokenizer.all_special_tokens, *tokenizer.get_added_vocab()]
 
@@ -85,16 +111,16 @@ class PromptLayout:
             )
         return ids
 
-    def job(self, text: str, neighbors: Sequence[str]) -> PrecomputeJob:
+    def job(self, text: str, neighbors: Sequence[str], tenant: str = "") -> PrecomputeJob:
         """A precompute job; with neighbours, its context id names their own (standalone) keys."""
         ids = self.chunk_token_ids(text)
         context_ids: list[int] = []
-        context_id = STANDALONE
+        context_id = with_tenant(STANDALONE, tenant)
         if neighbors:
             neighbor_ids = [self.chunk_token_ids(n) for n in neighbors]
             context_ids = [t for n in neighbor_ids for t in n]
-            names = [self.key(n, self.prefix_ids, STANDALONE) for n in neighbor_ids]
-            context_id = "nbr:" + hashlib.sha256("|".join(names).encode()).hexdigest()[:16]
+            names = [self.key(n, self.prefix_ids, with_tenant(STANDALONE, tenant)) for n in neighbor_ids]
+            context_id = with_tenant("nbr:" + hashlib.sha256("|".join(names).encode()).hexdigest()[:16], tenant)
             if len(self.prefix_ids) + len(context_ids) + len(ids) >= self.context_window:
                 raise ContextLengthError(
                     f"a chunk of {len(ids)} tokens after {len(context_ids)} neighbour tokens "
@@ -109,54 +135,53 @@ class PromptLayout:
         entries = []
         for text, start, end in layout.learnable:
             before, ids = layout.token_ids[:start], layout.token_ids[start:end]
-            context_id = "seen:" + hashlib.sha256(json.dumps(before).encode()).hexdigest()[:16]
+            context_id = with_tenant("seen:" + hashlib.sha256(json.dumps(before).encode()).hexdigest()[:16], layout.tenant)
             key = self.key(ids, before, context_id)
             ids_t = torch.tensor(ids, dtype=torch.long)
             kv = (k[:, start:end].clone(), v[:, start:end].clone())
             entries.append((ChunkKV(key, ids_t, *kv, start, self.fingerprints[0], context_id, text), text))
         return entries
 
-    # -- the layout ----------------------------------------------------------------------------
+    # -- the layout: prepared on the caller's thread, resolved on the scheduler's ------------------
 
-    def build(
-        self, prompt: Prompt, tools, chunks: Sequence[str] | None, learn: bool, stats: GenerationStats, compute: Compute
-    ) -> Layout:
-        """Render, find chunks, and lay out token ids with each chunk's cached entry at its position."""
+    def prepare(
+        self, prompt: Prompt, tools, chunks: Sequence[str] | None, learn: bool, tenant: str = ""
+    ) -> Draft:
+        """Render, check the size, find the chunks and tokenise the fresh text between them: everything
+        that scales with the prompt's length and needs no model, so it runs before the request queues
+        (a long prompt never holds the step loop). A prompt too long in bytes is refused before it is
+        tokenised."""
         text, add_special = render_prompt(self.tokenizer, prompt, tools)
-        matches, computed_now = self._find_chunks(text, chunks, compute)
-        self.registry.prefetch(m.text for m in matches)
-        layout = Layout([])
+        size = len(text.encode("utf-8", "surrogatepass"))
+        if size > self.context_window * self.max_token_bytes:
+            raise ContextLengthError(
+                f"the prompt is {size} bytes: more than the context window of {self.context_window} tokens can "
+                f"hold (a token of this tokenizer is at most {self.max_token_bytes} bytes)"
+            )
+        given = None if chunks is None else self._given(text, chunks)
+        if given is None:
+            matches = self.registry.find(text, tenant)
+        elif given:
+            index = ChunkIndex(window=min(len(c) for c in given))
+            for c in given:
+                index.add(c)
+            matches = index.find(text)  # a given chunk inside another is served by that one's KV (longest wins)
+        else:
+            matches = []
+        draft = Draft(tenant, given)
         for kind, piece in split_at_matches(text, matches):
-            if kind == "text":
-                self._add_fresh_text(layout, piece, add_special, learn)
+            if kind == "chunk":
+                draft.segments.append(piece)
                 continue
-            entry, computed = self._entry_for(piece, compute)
-            stats.chunks_hot += not computed and self.registry.store.last_tier in ("gpu", "cpu")
-            computed = computed or piece in computed_now
-            layout.chunks.append(PlacedChunk(entry, len(layout.token_ids)))
-            layout.token_ids += entry.token_ids.tolist()
-            layout.loaded.append(not computed)
-            stats.chunks_found += 1
-            stats.chunks_computed += computed
-        return layout
+            first = add_special and not draft.segments
+            paragraphs = split_paragraphs(piece, self.learn_min_chars, self._special_tokens) if learn else [(0, piece)]
+            for learnable, part in paragraphs:
+                first_here = first and not draft.segments
+                draft.segments.append(Fresh(encode_text(self.tokenizer, part, first_here), part if learnable else None))
+        return draft
 
-    def _add_fresh_text(self, layout: Layout, text: str, add_special: bool, learn: bool) -> None:
-        """Tokenise fresh text; when learning, each long paragraph alone (its KV is kept after the prefill)."""
-        if not learn:
-            layout.token_ids += encode_text(self.tokenizer, text, add_special and not layout.token_ids)
-            return
-        for learnable, piece in split_paragraphs(text, self.learn_min_chars, self._special_tokens):
-            start = len(layout.token_ids)
-            layout.token_ids += encode_text(self.tokenizer, piece, add_special and not layout.token_ids)
-            if learnable and piece not in self.registry.index:
-                layout.learnable.append((piece, start, len(layout.token_ids)))
-
-    def _find_chunks(self, text: str, chunks: Sequence[str] | None, compute: Compute) -> tuple[list[Match], set[str]]:
-        """-> (matches, texts whose KV this call had to compute)."""
-        if chunks is None:
-            return self.registry.find(text), set()
-        if not chunks:
-            return [], set()
+    @staticmethod
+    def _given(text: str, chunks: Sequence[str]) -> list[str]:
         wanted = list(dict.fromkeys(c.strip() for c in chunks))
         if "" in wanted:
             raise EmptyPromptError("chunks holds an empty (or only whitespace) text")
@@ -165,19 +190,45 @@ class PromptLayout:
             raise ChunkNotFoundError(
                 f"{len(missing)} of the given chunks do not occur in the prompt, e.g. {missing[0][:60]!r}"
             )
-        self.registry.sync()
-        jobs = {job.key: job for job in (self.job(t, ()) for t in wanted) if not self.registry.has(job.key)}
-        computed_now = {t for t in wanted if not any(self.registry.has(r.key) for r in self.registry.refs_for(t))}
-        compute(list(jobs.values()))
-        index = ChunkIndex(window=min(len(c) for c in wanted))
-        for c in wanted:
-            index.add(c)
-        # a chunk that lies inside another given chunk is served by that one's KV (the longest match wins)
-        return index.find(text), computed_now
+        return wanted
 
-    def _entry_for(self, text: str, compute: Compute) -> tuple[ChunkKV, bool]:
+    def build(self, draft: Draft, stats: GenerationStats, compute: Compute) -> Layout:
+        """Look each chunk's entry up (computing what is missing) and lay out the token ids."""
+        tenant = draft.tenant
+        computed_now = self._compute_given(draft.given, compute, tenant) if draft.given else set()
+        chunk_texts = [s for s in draft.segments if isinstance(s, str)]
+        self.registry.prefetch(chunk_texts, tenant)
+        layout = Layout([], tenant=tenant)
+        for segment in draft.segments:
+            if isinstance(segment, Fresh):
+                start = len(layout.token_ids)
+                layout.token_ids += segment.ids
+                if segment.learnable is not None and not self.registry.knows(segment.learnable, tenant):
+                    layout.learnable.append((segment.learnable, start, len(layout.token_ids)))
+                continue
+            entry, computed = self._entry_for(segment, compute, tenant)
+            stats.chunks_hot += not computed and self.registry.store.last_tier in ("gpu", "cpu")
+            computed = computed or segment in computed_now
+            layout.chunks.append(PlacedChunk(entry, len(layout.token_ids)))
+            layout.token_ids += entry.token_ids.tolist()
+            layout.loaded.append(not computed)
+            stats.chunks_found += 1
+            stats.chunks_computed += computed
+        return layout
+
+    def _compute_given(self, wanted: list[str], compute: Compute, tenant: str) -> set[str]:
+        """Compute the given chunks that have no entry; -> the texts computed now."""
+        self.registry.sync()
+        jobs = {job.key: job for job in (self.job(t, (), tenant) for t in wanted) if not self.registry.has(job.key)}
+        computed_now = {
+            t for t in wanted if not any(self.registry.has(r.key) for r in self.registry.refs_for(t, tenant))
+        }
+        compute(list(jobs.values()))
+        return computed_now
+
+    def _entry_for(self, text: str, compute: Compute, tenant: str) -> tuple[ChunkKV, bool]:
         """The verified entry for a chunk text (context-aware preferred), computing it if missing or bad."""
-        entry = self.registry.entry_for(text)
+        entry = self.registry.entry_for(text, tenant)
         if entry is not None:
             return entry, False
-        return compute([self.job(text, ())])[0], True
+        return compute([self.job(text, (), tenant)])[0], True

@@ -28,6 +28,27 @@ STANDALONE = "standalone"
 _HEADER_FIELDS = ("format", "key", "model_fingerprint", "context_id", "start", "text", "kv_format")
 
 
+def tenant_of(salt: str | None) -> str:
+    """A cache salt's tenant id: chunks computed under a salt are that tenant's alone (their keys differ,
+    only that tenant's prompts detect them, only it can list or delete them). "" = the shared space."""
+    return hashlib.sha256(salt.encode()).hexdigest()[:16] if salt else ""
+
+
+def with_tenant(context_id: str, tenant: str) -> str:
+    """The context id an entry is stored under: its tenant rides in it, so it is part of the key."""
+    return f"{context_id}@{tenant}" if tenant else context_id
+
+
+def split_context(context_id: str) -> tuple[str, str]:
+    """(context id without the tenant, tenant)."""
+    base, _, tenant = context_id.partition("@")
+    return base, tenant
+
+
+def is_standalone(context_id: str) -> bool:
+    return split_context(context_id)[0] == STANDALONE
+
+
 class CorruptEntryError(Exception):
     """A file on disk is truncated, bit-flipped, or not what its name claims (internal: the store recomputes)."""
 

@@ -14,6 +14,7 @@ whitespace around a chunk belongs to the prompt, not to the chunk.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,8 +83,9 @@ class ChunkIndex:
                 del self._texts_by_anchor[anchor]
             self._dirty = True
 
-    def find(self, prompt: str) -> list[Match]:
-        """Non-overlapping occurrences of indexed texts, left to right; the longest wins at one offset."""
+    def find(self, prompt: str, allowed: Callable[[str], bool] | None = None) -> list[Match]:
+        """Non-overlapping occurrences of indexed texts, left to right; the longest wins at one offset.
+        allowed: only texts it accepts count (another tenant's chunk neither matches nor hides one)."""
         if not self._texts_by_anchor or len(prompt) < self.window:
             return []
         if self._dirty:  # removals leave stale bits; rebuild lazily
@@ -98,7 +100,7 @@ class ChunkIndex:
             texts = self._texts_by_anchor.get(int(hashes[offset])) if offset >= next_free else None
             if not texts:
                 continue
-            found = [t for t in texts if prompt.startswith(t, offset)]
+            found = [t for t in texts if prompt.startswith(t, offset) and (allowed is None or allowed(t))]
             if found:
                 text = max(found, key=len)
                 matches.append(Match(offset, offset + len(text), text))

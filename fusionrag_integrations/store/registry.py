@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 from .catalog import Catalog, ChunkRef
-from .chunk_kv import FORMAT_VERSION, STANDALONE, ChunkKV, CorruptEntryError, read_header
+from .chunk_kv import FORMAT_VERSION, ChunkKV, CorruptEntryError, is_standalone, read_header, split_context
 from .detect import ChunkIndex, Match
 from .entry_files import entry_files, remove_stale_temp_files
 from .ingest import Writer
@@ -61,6 +61,7 @@ class ChunkRegistry:
         self._touched: set[str] = set()  # keys used since the last write to the catalog's usage table
         self._touched_at = time.monotonic()
         self._touch_lock = threading.Lock()
+        self._index_lock = threading.RLock()  # detection runs on callers' threads while the loop adds chunks
         atexit.register(_flush_at_exit, weakref.ref(self))
         if remote:  # the catalog is shared where the entries are: every engine detects every chunk
             from .redis_catalog import RedisCatalog
@@ -72,6 +73,7 @@ class ChunkRegistry:
         self.counts: Counter[str] = Counter()  # adopted / pruned files, mismatched rows
         self._refs: dict[str, dict[str, ChunkRef]] = {}  # text -> context_id -> ref
         self._by_key: dict[str, ChunkRef] = {}
+        self._tenanted = 0  # refs of salted tenants: while none, detection needs no per-text check
         self._seen_rowid = 0
         self._catalog_generation = self.catalog.generation
         self._pull()
@@ -98,10 +100,11 @@ class ChunkRegistry:
             with self._touch_lock:
                 touched, self._touched, self._touched_at = list(self._touched), set(), time.monotonic()
             self.catalog.touch(touched)
-        if self.catalog.changed():
-            self._pull()
-        if self.catalog.generation != self._catalog_generation:
-            self._recatalogue()
+        with self._index_lock:
+            if self.catalog.changed():
+                self._pull()
+            if self.catalog.generation != self._catalog_generation:
+                self._recatalogue()
 
     def _recatalogue(self) -> None:
         """The catalog file was damaged and replaced by an empty one: every entry on disk is catalogued
@@ -159,9 +162,12 @@ class ChunkRegistry:
         return ChunkRef(key, meta["text"], meta["context_id"], 0)
 
     def _remember(self, ref: ChunkRef) -> None:
-        self._refs.setdefault(ref.text, {})[ref.context_id] = ref
-        self._by_key[ref.key] = ref
-        self.index.add(ref.text)
+        with self._index_lock:
+            self._refs.setdefault(ref.text, {})[ref.context_id] = ref
+            if ref.key not in self._by_key:
+                self._tenanted += bool(split_context(ref.context_id)[1])
+            self._by_key[ref.key] = ref
+            self.index.add(ref.text)
 
     def has(self, key: str) -> bool:
         if key not in self._by_key:
@@ -233,23 +239,26 @@ class ChunkRegistry:
         for ref in refs:
             self._remember(ref)
 
-    def refs_for(self, text: str) -> list[ChunkRef]:
-        """Refs of this text, the preferred first: context-aware entries, newest first (neighbour sets
-        change as a store grows), then the standalone one."""
-        refs = list(self._refs.get(text, {}).values())[::-1]
-        return sorted(refs, key=lambda r: r.context_id == STANDALONE)
+    def refs_for(self, text: str, tenant: str = "") -> list[ChunkRef]:
+        """This tenant's refs of this text, the preferred first: context-aware entries, newest first
+        (neighbour sets change as a store grows), then the standalone one."""
+        refs = [r for r in list(self._refs.get(text, {}).values())[::-1] if split_context(r.context_id)[1] == tenant]
+        return sorted(refs, key=lambda r: is_standalone(r.context_id))
+
+    def knows(self, text: str, tenant: str = "") -> bool:
+        return bool(self.refs_for(text, tenant))
 
     def get(self, key: str) -> ChunkKV | None:
         return self.store.get(key)
 
-    def prefetch(self, texts: Iterable[str]) -> None:
+    def prefetch(self, texts: Iterable[str], tenant: str = "") -> None:
         """Read ahead, in one round trip where the backend batches, the preferred entries of these texts."""
-        self.store.prefetch(refs[0].key for refs in map(self.refs_for, texts) if refs)
+        self.store.prefetch(refs[0].key for refs in (self.refs_for(t, tenant) for t in texts) if refs)
 
-    def entry_for(self, text: str) -> ChunkKV | None:
+    def entry_for(self, text: str, tenant: str = "") -> ChunkKV | None:
         """The preferred verified entry of this text, or None. An entry whose header names another
         text (a swapped or planted catalog row) is never returned: its row is dropped."""
-        for ref in self.refs_for(text):
+        for ref in self.refs_for(text, tenant):
             entry = self.store.get(ref.key)
             if entry is None:
                 continue
@@ -265,6 +274,10 @@ class ChunkRegistry:
 
     def _drop_row(self, ref: ChunkRef) -> None:
         self.catalog.drop(ref)
+        with self._index_lock:
+            self._unindex_row(ref)
+
+    def _unindex_row(self, ref: ChunkRef) -> None:
         by_context = self._refs.get(ref.text, {})
         if by_context.get(ref.context_id) == ref:
             by_context.pop(ref.context_id)
@@ -273,25 +286,39 @@ class ChunkRegistry:
             self.index.remove(ref.text)
         if self._by_key.get(ref.key) == ref:
             self._by_key.pop(ref.key)
+            self._tenanted -= bool(split_context(ref.context_id)[1])
 
-    def find(self, prompt: str) -> list[Match]:
+    def find(self, prompt: str, tenant: str = "") -> list[Match]:
+        """The tenant's chunks inside the prompt (another tenant's neither match nor hide one)."""
         self.sync()
-        return self.index.find(prompt)
+        with self._index_lock:
+            only_shared = not tenant and self._tenanted == 0
+            return self.index.find(prompt, None if only_shared else lambda text: self.knows(text, tenant))
 
-    def forget(self, keys: Iterable[str]) -> list[ChunkRef]:
-        keys = [k for k in keys if is_valid_key(k)]
+    def forget(self, keys: Iterable[str], tenant: str | None = None) -> list[ChunkRef]:
+        """Remove these entries everywhere; tenant: only those of that tenant (None: any). Returns the
+        refs removed, known here or in the catalog (also while a shared catalog is unreachable)."""
+        keys = [k for k in dict.fromkeys(keys) if is_valid_key(k)]
+        if tenant is not None:
+            keys = [k for k in keys if k in self._by_key and split_context(self._by_key[k].context_id)[1] == tenant]
         self.store.forget(keys)
-        removed = self.catalog.remove(keys)
+        removed = {ref.key: ref for ref in self.catalog.remove(keys)}
+        with self._index_lock:
+            self._unindex(keys, removed)
+        return list(removed.values())
+
+    def _unindex(self, keys: list[str], removed: dict[str, ChunkRef]) -> None:
         for key in keys:
             ref = self._by_key.pop(key, None)
             if ref is None:
                 continue
+            removed[key] = ref
+            self._tenanted -= bool(split_context(ref.context_id)[1])
             by_context = self._refs.get(ref.text, {})
             by_context.pop(ref.context_id, None)
             if not by_context:
                 self._refs.pop(ref.text, None)
                 self.index.remove(ref.text)
-        return removed
 
     def __len__(self) -> int:
         return len(self._by_key)
