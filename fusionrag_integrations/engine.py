@@ -90,18 +90,34 @@ class FusionEngine:
         cache_salt: stored in that salt's space (FusionParams.cache_salt)."""
         texts, contexts = check_precompute(texts, context, neighbors, show_progress)
         tenant = tenant_of(check_salt(cache_salt))
-        with self._lock:
-            self.chunks.sync()
-            jobs = [self.layout.job(text, nbrs, tenant) for text, nbrs in zip(texts, contexts)]
-            self._compute(list({j.key: j for j in jobs if not self.chunks.has(j.key)}.values()), show_progress)
+        self.chunks.sync()
+        jobs = [self.layout.job(text, nbrs, tenant) for text, nbrs in zip(texts, contexts)]  # tokenised here
+        todo = list({j.key: j for j in jobs if not self.chunks.holds(j.key)}.values())
+        if todo:
+            steps = ingest(self.runner.compute_chunks(self.prefix_ids, todo), len(todo), self._store, show_progress)
+            self._run_steps(steps)
         self.chunks.flush()  # persisted and catalogued when it returns (the writes overlapped the compute)
         return [job.key for job in jobs]
 
-    def _compute(self, jobs: list[PrecomputeJob], show_progress: bool | None = False) -> list[ChunkKV]:
-        """Compute, store and return these jobs' entries (in the order computed)."""
+    def _run_steps(self, steps: Iterator[object]) -> None:
+        """Bulk work on the step loop, a batch per step between the requests' steps (alone: under the lock)."""
+        if self.scheduler is not None:
+            self.scheduler.submit_chore(steps).wait()
+            return
+        with self._lock:
+            for _ in steps:
+                pass
+
+    def _store(self, entries: list[tuple[ChunkKV, str]]) -> None:
+        self.chunks.add(entries)
+        self.counters["chunks_computed"] += len(entries)
+
+    def _compute(self, jobs: list[PrecomputeJob]) -> list[ChunkKV]:
+        """Compute, store and return these jobs' entries now (on the step loop: chunks a prompt lacks)."""
         batches = self.runner.compute_chunks(self.prefix_ids, jobs) if jobs else ()
-        done = ingest(batches, len(jobs), self.chunks.add, show_progress)
-        self.counters["chunks_computed"] += len(done)
+        done: list[ChunkKV] = []
+        for entries in ingest(batches, len(jobs), self._store, False):
+            done += entries
         return done
 
     def forget(self, keys: Sequence[str], cache_salt: str | None = None) -> int:
@@ -136,7 +152,8 @@ class FusionEngine:
         request = Request.build(prompt, **settings)
         selector, ratio = self.selectors(request.fusion)
         if self.scheduler is not None:
-            request.draft = self._prepare(request)  # on the caller's thread: a long prompt never holds the loop  # queued; t_start stays the submission: waiting is part of TTFT
+            # on the caller's thread: a long prompt never holds the loop; t_start stays the submission
+            request.draft = self._prepare(request)
             share = ratio if selector.fixed_share is None else selector.fixed_share
             plan = lambda: self._lay_out(request, share)  # noqa: E731
             prefill = lambda pacing: self._decode_state(request, selector, ratio, pacing)  # noqa: E731

@@ -38,6 +38,10 @@ class LRU(Generic[K, V]):
         self._items.move_to_end(key)  # a stored None (a graph layout seen once) is recent too
         return self._items[key]
 
+    def peek(self, key: K) -> V | None:
+        """The value, without making it recent."""
+        return self._items.get(key)
+
     def put(self, key: K, value: V) -> list[tuple[K, V]]:
         self.pop(key)
         self._items[key] = value

@@ -34,6 +34,7 @@ from ..outputs import GenerationChunk
 from ..request import Request
 from ..runtime.decode import DecodeState
 from ..runtime.pacing import Pacing
+from .chores import Chore
 
 _DONE = object()
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Scheduler:
         self._start_lock = threading.Lock()
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.chores: deque[Chore] = deque()  # bulk work run a step at a time between the requests' steps
         self.steps = 0  # forwards run, and how many rows they carried (the batching actually achieved)
         self.batched_rows = 0
         self.peak_running = 0
@@ -134,13 +136,26 @@ class Scheduler:
             seq.out.put(EngineUnavailableError(f"the engine {why}"))
             return SequenceStream(seq, self)
         self._inbox.put(seq)
+        self.submit_started()
+        return SequenceStream(seq, self)
+
+    def submit_chore(self, steps) -> Chore:
+        """Run `steps` (an iterator; each next() one bounded piece of work) on the loop, between steps."""
+        chore = Chore(steps)
+        if not self._accepting or self.failure is not None:
+            chore.finish(EngineUnavailableError("the engine is not taking work (shutting down or failed)"))
+            return chore
+        self.chores.append(chore)
+        self.submit_started()
+        return chore
+
+    def submit_started(self) -> None:
         with self._start_lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="fusionrag-scheduler", daemon=True)
                 self._thread.start()
                 atexit.register(_stop_at_exit, weakref.ref(self))
         self._has_work.set()
-        return SequenceStream(seq, self)
 
     @property
     def queued(self) -> int:
@@ -166,7 +181,7 @@ class Scheduler:
                     if self._stopping:
                         return
                     self.step()
-                    idle = not (self.waiting or self.running)
+                    idle = not (self.waiting or self.running or self.chores)
             except Exception as exc:  # noqa: BLE001 - supervised: the step's requests fail, the loop goes on
                 self._step_failed(exc)
                 if self.failure is not None:
@@ -204,6 +219,8 @@ class Scheduler:
         for seq in [*self.running, *self.waiting]:
             seq.out.put(error)
         self.running, self.waiting = [], deque()
+        while self.chores:
+            self.chores.popleft().finish(error)
 
     def stop(self, timeout: float = 30.0, drain: float = 0.0) -> None:
         """Stop taking requests; give those already submitted up to `drain` seconds to finish; then end
@@ -212,7 +229,7 @@ class Scheduler:
         runtime tears down would abort the process."""
         self._accepting = False
         deadline = time.monotonic() + drain
-        while time.monotonic() < deadline and (self.running or self.waiting or not self._inbox.empty()):
+        while time.monotonic() < deadline and (self.running or self.waiting or self.chores or not self._inbox.empty()):
             if self._thread is None or not self._thread.is_alive():
                 break
             time.sleep(0.05)
@@ -224,12 +241,14 @@ class Scheduler:
             self._fail_everything(EngineUnavailableError("the engine is shutting down"))
 
     def step(self) -> None:
-        """Admit what fits, then one batched decode forward."""
+        """Admit what fits, then one batched decode forward, then one step of the oldest chore."""
         while not self._inbox.empty():
             self.waiting.append(self._inbox.get())
         self._drop_cancelled()
         self._admit()
         self._decode()
+        if self.chores and self.chores[0].run_one():
+            self.chores.popleft()
 
     def _admit(self) -> None:
         prefilled = 0

@@ -14,7 +14,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 
 from tqdm.auto import tqdm
 
@@ -23,17 +23,18 @@ from .chunk_kv import ChunkKV
 log = logging.getLogger(__name__)
 
 
-def ingest(batches: Iterable[list[tuple[ChunkKV, str]]], total: int, add: Callable, show: bool | None):
-    """Store each batch of (entry, text) as it is computed (`add`: the registry's); returns the entries
-    in that order. show: True / False, or None = when there are many and stderr is a terminal."""
-    done: list[ChunkKV] = []
+def ingest(
+    batches: Iterable[list[tuple[ChunkKV, str]]], total: int, add: Callable, show: bool | None
+) -> Iterator[list[ChunkKV]]:
+    """Store each batch of (entry, text) as it is computed (`add`: the registry's) and yield its entries:
+    one batch per step, so the step loop can run requests between batches. show: progress True / False,
+    or None = when there are many and stderr is a terminal."""
     hide = (not show) if show is not None else (total < 16 or None)
     with tqdm(total=total, desc="precompute", unit="chunk", disable=hide) as progress:
         for entries in batches:
             add(entries)
             progress.update(len(entries))
-            done += [entry for entry, _ in entries]
-    return done
+            yield [entry for entry, _ in entries]
 
 
 class Writer:

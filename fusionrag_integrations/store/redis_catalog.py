@@ -5,12 +5,16 @@ Same calls as the SQLite catalog (catalog.py). Rows go to an append-only list, s
 and `changed()` work as SQLite's rowid and data_version do (one LLEN per lookup when nothing
 changed); removals append a tombstone. The disk-budget bookkeeping is a hash of key -> "bytes used".
 Redis down: reads return nothing new, writes are counted as failed; the engine keeps its own index.
+Redis that comes back empty (restarted without persistence, flushed) is told apart from one that
+was only unreachable by an epoch value set beside the log: when it is gone, `generation` goes up
+and the registry writes back what its memory tiers still hold.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import secrets
 import time
 
 import redis
@@ -27,9 +31,16 @@ class RedisCatalog:
 
     def __init__(self, client: redis.Redis, namespace: str) -> None:
         self.redis, self.log_name = client, f"fusionrag:catalog:{namespace}"
-        self.usage_name = self.log_name + ":usage"
+        self.usage_name, self.epoch_name = self.log_name + ":usage", self.log_name + ":epoch"
         self.write_failures, self._length = 0, -1
         self._warned_at = self._down_until = 0.0
+        self.generation = 0  # bumped when Redis lost the catalog (its epoch changed)
+        self._epoch = self._try("read", self._claim_epoch, None)
+
+    def _claim_epoch(self) -> bytes | None:
+        """The catalog's epoch: set by the first engine to look (SET NX), read by the others."""
+        self.redis.set(self.epoch_name, secrets.token_hex(8), nx=True)
+        return self.redis.get(self.epoch_name)
 
     def _try(self, what: str, call, default):
         """Redis down (or within a second of failing): the default, and this engine's own index serves."""
@@ -47,7 +58,22 @@ class RedisCatalog:
             return default
 
     def changed(self) -> bool:
-        length = self._try("read", lambda: self.redis.llen(self.log_name), self._length)
+        """One round trip: the log's length, and whether its epoch is still the one this engine saw."""
+
+        def look() -> tuple[int, bytes | None]:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.llen(self.log_name)
+            pipe.get(self.epoch_name)
+            length, epoch = pipe.execute()
+            return length, epoch
+
+        length, epoch = self._try("read", look, (self._length, self._epoch))
+        if epoch != self._epoch:  # Redis came back without our data (or first reachable now)
+            lost = self._epoch is not None
+            self._epoch = self._try("read", self._claim_epoch, None)
+            if lost:
+                self.generation += 1
+                log.warning("the chunk catalog in Redis was lost (restarted without persistence?): rebuilding")
         changed, self._length = length != self._length, length
         return changed
 

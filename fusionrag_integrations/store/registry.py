@@ -107,13 +107,23 @@ class ChunkRegistry:
                 self._recatalogue()
 
     def _recatalogue(self) -> None:
-        """The catalog file was damaged and replaced by an empty one: every entry on disk is catalogued
-        again from its header (this index's rows included), then other processes' rows are read anew."""
+        """The catalog was lost (a damaged file replaced by an empty one, a Redis that came back empty):
+        entries on disk are catalogued again from their headers, entries only this process's memory
+        tiers still hold are written back, then other processes' rows are read anew."""
         self._catalog_generation = self.catalog.generation
         self.counts["catalog_rebuilt"] += 1
         self._seen_rowid = 0
         if self.store.directory is not None:
             self.adopt_orphans(again=True)
+        else:
+            backend = self.store.backend
+            for ref in list(self._by_key.values()):
+                entry = self.store.in_memory(ref.key)
+                if entry is not None:
+                    self.counts["written_back"] += 1
+                    self.add([(entry, ref.text)])
+                elif backend is not None and backend.contains(ref.key):
+                    self.catalog.add([ref])
         self._pull()
 
     def adopt_orphans(self, again: bool = False) -> int:
@@ -173,6 +183,22 @@ class ChunkRegistry:
         if key not in self._by_key:
             self.sync()
         return key in self._by_key and self.store.contains(key)
+
+    def holds(self, key: str) -> bool:
+        """Whether the entry is stored to serve later requests and processes: in the backend, or (without
+        one) in memory. An entry only a memory tier still has (the backend lost it: Redis restarted
+        empty, a value evicted, a file deleted) is written back now, so ingesting it again restores it."""
+        if not self.has(key):
+            return False
+        backend = self.store.backend
+        if backend is None or backend.contains(key):
+            return True
+        entry, ref = self.store.in_memory(key), self._by_key.get(key)
+        if entry is None or ref is None:
+            return False  # only the backend was thought to hold it: compute it again
+        self.counts["written_back"] += 1
+        self.add([(entry, ref.text)])
+        return True
 
     def add(self, entries: list[tuple[ChunkKV, str]]) -> None:
         """Store (entry, text) pairs in the store's format and make their texts detectable now; the

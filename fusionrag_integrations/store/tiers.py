@@ -129,6 +129,11 @@ class ChunkStore:
         put_many = getattr(self.backend, "put_many", None)
         return put_many(entries) if put_many is not None else [self.persist(e) for e in entries]
 
+    def in_memory(self, key: str) -> ChunkKV | None:
+        """The entry a memory tier holds (the GPU copy first), without counting a hit or moving it."""
+        entry = self.gpu.entries.peek(key) if self.gpu is not None else None
+        return entry if entry is not None else self.cpu.entries.peek(key)
+
     def contains(self, key: str) -> bool:
         in_memory = key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
         return in_memory or (self.backend is not None and self.backend.contains(key))
