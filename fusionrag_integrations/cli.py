@@ -108,26 +108,6 @@ def cmd_precompute(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    import os
-
-    import uvicorn
-
-    from .server.app import create_app
-
-    api_key = args.api_key or os.environ.get("FUSIONRAG_API_KEY") or None
-    if args.replicas:
-        from .replicas.ray_app import serve_from_cli
-
-        return serve_from_cli(args, api_key)
-    engine = _engine(args)
-    name = args.served_model_name or engine.loaded.name
-    app = create_app(engine, name, api_key, args.max_body_bytes)
-    print(f"fusionrag: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    return 0
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -207,26 +187,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("rest", nargs=argparse.REMAINDER, help="the benchmark's own options")
     bench.set_defaults(func=cmd_bench)
 
-    serve = sub.add_parser("serve", help="an OpenAI-compatible server (chat/completions, completions, chunks)")
-    serve.add_argument("model", nargs="?", help="HF directory, .gguf file or cached hub id (default: bundled SmolLM2)")
-    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    serve.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
-    serve.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
-    serve.add_argument(
-        "--cache-dir", help="chunk-KV cache directory (default $FUSIONRAG_CACHE_DIR or ~/.cache/fusionrag)"
-    )
-    serve.add_argument("--api-key", help="require `Authorization: Bearer KEY` (default $FUSIONRAG_API_KEY; none: open)")
-    serve.add_argument("--kv-format", choices=["native", "fp8", "int4"], help="stored chunk-KV format (default native)")
-    serve.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
-    serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (default 8 MiB)")
-    serve.add_argument("--kv-backend", help="shared chunk-KV tier and catalog, e.g. redis://127.0.0.1:6379/0")
-    serve.add_argument("--replicas", type=int, help="N engines on Ray Serve behind this endpoint (one per GPU)")
-    serve.add_argument("--routing", choices=["chunk", "round_robin"], default="chunk",
-                       help="replicas: to the one holding the request's chunks (default) or in turn")  # fmt: skip
-    serve.add_argument("--ray-address", help="replicas: an existing Ray cluster (default: start a local one)")
-    serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    serve.set_defaults(func=cmd_serve)
+    from .server.command import add_serve_command
+
+    add_serve_command(sub)
 
     cache = sub.add_parser("cache", help="the persistent chunk-KV cache: stats, prune to a size, verify every entry")
     cache.add_argument("action", choices=["stats", "prune", "verify"], help="stats, prune (--max-bytes) or verify")

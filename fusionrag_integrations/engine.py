@@ -20,7 +20,7 @@ from .fusion.prompt import Prompt
 from .fusion.selectors import Selector, SelectorFactory
 from .inputs import check_length, check_precompute, check_salt, check_texts
 from .model.loader import LoadedModel, load_aux_model, load_model, resolve_device, resolve_dtype
-from .outputs import EngineStatus, Generation, GenerationChunk
+from .outputs import EngineStatus, Generation, GenerationChunk, IngestReport
 from .request import Request
 from .runtime.decode import DecodeState, Prefill
 from .runtime.pacing import Pacing
@@ -71,9 +71,9 @@ class FusionEngine:
     def status(self) -> EngineStatus:
         s = self.scheduler
         if s is None:
-            return EngineStatus(True)
+            return EngineStatus(True, store=self.chunks.event_counts())
         error = None if s.healthy else f"the step loop stopped: {s.failure!r}"
-        return EngineStatus(s.healthy, error, s.queued, len(s.running), len(s.crashes))
+        return EngineStatus(s.healthy, error, s.queued, len(s.running), len(s.crashes), self.chunks.event_counts())
 
     model_name = property(lambda self: self.loaded.name)
     context_window = property(lambda self: self.model.config.context_window)
@@ -88,6 +88,14 @@ class FusionEngine:
         default; neighbors (per text) / context (for all): texts computed before it (FusionRAG's similarity-
         guided preprocessing), named by its key's context id. Progress shows for large inputs on a terminal.
         cache_salt: stored in that salt's space (FusionParams.cache_salt)."""
+        return self.ingest(texts, context, neighbors, show_progress, cache_salt).keys
+
+    def ingest(
+        self, texts: Sequence[str], context: Sequence[str] | None = None,
+        neighbors: Sequence[Sequence[str]] | None = None, show_progress: bool | None = None,
+        cache_salt: str | None = None,
+    ) -> IngestReport:  # fmt: skip
+        """`precompute`, reporting what happened: computed now, already cached, and stored durably."""
         texts, contexts = check_precompute(texts, context, neighbors, show_progress)
         tenant = tenant_of(check_salt(cache_salt))
         self.chunks.sync()
@@ -97,7 +105,9 @@ class FusionEngine:
             steps = ingest(self.runner.compute_chunks(self.prefix_ids, todo), len(todo), self._store, show_progress)
             self._run_steps(steps)
         self.chunks.flush()  # persisted and catalogued when it returns (the writes overlapped the compute)
-        return [job.key for job in jobs]
+        keys = [job.key for job in jobs]
+        unique = list(dict.fromkeys(keys))
+        return IngestReport(keys, len(todo), len(unique) - len(todo), self.chunks.stored(unique))
 
     def _run_steps(self, steps: Iterator[object]) -> None:
         """Bulk work on the step loop, a batch per step between the requests' steps (alone: under the lock)."""

@@ -79,3 +79,17 @@ class EngineStatus:
     queued: int = 0  # requests submitted, not yet admitted
     running: int = 0  # requests being decoded
     step_failures: int = 0  # steps that failed in the last minute (their requests got EngineUnavailableError)
+    store: dict[str, int] = field(default_factory=dict)  # the chunk store's counters: hits per tier, misses,
+    # corrupt entries, failed writes, catalog rebuilds, entries written back (since the engine started)
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What FusionEngine.ingest did: the keys (one per text, in order) and, over distinct keys, how many
+    were computed now, already cached, and are stored durably (in the backend; in memory without one):
+    fewer stored than distinct keys means failed writes (a full disk, Redis away)."""
+
+    keys: list[str]
+    computed: int
+    cached: int
+    stored: int

@@ -140,7 +140,8 @@ class HybridSelector(Selector):
     def sinks(self, ctx: FusionContext) -> list[int]:
         """Each chunk's sink tokens: `sink_tokens`, or 0 for standalone KV when the scope is "context"."""
         return [
-            self.sink_tokens if self.sink_scope == "all" or not is_standalone(c.entry.context_id) else 0 for c in ctx.chunks
+            self.sink_tokens if self.sink_scope == "all" or not is_standalone(c.entry.context_id) else 0
+            for c in ctx.chunks
         ]
 
     def select(self, ctx: FusionContext, budget: int) -> torch.Tensor:

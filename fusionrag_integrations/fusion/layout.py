@@ -3,8 +3,9 @@
 Two halves. `prepare` (on the caller's thread, before the request queues): render the chat template,
 refuse a prompt too long in bytes, detect the stored chunks in the text (or take the given ones) and
 tokenise the fresh text between them. `build` (on the step loop): look the chunks' entries up
-(computing what is missing) and lay the token ids out, noting long fresh paragraphs to learn. This is also the one place chunk keys are derived: for precompute jobs, for a
-context-aware entry's neighbours, and for learned paragraphs.
+(computing what is missing) and lay the token ids out, noting long fresh paragraphs to learn.
+This is also the one place chunk keys are derived: for precompute jobs, for a context-aware entry's
+neighbours, and for learned paragraphs.
 """
 
 from __future__ import annotations
@@ -135,7 +136,9 @@ class PromptLayout:
         entries = []
         for text, start, end in layout.learnable:
             before, ids = layout.token_ids[:start], layout.token_ids[start:end]
-            context_id = with_tenant("seen:" + hashlib.sha256(json.dumps(before).encode()).hexdigest()[:16], layout.tenant)
+            context_id = with_tenant(
+                "seen:" + hashlib.sha256(json.dumps(before).encode()).hexdigest()[:16], layout.tenant
+            )
             key = self.key(ids, before, context_id)
             ids_t = torch.tensor(ids, dtype=torch.long)
             kv = (k[:, start:end].clone(), v[:, start:end].clone())
@@ -144,9 +147,7 @@ class PromptLayout:
 
     # -- the layout: prepared on the caller's thread, resolved on the scheduler's ------------------
 
-    def prepare(
-        self, prompt: Prompt, tools, chunks: Sequence[str] | None, learn: bool, tenant: str = ""
-    ) -> Draft:
+    def prepare(self, prompt: Prompt, tools, chunks: Sequence[str] | None, learn: bool, tenant: str = "") -> Draft:
         """Render, check the size, find the chunks and tokenise the fresh text between them: everything
         that scales with the prompt's length and needs no model, so it runs before the request queues
         (a long prompt never holds the step loop). A prompt too long in bytes is refused before it is

@@ -63,6 +63,7 @@ class EngineReplica:
         from ..config import EngineConfig
         from ..engine import FusionEngine
         from ..server.app import create_app
+        from ..server.settings import ServerSettings
 
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)
@@ -70,7 +71,9 @@ class EngineReplica:
         config = EngineConfig(**settings.engine)
         self.engine = FusionEngine.from_pretrained(model, device=settings.device, dtype=settings.dtype, config=config)
         name = settings.served_model_name or self.engine.loaded.name
-        self.app = create_app(self.engine, name, settings.api_key, settings.max_body_bytes)
+        keys = (settings.api_key,) if settings.api_key else ()
+        server = ServerSettings(api_keys=keys, max_body_bytes=settings.max_body_bytes, allow_unauthenticated=True)
+        self.app = create_app(self.engine, name, server)
         self.replica = serve.get_replica_context().replica_id.unique_id
 
     async def forward(self, method: str, path: str, query: bytes, headers: list[tuple[str, str]], body: bytes,

@@ -1,6 +1,8 @@
 """Prometheus metrics of one server (its own registry, so several apps in one process stay apart):
-requests by endpoint and outcome, time to first token, tokens reused vs recomputed, store hits per
-tier, and the scheduler's queue depth and running requests."""
+requests by outcome (ok, error, cancelled: each request counted once), time to first token, tokens
+reused vs recomputed, the chunk store's events (hits per tier, misses, corrupt entries, failed
+writes, catalog rebuilds), the engine's health and its queue depth and running requests. Everything
+about the engine is read through FusionEngine.status()."""
 
 from __future__ import annotations
 
@@ -13,10 +15,22 @@ from ..engine import FusionEngine
 from ..outputs import GenerationChunk
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
+STORE_EVENTS = (
+    "corrupt",
+    "write_failed",
+    "read_failed",
+    "remote_unavailable",
+    "catalog_rebuilt",
+    "written_back",
+    "adopted",
+    "pruned",
+    "mismatched",
+    "evicted_from_disk",
+)
 
 
 class Metrics:
-    def __init__(self, engine: FusionEngine) -> None:
+    def __init__(self, engine: FusionEngine, model_name: str = "") -> None:
         self.registry = r = CollectorRegistry()
         self.requests = Counter("fusionrag_requests", "Generation requests by outcome", ["outcome"], registry=r)
         self.ttft = Histogram("fusionrag_ttft_seconds", "Time to first token", buckets=TTFT_BUCKETS, registry=r)
@@ -25,15 +39,19 @@ class Metrics:
             "fusionrag_chunks", "Chunks found in prompts, and how they were served", ["kind"], registry=r
         )
         store_hits = Gauge("fusionrag_store_lookups", "Chunk-KV store lookups by tier (or miss)", ["tier"], registry=r)
-        counts = engine.chunks.store.counts
         for tier in ("gpu", "cpu", "disk", "redis", "miss"):
-            store_hits.labels(tier).set_function(lambda tier=tier: counts[tier])
-        scheduler = engine.scheduler
+            store_hits.labels(tier).set_function(lambda tier=tier: engine.status().store.get(tier, 0))
+        events = Gauge("fusionrag_store_events", "Chunk store events since start", ["event"], registry=r)
+        for event in STORE_EVENTS:
+            events.labels(event).set_function(lambda event=event: engine.status().store.get(event, 0))
+        Gauge("fusionrag_healthy", "1 while the engine's step loop runs", registry=r).set_function(
+            lambda: float(engine.status().healthy)
+        )
         Gauge("fusionrag_queue_depth", "Requests waiting for admission", registry=r).set_function(
-            lambda: scheduler.queued if scheduler is not None else 0
+            lambda: engine.status().queued
         )
         Gauge("fusionrag_running_requests", "Requests being decoded", registry=r).set_function(
-            lambda: len(scheduler.running) if scheduler is not None else 0
+            lambda: engine.status().running
         )
 
     def observe(self, pieces: Iterator[GenerationChunk]) -> ObservedStream:
@@ -55,7 +73,9 @@ class ObservedStream(Iterator[GenerationChunk]):
         except StopIteration:
             raise
         except Exception:
-            self.metrics.requests.labels("error").inc()
+            if not self.finished:
+                self.finished = True
+                self.metrics.requests.labels("error").inc()
             raise
         if piece.stats is not None and piece.usage is not None:
             self.finished = True

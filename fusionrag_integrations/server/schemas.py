@@ -5,9 +5,13 @@ clients that send `user`, `logprobs: false` or `frequency_penalty: 0` keep worki
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+# numbers are numbers: `true` is not 1 (pydantic's lax mode would take it)
+Int = Annotated[int, Field(strict=True)]
+Float = Annotated[float, Field(strict=True)]
 
 
 class _Body(BaseModel):
@@ -25,6 +29,17 @@ class ChatMessage(_Body):
     tool_call_id: str | None = None
     name: str | None = None
 
+    @field_validator("tool_calls")
+    @classmethod
+    def _calls(cls, calls: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, call in enumerate(calls or []):
+            function = call.get("function")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise ValueError(f"tool_calls[{i}] needs a function with a name")
+            if not isinstance(function.get("arguments", "{}"), (str, dict)):
+                raise ValueError(f"tool_calls[{i}].function.arguments must be a JSON string")
+        return calls
+
     def text(self) -> str:
         """Text parts joined (images and audio are not supported by a text model: refused)."""
         if self.content is None or isinstance(self.content, str):
@@ -39,17 +54,18 @@ class ChatMessage(_Body):
 
 class _Generation(_Body):
     model: str
-    max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    max_tokens: Int | None = Field(None, ge=1)
+    temperature: Float = Field(1.0, ge=0.0, le=2.0)
+    top_p: Float = Field(1.0, gt=0.0, le=1.0)
+    seed: Int | None = Field(None, ge=-(1 << 63), lt=1 << 64)
     stop: str | list[str] | None = None
-    n: int = Field(1, ge=1, le=1, description="one choice per request")
+    n: Int = Field(1, ge=1, le=1, description="one choice per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
     selector: str | None = None  # ours: fusion settings per request
-    recompute_ratio: float | None = Field(None, ge=0.0, le=1.0)
+    recompute_ratio: Float | None = Field(None, ge=0.0, le=1.0)
     chunks: list[str] | None = None
+    cache_salt: str | None = None  # chunks are reused only among requests with the same salt (vLLM's name)
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -57,16 +73,35 @@ class _Generation(_Body):
 
 class ChatCompletionRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: Int | None = Field(None, ge=1)
     tools: list[dict[str, Any]] | None = None
-    tool_choice: str | dict[str, Any] | None = None
+    tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
+
+    @field_validator("tools")
+    @classmethod
+    def _tools(cls, tools: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        for i, tool in enumerate(tools or []):
+            function = tool.get("function")
+            if tool.get("type", "function") != "function" or not isinstance(function, dict):
+                raise ValueError(f"tools[{i}] must be {{'type': 'function', 'function': {{...}}}}")
+            if not isinstance(function.get("name"), str) or not function["name"]:
+                raise ValueError(f"tools[{i}].function needs a name")
+        return tools
 
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:
-        if isinstance(self.tool_choice, dict):
-            name = self.tool_choice.get("function", {}).get("name")
-            if not name or name not in {t.get("function", {}).get("name") for t in self.tools or []}:
-                raise ValueError("tool_choice names no tool of the request")
+        names = {t["function"]["name"] for t in self.tools or []}
+        choice = self.tool_choice
+        if isinstance(choice, dict):
+            function = choice.get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if choice.get("type") != "function" or not isinstance(name, str):
+                raise ValueError("tool_choice must be none, auto, required or {'type': 'function', 'function': "
+                                 "{'name': ...}}")  # fmt: skip
+            if name not in names:
+                raise ValueError(f"tool_choice names {name!r}, which is no tool of the request")
+        if choice == "required" and not names:
+            raise ValueError("tool_choice is 'required' but the request has no tools")
         return self
 
 
@@ -89,7 +124,8 @@ class ChunksRequest(_Body):
     texts: list[str] = Field(min_length=1)
     neighbors: list[list[str]] | None = None
     stream: bool = False
-    batch_size: int = Field(default=64, ge=1, le=4096)
+    batch_size: Int = Field(default=64, ge=1, le=4096)
+    cache_salt: str | None = None
 
     @model_validator(mode="after")
     def _aligned(self) -> ChunksRequest:
@@ -100,6 +136,7 @@ class ChunksRequest(_Body):
 
 class ChunkKeysRequest(_Body):
     texts: list[str] = Field(min_length=1)
+    cache_salt: str | None = None
 
 
 class ForgetRequest(_Body):
@@ -107,6 +144,7 @@ class ForgetRequest(_Body):
 
     keys: list[str] | None = None
     texts: list[str] | None = None
+    cache_salt: str | None = None
 
     @model_validator(mode="after")
     def _one_of(self) -> ForgetRequest:

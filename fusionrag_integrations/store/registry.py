@@ -184,6 +184,15 @@ class ChunkRegistry:
             self.sync()
         return key in self._by_key and self.store.contains(key)
 
+    def stored(self, keys: list[str]) -> int:
+        """How many of these entries are stored durably: in the backend (in memory without one)."""
+        backend = self.store.backend
+        return sum(1 for k in keys if (backend.contains(k) if backend is not None else self.store.contains(k)))
+
+    def event_counts(self) -> dict[str, int]:
+        """The store's and the registry's counters together (a dict copy)."""
+        return {**self.store.counts, **self.counts}
+
     def holds(self, key: str) -> bool:
         """Whether the entry is stored to serve later requests and processes: in the backend, or (without
         one) in memory. An entry only a memory tier still has (the backend lost it: Redis restarted

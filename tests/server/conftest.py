@@ -23,35 +23,54 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory):
-    """base URL of a running server (API key required)."""
-    port = free_port()
-    cache = tmp_path_factory.mktemp("server-cache")
-    cmd = [sys.executable, "-m", "fusionrag_integrations.cli", "serve", "--port", str(port), "--device", "cpu",
-           "--cache-dir", str(cache), "--api-key", API_KEY, "--served-model-name", MODEL,
-           "--max-body-bytes", str(1 << 20)]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited: {proc.stderr.read().decode()[-2000:]}")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
+class ServerProcess:
+    """`fusionrag serve` in a child process; its stderr goes to a file the tests can read."""
+
+    def __init__(self, directory, *args: str, key: str | None = API_KEY) -> None:
+        self.port = free_port()
+        self.log = directory / "server.log"
+        cmd = [sys.executable, "-m", "fusionrag_integrations.cli", "serve", "--port", str(self.port), "--device",
+               "cpu", "--cache-dir", str(directory / "cache"), "--served-model-name", MODEL, *args]  # fmt: skip
+        if key is not None:
+            cmd += ["--api-key", key]
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(cmd, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=log)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self, seconds: float = 180) -> ServerProcess:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited: {self.log.read_text()[-2000:]}")
+            try:
+                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                time.sleep(0.5)
+        self.proc.kill()
         raise RuntimeError("server did not start in 180 s")
-    server_pid[url] = proc.pid
-    yield url
-    proc.terminate()
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="session")
+def server_process(tmp_path_factory):
+    """The shared server (API key required)."""
+    process = ServerProcess(tmp_path_factory.mktemp("server"), "--max-body-bytes", str(1 << 20)).wait_ready()
+    server_pid[process.url] = process.proc.pid
+    yield process
+    process.stop()
+
+
+@pytest.fixture(scope="session")
+def server(server_process):
+    """base URL of a running server (API key required)."""
+    return server_process.url
 
 
 @pytest.fixture

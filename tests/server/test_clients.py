@@ -14,7 +14,7 @@ from tests.server.conftest import API_KEY, MODEL
 
 
 def chunk_counts(server: str) -> dict[str, float]:
-    page = httpx.get(f"{server}/metrics").text
+    page = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     return {k: float(v) for k, v in re.findall(r'^fusionrag_chunks_total\{kind="(\w+)"\} (\S+)', page, re.M)}
 
 

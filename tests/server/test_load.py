@@ -47,7 +47,7 @@ def test_64_concurrent_streams_and_hang_ups(server):
     assert all(u and 1 <= u["completion_tokens"] <= 8 and u["prompt_tokens"] > 0 for u in finished)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:  # hung-up requests are dropped at the scheduler's next step
-        page = httpx.get(f"{server}/metrics").text
+        page = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
         depth = float(re.search(r"^fusionrag_queue_depth (\S+)", page, re.M).group(1))
         running = float(re.search(r"^fusionrag_running_requests (\S+)", page, re.M).group(1))
         if depth == 0 and running == 0:

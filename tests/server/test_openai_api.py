@@ -60,6 +60,6 @@ def test_completions_endpoint(client):
 
 def test_metrics_count_requests(client, server):
     client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi"}], max_tokens=2)
-    page = httpx.get(f"{server}/metrics").text
+    page = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     assert 'fusionrag_requests_total{outcome="ok"}' in page and "fusionrag_ttft_seconds_bucket" in page
     assert "fusionrag_queue_depth 0.0" in page

@@ -14,7 +14,6 @@ import pytest
 
 from tests.conftest import DOCS, MODELS, REPO, engine_on, rag_messages
 
-
 NEW_PASSAGE = "A new passage about the tides of Kellersby, which rise twice a day along the granite quay."
 
 

@@ -1,0 +1,134 @@
+"""`fusionrag serve`: its flags, the set-ups it refuses, and the server's run (one process, or Ray
+Serve replicas). Everything that can be checked before the model loads is: the key, the address, the
+limits, the port (bound first, so a port in use is a one-line error in a second, not after 20 s)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..errors import InvalidArgumentError
+
+EXIT_FAILED = 1  # the engine stopped after repeated failures: a supervisor should restart the process
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app import create_app
+    from .protocol import bind, server
+
+    settings, api_key = serve_settings(args)
+    if args.replicas:
+        from ..replicas.ray_app import serve_from_cli
+
+        return serve_from_cli(args, api_key)
+    try:
+        sock = bind(args.host, args.port)  # before the model loads: a port in use is known in a second
+    except OSError as err:
+        raise InvalidArgumentError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
+    from ..cli import _engine
+
+    engine = _engine(args)
+    name = args.served_model_name or engine.loaded.name
+    failed = []
+    uvicorn_server = None
+
+    def on_fatal() -> None:
+        failed.append(True)
+        uvicorn_server.should_exit = True
+
+    uvicorn_server = server(create_app(engine, name, settings, on_fatal), settings, args.access_log)
+    print(f"fusionrag: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
+    uvicorn_server.run(sockets=[sock])
+    return EXIT_FAILED if failed else 0
+
+
+LOOPBACK = ("127.", "::1", "localhost")
+
+
+def serve_settings(args: argparse.Namespace):
+    """The server's limits from the flags, and the set-ups refused with one line: an empty key, a
+    non-loopback address without a key (unless --allow-unauthenticated), sizes that cannot work."""
+    import os
+
+    from pydantic import ValidationError
+
+    from .settings import ServerSettings
+
+    keys = list(args.api_key or [])
+    env = os.environ.get("FUSIONRAG_API_KEY")
+    if not keys and env is not None:
+        keys = [env]
+    if any(not k.strip() for k in keys):
+        raise InvalidArgumentError("the API key is empty (--api-key or $FUSIONRAG_API_KEY): give a real key")
+    if not keys and not args.host.startswith(LOOPBACK) and not args.allow_unauthenticated:
+        raise InvalidArgumentError(
+            f"--host {args.host} is reachable from other machines and no API key is set: give --api-key KEY "
+            "(or $FUSIONRAG_API_KEY), or --allow-unauthenticated to serve it open"
+        )
+    fields = {
+        "api_keys": tuple(keys),
+        "allow_unauthenticated": args.allow_unauthenticated,
+        "max_body_bytes": args.max_body_bytes,
+        "max_headers": args.max_headers,
+        "timeout_header_s": args.timeout_header,
+        "timeout_body_s": args.timeout_body,
+        "timeout_keep_alive_s": args.timeout_keep_alive,
+        "timeout_graceful_shutdown_s": args.timeout_graceful_shutdown,
+        "max_chunk_texts": args.max_chunk_texts,
+        "metrics_public": args.metrics_public,
+    }
+    if args.max_connections is not None:
+        fields["max_connections"] = args.max_connections
+    try:
+        settings = ServerSettings(**fields)
+    except ValidationError as err:
+        first = err.errors()[0]
+        raise InvalidArgumentError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    return settings, (keys[0] if keys else None)
+
+
+def port(value: str) -> int:
+    number = int(value)
+    if not 0 < number < 65536:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (1-65535)")
+    return number
+
+
+def add_serve_command(sub) -> None:
+    serve = sub.add_parser("serve", help="an OpenAI-compatible server (chat/completions, completions, chunks)")
+    serve.add_argument("model", nargs="?", help="HF directory, .gguf file or cached hub id (default: bundled SmolLM2)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    serve.add_argument("--port", type=port, default=8000, help="port (default 8000)")
+    serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
+    serve.add_argument("--dtype", default="auto", help="float32, bfloat16, float16 or auto")
+    serve.add_argument(
+        "--cache-dir", help="chunk-KV cache directory (default $FUSIONRAG_CACHE_DIR or ~/.cache/fusionrag)"
+    )
+    serve.add_argument("--api-key", action="append",
+                       help="require `Authorization: Bearer KEY` (default $FUSIONRAG_API_KEY); repeat for several "
+                       "keys: each key's clients then get their own chunk cache space")  # fmt: skip
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="serve without a key on an address other machines reach")  # fmt: skip
+    serve.add_argument("--kv-format", choices=["native", "fp8", "int4"], help="stored chunk-KV format (default native)")
+    serve.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
+    serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (default 8 MiB)")
+    serve.add_argument("--max-headers", type=int, default=100, help="most header fields in a request (default 100)")
+    serve.add_argument("--timeout-header", type=float, default=10.0,
+                       help="seconds a connection has to send a complete request head (default 10)")  # fmt: skip
+    serve.add_argument("--timeout-body", type=float, default=30.0,
+                       help="seconds a request has to send its whole body (default 30)")  # fmt: skip
+    serve.add_argument("--timeout-keep-alive", type=int, default=5, help="idle seconds between requests (default 5)")
+    serve.add_argument("--timeout-graceful-shutdown", type=float, default=30.0,
+                       help="on SIGTERM: seconds running requests have to finish (default 30)")  # fmt: skip
+    serve.add_argument("--max-connections", type=int,
+                       help="open connections at most (default: the file-descriptor limit less a reserve)")  # fmt: skip
+    serve.add_argument("--max-chunk-texts", type=int, default=256, help="texts per /v1/chunks request (default 256)")
+    serve.add_argument("--metrics-public", action="store_true", help="/metrics without the API key")
+    serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    serve.add_argument("--kv-backend", help="shared chunk-KV tier and catalog, e.g. redis://127.0.0.1:6379/0")
+    serve.add_argument("--replicas", type=int, help="N engines on Ray Serve behind this endpoint (one per GPU)")
+    serve.add_argument("--routing", choices=["chunk", "round_robin"], default="chunk",
+                       help="replicas: to the one holding the request's chunks (default) or in turn")  # fmt: skip
+    serve.add_argument("--ray-address", help="replicas: an existing Ray cluster (default: start a local one)")
+    serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    serve.set_defaults(func=cmd_serve)

@@ -1,0 +1,147 @@
+"""POST /v1/chat/completions and /v1/completions: a request becomes an engine stream; its pieces become
+one response or server-sent events. A client that goes away cancels its request at the next step,
+whether it streamed or waited for the whole answer."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
+from starlette.requests import ClientDisconnect
+
+from ..engine import FusionEngine
+from ..integrations.common import ASYNC_CALL_THREADS, iterate_in_thread
+from ..outputs import GenerationChunk
+from . import errors
+from .errors import APIError, as_api_error
+from .metrics import Metrics
+from .openai_format import (
+    ResponseIds,
+    chat_prompt,
+    chat_response,
+    completion_prompt,
+    completion_response,
+    stats_json,
+    stream_chunk,
+    usage_json,
+)
+from .schemas import ChatCompletionRequest, CompletionRequest
+
+
+def request_salt(request: Request, salt: str | None) -> str | None:
+    """The cache space of a request: its API key's (with several keys) and its own cache_salt."""
+    space = getattr(request.state, "key_space", "")
+    return f"{space}|{salt or ''}" if space or salt else None
+
+
+def in_thread(fn):
+    """Engine calls that may wait for the scheduler's lock never run on the event loop."""
+    return asyncio.get_running_loop().run_in_executor(ASYNC_CALL_THREADS, fn)
+
+
+def close_soon(source: Iterator) -> None:
+    """Cancel a request without waiting (safe inside a cancelled task: nothing is awaited)."""
+    close = getattr(source, "close", None)
+    if close is not None:
+        ASYNC_CALL_THREADS.submit(close)
+
+
+def sse(obj: dict) -> str:
+    return f"data: {json.dumps(obj)}\n\n"
+
+
+def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metrics) -> None:
+    def check_model(name: str) -> None:
+        if name != model_name:
+            raise APIError(404, f"the model {name!r} does not exist; this server serves {model_name!r}",
+                           "model_not_found", "model")  # fmt: skip
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatCompletionRequest, request: Request):
+        check_model(body.model)
+        try:
+            prompt, settings = chat_prompt(body, engine.tokenizer)
+        except (ValueError, KeyError, TypeError) as err:
+            raise APIError(400, f"messages: {err}", "invalid_value", "messages") from None
+        settings["cache_salt"] = request_salt(request, body.cache_salt)
+        ids = ResponseIds("chat", model_name)
+        include_usage = bool(body.stream_options and body.stream_options.include_usage)
+        if body.stream:
+            return await stream(ids, prompt, settings, include_usage)
+        text, last = await complete(request, prompt, settings)
+        return chat_response(ids, text, last, body.tools if body.tool_choice != "none" else None)
+
+    @app.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request):
+        check_model(body.model)
+        prompt, settings = completion_prompt(body)
+        settings["cache_salt"] = request_salt(request, body.cache_salt)
+        ids = ResponseIds("completion", model_name)
+        if body.stream:
+            include_usage = bool(body.stream_options and body.stream_options.include_usage)
+            return await stream(ids, prompt, settings, include_usage)
+        text, last = await complete(request, prompt, settings)
+        return completion_response(ids, text, last)
+
+    async def complete(request: Request, prompt, settings: dict[str, Any]) -> tuple[str, GenerationChunk]:
+        source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))
+        collect = asyncio.ensure_future(_collect(source))
+        gone = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({collect, gone}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            if not collect.done():  # the client went away (or this task was cancelled): free its slot
+                close_soon(source)
+            gone.cancel()
+        if not collect.done():
+            collect.cancel()
+            raise ClientDisconnect()
+        pieces = collect.result()
+        return "".join(p.text for p in pieces), pieces[-1]
+
+    async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool):
+        source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))
+        pieces = iterate_in_thread(source)
+        try:  # the first piece before the response starts: a bad request still gets its status code
+            first = await anext(pieces)
+        except Exception as exc:  # noqa: BLE001 - mapped to its status
+            close_soon(source)
+            await pieces.aclose()
+            raise as_api_error(exc) from None
+        return StreamingResponse(events(ids, first, pieces, source, include_usage), media_type="text/event-stream")
+
+    async def events(ids, first, pieces: AsyncIterator, source: Iterator, include_usage: bool):
+        last = first
+        try:
+            yield sse(stream_chunk(ids, first, first=True))
+            async for piece in pieces:
+                last = piece
+                yield sse(stream_chunk(ids, piece))
+            if include_usage and last.usage is not None:
+                yield sse(
+                    {**stream_chunk(ids, None), "usage": usage_json(last.usage), "fusionrag": stats_json(last.stats)}
+                )
+            yield "data: [DONE]\n\n"
+        except Exception as exc:  # noqa: BLE001 - mid-stream: the status line is gone, the error is an event
+            err = as_api_error(exc)
+            yield sse(errors.error_body(err.status, err.message, err.code))
+            yield "data: [DONE]\n\n"
+        finally:
+            close_soon(source)  # a client that went away frees its slot at the next step
+            with anyio.CancelScope(shield=True):
+                await pieces.aclose()
+
+
+async def _collect(source: Iterator[GenerationChunk]) -> list[GenerationChunk]:
+    return [piece async for piece in iterate_in_thread(source)]
+
+
+async def _disconnected(request: Request) -> None:
+    """Returns when the client hangs up (its body was read already: the next message is the disconnect)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
