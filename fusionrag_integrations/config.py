@@ -161,11 +161,13 @@ class EngineConfig(_Settings):
         description="Requests decoded together by the continuous-batching scheduler (serving/scheduler.py); "
         "1 = no scheduler: requests take turns step by step. None: 8 on CPU, 64 on a GPU.",
     )
-    max_prefill_tokens: int = Field(
-        8192,
+    max_prefill_tokens: int | None = Field(
+        None,
         ge=1,
         description="Prompt tokens computed per scheduler step (a fused prefill counts only what it recomputes): "
-        "more waiting prefills are admitted in the next step, so running requests keep decoding in between.",
+        "a longer prefill runs in pieces with a decode step of the running requests between them, and more "
+        "waiting prefills are admitted in the next step. None: 8192 on a GPU (a piece of ~0.25 s for an 8B "
+        "model), 256 on CPU (about as long there for a small model, where 8192 froze other streams for 20 s).",
     )
     running_kv_bytes: int | None = Field(
         None,

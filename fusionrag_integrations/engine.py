@@ -56,7 +56,8 @@ class FusionEngine:
         self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
         budget = self.runner.kv_token_budget(config.running_kv_bytes)
         running = config.max_running_requests or (64 if self.device.type == "cuda" else 8)
-        limits = Limits(running, budget, config.max_prefill_tokens, self.runner.memory_fits, self.runner.sync)
+        piece = config.max_prefill_tokens or (8192 if self.device.type == "cuda" else 256)
+        limits = Limits(running, budget, piece, self.runner.memory_fits, self.runner.sync)
         self.scheduler = Scheduler(self._lock, self.runner.decode_batch, limits) if running > 1 else None
 
     @classmethod

@@ -7,6 +7,7 @@ import pytest
 from fusionrag_integrations import (
     ChatTemplateError,
     ChunkNotFoundError,
+    ContextLengthError,
     EngineConfig,
     FusionConfig,
     FusionRAGError,
@@ -92,3 +93,18 @@ def test_a_missing_chunk_is_reported_before_any_kv_is_computed(smol):
 def test_config_paths_expand_the_home_directory(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))
     assert EngineConfig(cache_dir="~/fr").cache_dir == tmp_path / "fr"
+
+
+def test_a_prompt_too_long_in_bytes_is_refused_before_it_is_tokenised(smol, monkeypatch):
+    """A 5 MB prompt cannot fit an 8K context whatever its tokens: refused from its size alone (tokenising it
+    took seconds, on the step loop before the layout moved off it)."""
+    from fusionrag_integrations.fusion import layout
+
+    def never(*args, **kwargs):
+        raise AssertionError("tokenised")
+
+    monkeypatch.setattr(layout, "encode_text", never)
+    with pytest.raises(ContextLengthError, match="bytes"):
+        smol.generate("x" * 5_000_000, max_new_tokens=1)
+    with pytest.raises(ContextLengthError, match="bytes"):
+        smol.generate([{"role": "user", "content": "y" * 5_000_000}], max_new_tokens=1)

@@ -138,6 +138,23 @@ def test_long_prefills_run_in_pieces_between_decode_steps(engines, smol_engine, 
     assert len(calls) > len(work)  # prompts of 100+ tokens: several pieces each
 
 
+def test_a_long_prompt_does_not_freeze_a_running_stream_by_default_on_cpu(engines):
+    """With the default settings a 1,200-token prompt is prefilled in pieces on CPU (256 tokens a step) and a
+    stream already running decodes between the pieces (with one 8192-token piece it waited for the whole
+    prefill: that froze streams for 24 s at 7,000 tokens). Counted in decode steps, not seconds."""
+    _, batched = engines
+    scheduler = batched.scheduler
+    assert scheduler.limits.prefill_tokens == 256
+    running = batched.stream("Count from one to a thousand:", max_new_tokens=200)
+    next(running)
+    long_prompt = "Here is a very long note about the harbour, its ships and its weather. " * 80
+    steps_before = scheduler.steps
+    next(batched.stream(long_prompt, max_new_tokens=1))
+    during = scheduler.steps - steps_before
+    running.close()
+    assert during >= 4  # 5 pieces: a decode step of the running stream after each but the last
+
+
 def test_concurrent_async_calls_are_batched(engines):
     """LangChain `ainvoke`s and LlamaIndex `acomplete`s gathered on one event loop share decode steps."""
     import asyncio
