@@ -8,7 +8,6 @@ later loads take about a second instead of twenty.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -16,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import torch
 from safetensors.torch import load_file, save_file
 
@@ -135,12 +135,18 @@ def _hub_snapshot(repo_id: str) -> Path:
         ) from None
 
 
+def file_digest(path: Path) -> str:
+    """BLAKE3 of a file's bytes (memory-mapped, several threads: ~30 ms for a 100 MB GGUF)."""
+    digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    digest.update_mmap(str(path))
+    return digest.hexdigest()
+
+
 def convert_gguf(path: Path, models_dir: Path) -> Path:
     """Dequantise a GGUF file once (through transformers) into models_dir/<name>-<key>/ (verified on every load)."""
-    st = path.stat()
-    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    out = models_dir / f"{path.stem}-{key}"
-    source = f"gguf:{path.name}:{st.st_size}"
+    digest = file_digest(path)  # by content: every copy of one file (one per virtualenv) shares one conversion
+    out = models_dir / f"{path.stem}-{digest[:16]}"
+    source = f"gguf:{path.name}:{digest}"
     return verified_directory(out, lambda tmp: _convert_into(tmp, path), source)
 
 

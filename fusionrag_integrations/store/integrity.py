@@ -7,7 +7,7 @@ write there), so nothing read from it is used on its word:
   and payload (BLAKE3 for entries: it hashes on several threads at GB/s, so it does not bound ingest
   the way SHA-256 over tens of MB per chunk did). The key
   is a per-user secret kept outside the cache directory ($FUSIONRAG_CACHE_SECRET, else
-  ~/.config/fusionrag/cache.key, created 0600 on first use), so write access to the cache
+  ~/.config/fusionrag/cache.key of the account's home, created 0600 on first use), so write access to the cache
   directory alone can change answers only through entries that are detected and rejected.
   Processes or machines sharing one cache set the same $FUSIONRAG_CACHE_SECRET.
 """
@@ -18,6 +18,7 @@ import hashlib
 import hmac
 import logging
 import os
+import pwd
 import re
 import secrets
 import threading
@@ -39,8 +40,15 @@ def is_valid_key(key: object) -> bool:
 
 
 def secret_path() -> Path:
-    config = os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config"
-    return Path(config) / "fusionrag" / "cache.key"
+    """The account's key file: under the home directory the password database names for this user, not
+    $HOME or $XDG_CONFIG_HOME. A process run with another HOME (a test, a sandbox, a service manager) is
+    still the same user and must seal and verify with the same key: with a key of its own it would
+    reseal the shared model cache and every later process would rebuild it."""
+    try:
+        home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    except (KeyError, OSError):  # no entry for this uid (some containers): the environment's home
+        home = Path.home()
+    return home / ".config" / "fusionrag" / "cache.key"
 
 
 def cache_secret() -> bytes:

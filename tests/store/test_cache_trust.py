@@ -148,3 +148,28 @@ def test_a_tampered_converted_model_is_rebuilt_from_the_gguf(smol_engine, tmp_pa
 def _source() -> str:
     path = default_model_path()
     return f"gguf:{path.name}:{path.stat().st_size}"
+
+
+def test_a_copy_of_the_gguf_elsewhere_shares_its_conversion(smol_engine, tmp_path):
+    """Converted models are keyed by the GGUF's bytes, not its path and time: one virtualenv's copy and
+    another's share one 517 MB conversion (the first load converted it; this one finds it verified)."""
+    copy = tmp_path / "other-venv" / default_model_path().name
+    copy.parent.mkdir()
+    shutil.copy(default_model_path(), copy)
+    os.utime(copy, (1, 1))
+    assert convert_gguf(copy, MODELS) == convert_gguf(default_model_path(), MODELS)
+
+
+def test_a_process_with_another_home_seals_with_the_same_key(tmp_path, monkeypatch):
+    """A test run or a service with HOME elsewhere is still this user: the same key verifies the shared model
+    cache (a key of its own resealed it, and the next `fusionrag serve` converted the model again)."""
+    from fusionrag_integrations.store import integrity
+
+    monkeypatch.delenv("FUSIONRAG_CACHE_SECRET", raising=False)
+    monkeypatch.setattr(integrity, "_cached", {})
+    real = cache_secret()
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    monkeypatch.setattr(integrity, "_cached", {})
+    assert not str(integrity.secret_path()).startswith(str(tmp_path))
+    assert cache_secret() == real
