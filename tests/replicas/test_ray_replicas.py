@@ -4,6 +4,7 @@ replica answers, chunk-aware routing vs round-robin, and a replica killed while 
 
 from __future__ import annotations
 
+import os
 import sys
 import threading
 import time
@@ -29,12 +30,25 @@ def cluster(tmp_path_factory):
     redis_server = running(tmp_path_factory.mktemp("redis"))
     server = next(redis_server)
     port = free_port()
-    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False)
+    # A router asks each replica for its queue length and gives up on one that does not answer in 0.1 s. On a
+    # busy machine (CI beside another test run) the owner of a request's chunks then looked unavailable and
+    # requests went elsewhere at random; routing itself is what these tests check, so wait for the answer.
+    # The cluster's processes inherit this environment.
+    deadlines = {
+        "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "5",
+        "RAY_SERVE_MAX_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "10",
+    }
+    saved = {k: os.environ.get(k) for k in deadlines}
+    os.environ.update(deadlines)
+    ray.init(address="local", num_cpus=3, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": deadlines})  # fmt: skip
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     yield port, server.url
     serve.shutdown()
     ray.shutdown()
     next(redis_server, None)
+    for k, v in saved.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
 
 
 def deploy(cluster, routing: str, **engine) -> str:
