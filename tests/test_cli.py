@@ -83,3 +83,49 @@ def test_bench_quality_refuses_limit_without_data(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["bench", "quality", "--limit", "3"])
     assert exit_.value.code == 2 and "--limit applies to --data" in capsys.readouterr().err
+
+
+def _held_port():
+    import socket
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    return sock
+
+
+@pytest.mark.parametrize(
+    "argv, env, needle",
+    [
+        (["serve", "--host", "0.0.0.0"], {}, "no API key is set"),
+        (["serve", "--api-key", ""], {}, "the API key is empty"),
+        (["serve"], {"FUSIONRAG_API_KEY": ""}, "the API key is empty"),
+        (["serve", "--max-body-bytes", "-1"], {}, "--max-body-bytes"),
+        (["serve", "--timeout-body", "0"], {}, "--timeout-body"),
+        (["serve", "--port", "PORT_IN_USE"], {}, "cannot listen on 127.0.0.1"),
+    ],
+    ids=["open_to_the_network", "empty_key", "empty_key_env", "negative_body_limit", "zero_timeout", "port_in_use"],
+)
+def test_unsafe_or_impossible_server_set_ups_are_one_line_before_the_model_loads(
+    argv, env, needle, capsys, monkeypatch
+):
+    from fusionrag_integrations.cli import _engine  # noqa: F401 - the model must not load: fail if it is asked for
+
+    monkeypatch.delenv("FUSIONRAG_API_KEY", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr("fusionrag_integrations.cli._engine", lambda args: pytest.fail("the model was loaded"))
+    held = _held_port()
+    argv = [str(held.getsockname()[1]) if a == "PORT_IN_USE" else a for a in argv]
+    try:
+        assert cli.main(argv) == 2
+    finally:
+        held.close()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0]
+
+
+def test_a_port_out_of_range_is_refused_by_argparse(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--port", "99999"])
+    assert exit_.value.code == 2 and "99999 is not a port" in capsys.readouterr().err

@@ -130,10 +130,10 @@ CHILD = textwrap.dedent(
     engine = FusionEngine(engine.loaded, EngineConfig(cache_dir={cache!r}))
     if sys.argv[1] == "quota":
         resource.setrlimit(resource.RLIMIT_FSIZE, (256 << 10, 256 << 10))  # ulimit -f 256
-    if sys.argv[1] in ("precompute", "quota"):
-        engine.precompute(DOCS)
+    report = engine.ingest(DOCS) if sys.argv[1] in ("precompute", "quota") else None
     out = engine.generate(rag_messages(DOCS), max_new_tokens=8, selector="fusionrag")
     print(json.dumps({{"ids": out.token_ids, "reused": out.stats.chunks_reused,
+                       "ingest": report and [report.computed, report.cached, report.stored],
                        "catalog_read_only": engine.chunks.catalog.read_only,
                        "computed": out.stats.chunks_computed,
                        "write_failed": engine.chunks.store.counts["write_failed"]}}))
@@ -160,6 +160,7 @@ def test_a_file_size_quota_costs_persistence_not_the_answer(tmp_path, warm):
     _, expected = warm
     got = run_child(tmp_path, "quota", tmp_path / "quota-cache")
     assert got["ids"] == expected and got["reused"] == len(DOCS) and got["write_failed"] == len(DOCS)
+    assert got["ingest"] == [len(DOCS), 0, 0]  # computed, none stored: said, not hidden behind "computed"
 
 
 READ_ONLY_MOUNT = 'mount --bind "$0" "$0" && mount -o remount,bind,ro "$0" && exec "$@"'
