@@ -1,13 +1,14 @@
-"""Fault table: each way a cache directory goes wrong, and what the requests served from it see.
+"""Fault table: each way a cache directory, a catalog, Redis or the step loop goes wrong, and what the
+requests served through it see.
 
 For every fault: the demo corpus (12 passages) is precomputed into a new cache directory, the
-fault is applied, and a new engine (a new process where processes are the point) answers three
-RAG prompts of four passages each. Then another new engine answers them again ("after": the
-first run recomputed and rewrote what it had to). Columns: every prompt answered; greedy tokens
-identical to a clean cache's (nothing wrong was used); chunks reused / computed in the faulted
-run; the store's counters; chunks reused after.
+fault is applied, and a new engine (a new process where processes are the point; the same engine
+for faults that strike while it runs) answers three RAG prompts of four passages each. Then another
+new engine answers them again ("after": the first run recomputed and rewrote what it had to).
+Columns: every prompt answered; greedy tokens identical to a clean cache's (nothing wrong was
+used); chunks reused / computed in the faulted run; the store's counters; chunks reused after.
 
-    python benchmarks/faults.py [--out benchmarks/results/faults_cpu.json]
+    python benchmarks/faults.py [--out benchmarks/results/faults_cpu.json] [--only SUBSTRING]
 """
 
 from __future__ import annotations
@@ -120,6 +121,59 @@ def plant_rows(cache: Path, how: str) -> None:
             db.execute("UPDATE chunks SET key = ? WHERE key = ?", (keys[1], keys[0]))
 
 
+def damage_pages(cache: Path, how: str) -> None:
+    """The catalog's header page left sound (opening it alone succeeds), a table page damaged."""
+    path = catalog(cache)
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    with open(path, "r+b") as f:
+        size = f.seek(0, 2)
+        f.seek(4104 if how == "zeroed" else 4096)
+        f.write(bytes(8192 - 4104) if how == "zeroed" else os.urandom(4096 if how == "random" else size - 4096))
+
+
+def damage_while_running(cache: Path, engine: FusionEngine) -> dict:
+    """The running engine's catalog is damaged, another process commits, and the same engine goes on:
+    it ingests more, answers, and reports the rebuild."""
+    damage_pages(cache, "all")
+    with sqlite3.connect(catalog(cache)) as db:
+        db.execute("PRAGMA user_version = 7")
+    engine.precompute([p + " (later)" for p in PASSAGES[:2]])
+    return {"engine": engine}
+
+
+def redis_data_loss(cache: Path, engine: FusionEngine) -> dict:
+    """Redis restarted without persistence under an engine that ingested the corpus: it ingests the
+    same texts again (what an app's loader does) and answers; a fresh engine then finds every chunk."""
+    server = engine.redis_server
+    server.stop()
+    server.start()
+    time.sleep(1.1)  # the backend's back-off after the failed calls
+    engine.precompute(PASSAGES)
+    return {"engine": engine}
+
+
+def scheduler_fault(cache: Path, engine: FusionEngine) -> dict:
+    """A request whose sampling broke the step loop (temperature 1e-37) and a step whose forward fails once:
+    each fails or answers on its own, and the three prompts are answered after them."""
+    engine.generate(PROMPTS[0], max_new_tokens=40, temperature=1e-37, seed=1)
+    forward, calls = engine.scheduler.decode_batch, []
+
+    def fails_once(states):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("device fault (injected)")
+        return forward(states)
+
+    engine.scheduler.decode_batch = fails_once
+    try:
+        engine.generate(PROMPTS[1], max_new_tokens=8)
+    except Exception as exc:  # noqa: BLE001 - the injected step failure: typed, retryable
+        engine.injected_error = type(exc).__name__
+    engine.scheduler.decode_batch = forward
+    return {"engine": engine}
+
+
 def forge(cache: Path, engine: FusionEngine) -> None:
     import torch
 
@@ -158,6 +212,9 @@ FAULTS: dict[str, Callable] = {
         catalog(c).write_bytes(os.urandom(8192)),
         *[p.unlink() for p in catalog(c).parent.glob("catalog.sqlite-*")],
     ],
+    "catalog page zeroed (bytes 4104-8191)": lambda c, e: damage_pages(c, "zeroed"),
+    "catalog page garbled (4 KiB at 4096)": lambda c, e: damage_pages(c, "random"),
+    "catalog damaged while running": damage_while_running,
     "catalog row: traversal key": lambda c, e: plant_rows(c, "traversal"),
     "catalog row: text A -> entry B": lambda c, e: plant_rows(c, "swap"),
     "folder at entry paths (all 12)": None,  # built on an empty cache below
@@ -166,7 +223,17 @@ FAULTS: dict[str, Callable] = {
     "read-only mount": None,
     "ulimit -f 256 KiB": None,
     "disk full (1 MiB tmpfs)": None,
+    "Redis restarted empty (no persistence)": redis_data_loss,
+    "step loop: NaN sampling, a failed forward": scheduler_fault,
 }
+
+
+def start_redis(directory: Path):
+    """A redis-server on loopback without persistence (tests/redis_server.py's)."""
+    from tests.redis_server import RedisServer
+
+    directory.mkdir(exist_ok=True)
+    return RedisServer(directory).start()
 
 
 def answers(engine: FusionEngine) -> tuple[list[list[int]], int, int]:
@@ -181,36 +248,47 @@ def answers(engine: FusionEngine) -> tuple[list[list[int]], int, int]:
 def run_fault(name: str, loaded, clean: list[list[int]], root: Path) -> dict:
     cache = root / name.split(" ")[0].replace(":", "") / f"c{abs(hash(name)) % 10_000}"
     cache.mkdir(parents=True)
-    new = lambda: FusionEngine(loaded, EngineConfig(cache_dir=cache))  # noqa: E731
+    redis = start_redis(root / "redis") if name.startswith("Redis") else None
+    remote = {"kv_backend": redis.url} if redis else {}
+    new = lambda: FusionEngine(loaded, EngineConfig(cache_dir=cache, **remote))  # noqa: E731
     warm = not name.startswith(("kill", "two", "ulimit", "folder", "disk"))
     writer = new()
     if warm:
         writer.precompute(PASSAGES)
+    writer.redis_server = redis
     counts: dict = {}
+    same_engine = None
     if FAULTS[name] is not None:
-        FAULTS[name](cache, writer)
+        result = FAULTS[name](cache, writer)
+        same_engine = result.get("engine") if isinstance(result, dict) else None
     elif name.startswith("folder"):
         for text in PASSAGES:
-            writer.chunks.store.path(writer._job(text, ()).key).mkdir(parents=True)
+            writer.chunks.store.path(writer.layout.job(text, ()).key).mkdir(parents=True)
     elif name.startswith("kill"):
         kill_mid_ingest(cache)
     elif name.startswith("two"):
         a, b = child("write (A)", cache, wait=False), child("write (B)", cache, wait=False)
         a.communicate(timeout=600), b.communicate(timeout=600)
-    del writer
+    if same_engine is None:
+        del writer
     if name.startswith(("ulimit", "read-only", "disk")):  # the faulted run is a process of its own
         modes = {"ulimit": ("quota", None), "read-only": ("read", "read-only"), "disk": ("full", "disk full")}
         mode, mount = modes[name.split(" ")[0]]
         got = json.loads(child(mode, cache, mount).strip().splitlines()[-1])
         ids, reused, computed, counts = got["ids"], got["reused"], got["computed"], got["counts"]
     else:
-        faulted = new()
+        faulted = same_engine or new()
         if name.startswith(("folder", "kill")):  # an app (re)runs its ingest, then asks
             faulted.precompute(PASSAGES)
         ids, reused, computed = answers(faulted)
         counts = {**dict(faulted.chunks.store.counts), **dict(faulted.chunks.counts)}
         counts["kv computed"] = faulted.counters["chunks_computed"]
         counts["temp files left"] = len(list(cache.glob("kv/*/??/.*.tmp")))
+        if getattr(faulted, "injected_error", None):
+            counts[f"request failed with {faulted.injected_error}"] = 1
+        if faulted.scheduler is not None:
+            counts["step failures"] = len(faulted.scheduler.crashes)
+            counts["loop healthy"] = int(faulted.status().healthy)
     counts.pop("miss", None)
     if name.startswith("folder"):  # the repair: the folders are removed
         for path in cache.glob("kv/*/??/*.safetensors"):
@@ -218,6 +296,8 @@ def run_fault(name: str, loaded, clean: list[list[int]], root: Path) -> dict:
     after_engine = new()
     after_engine.precompute(PASSAGES)  # what an app (or a vector store insert) runs: only what is missing
     _, after, _ = answers(after_engine)
+    if redis is not None:
+        redis.stop()
     return {
         "fault": name,
         "answered": ids is not None and len(ids) == len(PROMPTS),
@@ -232,6 +312,7 @@ def run_fault(name: str, loaded, clean: list[list[int]], root: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "faults_cpu.json"))
+    parser.add_argument("--only", help="run the faults whose name contains this text")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fusionrag-faults-") as tmp:
         root = Path(tmp)
@@ -240,7 +321,7 @@ def main() -> None:
         clean_engine = FusionEngine(loaded, EngineConfig(cache_dir=root / "clean"))
         clean_engine.precompute(PASSAGES)
         clean, _, _ = answers(clean_engine)
-        rows = [run_fault(name, loaded, clean, root) for name in FAULTS]
+        rows = [run_fault(name, loaded, clean, root) for name in FAULTS if not args.only or args.only in name]
     print("\n| fault | answered | same tokens as clean | reused / computed | counters | reused after |")
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
