@@ -8,7 +8,7 @@ idle ones for the last row), and while they are open a normal client sends `--re
 after each opened, p50 / max, against the configured limit), and the normal client's p50 / p99 latency
 as a ratio of the same client's on an idle server (run first).
 
-    python benchmarks/slow_clients.py [--connections 200] [--requests 40] [--out benchmarks/results/slow_clients_cpu.json]
+    python benchmarks/slow_clients.py [--connections 200] [--requests 40] [--out results/slow_clients_cpu.json]
 """
 
 from __future__ import annotations
@@ -31,7 +31,10 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
 LIMITS = {"header": 5.0, "body": 10.0, "keep_alive": 5.0}
-HEAD = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+HEAD = (
+    "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+    f"Authorization: Bearer {KEY}\r\nContent-Type: application/json\r\n"
+)
 
 
 async def idle(writer) -> None:
@@ -180,8 +183,10 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         after = f"{r['closed_after_p50_s']:.1f} / {r['closed_after_max_s']:.1f} s" if r["closed"] else "-"
-        print(f"| {r['kind']} | {r['connections']} | {r['closed']} | {after} ({r['limit']} {r['limit_s']:g} s) | "
-              f"{r['normal_p50_s'] * 1e3:.0f} / {r['normal_p99_s'] * 1e3:.0f} ms | {r['p99_ratio']:.2f}x |")  # fmt: skip
+        latency = f"{r['normal_p50_s'] * 1e3:.0f} / {r['normal_p99_s'] * 1e3:.0f} ms"
+        limit = f"{r['limit']} {r['limit_s']:g} s"
+        ratio = f"{r['p99_ratio']:.2f}x"
+        print(f"| {r['kind']} | {r['connections']} | {r['closed']} | {after} ({limit}) | {latency} | {ratio} |")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"unloaded": base, "limits": LIMITS, "rows": rows}, indent=1))
 
