@@ -66,7 +66,9 @@ def test_chunk_deviation_is_exact_at_layer_one_and_leaves_the_cache_as_placed(sm
     probe_attention(ctx, ctx.model, ctx.cache, layers={3}, full=False)  # writes the fresh tokens' K/V
     placed_k, placed_v = ctx.cache.k.clone(), ctx.cache.v.clone()
     got = chunk_deviation(ctx, layer=1, stride=4)
-    assert torch.equal(ctx.cache.k, placed_k) and torch.equal(ctx.cache.v, placed_v)
+    # bit for bit, NaN for NaN: rows no layer wrote yet hold whatever the allocator left there
+    torch.testing.assert_close(ctx.cache.k, placed_k, rtol=0, atol=0, equal_nan=True)
+    torch.testing.assert_close(ctx.cache.v, placed_v, rtol=0, atol=0, equal_nan=True)
     # reference: a full prefill's layer-1 K/V of the same tokens vs the placed (cached) ones
     full = smol.model.new_cache(ctx.num_positions)
     positions = torch.arange(ctx.num_positions)

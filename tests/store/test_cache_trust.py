@@ -146,8 +146,10 @@ def test_a_tampered_converted_model_is_rebuilt_from_the_gguf(smol_engine, tmp_pa
 
 
 def _source() -> str:
+    from fusionrag_integrations.model.loader import file_digest
+
     path = default_model_path()
-    return f"gguf:{path.name}:{path.stat().st_size}"
+    return f"gguf:{path.name}:{file_digest(path)}"
 
 
 def test_a_copy_of_the_gguf_elsewhere_shares_its_conversion(smol_engine, tmp_path):
