@@ -2,7 +2,7 @@
 
 A folder under the cache directory with a predictable name would otherwise be loaded on its
 word: weights, tokenizer, a chat template that rewrites the system prompt. Each build ends
-with MANIFEST (every file's sha256 and an HMAC over them, keyed by integrity.cache_secret),
+with MANIFEST (every file's BLAKE3 digest and an HMAC over them, keyed by integrity.cache_secret),
 written last inside a temporary folder that is renamed into place, so a folder is complete
 and verified or it is rebuilt: a changed, missing or extra file, or a truncated config,
 sends it aside and it is built again.
@@ -10,7 +10,6 @@ sends it aside and it is built again.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,8 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+import blake3
 
 from ..store.integrity import cache_secret, seal, verify
 
@@ -66,12 +67,14 @@ def verified_directory(out: Path, build: Callable[[Path], None], source: str) ->
     return build_directory_once(out, MANIFEST, build_with_manifest)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
+MANIFEST_FORMAT = 2  # 2: BLAKE3 digests (a model's weights verify on every load: 0.06 s for 517 MB, not 0.5)
+
+
+def _file_digest(path: Path) -> str:
+    digest = blake3.blake3(max_threads=blake3.blake3.AUTO)
+    if path.stat().st_size:
+        digest.update_mmap(str(path))
+    return digest.hexdigest()
 
 
 def _listing(folder: Path) -> list[str]:
@@ -90,8 +93,13 @@ def _sealed(source: str, files: dict[str, str]) -> list[bytes]:
 
 
 def write_manifest(folder: Path, secret: bytes, source: str) -> None:
-    files = {name: _file_sha256(folder / name) for name in _listing(folder)}
-    manifest = {"format": 1, "source": source, "files": files, "mac": seal(secret, _sealed(source, files))}
+    files = {name: _file_digest(folder / name) for name in _listing(folder)}
+    manifest = {
+        "format": MANIFEST_FORMAT,
+        "source": source,
+        "files": files,
+        "mac": seal(secret, _sealed(source, files)),
+    }
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
 
 
@@ -104,6 +112,8 @@ def manifest_problem(folder: Path, secret: bytes, source: str) -> str | None:
             return "malformed manifest"
     except (OSError, ValueError, KeyError, TypeError) as err:
         return f"no readable manifest ({type(err).__name__})"
+    if manifest.get("format") != MANIFEST_FORMAT:
+        return "an older manifest format"
     if manifest.get("source") != source:
         return "built from another source"
     if not verify(secret, _sealed(source, files), mac):
@@ -114,7 +124,7 @@ def manifest_problem(folder: Path, secret: bytes, source: str) -> str | None:
         return f"files differ (extra: {sorted(extra)[:3]}, missing: {sorted(missing)[:3]})"
     for name, digest in files.items():
         path = folder / name
-        if path.is_symlink() or _file_sha256(path) != digest:
+        if path.is_symlink() or _file_digest(path) != digest:
             return f"{name} changed"
     return None
 
