@@ -188,7 +188,9 @@ def main() -> None:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--contexts", type=int, nargs="+", default=[16384, 32768])
     p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--pool", type=int, default=500, help="serving: chunks in the pool (500 x 512 tokens = 33 GB)")
+    p.add_argument(
+        "--pool", type=int, default=520, help="serving: chunks in the pool (520 x 512 tokens: 35 GB, 4x the tier)"
+    )
     p.add_argument("--chunks", type=int, default=32, help="serving: chunks per request (16K context)")
     p.add_argument("--output-tokens", type=int, default=32)
     p.add_argument("--gpu-tier-gib", type=float, default=8.0)
