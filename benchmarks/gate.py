@@ -106,9 +106,13 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
             sync(engine.device)
             return (time.perf_counter() - t0) * 1e3
 
-        methods = {"hf": theirs, "default": lambda: ours("default"),
-                   "r005": lambda: ours("r005", recompute_ratio=0.05),
-                   "full": lambda: ours("full", selector="full"), "none": lambda: ours("none", selector="none")}  # fmt: skip
+        methods = {
+            "hf": theirs,
+            "default": lambda: ours("default"),
+            "r005": lambda: ours("r005", recompute_ratio=0.05),
+            "full": lambda: ours("full", selector="full"),
+            "none": lambda: ours("none", selector="none"),
+        }
         times = {name: median_of(fn, args.repeats) for name, fn in methods.items()}
         k = f"{context // 1024}k"
         print(f"{k}: {n_tokens} prompt tokens", flush=True)
