@@ -1,8 +1,11 @@
 """Tiered chunk-KV store: GPU LRU -> CPU LRU (pinned when CUDA) -> a persistent backend.
 
 Reads fall through the tiers and promote what they find; writes go to the hot tier and straight
-through to the backend (backends.py), which is what a new process reuses. The CPU tier is inclusive:
-it keeps the pinned copy of what the GPU tier holds, so GPU evictions cost nothing.
+through to the backend (backends.py), which is what a new process reuses. Nothing the GPU tier
+evicts is lost while the CPU tier has room: an entry read from the CPU tier keeps its pinned copy
+there (inclusive, so its eviction costs nothing), and an entry that only the GPU tier held (ingested
+on the GPU) is copied down to the CPU tier when it is evicted (asynchronously, into pinned memory
+from the caching host allocator: ingest does not pin every chunk it computes, only what overflows).
 """
 
 from __future__ import annotations
@@ -112,13 +115,21 @@ class ChunkStore:
         return bool(self.persist(entry))
 
     def keep(self, entry: ChunkKV) -> None:
-        """A new entry into the memory tiers: a device entry into the GPU tier only (its copy on the way to
-        disk is staged apart; pinning a CPU-tier copy of every ingested chunk would bound ingest), a host
-        entry into the CPU tier."""
+        """A new entry into the memory tiers: a device entry into the GPU tier (its copy on the way to disk
+        is staged apart; it reaches the CPU tier when the GPU tier evicts it), a host entry into the CPU tier."""
         if self.gpu is not None and entry.device.type == "cuda" and entry.nbytes <= self.gpu.budget:
-            self.gpu.put(entry)
+            self._into_gpu(entry)
         else:
             self._promote(entry)
+
+    def _into_gpu(self, entry: ChunkKV) -> list[ChunkKV]:
+        """Put into the GPU tier; what it evicts and the CPU tier lacks is demoted there, not dropped."""
+        evicted = self.gpu.put(entry)
+        for old in evicted:
+            if old.key != entry.key and old.key not in self.cpu.entries:
+                self.counts["demoted"] += 1
+                self.cpu.put(old)
+        return evicted
 
     def persist(self, entry: ChunkKV) -> int:
         """Write to the backend; the bytes it took on disk (0: not persisted)."""
@@ -160,7 +171,7 @@ class ChunkStore:
             self.cpu.get(entry.key)  # most recently used there too
         if self.gpu is None:
             return entry if entry.device.type == "cpu" else entry.to(torch.device("cpu"))
-        evicted = self.gpu.put(entry)
+        evicted = self._into_gpu(entry)
         if any(old.key == entry.key for old in evicted):  # larger than the hot tier: it lives in the CPU tier
             return entry.to(self.device)
         return self.gpu.get(entry.key)

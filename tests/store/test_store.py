@@ -190,6 +190,23 @@ def test_hot_tier_is_backed_by_the_cpu_tier_and_keeps_what_does_not_fit(tmp_path
     assert tiny.counts["cpu"] == 3 and tiny.counts["miss"] == 0
 
 
+def test_entries_the_hot_tier_evicts_are_demoted_not_dropped():
+    """Entries computed on the device go to the hot tier alone (`keep` does this for CUDA entries; the
+    hot tier's logic runs here on the CPU device); when it evicts one, the CPU tier takes it (a chunk
+    is never recomputed, nor read back from disk, while a memory tier has room for it)."""
+    entries = [random_entry(ch * 64) for ch in "abcd"]
+    size = entries[0].nbytes
+    store = ChunkStore("fp", torch.device("cpu"), gpu_bytes=2 * size, cpu_bytes=3 * size, directory=None,
+                       hot_tier=True)  # fmt: skip
+    for e in entries:
+        store._into_gpu(e)
+    assert set(store.gpu.entries) == {"c" * 64, "d" * 64}
+    assert set(store.cpu.entries) == {"a" * 64, "b" * 64} and store.counts["demoted"] == 2
+    for e in entries:  # every one served from memory
+        assert torch.equal(store.get(e.key).k, e.k)
+    assert store.counts["miss"] == 0 and store.counts["cpu"] == 2
+
+
 def test_catalogs_opened_at_once_on_a_new_directory_all_open(tmp_path):
     """Workers opening one new catalog at the same moment: SQLite refuses the WAL switch to all but
     one without waiting on its busy timeout (it broke a two-process test now and then); none may fail."""
