@@ -157,7 +157,7 @@ def scheduler_fault(cache: Path, engine: FusionEngine) -> dict:
     """A request whose sampling broke the step loop (temperature 1e-37) and a step whose forward fails once:
     each fails or answers on its own, and the three prompts are answered after them."""
     engine.generate(PROMPTS[0], max_new_tokens=40, temperature=1e-37, seed=1)
-    forward, calls = engine.scheduler.decode_batch, []
+    forward, calls = engine.runner.decode_batch, []
 
     def fails_once(states):
         calls.append(1)
@@ -165,12 +165,12 @@ def scheduler_fault(cache: Path, engine: FusionEngine) -> dict:
             raise RuntimeError("device fault (injected)")
         return forward(states)
 
-    engine.scheduler.decode_batch = fails_once
+    engine.runner.decode_batch = fails_once
     try:
         engine.generate(PROMPTS[1], max_new_tokens=8)
     except Exception as exc:  # noqa: BLE001 - the injected step failure: typed, retryable
         engine.injected_error = type(exc).__name__
-    engine.scheduler.decode_batch = forward
+    engine.runner.decode_batch = forward
     return {"engine": engine}
 
 
@@ -286,9 +286,8 @@ def run_fault(name: str, loaded, clean: list[list[int]], root: Path) -> dict:
         counts["temp files left"] = len(list(cache.glob("kv/*/??/.*.tmp")))
         if getattr(faulted, "injected_error", None):
             counts[f"request failed with {faulted.injected_error}"] = 1
-        if faulted.scheduler is not None:
-            counts["step failures"] = len(faulted.scheduler.crashes)
-            counts["loop healthy"] = int(faulted.status().healthy)
+        counts["step failures"] = len(faulted.loop.crashes)
+        counts["loop healthy"] = int(faulted.status().healthy)
     counts.pop("miss", None)
     if name.startswith("folder"):  # the repair: the folders are removed
         for path in cache.glob("kv/*/??/*.safetensors"):

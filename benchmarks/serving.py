@@ -96,9 +96,7 @@ def open_loop(engine, workload, settings, rate: float, total: int) -> list[dict]
 
 
 def scheduler_stats(scheduler) -> dict:
-    """Rows per decode step and the split of the scheduler thread's time since the last call."""
-    if scheduler is None:
-        return {}
+    """Rows per decode step and the split of the step loop's time since the last call."""
     stats = {"decode_steps": scheduler.steps, "rows_per_step": scheduler.batched_rows / max(scheduler.steps, 1),
              "peak_running": scheduler.peak_running, "requeued": scheduler.requeued,
              "prefill_s": scheduler.seconds["prefill"], "decode_s": scheduler.seconds["decode"]}  # fmt: skip
@@ -159,43 +157,46 @@ def main() -> None:
     loaded = build_engine_parts(args)
     common = dict(persist=False, gpu_cache_bytes=int(args.gpu_tier_gib * 2**30), cpu_cache_bytes=96 << 30)
     engine = FusionEngine(loaded, EngineConfig(**common))
-    scheduler = engine.scheduler
     workload = Workload(loaded.tokenizer, args.pool, args.chunks)
     t = time.perf_counter()
     engine.precompute(workload.chunks, show_progress=False)
     print(f"precomputed {args.pool} chunks in {time.perf_counter() - t:.1f} s", flush=True)
-    # fusion and one_at_a_time: one engine and its chunk store (one_at_a_time = that engine without its
-    # scheduler); full: the same scheduler over an engine with an empty chunk store, so every prompt is
-    # prefilled in full (prompt-prefix cache on) and nothing is fetched or placed: a server without reuse
+    # fusion: the engine and its chunk store; full: an engine with an empty chunk store, so every prompt is
+    # prefilled in full (prompt-prefix cache on) and nothing is fetched or placed: a server without reuse;
+    # one_at_a_time: an engine whose loop runs one request at a time (its own store, the same chunks)
     plain = FusionEngine(loaded, EngineConfig(**common))
     http = HTTPServer(engine) if "fusion_http" in args.methods else None
+    turns = None
+    if "one_at_a_time" in args.methods:
+        turns = FusionEngine(loaded, EngineConfig(**common, max_running_requests=1))
+        turns.precompute(workload.chunks, show_progress=False)
     methods = {
-        "fusion": (engine, scheduler, {"recompute_ratio": 0.15}),
-        "fusion_http": (http, scheduler, {"recompute_ratio": 0.15}),
-        "fusion_think": (engine, scheduler, {"recompute_ratio": 0.15}),  # in-process, --think-ms between requests
-        "full": (plain, plain.scheduler, {"selector": "full"}),
-        "one_at_a_time": (engine, None, {"recompute_ratio": 0.15}),
+        "fusion": (engine, {"recompute_ratio": 0.15}),
+        "fusion_http": (http, {"recompute_ratio": 0.15}),
+        "fusion_think": (engine, {"recompute_ratio": 0.15}),  # in-process, --think-ms between requests
+        "full": (plain, {"selector": "full"}),
+        "one_at_a_time": (turns, {"recompute_ratio": 0.15}),
     }
     rows = []
     for out_tokens, repeat, name in itertools.product(args.output_tokens, range(args.repeats), args.methods):
-        engine.scheduler = scheduler
-        server, server.scheduler, settings = methods[name]
+        server, settings = methods[name]
+        scheduler = engine.scheduler if name.startswith("fusion") else server.scheduler
         settings = {**settings, "max_new_tokens": out_tokens}
         if repeat == 0:  # warm-up: kernels, autotuning, graphs of each batch size, allocator
             warm = min(max(args.concurrency), 16)
             closed_loop(server, workload, settings, warm, warm)
             closed_loop(server, workload, settings, 1, 3)  # and the single-request path (graphs per layout)
-        scheduler_stats(server.scheduler)
+        scheduler_stats(scheduler)
         labels = dict(method=name, context_tokens=args.chunks * 512, output_tokens=out_tokens, repeat=repeat)
         for c in args.concurrency:
             think = args.think_ms / 1e3 if name == "fusion_think" else 0.0
             res = closed_loop(server, workload, settings, c, args.requests or max(16, 3 * c), args.ramp_s, think)
             rows.append(summarize(res, skip=c if c > 1 else 0, load=f"c={c}", **labels,
-                                  **scheduler_stats(server.scheduler)))  # fmt: skip
+                                  **scheduler_stats(scheduler)))  # fmt: skip
             print(json.dumps(rows[-1]), flush=True)
         for rate in args.rates:
             res = open_loop(server, workload, settings, rate, args.requests or 32)
-            rows.append(summarize(res, load=f"rate={rate}", **labels, **scheduler_stats(server.scheduler)))
+            rows.append(summarize(res, load=f"rate={rate}", **labels, **scheduler_stats(scheduler)))
             print(json.dumps(rows[-1]), flush=True)
     print(f"\n{device_name(torch.device(args.device))}, {args.shape}\n")
     cols = ["method", "load", "repeat", "output_tokens", "req_per_s", "out_tok_s", "ttft_p50_ms", "ttft_p99_ms",

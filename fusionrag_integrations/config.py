@@ -169,6 +169,14 @@ class EngineConfig(_Settings):
         "waiting prefills are admitted in the next step. None: 8192 on a GPU (a piece of ~0.25 s for an 8B "
         "model), 256 on CPU (about as long there for a small model, where 8192 froze other streams for 20 s).",
     )
+    tpot_target_ms: float | None = Field(
+        None,
+        gt=0,
+        description="Time per output token the scheduler protects: while requests decode, a step takes only as "
+        "many prefill tokens as fit beside their forward within this target (measured as it runs; at least an "
+        "eighth of max_prefill_tokens, so prefills still finish). None: max_prefill_tokens every step, which "
+        "favours time to first token and throughput.",
+    )
     running_kv_bytes: int | None = Field(
         None,
         ge=1,

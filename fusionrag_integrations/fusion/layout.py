@@ -2,8 +2,9 @@
 
 Two halves. `prepare` (on the caller's thread, before the request queues): render the chat template,
 refuse a prompt too long in bytes, detect the stored chunks in the text (or take the given ones) and
-tokenise the fresh text between them. `build` (on the step loop): look the chunks' entries up
-(computing what is missing) and lay the token ids out, noting long fresh paragraphs to learn.
+tokenise the fresh text between them. `missing` and `build` (on the step loop): name the chunks that
+have no entry (the executor computes them), then look the entries up and lay the token ids out,
+noting long fresh paragraphs to learn.
 This is also the one place chunk keys are derived: for precompute jobs, for a context-aware entry's
 neighbours, and for learned paragraphs.
 """
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -27,8 +28,6 @@ from ..store.registry import ChunkRegistry
 from .placement import PlacedChunk
 from .prompt import Prompt, encode_text, render_prompt, split_at_matches, split_paragraphs
 
-Compute = Callable[[list[PrecomputeJob]], list[ChunkKV]]  # compute and store these jobs' entries
-
 
 @dataclass
 class Layout:
@@ -37,6 +36,9 @@ class Layout:
     loaded: list[bool] = field(default_factory=list)  # per chunk: its KV came from the store (not computed now)
     learnable: list[tuple[str, int, int]] = field(default_factory=list)  # (paragraph text, start, end) to keep
     tenant: str = ""  # whose chunks it may use (store/chunk_kv.py: tenant_of)
+
+
+Jobs = list[PrecomputeJob]
 
 
 @dataclass
@@ -86,9 +88,10 @@ class PromptLayout:
         registry: ChunkRegistry,
         learn_min_chars: int,
         kv_format: str = "native",
+        learn_default: bool = False,
     ) -> None:
         self.tokenizer, self.fingerprints, self.prefix_ids = tokenizer, fingerprints, prefix_ids
-        self.kv_format = kv_format
+        self.kv_format, self.learn_default = kv_format, learn_default  # learn_chunks when a request leaves it None
         self.context_window, self.registry, self.learn_min_chars = context_window, registry, learn_min_chars
         self.max_token_bytes = max_token_bytes(tokenizer)
         # chat-template markup ends a paragraph for learn_chunks
@@ -129,6 +132,11 @@ class PromptLayout:
                 )
         key = self.key(ids, self.prefix_ids + context_ids, context_id)
         return PrecomputeJob(key, text.strip(), context_ids, ids, context_id)
+
+    def jobs(self, texts: list[str], contexts: list[Sequence[str]], tenant: str = "") -> list[PrecomputeJob]:
+        """A precompute job per text (its neighbours from `contexts`), after other processes' new rows."""
+        self.registry.sync()
+        return [self.job(text, nbrs, tenant) for text, nbrs in zip(texts, contexts)]
 
     def learned_entries(self, layout: Layout, k: torch.Tensor, v: torch.Tensor) -> list[tuple[ChunkKV, str]]:
         """Entries for the long fresh paragraphs a prefill just computed (k, v: its cache's [L, N, Hkv, D]).
@@ -193,13 +201,30 @@ class PromptLayout:
             )
         return wanted
 
-    def build(self, draft: Draft, stats: GenerationStats, compute: Compute) -> Layout:
-        """Look each chunk's entry up (computing what is missing) and lay out the token ids."""
+    def missing(self, draft: Draft) -> list[PrecomputeJob]:
+        """Jobs for the draft's chunks that have no stored entry: the caller computes and stores them, then
+        builds. (A given chunk counts as missing unless its standalone entry is stored.)"""
+        tenant, jobs = draft.tenant, {}
+        if draft.given:
+            self.registry.sync()
+            for job in (self.job(t, (), tenant) for t in draft.given):
+                if not self.registry.has(job.key):
+                    jobs[job.key] = job
+        for text in (s for s in draft.segments if isinstance(s, str)):
+            if not any(self.registry.has(r.key) for r in self.registry.refs_for(text, tenant)):
+                job = self.job(text, (), tenant)
+                jobs[job.key] = job
+        return list(jobs.values())
+
+    def build(self, draft: Draft, stats: GenerationStats, computed: set[str]) -> tuple[Layout | None, Jobs]:
+        """The layout with each chunk's verified entry at its place, or (None, jobs) for chunks whose entry
+        turned out missing or bad after all (compute and store those, then build again). `computed`: the
+        chunk texts the caller computed for this request (reported as computed, not reused)."""
         tenant = draft.tenant
-        computed_now = self._compute_given(draft.given, compute, tenant) if draft.given else set()
         chunk_texts = [s for s in draft.segments if isinstance(s, str)]
         self.registry.prefetch(chunk_texts, tenant)
         layout = Layout([], tenant=tenant)
+        hot, jobs = 0, []
         for segment in draft.segments:
             if isinstance(segment, Fresh):
                 start = len(layout.token_ids)
@@ -207,29 +232,17 @@ class PromptLayout:
                 if segment.learnable is not None and not self.registry.knows(segment.learnable, tenant):
                     layout.learnable.append((segment.learnable, start, len(layout.token_ids)))
                 continue
-            entry, computed = self._entry_for(segment, compute, tenant)
-            stats.chunks_hot += not computed and self.registry.store.last_tier in ("gpu", "cpu")
-            computed = computed or segment in computed_now
+            entry = self.registry.entry_for(segment, tenant)
+            if entry is None:
+                jobs.append(self.job(segment, (), tenant))
+                continue
+            hot += segment not in computed and self.registry.store.last_tier in ("gpu", "cpu")
             layout.chunks.append(PlacedChunk(entry, len(layout.token_ids)))
             layout.token_ids += entry.token_ids.tolist()
-            layout.loaded.append(not computed)
-            stats.chunks_found += 1
-            stats.chunks_computed += computed
-        return layout
-
-    def _compute_given(self, wanted: list[str], compute: Compute, tenant: str) -> set[str]:
-        """Compute the given chunks that have no entry; -> the texts computed now."""
-        self.registry.sync()
-        jobs = {job.key: job for job in (self.job(t, (), tenant) for t in wanted) if not self.registry.has(job.key)}
-        computed_now = {
-            t for t in wanted if not any(self.registry.has(r.key) for r in self.registry.refs_for(t, tenant))
-        }
-        compute(list(jobs.values()))
-        return computed_now
-
-    def _entry_for(self, text: str, compute: Compute, tenant: str) -> tuple[ChunkKV, bool]:
-        """The verified entry for a chunk text (context-aware preferred), computing it if missing or bad."""
-        entry = self.registry.entry_for(text, tenant)
-        if entry is not None:
-            return entry, False
-        return compute([self.job(text, (), tenant)])[0], True
+            layout.loaded.append(segment not in computed)
+        if jobs:
+            return None, jobs
+        stats.chunks_found += len(layout.chunks)
+        stats.chunks_computed += sum(not loaded for loaded in layout.loaded)
+        stats.chunks_hot += hot
+        return layout, []

@@ -16,7 +16,6 @@ from ..kernels.rope_gather import place_rotated, rotation
 from ..model.attention import KVCache
 from ..model.transformer import TransformerModel
 from ..runtime.graphs import GraphCache
-from ..runtime.pacing import Pacing
 from ..store.chunk_kv import ChunkKV
 
 
@@ -45,7 +44,6 @@ class FusionContext:
     last_fresh_position: int = -1  # fresh_positions[-1] known on the host (-1: no fresh token)
     backend: str = "never"  # the runner's kernel choice (model.attention.resolve_kernels)
     graphs: GraphCache | None = None  # the runner's CUDA graphs (the probe replays from them)
-    pacing: Pacing | None = None  # a long recompute runs a piece at a time (runtime/pacing.py)
 
     @property
     def num_positions(self) -> int:

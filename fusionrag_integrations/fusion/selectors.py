@@ -198,10 +198,10 @@ def make_selector(
 
 
 class SelectorFactory:
-    """A request's selector and ratio from its FusionParams and the engine's FusionConfig. QCFuse and
-    hybrid get the configured layer, else the one profiled for this model (None: the runner profiles it
-    now); CacheClip gets the auxiliary model (loaded on first use) and the engine's score cache; hybrid
-    the engine's running deviation reference (its adaptive ratio)."""
+    """A request's selector and ratio from its FusionParams and the engine's FusionConfig, fully configured:
+    QCFuse and hybrid get the configured layer, else the one profiled for this model (`needs_profile` says
+    when none is yet: the executor profiles it first, an explicit step); CacheClip gets the auxiliary model
+    (loaded on first use) and the engine's score cache; hybrid the engine's running deviation reference."""
 
     def __init__(
         self,
@@ -224,6 +224,16 @@ class SelectorFactory:
         layer = self.critical_layers.get(self.fingerprint) if layer is None else layer
         ratio = self.config.recompute_ratio if fusion.recompute_ratio is None else fusion.recompute_ratio
         return make_selector(chosen, self.config, layer, aux, self.aux_scores, self.deviations), ratio
+
+    def needs_profile(self, fusion: FusionParams) -> bool:
+        """Whether this request's selector wants QCFuse's critical layer and none is known for the model yet
+        (another engine on the cache directory may have profiled it since this one looked)."""
+        chosen = self.config.selector if fusion.selector is None else fusion.selector
+        if chosen not in ("qcfuse", "hybrid") or self.config.critical_layer is not None:
+            return False
+        if self.critical_layers.get(self.fingerprint) is None:
+            self.critical_layers.reload()
+        return self.critical_layers.get(self.fingerprint) is None
 
     def _aux_model(self) -> TransformerModel | None:
         with self._lock:

@@ -2,7 +2,8 @@
 wires, the layout step decides what the prompt is, the runner only computes).
 
 It owns the kernel choice, the CUDA graphs, the prompt-prefix cache and the per-request KV caches;
-a prefill is a plain forward or a fused one (place, select, recompute), decode is a step function.
+a prefill is a task computed a slice at a time (prefill_task.py: plain, or fused: place, select,
+recompute), decode is a step function over one request or a batch.
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ import torch
 from ..config import EngineConfig
 from ..fusion.layout import Layout
 from ..fusion.placement import FusionContext, build_context, place_chunks
-from ..fusion.probe import CriticalLayers, profile_critical_layer
-from ..fusion.recompute import fused_prefill
-from ..fusion.selectors import HybridSelector, QCFuseSelector, Selector
-from ..model.attention import AttentionMode, KVCache, resolve_kernels
+from ..fusion.probe import CriticalLayers
+from ..fusion.probe import profile_critical_layer as profile_layer
+from ..fusion.selectors import Selector
+from ..model.attention import KVCache, resolve_kernels
 from ..model.loader import LoadedModel
 from ..outputs import GenerationChunk, GenerationStats
 from ..request import Request
@@ -28,8 +29,8 @@ from .batch_step import BatchDecodeStep
 from .decode import DecodeState, Prefill, decode_loop
 from .decode_step import make_decode_step
 from .graphs import GraphCache, graph_friendly_capacity
-from .pacing import Pacing, paced_forward
 from .precompute import PrecomputeJob, compute_entries, prefix_kv
+from .prefill_task import PrefillTask
 
 
 class ModelRunner:
@@ -93,52 +94,38 @@ class ModelRunner:
         ids = torch.tensor(layout.token_ids, device=self.model.device)
         return build_context(self.model, cache, ids, layout.chunks, 0, self.backend, self.graphs)
 
-    def prefill(self, request: Request, selector: Selector, ratio: float, pacing: Pacing | None = None) -> Prefill:
-        layout, stats = request.layout, request.stats
-        prompt_ids = layout.token_ids
-        cache = self.new_cache(len(prompt_ids) + request.sampling.max_new_tokens)
-        t_prefill = time.perf_counter()
-        ids = torch.tensor(prompt_ids, device=self.model.device)
-        selected = None
+    def start_prefill(self, layout: Layout, selector: Selector, ratio: float, max_new_tokens: int) -> PrefillTask:
+        """A prefill's cache (room for max_new_tokens more), its chunks placed and tokens selected; the
+        task then computes its positions a slice at a time (PrefillTask.run)."""
+        cache = self.new_cache(len(layout.token_ids) + max_new_tokens)
+        task = PrefillTask(self.model, cache, layout, selector if layout.chunks else None, ratio, self.prefixes,
+                           self.backend, self.graphs)  # fmt: skip
+        task.selector_name, task.ratio = selector.name, ratio
+        return task
+
+    def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
+        """The finished task as a Prefill, with what fusion did in the request's stats."""
+        layout, stats = task.layout, request.stats
         if layout.chunks:
-            if isinstance(selector, (QCFuseSelector, HybridSelector)) and selector.critical_layer is None:
-                selector.critical_layer = self.critical_layer(layout)
-            prefix_ids, prefix_kv = self.prefixes.lookup(prompt_ids, layout.chunks[0].start, selector.name)
-            logits, selected, n_chunk = fused_prefill(
-                self.model, cache, ids, layout.chunks, selector, ratio, prefix_kv, self.backend, self.graphs, pacing
-            )
-            self.prefixes.remember(prefix_ids, prefix_kv, cache)
-            stats.prefix_tokens_reused = len(prefix_ids) if prefix_kv is not None else 0
-            stats.selector, stats.recompute_ratio = selector.name, ratio
-            stats.tokens_recomputed = int(selected.numel())
-            stats.tokens_reused = n_chunk - stats.tokens_recomputed
-        else:
-            positions = torch.arange(len(prompt_ids), device=self.model.device)
-            if pacing is not None and pacing.splits(len(prompt_ids)):
-                logits = paced_forward(self.model, ids, positions, cache, pacing, self.backend, from_zero=True)
-            else:
-                mode, last = AttentionMode.CAUSAL_FROM_ZERO, len(prompt_ids) - 1
-                logits = self.model.forward(ids, positions, cache, mode, last, backend=self.backend)
-        self.sync()
-        t_done = time.perf_counter()
-        if selected is not None:
-            count_reuse(layout, stats, selected)
-        stats.prefill_ms = (t_done - t_prefill) * 1e3
-        stats.ttft_ms = (t_done - request.t_start) * 1e3  # time to the logits; decoding adds the sampling
-        return Prefill(logits[-1], prompt_ids, cache, stats, selected)
+            stats.prefix_tokens_reused = task.prefix_tokens
+            stats.selector, stats.recompute_ratio = task.selector_name, task.ratio
+            stats.tokens_recomputed = int(task.selected.numel())
+            stats.tokens_reused = task.n_chunk - stats.tokens_recomputed
+            count_reuse(layout, stats, task.selected)
+        stats.prefill_ms = task.seconds * 1e3
+        stats.ttft_ms = (time.perf_counter() - request.t_start) * 1e3  # to the logits; decoding adds the sampling
+        return Prefill(logits[-1], layout.token_ids, task.cache, stats, task.selected)
 
     def sync(self) -> None:
         if self.model.device.type == "cuda":
             torch.cuda.synchronize(self.model.device)
 
-    def critical_layer(self, layout: Layout) -> int:
-        """QCFuse's layer for this model: profiled once (on this first prompt) and kept on disk."""
+    def profile_critical_layer(self, layout: Layout) -> int:
+        """QCFuse's layer for this model, profiled on this prompt and kept on disk (an explicit step, once
+        per model and cache directory: the executor runs it before the first request that needs it)."""
         layer = self.profiles.get(self.fingerprint)
-        if layer is None:  # another engine on this cache directory may have profiled it since this one started
-            self.profiles.reload()
-            layer = self.profiles.get(self.fingerprint)
         if layer is None:
-            layer, recall = profile_critical_layer([self.fusion_context(layout)])
+            layer, recall = profile_layer([self.fusion_context(layout)])
             self.profiles.put(self.fingerprint, layer, recall, samples=1)
         return layer
 

@@ -84,8 +84,7 @@ def _lifespan(engine: FusionEngine, on_fatal: Callable[[], None] | None):
             yield
         finally:
             watcher.cancel()
-            if engine.scheduler is not None:
-                await asyncio.get_running_loop().run_in_executor(None, engine.scheduler.stop)
+            await asyncio.get_running_loop().run_in_executor(None, engine.loop.stop)
 
     return lifespan
 

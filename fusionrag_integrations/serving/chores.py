@@ -25,6 +25,10 @@ class Chore:
             self.finish(exc)
         return True
 
+    @property
+    def finished(self) -> bool:
+        return self._done.is_set()
+
     def finish(self, error: BaseException | None = None) -> None:
         self.error = error
         self._done.set()

@@ -20,14 +20,18 @@ class PrefixCache:
         self.max_entries = max_entries
         self._entries: LRU[tuple[int, ...], PrefixKV] = LRU(max_entries=max_entries)
 
-    def lookup(self, prompt_ids: list[int], length: int, selector: str) -> tuple[tuple[int, ...], PrefixKV | None]:
-        """(the prefix's ids, its cached K/V or None); empty ids when this prompt does not take part."""
+    def lookup(
+        self, prompt_ids: list[int], length: int, selector: str, tenant: str = ""
+    ) -> tuple[tuple, PrefixKV | None]:
+        """(the prefix's key, its cached K/V or None); an empty key when this prompt does not take part. A
+        cache space (tenant) reuses only its own prefixes: cached_tokens tells nothing of other spaces."""
         if not length or not self.max_entries or selector == "full":
             return (), None
-        key = tuple(prompt_ids[:length])
+        key = (tenant, *prompt_ids[:length])
         return key, self._entries.get(key)
 
-    def remember(self, key: tuple[int, ...], kv: PrefixKV | None, cache: KVCache) -> None:
+    def remember(self, key: tuple, kv: PrefixKV | None, cache: KVCache) -> None:
         """Keep the prefix K/V this prefill computed (once per prefix)."""
         if key and kv is None:
-            self._entries.put(key, (cache.k[:, : len(key)].clone(), cache.v[:, : len(key)].clone()))
+            n = len(key) - 1
+            self._entries.put(key, (cache.k[:, :n].clone(), cache.v[:, :n].clone()))

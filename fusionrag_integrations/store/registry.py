@@ -280,6 +280,11 @@ class ChunkRegistry:
         refs = [r for r in list(self._refs.get(text, {}).values())[::-1] if split_context(r.context_id)[1] == tenant]
         return sorted(refs, key=lambda r: is_standalone(r.context_id))
 
+    def keys_of(self, texts: list[str], tenant: str = "") -> list[str]:
+        """Every key of these texts (stripped) in the tenant's space, after picking up other processes' rows."""
+        self.sync()
+        return [ref.key for text in texts for ref in self.refs_for(text.strip(), tenant)]
+
     def knows(self, text: str, tenant: str = "") -> bool:
         return bool(self.refs_for(text, tenant))
 

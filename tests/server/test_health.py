@@ -20,7 +20,7 @@ def test_a_dead_step_loop_turns_health_503_and_asks_the_process_to_exit(smol_eng
     def broken_forward(states):
         raise RuntimeError("device lost (test)")
 
-    engine.scheduler.decode_batch = broken_forward
+    engine.runner.decode_batch = broken_forward
     fatal = threading.Event()
     with TestClient(create_app(engine, "m", ServerSettings(), on_fatal=fatal.set)) as client:
         assert client.get("/health").status_code == 200

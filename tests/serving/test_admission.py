@@ -1,30 +1,45 @@
-"""Scheduler admission on its own (fake prefills and decode steps, no model): memory waits, an
-out-of-memory prefill under load goes back to the queue and is retried only once memory was freed,
-and alone it is the request's own typed error."""
+"""The step loop, scheduler and executor's bookkeeping on their own (fake requests and model, the real
+StepLoop, Scheduler and StepExecutor.execute): memory waits; an out-of-memory start under load goes
+back to the queue and is retried only once memory was freed, alone it is the request's typed error;
+one request's failure is its own; a failing step fails its requests with a typed error and the loop
+goes on until failures repeat; stop drains, then fails what is left; no reader ever hangs."""
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 
 import pytest
 import torch
 
 from fusionrag_integrations import FusionRAGError
-from fusionrag_integrations.errors import OutOfMemoryError
+from fusionrag_integrations.errors import EngineUnavailableError, OutOfMemoryError
 from fusionrag_integrations.outputs import GenerationChunk
+from fusionrag_integrations.runtime.executor import StepExecutor
+from fusionrag_integrations.serving.loop import StepLoop
 from fusionrag_integrations.serving.scheduler import Limits, Scheduler
+from fusionrag_integrations.serving.state import Phase
 
 
-class FakeState:
-    """Decodes `n` tokens, one a step."""
+class Job:
+    """Stands in for a request: decodes `tokens` tokens; `start` runs when its prefill starts (it may
+    raise torch.OutOfMemoryError, wait, ...); fails its own sampling at token `fail_at`."""
 
-    def __init__(self, n: int) -> None:
-        self.left, self.done, self.token, self.position = n, False, 0, 0
+    def __init__(self, tokens: int, start=None, fail_at: int | None = None) -> None:
+        self.tokens, self.start, self.fail_at = tokens, start, fail_at
+
+
+class FakeDecode:
+    def __init__(self, job: Job) -> None:
+        self.job, self.left, self.count, self.done = job, job.tokens, 0, False
 
     def start(self) -> list[GenerationChunk]:
         return self._next()
 
     def feed(self, _row) -> list[GenerationChunk]:
+        self.count += 1
+        if self.count == self.job.fail_at:
+            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
         return self._next()
 
     def _next(self) -> list[GenerationChunk]:
@@ -33,57 +48,88 @@ class FakeState:
         return [GenerationChunk("x", [1], "length" if self.done else None)]
 
 
-def scheduler(**limits) -> Scheduler:
-    return Scheduler(threading.RLock(), lambda states: [None] * len(states), Limits(**{"max_running": 8,
-                     "kv_token_budget": 10**6, "prefill_tokens": 10**6, **limits}))  # fmt: skip
+class FakeTask:
+    remaining = 10
+
+    def run(self, _budget):
+        return torch.zeros(1, 4)
 
 
-def prefill_failing(times: int, tokens: int, attempts: list):
-    def prefill(_pacing):
+class FakeRunner:
+    def __init__(self) -> None:
+        self.forward = lambda states: [None] * len(states)
+
+    def sync(self) -> None:
+        pass
+
+    def decode_batch(self, states):
+        return self.forward(states)
+
+
+class FakeExecutor(StepExecutor):
+    """The real execute() and its error handling over fake work."""
+
+    def __init__(self) -> None:
+        super().__init__(None, FakeRunner(), None, None, [], Counter())
+
+    def lay_out(self, seq) -> None:
+        seq.kv_tokens, seq.prefill_tokens, seq.phase = 10, 10, Phase.READY
+
+    def _start(self, seq) -> None:
+        if seq.request.start is not None:
+            seq.request.start()
+        seq.prefill = FakeTask()
+
+    def _slice(self, seq, tokens, out) -> None:
+        seq.prefill, seq.phase, seq.decode = None, Phase.DECODE, FakeDecode(seq.request)
+        out.pieces[id(seq)] = seq.decode.start()
+
+
+def make_loop(**limits) -> tuple[StepLoop, FakeExecutor]:
+    executor = FakeExecutor()
+    scheduler = Scheduler(Limits(**{"max_running": 8, "kv_token_budget": 10**6, "prefill_tokens": 10**6, **limits}))
+    return StepLoop(scheduler, executor, threading.RLock()), executor
+
+
+def oom_while(condition, attempts: list):
+    def start():
         attempts.append(1)
-        if len(attempts) <= times:
+        if condition():
             raise torch.OutOfMemoryError("CUDA out of memory (test)")
-        return FakeState(tokens)
 
-    return prefill
+    return start
 
 
 def test_out_of_memory_under_load_is_retried_after_a_request_finishes():
-    s = scheduler()
-    long_state = FakeState(6)
-    long = s.submit(None, lambda: (10, 10), lambda _: long_state)
+    loop, _ = make_loop()
+    long_job = Job(6)
+    long = loop.submit(long_job)
     next(long)  # the long request runs
     attempts: list = []
-
-    def prefill(_pacing):  # out of memory for as long as the long request holds its memory
-        attempts.append(1)
-        if not long_state.done:
-            raise torch.OutOfMemoryError("CUDA out of memory (test)")
-        return FakeState(3)
-
-    late = s.submit(None, lambda: (10, 10), prefill)
-    assert len(list(late)) == 3
+    long_runs = lambda: any(s.request is long_job for s in loop.scheduler.running)  # noqa: E731
+    late = loop.submit(Job(3, start=oom_while(long_runs, attempts)))  # out of memory while the long one runs
     assert len(list(long)) == 5
-    assert s.requeued == 1
+    assert len(list(late)) == 3
+    assert loop.scheduler.requeued == 1
     assert len(attempts) == 2  # not retried at every step while the long request still ran
 
 
 def test_out_of_memory_alone_is_a_typed_error():
-    s = scheduler()
-    stream = s.submit(None, lambda: (10, 10), prefill_failing(5, 3, []))
+    loop, _ = make_loop()
+    stream = loop.submit(Job(3, start=oom_while(lambda: True, [])))
     with pytest.raises(OutOfMemoryError) as err:
         next(stream)
     assert isinstance(err.value, FusionRAGError) and isinstance(err.value, MemoryError)
-    assert len(list(s.submit(None, lambda: (10, 10), lambda _: FakeState(2)))) == 2  # serving goes on
+    assert len(list(loop.submit(Job(2)))) == 2  # serving goes on
 
 
 def test_a_request_waits_while_the_device_says_it_does_not_fit():
-    running = []
-    s = scheduler(fits=lambda kv, prefill: not running)
+    running: list = []
+    loop, _ = make_loop(fits=lambda kv, prefill: kv <= 10 and not running)  # room for one request (10 positions)
     pieces = []
 
     def client(n: int) -> None:
-        stream = s.submit(None, lambda: (10, 10), lambda _: (running.append(1), FakeState(n))[1])
+        stream = loop.submit(Job(n, start=lambda: running.append(1)))
         pieces.append(len(list(stream)))
         running.pop()
 
@@ -92,124 +138,97 @@ def test_a_request_waits_while_the_device_says_it_does_not_fit():
         t.start()
     for t in threads:
         t.join(timeout=30)
-    assert sorted(pieces) == [3, 4, 5] and s.peak_running == 1
+    assert sorted(pieces) == [3, 4, 5] and loop.scheduler.peak_running == 1
 
 
 def test_stop_ends_the_thread_after_its_step():
     """What runs at interpreter exit: the step in progress finishes, the thread ends."""
-    s = scheduler()
-    stream = s.submit(None, lambda: (10, 10), lambda _: FakeState(10**6))
+    loop, _ = make_loop()
+    stream = loop.submit(Job(10**6))
     next(stream)
-    s.stop(timeout=10)
-    assert not s._thread.is_alive()
+    loop.stop(timeout=10)
+    assert not loop._thread.is_alive()
 
 
 def test_submit_does_not_wait_for_the_step_in_progress():
-    """A server's handlers submit while the scheduler thread holds the engine lock for a long step."""
-    s = scheduler()
+    """A server's handlers submit while the loop thread holds the engine lock for a long step."""
+    loop, _ = make_loop()
     in_step, release = threading.Event(), threading.Event()
-
-    def slow_prefill(_pacing):
-        in_step.set()
-        release.wait(timeout=30)
-        return FakeState(2)
-
-    first = s.submit(None, lambda: (10, 10), slow_prefill)
+    first = loop.submit(Job(2, start=lambda: (in_step.set(), release.wait(timeout=30))))
     assert in_step.wait(timeout=30)
     submitted = []
-    second = lambda: submitted.append(s.submit(None, lambda: (10, 10), lambda _: FakeState(3)))  # noqa: E731
-    submitter = threading.Thread(target=second)
+    submitter = threading.Thread(target=lambda: submitted.append(loop.submit(Job(3))))
     submitter.start()
     submitter.join(timeout=5)
-    assert submitted and s.queued == 1  # returned while the step still runs; waits in the inbox
+    assert submitted and loop.scheduler.queued == 1  # returned while the step still runs; waits in the inbox
     release.set()
     assert len(list(first)) == 2 and len(list(submitted[0])) == 3
-    assert s.queued == 0
-
-
-# -- supervision: one request's failure is its own; a failing step never leaves a reader hanging ------
-
-from fusionrag_integrations.errors import EngineUnavailableError  # noqa: E402
-
-
-class FailingState(FakeState):
-    """Fails in its own sampling at the `at`-th token (what a NaN distribution did)."""
-
-    def __init__(self, n: int, at: int) -> None:
-        super().__init__(n)
-        self.at, self.count = at, 0
-
-    def feed(self, row):
-        self.count += 1
-        if self.count == self.at:
-            raise RuntimeError("probability tensor contains either inf, nan or element < 0")
-        return super().feed(row)
+    assert loop.scheduler.queued == 0
 
 
 def test_a_request_failing_in_its_own_sampling_fails_alone_and_the_loop_goes_on():
-    s = scheduler()
-    healthy = s.submit(None, lambda: (10, 10), lambda _: FakeState(8))
-    broken = s.submit(None, lambda: (10, 10), lambda _: FailingState(8, at=3))
+    loop, _ = make_loop()
+    healthy = loop.submit(Job(8))
+    broken = loop.submit(Job(8, fail_at=3))
     with pytest.raises(RuntimeError, match="probability"):
         list(broken)
     assert len(list(healthy)) == 8
-    assert len(list(s.submit(None, lambda: (10, 10), lambda _: FakeState(3)))) == 3  # later requests served
-    assert s.healthy and not s.crashes
+    assert len(list(loop.submit(Job(3)))) == 3  # later requests served
+    assert loop.healthy and not loop.crashes
 
 
 def failing_forward(times: int):
     left = {"n": times}
 
-    def decode_batch(states):  # the batched forward breaks: not any one request's doing
+    def forward(states):  # the batched forward breaks: not any one request's doing
         if left["n"] > 0:
             left["n"] -= 1
             raise RuntimeError("device fault (test)")
         return [None] * len(states)
 
-    return decode_batch
+    return forward
 
 
 def test_a_failing_step_fails_its_requests_with_a_typed_error_and_the_loop_restarts():
-    s = scheduler()
-    s.decode_batch = failing_forward(1)
-    stream = s.submit(None, lambda: (10, 10), lambda _: FakeState(5))
+    loop, executor = make_loop()
+    executor.runner.forward = failing_forward(1)
     with pytest.raises(EngineUnavailableError, match="device fault"):
-        list(stream)
-    assert len(list(s.submit(None, lambda: (10, 10), lambda _: FakeState(3)))) == 3
-    assert s.healthy and len(s.crashes) == 1
+        list(loop.submit(Job(5)))
+    assert len(list(loop.submit(Job(3)))) == 3
+    assert loop.healthy and len(loop.crashes) == 1
 
 
 def test_repeated_step_failures_stop_the_loop_and_new_requests_fail_at_once():
-    s = scheduler()
-    s.decode_batch = failing_forward(10**6)
+    loop, executor = make_loop()
+    executor.runner.forward = failing_forward(10**6)
     for _ in range(3):
         with pytest.raises(EngineUnavailableError):
-            list(s.submit(None, lambda: (10, 10), lambda _: FakeState(5)))
-    s._thread.join(timeout=10)
-    assert not s.healthy and s.failure is not None
+            list(loop.submit(Job(5)))
+    loop._thread.join(timeout=10)
+    assert not loop.healthy and loop.failure is not None
     with pytest.raises(EngineUnavailableError, match="repeated failures"):
-        next(s.submit(None, lambda: (10, 10), lambda _: FakeState(2)))
+        next(loop.submit(Job(2)))
 
 
 def test_stop_drains_what_runs_then_fails_the_rest_and_no_reader_hangs():
-    s = scheduler(max_running=1)
-    short = s.submit(None, lambda: (10, 10), lambda _: FakeState(3))
-    endless = s.submit(None, lambda: (10, 10), lambda _: FakeState(10**9))  # waits behind... then never ends
+    loop, _ = make_loop(max_running=1)
+    short = loop.submit(Job(3))
+    endless = loop.submit(Job(10**9))  # waits behind the short one, then never ends
     assert next(short).text == "x"
-    s.stop(timeout=10, drain=0.5)
+    loop.stop(timeout=10, drain=0.5)
     assert len(list(short)) == 2  # finished within the drain
     with pytest.raises(EngineUnavailableError, match="shutting down"):
         list(endless)
     with pytest.raises(EngineUnavailableError, match="shutting down"):
-        next(s.submit(None, lambda: (10, 10), lambda _: FakeState(2)))
+        next(loop.submit(Job(2)))
 
 
 def test_closing_a_stream_wakes_its_blocked_reader():
     """A reader blocked in next() on another thread returns when the stream is closed (a server's
     disconnect), instead of waiting for a token that will not come."""
-    s = scheduler()
+    loop, _ = make_loop()
     hold = threading.Event()
-    stream = s.submit(None, lambda: (10, 10), lambda _: (hold.wait(30), FakeState(3))[1])
+    stream = loop.submit(Job(3, start=lambda: hold.wait(30)))
     got = []
     reader = threading.Thread(target=lambda: got.append(list(stream)))
     reader.start()
@@ -217,3 +236,14 @@ def test_closing_a_stream_wakes_its_blocked_reader():
     reader.join(timeout=10)
     hold.set()
     assert not reader.is_alive() and got == [[]]
+
+
+def test_a_step_budget_spreads_a_long_prefill_and_tpot_target_narrows_it():
+    """The admission policy: the whole prefill budget with nothing decoding; with requests decoding and a
+    TPOT target, what fits beside their forward (at least an eighth of the budget)."""
+    scheduler = Scheduler(Limits(8, 10**6, 4096, tpot_target_ms=40.0))
+    assert scheduler.prefill_budget(0) == 4096 and scheduler.prefill_budget(16) == 4096  # nothing measured yet
+    scheduler._prefill_ms_per_token, scheduler._decode_ms_per_row = 0.02, 1.5  # 16 rows: a 24 ms forward
+    assert scheduler.prefill_budget(16) == 800  # (40 - 24) ms / 0.02 ms a token
+    assert scheduler.prefill_budget(30) == 512  # no room left: an eighth of the budget
+    assert Scheduler(Limits(8, 10**6, 4096)).prefill_budget(16) == 4096  # no target: the whole budget

@@ -124,18 +124,18 @@ def test_a_request_that_does_not_fit_the_kv_budget_waits(smol_engine, tmp_path):
 
 
 def test_long_prefills_run_in_pieces_between_decode_steps(engines, smol_engine, tmp_path):
-    """max_prefill_tokens=32: every prompt (and every full/fused recompute) runs in pieces of 32 tokens
-    with a decode step of the running requests between pieces; answers stay those of each alone."""
+    """max_prefill_tokens=32: every prompt (and every full/fused recompute) runs in slices of at most 32
+    positions a step, the running requests decoding between them; answers stay those of each alone."""
     alone, _ = engines
     paced = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8, max_prefill_tokens=32)
     work = requests()[:6] + [("A plain prompt without any chunk, long enough to be split. " * 4, {"max_new_tokens": 8})]
     reference = [alone.generate(prompt, **settings).token_ids for prompt, settings in work]
-    calls = []
-    between = paced.scheduler._pacing.between
-    paced.scheduler._pacing = type(paced.scheduler._pacing)(32, lambda: (calls.append(1), between()))
+    slices = []
+    run_slice = paced.executor._slice
+    paced.executor._slice = lambda seq, tokens, out: (slices.append(tokens), run_slice(seq, tokens, out))[1]
     together = run_concurrently(paced, work)
     assert [r.token_ids for r in together] == reference
-    assert len(calls) > len(work)  # prompts of 100+ tokens: several pieces each
+    assert len(slices) > 2 * len(work) and max(slices) <= 32  # prompts of 100+ tokens: several slices each
 
 
 def test_a_long_prompt_does_not_freeze_a_running_stream_by_default_on_cpu(engines):

@@ -1,0 +1,167 @@
+"""The executor: the model work a step plan names (serving/plan.py), in order, for the step loop.
+
+Lay out (find each admitted-soon request's chunk entries; compute the missing ones and store them),
+start the admitted prefills (cache, placement, selection: the selector fully configured first,
+QCFuse's layer profiled once as an explicit step), run the prefill slices, then one batched decode
+forward, then a step of bulk work. Sampling happens here too (first tokens and decode rows), so the
+outcome carries the text pieces. A request whose own work fails is reported failed (the others go
+on); running out of device memory while others run sends a request back to wait.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterator
+
+import torch
+
+from ..errors import OutOfMemoryError
+from ..fusion.layout import Draft, Layout, PromptLayout
+from ..fusion.selectors import SelectorFactory
+from ..inputs import check_length
+from ..request import Request
+from ..serving.plan import StepOutcome, StepPlan
+from ..serving.state import Phase, SeqState
+from ..store.chunk_kv import ChunkKV, tenant_of
+from ..store.ingest import ingest
+from ..store.registry import ChunkRegistry
+from .decode import Prefill
+from .prefill_task import PrefillTask
+from .runner import ModelRunner
+
+
+class StepExecutor:
+    def __init__(
+        self, layout: PromptLayout, runner: ModelRunner, chunks: ChunkRegistry, selectors: SelectorFactory,
+        prefix_ids: list[int], counters: Counter[str],
+    ) -> None:  # fmt: skip
+        self.layout, self.runner, self.chunks, self.selectors = layout, runner, chunks, selectors
+        self.prefix_ids, self.counters = prefix_ids, counters
+
+    def execute(self, plan: StepPlan) -> StepOutcome:
+        out = StepOutcome()
+        for seq in plan.lay_out:
+            self._guarded(out, seq, lambda s=seq: self.lay_out(s))
+        running = bool(plan.decode) or any(s.phase is Phase.PREFILL and s not in plan.admit for s, _ in plan.prefill)
+        for seq in plan.admit:
+            self._guarded(out, seq, lambda s=seq: self._start(s), requeue=running or len(plan.admit) > 1)
+        t0 = time.perf_counter()
+        for seq, tokens in plan.prefill:
+            if seq.prefill is not None and seq.phase is Phase.PREFILL:
+                self._guarded(out, seq, lambda s=seq, n=tokens: self._slice(s, n, out), requeue=running)
+        if plan.prefill:
+            self.runner.sync()
+            out.prefill_s = time.perf_counter() - t0
+        if plan.decode:
+            self._decode([s for s in plan.decode if s.phase is Phase.DECODE], out)
+        if plan.chore is not None:
+            plan.chore.run_one()
+        return out
+
+    @staticmethod
+    def _guarded(out: StepOutcome, seq: SeqState, work, requeue: bool = False) -> None:
+        try:
+            work()
+        except torch.OutOfMemoryError:
+            if requeue:  # memory frees as running requests finish: it goes first then
+                seq.prefill = None
+                out.requeue.append(seq)
+            else:
+                out.failed.append((seq, OutOfMemoryError("this request's KV cache and prefill do not fit in device "
+                                                         "memory")))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - the request's own error, raised in its reader
+            out.failed.append((seq, exc))
+
+    # -- phases ----------------------------------------------------------------------------------
+
+    def lay_out(self, seq: SeqState) -> None:
+        """WAITING -> READY: chunk entries found (missing ones computed and stored), sizes known."""
+        request = seq.request
+        layout = self.layout_of(request)
+        n = len(layout.token_ids)
+        check_length(n, request.sampling.max_new_tokens, self.layout.context_window)
+        selector, ratio = self.selectors(request.fusion)
+        share = ratio if selector.fixed_share is None else selector.fixed_share
+        n_chunk = sum(c.entry.num_tokens for c in layout.chunks)
+        seq.layout = layout
+        seq.kv_tokens, seq.prefill_tokens = n + request.sampling.max_new_tokens, n - n_chunk + round(share * n_chunk)
+        seq.phase = Phase.READY
+
+    def layout_of(self, request: Request) -> Layout:
+        draft = request.draft if request.draft is not None else prepare(self.layout, request)
+        request.draft = None
+        computed = {e.text for e in self.compute(self.layout.missing(draft))}
+        for _ in range(3):  # an entry found missing while building (evicted meanwhile): compute it, build again
+            layout, jobs = self.layout.build(draft, request.stats, computed)
+            if layout is not None:
+                return layout
+            computed |= {e.text for e in self.compute(jobs)}
+        raise RuntimeError("chunk entries were evicted as fast as they were computed: the memory tiers are too small")
+
+    def _start(self, seq: SeqState) -> None:
+        """READY -> PREFILL: the cache allocated, chunks placed, tokens selected."""
+        seq.prefill = self.start_prefill(seq.request, seq.layout)
+
+    def start_prefill(self, request: Request, layout: Layout) -> PrefillTask:
+        if layout.chunks and self.selectors.needs_profile(request.fusion):
+            self.runner.profile_critical_layer(layout)  # an explicit step, once per model and cache directory
+        selector, ratio = self.selectors(request.fusion)  # fully configured
+        return self.runner.start_prefill(layout, selector, ratio, request.sampling.max_new_tokens)
+
+    def _slice(self, seq: SeqState, tokens: int, out: StepOutcome) -> None:
+        before = seq.prefill.done
+        logits = seq.prefill.run(tokens)
+        out.prefill_tokens += seq.prefill.done - before
+        if logits is not None:
+            pre = self.finish_prefill(seq.prefill, seq.request, logits)
+            seq.prefill, seq.layout, seq.phase = None, None, Phase.DECODE  # a tier may evict the chunks now
+            seq.decode = self.runner.decode_state(pre, seq.request)
+            out.pieces[id(seq)] = seq.decode.start()
+
+    def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
+        pre = self.runner.finish_prefill(task, request, logits)
+        if task.layout.learnable:  # after the timing: storing is not on the path to the first token
+            entries = self.layout.learned_entries(task.layout, task.cache.k, task.cache.v)
+            self.chunks.add(entries)
+            self.counters["chunks_learned"] += len(entries)
+        return pre
+
+    def _decode(self, rows: list[SeqState], out: StepOutcome) -> None:
+        t0 = time.perf_counter()
+        try:
+            logits = self.runner.decode_batch([s.decode for s in rows])
+        except torch.OutOfMemoryError:  # the batch's own size: its requests fail, the loop goes on
+            out.failed += [(s, OutOfMemoryError("the decode step ran out of device memory")) for s in rows]
+            return
+        for seq, row in zip(rows, logits):
+            try:
+                out.pieces[id(seq)] = seq.decode.feed(row)
+            except Exception as exc:  # noqa: BLE001 - this request's sampling or detokenising: its own error
+                out.failed.append((seq, exc))
+        out.decode_rows, out.decode_s = len(rows), time.perf_counter() - t0  # sampling read the logits: done
+
+    # -- chunk compute ---------------------------------------------------------------------------
+
+    def compute(self, jobs) -> list[ChunkKV]:
+        """Compute, store and return these jobs' entries now (chunks a prompt lacks)."""
+        done: list[ChunkKV] = []
+        if jobs:
+            for entries in self.ingest_steps(jobs, False):
+                done += entries
+        return done
+
+    def ingest_steps(self, jobs, show_progress: bool | None) -> Iterator[list[ChunkKV]]:
+        """A batch of chunk compute per next(): what a bulk precompute runs on the loop, a step at a time."""
+        return ingest(self.runner.compute_chunks(self.prefix_ids, jobs), len(jobs), self._store, show_progress)
+
+    def _store(self, entries: list[tuple[ChunkKV, str]]) -> None:
+        self.chunks.add(entries)
+        self.counters["chunks_computed"] += len(entries)
+
+
+def prepare(layout: PromptLayout, request: Request) -> Draft:
+    """The request's prompt prepared for layout (on the caller's thread where there is one)."""
+    fusion = request.fusion
+    learn = layout.learn_default if fusion.learn_chunks is None else fusion.learn_chunks
+    return layout.prepare(request.prompt, request.tools, fusion.chunks, learn, tenant_of(fusion.cache_salt))

@@ -1,0 +1,85 @@
+"""A request inside the step loop, as data: where it is in its life, what it holds, what it still owes.
+
+WAITING (submitted; its prompt prepared on the caller's thread) -> READY (laid out: its chunks'
+entries found, the tokens it needs known) -> PREFILL (admitted: its cache allocated and its prefill
+started, computed a slice per step) -> DECODE (one token per step) -> finished. The scheduler moves
+requests between these phases; the executor does the work each phase needs; neither calls the other.
+"""
+
+from __future__ import annotations
+
+import queue
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TYPE_CHECKING
+
+from ..outputs import GenerationChunk
+from ..request import Request
+
+if TYPE_CHECKING:
+    from ..fusion.layout import Layout
+    from ..runtime.decode import DecodeState
+    from ..runtime.prefill_task import PrefillTask
+
+DONE = object()  # the end of a stream's pieces
+
+
+class Phase(Enum):
+    WAITING = "waiting"
+    READY = "ready"
+    PREFILL = "prefill"
+    DECODE = "decode"
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class SeqState:
+    request: Request
+    out: queue.SimpleQueue = field(default_factory=queue.SimpleQueue)
+    phase: Phase = Phase.WAITING
+    layout: Layout | None = None
+    kv_tokens: int = 0  # KV positions it holds while it runs (prompt + max_new_tokens)
+    prefill_tokens: int = 0  # positions its prefill computes (fresh + the recomputed share of chunk tokens)
+    prefill: PrefillTask | None = None
+    decode: DecodeState | None = None
+    cancelled: bool = False
+
+    def deliver(self, pieces: list[GenerationChunk]) -> None:
+        for piece in pieces:
+            self.out.put(piece)
+        if self.decode is not None and self.decode.done:
+            self.phase = Phase.FINISHED
+            self.out.put(DONE)
+
+    def fail(self, error: BaseException) -> None:
+        self.phase = Phase.FINISHED
+        self.out.put(error)
+
+
+class SequenceStream(Iterator[GenerationChunk]):
+    """What a caller iterates: pieces as the loop produces them; close() cancels at the next step."""
+
+    def __init__(self, seq: SeqState, wake) -> None:
+        self.seq, self._wake = seq, wake
+
+    def __iter__(self) -> SequenceStream:
+        return self
+
+    def __next__(self) -> GenerationChunk:
+        item = self.seq.out.get()
+        if item is DONE:
+            self.seq.out.put(DONE)  # later next() calls stop too
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.seq.out.put(DONE)
+            raise item
+        return item
+
+    def close(self) -> None:
+        self.seq.cancelled = True
+        self.seq.out.put(DONE)  # a reader blocked in next() (another thread) returns now
+        self._wake()
+
+    def __del__(self) -> None:
+        self.seq.cancelled = True
