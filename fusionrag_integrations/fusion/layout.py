@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -211,8 +211,12 @@ class PromptLayout:
                 if not self.registry.has(job.key):
                     jobs[job.key] = job
         for text in (s for s in draft.segments if isinstance(s, str)):
-            if not any(self.registry.has(r.key) for r in self.registry.refs_for(text, tenant)):
+            refs = self.registry.refs_for(text, tenant)
+            if not any(self.registry.has(r.key) for r in refs):
                 job = self.job(text, (), tenant)
+                jobs[job.key] = job
+            elif self.registry.cheaper_to_compute(refs[0]):  # a slow backend: computing beats reading it back
+                job = replace(self.job(text, (), tenant), persist=False)
                 jobs[job.key] = job
         return list(jobs.values())
 

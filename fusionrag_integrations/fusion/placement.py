@@ -59,7 +59,7 @@ def place_chunks(model: TransformerModel, cache: KVCache, chunks: list[PlacedChu
     cos, sin = rotation([c.start - c.entry.start for c in chunks], model.rope.inv_freq_host)
     cos, sin = to_device(torch.stack((cos, sin)), cache.k.device)
     for i, c in enumerate(chunks):
-        span, e = slice(c.start, c.end), c.entry
+        span, e = slice(c.start, c.end), c.entry.for_compute()  # a side-stream copy landed before it is read
         if e.kv_format == "native":
             place_rotated(cache.k[:, span], e.k, cos[i], sin[i], values=(cache.v[:, span], e.v), backend=backend)
         else:  # dequantised where it is placed: the compact form is all that moved

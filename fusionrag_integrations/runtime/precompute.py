@@ -71,6 +71,7 @@ class PrecomputeJob:
     context_ids: list[int]  # tokens computed before the chunk (its neighbours); their KV is not kept
     token_ids: list[int]
     context_id: str
+    persist: bool = True  # False: computed only because that beats reading it back (the backend keeps its copy)
 
 
 def compute_entries(

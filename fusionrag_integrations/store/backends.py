@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +32,11 @@ class Backend(Protocol):
 
     def put(self, entry: ChunkKV) -> int: ...  # bytes stored (0: not persisted)
 
+    def put_many(self, entries: Sequence[ChunkKV]) -> list[int]: ...  # a write batch, in few round trips
+
     def get(self, key: str) -> ChunkKV | None: ...  # complete and verified, or None
+
+    def get_many(self, keys: Sequence[str]) -> list[ChunkKV | None]: ...  # a request's reads, in few round trips
 
     def contains(self, key: str) -> bool: ...
 
@@ -99,6 +104,12 @@ class LocalDirBackend:
         path = self.path(key)
         if path is not None:
             self.discard(path)
+
+    def put_many(self, entries: Sequence[ChunkKV]) -> list[int]:
+        return [self.put(e) for e in entries]
+
+    def get_many(self, keys: Sequence[str]) -> list[ChunkKV | None]:
+        return [self.get(k) for k in keys]
 
     def close(self) -> None:
         """Nothing held open: every write is complete when put returns."""

@@ -98,6 +98,8 @@ class ChunkKV:
         """On `device`; to a pinned host copy the copies are asynchronous (`ready` waits for them)."""
         if self.k.device == device:
             return self
+        if self.ready is not None and self.k.device.type == "cuda":  # a side-stream copy: read it once landed
+            torch.cuda.current_stream(self.k.device).wait_event(self.ready)
         pinned = pin and device.type == "cpu" and torch.cuda.is_available()
         moved = {name: _moved(t, device, pinned) for name, t in self.tensors().items()}
         ready = None
@@ -111,6 +113,28 @@ class ChunkKV:
         """Host code reads the bytes of an asynchronously copied entry only after the copy finished."""
         if self.ready is not None:
             self.ready.synchronize()
+        return self
+
+    def to_device_on(self, device: torch.device, stream: torch.cuda.Stream) -> ChunkKV:
+        """A copy on the GPU made on a side stream (the copy engine works while the compute stream runs on):
+        `ready` records when it lands; the compute stream waits for that in `for_compute`, never the host."""
+        with torch.cuda.stream(stream):
+            if self.ready is not None:  # a host copy still landing (a demotion): the GPU side waits for it
+                stream.wait_event(self.ready)
+            moved = {name: t.to(device, non_blocking=True) for name, t in self.tensors().items()}
+            ready = torch.cuda.Event()
+            ready.record(stream)
+        return replace(self, k=moved.pop("k"), v=moved.pop("v"), token_ids=moved.pop("token_ids"), scales=moved,
+                       ready=ready)  # fmt: skip
+
+    def for_compute(self) -> ChunkKV:
+        """Before the compute stream reads a GPU entry copied on a side stream: it waits for the copy (on the
+        device), and the allocator learns the tensors are used there (freed only once that use is done)."""
+        if self.ready is not None and self.k.device.type == "cuda":
+            current = torch.cuda.current_stream(self.k.device)
+            current.wait_event(self.ready)
+            for t in self.tensors().values():
+                t.record_stream(current)
         return self
 
     def compacted(self, kv_format: str) -> ChunkKV:

@@ -209,15 +209,16 @@ class ChunkRegistry:
         self.add([(entry, ref.text)])
         return True
 
-    def add(self, entries: list[tuple[ChunkKV, str]]) -> None:
+    def add(self, entries: list[tuple[ChunkKV, str]], persist: bool = True) -> None:
         """Store (entry, text) pairs in the store's format and make their texts detectable now; the
-        writer thread persists them and then catalogues them for other processes (`flush` waits)."""
+        writer thread persists them and then catalogues them for other processes (`flush` waits).
+        persist=False: memory tiers only (the backend already holds them)."""
         written = []
         for entry, text in entries:
             entry = entry.compacted(self.kv_format)
             ref = ChunkRef(entry.key, text, entry.context_id, entry.num_tokens)
             self.store.keep(entry)
-            if self.store.backend is not None:
+            if self.store.backend is not None and persist:
                 host, slot = self.staging.copy(entry) if self._staged(entry) else (entry, None)
                 written.append((host, ref, slot))
                 if len(written) == WRITE_BATCH:  # staged copies reach the writer before more slots are taken
@@ -279,6 +280,16 @@ class ChunkRegistry:
         (neighbour sets change as a store grows), then the standalone one."""
         refs = [r for r in list(self._refs.get(text, {}).values())[::-1] if split_context(r.context_id)[1] == tenant]
         return sorted(refs, key=lambda r: is_standalone(r.context_id))
+
+    def cheaper_to_compute(self, ref: ChunkRef) -> bool:
+        """Whether this standalone entry, held by the backend alone, reads back slower than it computes."""
+        store = self.store
+        if not is_standalone(ref.context_id) or store.in_memory_or_absent(ref.key):
+            return False  # context-aware KV cannot be recomputed from the text alone
+        if store.cost.compute_is_faster(ref.num_tokens):
+            self.counts["computed_not_fetched"] += 1
+            return True
+        return False
 
     def keys_of(self, texts: list[str], tenant: str = "") -> list[str]:
         """Every key of these texts (stripped) in the tenant's space, after picking up other processes' rows."""

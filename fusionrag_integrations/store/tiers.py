@@ -10,6 +10,7 @@ from the caching host allocator: ingest does not pin every chunk it computes, on
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 from ..lru import LRU
 from .backends import LocalDirBackend
 from .chunk_kv import ChunkKV
+from .fetch_cost import FetchCost
 
 
 class LRUTier:
@@ -63,9 +65,13 @@ class ChunkStore:
         store namespace): entries persist in Redis instead of the directory (a tier shared by every engine)."""
         self.model_fingerprint, self.secret, self.device, self.directory = model_fingerprint, secret, device, directory
         self.gpu = LRUTier(device, gpu_bytes) if (device.type == "cuda" if hot_tier is None else hot_tier) else None
+        # promotions to the GPU copy on their own stream: a request laid out ahead of its admission has its
+        # chunks moving while the step's compute runs (the compute waits for them only where it reads them)
+        self.copy_stream = torch.cuda.Stream(device) if self.gpu is not None and device.type == "cuda" else None
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
         self._fetched: dict[str, ChunkKV | None] = {}  # read ahead from the backend for the request being laid out
+        self.cost = FetchCost()  # how fast the backend reads (and the model computes: the executor says)
         self.last_tier = "miss"
         if remote is not None:  # the shared tier replaces the directory (no local files to adopt or prune)
             from .redis_backend import RedisBackend
@@ -87,7 +93,7 @@ class ChunkStore:
         if key in self._fetched:  # this request's read-ahead already asked the backend (None: absent there)
             entry = self._fetched.pop(key)
         else:
-            entry = self.backend.get(key) if self.backend is not None else None
+            entry = self._timed_reads([key])[0] if self.backend is not None else None
         if entry is None:
             self.counts["miss"] += 1
             self.last_tier = "miss"
@@ -101,13 +107,25 @@ class ChunkStore:
 
     def prefetch(self, keys: Iterable[str]) -> None:
         """Read the entries a request is about to use that no memory tier holds in one round trip, where the
-        backend batches (Redis: one MGET instead of one GET per chunk). `get` then takes them from here."""
-        get_many = getattr(self.backend, "get_many", None)
-        if get_many is None:
+        backend batches (Redis: one MGET instead of one GET per chunk). `get` then takes them from here (and
+        the reads' speed is measured: the fetch-or-recompute choice, fetch_cost.py)."""
+        if self.backend is None:
             return
         wanted = [k for k in dict.fromkeys(keys) if k not in self.cpu.entries and
                   (self.gpu is None or k not in self.gpu.entries)]  # fmt: skip
-        self._fetched = dict(zip(wanted, get_many(wanted))) if wanted else {}
+        self._fetched = dict(zip(wanted, self._timed_reads(wanted))) if wanted else {}
+
+    def _timed_reads(self, keys: list[str]) -> list[ChunkKV | None]:
+        t0 = time.perf_counter()
+        entries = self.backend.get_many(keys)
+        found = [e for e in entries if e is not None]
+        self.cost.read(sum(e.nbytes for e in found), sum(e.num_tokens for e in found), time.perf_counter() - t0)
+        return entries
+
+    def in_memory_or_absent(self, key: str) -> bool:
+        """Whether reading the entry costs no backend round trip (a memory tier holds it, or nothing does)."""
+        in_memory = key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
+        return in_memory or self.backend is None
 
     def put(self, entry: ChunkKV) -> bool:
         """Keep the entry in memory and write it through; returns whether it persisted."""
@@ -137,8 +155,7 @@ class ChunkStore:
 
     def persist_many(self, entries: list[ChunkKV]) -> list[int]:
         """A write batch: one round trip where the backend batches (Redis), else one write per entry."""
-        put_many = getattr(self.backend, "put_many", None)
-        return put_many(entries) if put_many is not None else [self.persist(e) for e in entries]
+        return self.backend.put_many(entries) if self.backend is not None else [0] * len(entries)
 
     def in_memory(self, key: str) -> ChunkKV | None:
         """The entry a memory tier holds (the GPU copy first), without counting a hit or moving it."""
@@ -171,6 +188,8 @@ class ChunkStore:
             self.cpu.get(entry.key)  # most recently used there too
         if self.gpu is None:
             return entry if entry.device.type == "cpu" else entry.to(torch.device("cpu"))
+        if self.copy_stream is not None and entry.device.type == "cpu":  # from its pinned CPU-tier copy
+            entry = (self.cpu.entries.peek(entry.key) or entry).to_device_on(self.device, self.copy_stream)
         evicted = self._into_gpu(entry)
         if any(old.key == entry.key for old in evicted):  # larger than the hot tier: it lives in the CPU tier
             return entry.to(self.device)

@@ -171,3 +171,22 @@ def test_deleting_while_redis_is_down_counts_what_was_removed_here(volatile, smo
     volatile.stop()
     assert a.forget(keys) == 2  # removed from this engine's tiers and index, though Redis did not answer
     assert a.keys_for(DOCS[:2]) == []
+
+
+def test_a_chunk_slower_to_read_than_to_compute_is_computed_and_answers_alike(durable, smol_engine, tmp_path):
+    """The fetch-or-recompute choice: with the backend measured slower than the model (here: told so), a
+    standalone chunk only Redis holds is computed instead of read, kept in memory, and not written again."""
+    a = engine_on(smol_engine.loaded, tmp_path / "a", kv_backend=durable.url)
+    a.precompute(DOCS)
+    expected = a.generate(rag_messages(DOCS), max_new_tokens=6)
+    b = engine_on(smol_engine.loaded, tmp_path / "b", kv_backend=durable.url)
+    cost = b.chunks.store.cost
+    cost.read_bytes_per_s, cost.bytes_per_token, cost.compute_tokens_per_s = 1e3, 1e5, 1e6  # reading: far slower
+    writes_before = durable.client().info("commandstats").get("cmdstat_set", {}).get("calls", 0)
+    out = b.generate(rag_messages(DOCS), max_new_tokens=6)
+    assert out.token_ids == expected.token_ids and b.chunks.counts["computed_not_fetched"] == len(DOCS)
+    assert b.chunks.store.counts["redis"] == 0  # nothing read back
+    b.chunks.flush()
+    assert durable.client().info("commandstats").get("cmdstat_set", {}).get("calls", 0) == writes_before
+    again = b.generate(rag_messages(DOCS), max_new_tokens=6)  # now in memory: reused
+    assert again.stats.chunks_reused == len(DOCS) and again.token_ids == expected.token_ids
