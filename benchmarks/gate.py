@@ -124,7 +124,7 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
                 )
         for name in ("default", "r005", "full", "none"):
             gate.add(f"e2e_{k}_{name}_x_hf", times["hf"] / times[name], "x")
-    engine.scheduler.stop()
+    engine.loop.stop()
 
 
 def median_of(fn, repeats: int, warmup: int = 3) -> float:
@@ -158,7 +158,7 @@ def serving(gate: Gate, loaded: LoadedModel, args) -> None:
             gate.add(f"serving_c{c}_{name}_ttft_p50_ms", s["ttft_p50_ms"], "ms", gated=c == 1 and name == "fusion")
             gate.add(f"serving_c{c}_{name}_ttft_p99_ms", s["ttft_p99_ms"], "ms", gated=False)
             gate.add(f"serving_c{c}_{name}_tpot_p50_ms", s["tpot_p50_ms"], "ms", gated=False)
-        server.scheduler.stop()
+        server.loop.stop()
     fusion = next(r["value"] for r in gate.rows if r["metric"] == "serving_c16_fusion_req_s")
     full = next(r["value"] for r in gate.rows if r["metric"] == "serving_c16_full_req_s")
     gate.add("serving_c16_fusion_over_full", fusion / full, "x")
@@ -177,7 +177,7 @@ def ingest_int4(gate: Gate, loaded: LoadedModel, args) -> None:
     engine.precompute(texts[16:])
     sync(engine.device)
     gate.add("ingest_int4_chunks_s", args.int4_chunks / (time.perf_counter() - t0), "chunks/s")
-    engine.scheduler.stop()
+    engine.loop.stop()
 
 
 def compare(rows: list[dict], baseline_path: Path) -> list[dict]:

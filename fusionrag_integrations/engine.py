@@ -53,12 +53,7 @@ class FusionEngine:
         self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
         self.executor = StepExecutor(self.layout, self.runner, self.chunks, self.selectors, self.prefix_ids,
                                      self.counters)  # fmt: skip
-        gpu = self.device.type == "cuda"
-        limits = Limits(config.max_running_requests or (64 if gpu else 8),
-                        self.runner.kv_token_budget(config.running_kv_bytes),
-                        config.max_prefill_tokens or (8192 if gpu else 256), config.tpot_target_ms,
-                        self.runner.memory_fits)  # fmt: skip
-        self.scheduler = Scheduler(limits)
+        self.scheduler = Scheduler(Limits.of(config, self.runner))
         self.loop = StepLoop(self.scheduler, self.executor, self._lock)
 
     @classmethod

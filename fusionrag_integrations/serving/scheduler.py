@@ -22,10 +22,15 @@ import queue
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from .chores import Chore
 from .plan import StepOutcome, StepPlan
 from .state import Phase, SeqState
+
+if TYPE_CHECKING:
+    from ..config import EngineConfig
+    from ..runtime.runner import ModelRunner
 
 EMA = 0.2  # weight of the newest measurement in the budget policy's running averages
 LOOKAHEAD = 1  # waiting requests laid out beyond the free slots (their chunks found and promoted early)
@@ -41,6 +46,15 @@ class Limits:
     prefill_tokens: int  # prompt positions computed per step, at most
     tpot_target_ms: float | None = None  # with requests decoding, a step's prefill work fits beside this
     fits: Callable[[int, int], bool] = lambda kv_tokens, prefill_tokens: True
+
+    @classmethod
+    def of(cls, config: EngineConfig, runner: ModelRunner) -> Limits:
+        """An engine's limits: its config, with the device's defaults where the config leaves them open."""
+        gpu = runner.model.device.type == "cuda"
+        running = config.max_running_requests or (64 if gpu else 8)
+        prefill = config.max_prefill_tokens or (8192 if gpu else 256)
+        budget = runner.kv_token_budget(config.running_kv_bytes)
+        return cls(running, budget, prefill, config.tpot_target_ms, runner.memory_fits)
 
 
 class Scheduler:

@@ -10,6 +10,7 @@ from the caching host allocator: ingest does not pin every chunk it computes, on
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -20,6 +21,7 @@ import torch
 from ..lru import LRU
 from .backends import LocalDirBackend
 from .chunk_kv import ChunkKV
+from .demoter import Demoter
 from .fetch_cost import FetchCost
 
 
@@ -68,6 +70,8 @@ class ChunkStore:
         # promotions to the GPU copy on their own stream: a request laid out ahead of its admission has its
         # chunks moving while the step's compute runs (the compute waits for them only where it reads them)
         self.copy_stream = torch.cuda.Stream(device) if self.gpu is not None and device.type == "cuda" else None
+        self._lock = threading.RLock()  # the tiers are used by the step loop, callers, the writer and the demoter
+        self.demoter = Demoter(self.cpu_put, self._lock, device) if self.copy_stream is not None else None
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
         self._fetched: dict[str, ChunkKV | None] = {}  # read ahead from the backend for the request being laid out
@@ -86,10 +90,14 @@ class ChunkStore:
 
     def get(self, key: str) -> ChunkKV | None:
         """The entry on the engine's device, or None (also when the persisted copy was bad)."""
-        if self.gpu is not None and (entry := self.gpu.get(key)) is not None:
-            return self._served("gpu", entry)
-        if (entry := self.cpu.get(key)) is not None:
-            return self._served("cpu", self._promote(entry))
+        with self._lock:
+            if self.gpu is not None and (entry := self.gpu.get(key)) is not None:
+                return self._served("gpu", entry)
+            if self.demoter is not None and (entry := self.demoter.pending.get(key)) is not None:
+                self._into_gpu(entry)  # evicted, its copy down not landed yet: still on the GPU, back in the tier
+                return self._served("gpu", entry)
+            if (entry := self.cpu.get(key)) is not None:
+                return self._served("cpu", self._promote(entry))
         if key in self._fetched:  # this request's read-ahead already asked the backend (None: absent there)
             entry = self._fetched.pop(key)
         else:
@@ -98,7 +106,8 @@ class ChunkStore:
             self.counts["miss"] += 1
             self.last_tier = "miss"
             return None
-        return self._served(self.backend.tier, self._promote(entry))
+        with self._lock:
+            return self._served(self.backend.tier, self._promote(entry))
 
     def _served(self, tier: str, entry: ChunkKV) -> ChunkKV:
         self.counts[tier] += 1
@@ -124,8 +133,11 @@ class ChunkStore:
 
     def in_memory_or_absent(self, key: str) -> bool:
         """Whether reading the entry costs no backend round trip (a memory tier holds it, or nothing does)."""
-        in_memory = key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
-        return in_memory or self.backend is None
+        return self._in_memory(key) or self.backend is None
+
+    def _in_memory(self, key: str) -> bool:
+        pending = self.demoter is not None and key in self.demoter.pending
+        return pending or key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
 
     def put(self, entry: ChunkKV) -> bool:
         """Keep the entry in memory and write it through; returns whether it persisted."""
@@ -135,19 +147,27 @@ class ChunkStore:
     def keep(self, entry: ChunkKV) -> None:
         """A new entry into the memory tiers: a device entry into the GPU tier (its copy on the way to disk
         is staged apart; it reaches the CPU tier when the GPU tier evicts it), a host entry into the CPU tier."""
-        if self.gpu is not None and entry.device.type == "cuda" and entry.nbytes <= self.gpu.budget:
-            self._into_gpu(entry)
-        else:
-            self._promote(entry)
+        with self._lock:
+            if self.gpu is not None and entry.device.type == "cuda" and entry.nbytes <= self.gpu.budget:
+                self._into_gpu(entry)
+            else:
+                self._promote(entry)
 
     def _into_gpu(self, entry: ChunkKV) -> list[ChunkKV]:
-        """Put into the GPU tier; what it evicts and the CPU tier lacks is demoted there, not dropped."""
+        """Put into the GPU tier; what it evicts and the CPU tier lacks is demoted there (by the demoter's
+        thread where there is one: demoter.py), not dropped."""
         evicted = self.gpu.put(entry)
         for old in evicted:
             if old.key != entry.key and old.key not in self.cpu.entries:
                 self.counts["demoted"] += 1
-                self.cpu.put(old)
+                if self.demoter is None or not self.demoter.submit(old):
+                    self.cpu.put(old)
         return evicted
+
+    def cpu_put(self, entry: ChunkKV) -> None:
+        """A copy landed by the demoter (the caller holds the lock)."""
+        if entry.key not in self.cpu.entries:
+            self.cpu.put(entry)
 
     def persist(self, entry: ChunkKV) -> int:
         """Write to the backend; the bytes it took on disk (0: not persisted)."""
@@ -159,18 +179,23 @@ class ChunkStore:
 
     def in_memory(self, key: str) -> ChunkKV | None:
         """The entry a memory tier holds (the GPU copy first), without counting a hit or moving it."""
-        entry = self.gpu.entries.peek(key) if self.gpu is not None else None
-        return entry if entry is not None else self.cpu.entries.peek(key)
+        with self._lock:
+            entry = self.gpu.entries.peek(key) if self.gpu is not None else None
+            if entry is None and self.demoter is not None:
+                entry = self.demoter.pending.get(key)
+            return entry if entry is not None else self.cpu.entries.peek(key)
 
     def contains(self, key: str) -> bool:
-        in_memory = key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
-        return in_memory or (self.backend is not None and self.backend.contains(key))
+        return self._in_memory(key) or (self.backend is not None and self.backend.contains(key))
 
     def forget(self, keys: Iterable[str]) -> None:
         for key in keys:
-            self.cpu.pop(key)
-            if self.gpu is not None:
-                self.gpu.pop(key)
+            with self._lock:
+                self.cpu.pop(key)
+                if self.gpu is not None:
+                    self.gpu.pop(key)
+                if self.demoter is not None:
+                    self.demoter.forget(key)
             if self.backend is not None:
                 self.backend.delete(key)
 
