@@ -113,7 +113,14 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
             "full": lambda: ours("full", selector="full"),
             "none": lambda: ours("none", selector="none"),
         }
-        times = {name: median_of(fn, args.repeats) for name, fn in methods.items()}
+        for fn in methods.values():  # warm-up: kernels, graphs, the critical layer's profile
+            for _ in range(3):
+                fn()
+        samples: dict[str, list[float]] = {name: [] for name in methods}
+        for _ in range(args.repeats):  # interleaved: a drift of the GPU's clocks hits every method alike
+            for name, fn in methods.items():
+                samples[name].append(fn())
+        times = {name: statistics.median(values) for name, values in samples.items()}
         k = f"{context // 1024}k"
         print(f"{k}: {n_tokens} prompt tokens", flush=True)
         for name, ms in times.items():
@@ -125,12 +132,6 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
         for name in ("default", "r005", "full", "none"):
             gate.add(f"e2e_{k}_{name}_x_hf", times["hf"] / times[name], "x")
     engine.loop.stop()
-
-
-def median_of(fn, repeats: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        fn()
-    return statistics.median(fn() for _ in range(repeats))
 
 
 def serving(gate: Gate, loaded: LoadedModel, args) -> None:
@@ -199,7 +200,7 @@ def main() -> None:
     p.add_argument("--tokenizer", help="an HF tokenizer folder (default: the bundled model's, converted)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--contexts", type=int, nargs="+", default=[16384, 32768])
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--repeats", type=int, default=7)
     p.add_argument(
         "--pool", type=int, default=520, help="serving: chunks in the pool (520 x 512 tokens: 35 GB, 4x the tier)"
     )

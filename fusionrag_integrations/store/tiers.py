@@ -21,7 +21,6 @@ import torch
 from ..lru import LRU
 from .backends import LocalDirBackend
 from .chunk_kv import ChunkKV
-from .demoter import Demoter
 from .fetch_cost import FetchCost
 
 
@@ -70,8 +69,7 @@ class ChunkStore:
         # promotions to the GPU copy on their own stream: a request laid out ahead of its admission has its
         # chunks moving while the step's compute runs (the compute waits for them only where it reads them)
         self.copy_stream = torch.cuda.Stream(device) if self.gpu is not None and device.type == "cuda" else None
-        self._lock = threading.RLock()  # the tiers are used by the step loop, callers, the writer and the demoter
-        self.demoter = Demoter(self.cpu_put, self._lock, device) if self.copy_stream is not None else None
+        self._lock = threading.RLock()  # the tiers are used by the step loop, callers and the writer
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
         self._fetched: dict[str, ChunkKV | None] = {}  # read ahead from the backend for the request being laid out
@@ -92,9 +90,6 @@ class ChunkStore:
         """The entry on the engine's device, or None (also when the persisted copy was bad)."""
         with self._lock:
             if self.gpu is not None and (entry := self.gpu.get(key)) is not None:
-                return self._served("gpu", entry)
-            if self.demoter is not None and (entry := self.demoter.pending.get(key)) is not None:
-                self._into_gpu(entry)  # evicted, its copy down not landed yet: still on the GPU, back in the tier
                 return self._served("gpu", entry)
             if (entry := self.cpu.get(key)) is not None:
                 return self._served("cpu", self._promote(entry))
@@ -136,8 +131,7 @@ class ChunkStore:
         return self._in_memory(key) or self.backend is None
 
     def _in_memory(self, key: str) -> bool:
-        pending = self.demoter is not None and key in self.demoter.pending
-        return pending or key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
+        return key in self.cpu.entries or (self.gpu is not None and key in self.gpu.entries)
 
     def put(self, entry: ChunkKV) -> bool:
         """Keep the entry in memory and write it through; returns whether it persisted."""
@@ -154,20 +148,15 @@ class ChunkStore:
                 self._promote(entry)
 
     def _into_gpu(self, entry: ChunkKV) -> list[ChunkKV]:
-        """Put into the GPU tier; what it evicts and the CPU tier lacks is demoted there (by the demoter's
-        thread where there is one: demoter.py), not dropped."""
+        """Put into the GPU tier; what it evicts and the CPU tier lacks is demoted there, not dropped (into
+        pinned memory, the copy asynchronous; pinning is the cost: an ingest that overflows the GPU tier
+        runs at the rate the OS pins pages, measured in benchmarks/gate.py)."""
         evicted = self.gpu.put(entry)
         for old in evicted:
             if old.key != entry.key and old.key not in self.cpu.entries:
                 self.counts["demoted"] += 1
-                if self.demoter is None or not self.demoter.submit(old):
-                    self.cpu.put(old)
+                self.cpu.put(old)
         return evicted
-
-    def cpu_put(self, entry: ChunkKV) -> None:
-        """A copy landed by the demoter (the caller holds the lock)."""
-        if entry.key not in self.cpu.entries:
-            self.cpu.put(entry)
 
     def persist(self, entry: ChunkKV) -> int:
         """Write to the backend; the bytes it took on disk (0: not persisted)."""
@@ -181,8 +170,6 @@ class ChunkStore:
         """The entry a memory tier holds (the GPU copy first), without counting a hit or moving it."""
         with self._lock:
             entry = self.gpu.entries.peek(key) if self.gpu is not None else None
-            if entry is None and self.demoter is not None:
-                entry = self.demoter.pending.get(key)
             return entry if entry is not None else self.cpu.entries.peek(key)
 
     def contains(self, key: str) -> bool:
@@ -194,8 +181,6 @@ class ChunkStore:
                 self.cpu.pop(key)
                 if self.gpu is not None:
                     self.gpu.pop(key)
-                if self.demoter is not None:
-                    self.demoter.forget(key)
             if self.backend is not None:
                 self.backend.delete(key)
 
