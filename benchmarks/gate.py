@@ -85,15 +85,12 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
         prompt = lambda: head + next(questions) + "\nAnswer:"  # noqa: E731 - a new question each call
         n_tokens = len(tok(prompt())["input_ids"])
 
-        prefill: dict[str, list[float]] = {}
-
         def ours(name: str, **settings) -> float:
             text = prompt()
             sync(engine.device)
             t0 = time.perf_counter()
-            out = engine.generate(text, max_new_tokens=1, **settings)
+            engine.generate(text, max_new_tokens=1, **settings)
             sync(engine.device)
-            prefill.setdefault(name, []).append(out.stats.prefill_ms)  # the model's part of it
             return (time.perf_counter() - t0) * 1e3
 
         def theirs() -> float:
@@ -125,10 +122,6 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
         print(f"{k}: {n_tokens} prompt tokens", flush=True)
         for name, ms in times.items():
             gate.add(f"e2e_{k}_{name}_ms", ms, "ms", gated=False)
-            if name in prefill:  # the timed calls' (the last `repeats`) model time
-                gate.add(
-                    f"e2e_{k}_{name}_prefill_ms", statistics.median(prefill[name][-args.repeats :]), "ms", gated=False
-                )
         for name in ("default", "r005", "full", "none"):
             gate.add(f"e2e_{k}_{name}_x_hf", times["hf"] / times[name], "x")
     engine.loop.stop()
