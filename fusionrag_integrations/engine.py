@@ -133,9 +133,7 @@ class FusionEngine:
         room for max_new_tokens more, default 1: pass what `decode` will generate)."""
         request = Request.build(prompt, **{"max_new_tokens": 1, **settings})
         with self._lock:
-            layout = self.executor.layout_of(request)
-            task = self.executor.start_prefill(request, layout)
-            return self.executor.finish_prefill(task, request, task.run(task.remaining))
+            return self.executor.prefill_now(request)
 
     def decode(self, pre: Prefill, **sampling) -> Generation:
         """Continue generating from a `prefill` result (its cache is consumed); sampling settings as in `stream`."""

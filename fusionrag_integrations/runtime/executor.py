@@ -52,7 +52,6 @@ class StepExecutor:
             if seq.prefill is not None and seq.phase is Phase.PREFILL:
                 self._guarded(out, seq, lambda s=seq, n=tokens: self._slice(s, n, out), requeue=running)
         if plan.prefill:
-            self.runner.sync()
             out.prefill_s = time.perf_counter() - t0
         if plan.decode:
             self._decode([s for s in plan.decode if s.phase is Phase.DECODE], out)
@@ -102,7 +101,9 @@ class StepExecutor:
 
     def _start(self, seq: SeqState) -> None:
         """READY -> PREFILL: the cache allocated, chunks placed, tokens selected."""
+        t0 = time.perf_counter()
         seq.prefill = self.start_prefill(seq.request, seq.layout)
+        seq.prefill.seconds += time.perf_counter() - t0  # launched here, finished by its first slice's sync
 
     def start_prefill(self, request: Request, layout: Layout) -> PrefillTask:
         if layout.chunks and self.selectors.needs_profile(request.fusion):
@@ -110,9 +111,21 @@ class StepExecutor:
         selector, ratio = self.selectors(request.fusion)  # fully configured
         return self.runner.start_prefill(layout, selector, ratio, request.sampling.max_new_tokens)
 
+    def prefill_now(self, request: Request) -> Prefill:
+        """A whole prefill at once, outside the loop (the inspection API; the caller holds the engine lock)."""
+        layout = self.layout_of(request)
+        t0 = time.perf_counter()
+        task = self.start_prefill(request, layout)
+        logits = task.run(task.remaining)
+        self.runner.sync()
+        task.seconds = time.perf_counter() - t0
+        return self.finish_prefill(task, request, logits)
+
     def _slice(self, seq: SeqState, tokens: int, out: StepOutcome) -> None:
-        before = seq.prefill.done
+        before, t0 = seq.prefill.done, time.perf_counter()
         logits = seq.prefill.run(tokens)
+        self.runner.sync()  # the slice's model time, honestly (and a step's prefill work stays what it says)
+        seq.prefill.seconds += time.perf_counter() - t0
         out.prefill_tokens += seq.prefill.done - before
         if logits is not None:
             pre = self.finish_prefill(seq.prefill, seq.request, logits)

@@ -14,8 +14,6 @@ be cut: it runs as one slice.
 
 from __future__ import annotations
 
-import time
-
 import torch
 
 from ..fusion.layout import Layout
@@ -42,13 +40,11 @@ class PrefillTask:
         self.n_chunk, self.prefix_tokens, self.seconds = 0, 0, 0.0
         self.done = 0  # active positions computed so far
         self.whole: tuple | None = None  # an in-pass selection: (logits, selected) from one pass
-        t0 = time.perf_counter()
         if layout.chunks and selector is not None:
             self._start_fused(selector, ratio, prefixes, graphs)
         else:
             self.positions, self.plain = None, True  # every position, in order
             self.total = self.n
-        self.seconds += time.perf_counter() - t0
 
     def _start_fused(self, selector: Selector, ratio: float, prefixes: PrefixCache, graphs: GraphCache | None) -> None:
         layout, cache = self.layout, self.cache
@@ -91,10 +87,9 @@ class PrefillTask:
         return self.total - self.done
 
     def run(self, budget: int) -> torch.Tensor | None:
-        """Compute the next `budget` positions (at least one); the last token's logits [1, V] once all are."""
-        t0 = time.perf_counter()
+        """Compute the next `budget` positions (at least one); the last token's logits [1, V] once all are.
+        (The caller times it, synchronising the device: `seconds` is the model time of this prefill.)"""
         logits = self._run(max(1, budget))
-        self.seconds += time.perf_counter() - t0
         if logits is not None and getattr(self, "prefix_ids", None) and self.prefix_kv is None:
             self.prefixes.remember(self.prefix_ids, None, self.cache)
         return logits
