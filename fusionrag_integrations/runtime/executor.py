@@ -47,12 +47,21 @@ class StepExecutor:
         running = bool(plan.decode) or any(s.phase is Phase.PREFILL and s not in plan.admit for s, _ in plan.prefill)
         for seq in plan.admit:
             self._guarded(out, seq, lambda s=seq: self._start(s), requeue=running or len(plan.admit) > 1)
-        t0 = time.perf_counter()
+        t0, ran, finished = time.perf_counter(), [], []
         for seq, tokens in plan.prefill:
             if seq.prefill is not None and seq.phase is Phase.PREFILL:
-                self._guarded(out, seq, lambda s=seq, n=tokens: self._slice(s, n, out), requeue=running)
-        if plan.prefill:
-            out.prefill_s = time.perf_counter() - t0
+                ran.append((seq, time.perf_counter()))
+                work = lambda s=seq, n=tokens: finished.append(self._slice(s, n, out))  # noqa: E731
+                self._guarded(out, seq, work, requeue=running)
+        if ran:
+            self.runner.sync()  # one sync for the step's slices: each is timed from its launch to here
+            end = time.perf_counter()
+            out.prefill_s = end - t0
+            for seq, launched in ran:
+                if seq.prefill is not None:
+                    seq.prefill.seconds += end - launched
+            for seq, logits in (f for f in finished if f[1] is not None):
+                self._guarded(out, seq, lambda s=seq, x=logits: self._first_token(s, x, out))
         if plan.decode:
             self._decode([s for s in plan.decode if s.phase is Phase.DECODE], out)
         if plan.chore is not None:
@@ -121,17 +130,18 @@ class StepExecutor:
         task.seconds = time.perf_counter() - t0
         return self.finish_prefill(task, request, logits)
 
-    def _slice(self, seq: SeqState, tokens: int, out: StepOutcome) -> None:
-        before, t0 = seq.prefill.done, time.perf_counter()
+    def _slice(self, seq: SeqState, tokens: int, out: StepOutcome) -> tuple[SeqState, torch.Tensor | None]:
+        before = seq.prefill.done
         logits = seq.prefill.run(tokens)
-        self.runner.sync()  # the slice's model time, honestly (and a step's prefill work stays what it says)
-        seq.prefill.seconds += time.perf_counter() - t0
         out.prefill_tokens += seq.prefill.done - before
-        if logits is not None:
-            pre = self.finish_prefill(seq.prefill, seq.request, logits)
-            seq.prefill, seq.layout, seq.phase = None, None, Phase.DECODE  # a tier may evict the chunks now
-            seq.decode = self.runner.decode_state(pre, seq.request)
-            out.pieces[id(seq)] = seq.decode.start()
+        return seq, logits
+
+    def _first_token(self, seq: SeqState, logits: torch.Tensor, out: StepOutcome) -> None:
+        """PREFILL -> DECODE: the stats, the decode state, the first token."""
+        pre = self.finish_prefill(seq.prefill, seq.request, logits)
+        seq.prefill, seq.layout, seq.phase = None, None, Phase.DECODE  # a tier may evict the chunks now
+        seq.decode = self.runner.decode_state(pre, seq.request)
+        out.pieces[id(seq)] = seq.decode.start()
 
     def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
         pre = self.runner.finish_prefill(task, request, logits)

@@ -7,6 +7,7 @@ goes on until failures repeat; stop drains, then fails what is left; no reader e
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -49,7 +50,7 @@ class FakeDecode:
 
 
 class FakeTask:
-    remaining = 10
+    remaining, seconds = 10, 0.0
 
     def run(self, _budget):
         return torch.zeros(1, 4)
@@ -80,7 +81,10 @@ class FakeExecutor(StepExecutor):
             seq.request.start()
         seq.prefill = FakeTask()
 
-    def _slice(self, seq, tokens, out) -> None:
+    def _slice(self, seq, tokens, out):
+        return seq, torch.zeros(1, 4)  # the whole prefill in one slice
+
+    def _first_token(self, seq, logits, out) -> None:
         seq.prefill, seq.phase, seq.decode = None, Phase.DECODE, FakeDecode(seq.request)
         out.pieces[id(seq)] = seq.decode.start()
 
@@ -89,6 +93,14 @@ def make_loop(**limits) -> tuple[StepLoop, FakeExecutor]:
     executor = FakeExecutor()
     scheduler = Scheduler(Limits(**{"max_running": 8, "kv_token_budget": 10**6, "prefill_tokens": 10**6, **limits}))
     return StepLoop(scheduler, executor, threading.RLock()), executor
+
+
+def wait_for(condition, seconds: float = 60.0) -> None:
+    """Until condition() holds (a bound on a wait, not a speed: the loop runs a step in microseconds here)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "the step loop did not get there"
+        time.sleep(0.001)
 
 
 def oom_while(condition, attempts: list):
@@ -102,16 +114,19 @@ def oom_while(condition, attempts: list):
 
 def test_out_of_memory_under_load_is_retried_after_a_request_finishes():
     loop, _ = make_loop()
-    long_job = Job(6)
+    long_job = Job(10**9)  # runs until the test ends it
     long = loop.submit(long_job)
     next(long)  # the long request runs
     attempts: list = []
     long_runs = lambda: any(s.request is long_job for s in loop.scheduler.running)  # noqa: E731
     late = loop.submit(Job(3, start=oom_while(long_runs, attempts)))  # out of memory while the long one runs
-    assert len(list(long)) == 5
+    wait_for(lambda: attempts)
+    steps = loop.scheduler.steps
+    wait_for(lambda: loop.scheduler.steps >= steps + 20)  # decode steps go by: the late one is not retried
+    assert len(attempts) == 1 and loop.scheduler.requeued == 1
+    long.close()  # it finishes: its memory is free
     assert len(list(late)) == 3
-    assert loop.scheduler.requeued == 1
-    assert len(attempts) == 2  # not retried at every step while the long request still ran
+    assert len(attempts) == 2  # retried once memory was freed, and it fit
 
 
 def test_out_of_memory_alone_is_a_typed_error():
