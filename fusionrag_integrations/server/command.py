@@ -36,7 +36,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         failed.append(True)
         uvicorn_server.should_exit = True
 
-    uvicorn_server = server(create_app(engine, name, settings, on_fatal), settings, args.access_log)
+    drain = lambda: engine.loop.stop(drain=settings.timeout_graceful_shutdown_s)  # noqa: E731
+    uvicorn_server = server(create_app(engine, name, settings, on_fatal), settings, args.access_log, drain)
     print(f"fusionrag: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     uvicorn_server.run(sockets=[sock])
     return EXIT_FAILED if failed else 0

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
+from collections.abc import Callable
 
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -79,15 +81,34 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def server(app, settings: ServerSettings, access_log: bool = False) -> uvicorn.Server:
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM / SIGINT, `drain` runs first (the engine lets running requests finish within the grace
+    period, then ends the rest with an error event): streams close themselves, so uvicorn's own shutdown
+    finds nothing to cancel (a cancelled stream is a cut connection for the client and a traceback here)."""
+
+    def __init__(self, config: uvicorn.Config, drain: Callable[[], None] | None) -> None:
+        super().__init__(config)
+        self._drain, self._draining = drain, None
+
+    def handle_exit(self, sig, frame) -> None:
+        if self._drain is not None and self._draining is None:
+            self._draining = threading.Thread(target=self._drain, name="fusionrag-drain", daemon=True)
+            self._draining.start()
+        super().handle_exit(sig, frame)
+
+
+def server(
+    app, settings: ServerSettings, access_log: bool = False, drain: Callable[[], None] | None = None
+) -> uvicorn.Server:
+    """drain: run on the first exit signal (the engine's `loop.stop(drain=grace)`)."""
     config = uvicorn.Config(
         app,
         http=guarded_protocol(settings),
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_keep_alive=settings.timeout_keep_alive_s,
-        timeout_graceful_shutdown=int(settings.timeout_graceful_shutdown_s),
+        timeout_graceful_shutdown=int(settings.timeout_graceful_shutdown_s) + 5,  # a backstop behind the drain
         log_level="warning",
         access_log=access_log,
         lifespan="on",
     )
-    return uvicorn.Server(config)
+    return DrainingServer(config, drain)

@@ -30,13 +30,16 @@ def cluster(tmp_path_factory):
     redis_server = running(tmp_path_factory.mktemp("redis"))
     server = next(redis_server)
     port = free_port()
-    # A router asks each replica for its queue length and gives up on one that does not answer in 0.1 s. On a
-    # busy machine (CI beside another test run) the owner of a request's chunks then looked unavailable and
-    # requests went elsewhere at random; routing itself is what these tests check, so wait for the answer.
+    # A router asks each replica for its queue length and gives up on one that does not answer in 0.1 s; Serve's
+    # controller kills a proxy that is not ready within 5 s. On a busy machine (CI beside another test run) the
+    # owner of a request's chunks then looked unavailable and requests went elsewhere at random, and the proxy
+    # died while starting: routing and serving are what these tests check, not Ray's patience, so wait longer.
     # The cluster's processes inherit this environment.
     deadlines = {
         "RAY_SERVE_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "5",
         "RAY_SERVE_MAX_QUEUE_LENGTH_RESPONSE_DEADLINE_S": "10",
+        "RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+        "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60",
     }
     saved = {k: os.environ.get(k) for k in deadlines}
     os.environ.update(deadlines)
