@@ -1,6 +1,6 @@
 """fusionrag_integrations: faster RAG answers from precomputed chunk KV caches.
 
-Public API (see DESIGN.md): FusionEngine, EngineConfig, FusionConfig, the per-request settings
+Public API (docs/design.md): FusionEngine, EngineConfig, FusionConfig, the per-request settings
 (SamplingParams, FusionParams), the output types,
 the error hierarchy, and default_model_path() for the bundled SmolLM2 GGUF.
 """
