@@ -142,12 +142,19 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+CONVERSION_FORMAT = 2  # bumped whenever _convert_into writes different files for the same GGUF
+
+
+def gguf_source(path: Path, digest: str | None = None) -> str:
+    """What a converted folder was built from: the GGUF's bytes and the conversion's format, never its path."""
+    return f"gguf-v{CONVERSION_FORMAT}:{path.name}:{digest or file_digest(path)}"
+
+
 def convert_gguf(path: Path, models_dir: Path) -> Path:
     """Dequantise a GGUF file once (through transformers) into models_dir/<name>-<key>/ (verified on every load)."""
     digest = file_digest(path)  # by content: every copy of one file (one per virtualenv) shares one conversion
-    out = models_dir / f"{path.stem}-{digest[:16]}"
-    source = f"gguf:{path.name}:{digest}"
-    return verified_directory(out, lambda tmp: _convert_into(tmp, path), source)
+    out = models_dir / f"{path.stem}-v{CONVERSION_FORMAT}-{digest[:16]}"
+    return verified_directory(out, lambda tmp: _convert_into(tmp, path), gguf_source(path, digest))
 
 
 def _convert_into(tmp: Path, path: Path) -> None:
@@ -167,6 +174,7 @@ def _convert_into(tmp: Path, path: Path) -> None:
     save_file(state, tmp / "model.safetensors", metadata={"format": "pt", "source": path.name})
     cfg = hf.config.to_dict()
     cfg.pop("quantization_config", None)
+    cfg.pop("_name_or_path", None)  # where this copy of the GGUF lives: the folder is keyed by content only
     (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     tokenizer.save_pretrained(tmp)
     if hf.generation_config is not None:

@@ -337,7 +337,14 @@ def test_sigterm_lets_a_running_stream_finish_within_the_grace_period_and_exits(
             f"{process.url}/v1/completions",
             headers=AUTH,
             timeout=120,
-            json={"model": MODEL, "prompt": "Once", "max_tokens": 5000, "stream": True},
+            # greedy counting never picks the end-of-text token: the stream is still running at SIGTERM
+            json={
+                "model": MODEL,
+                "prompt": "1, 2, 3, 4, 5, 6, 7, 8, 9, 10,",
+                "max_tokens": 5000,
+                "temperature": 0,
+                "stream": True,
+            },
         ) as response:
             lines = response.iter_lines()
             next(lines)

@@ -3,6 +3,7 @@ and nothing outside the directory is read or deleted through it."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sqlite3
@@ -143,13 +144,13 @@ def test_a_tampered_converted_model_is_rebuilt_from_the_gguf(smol_engine, tmp_pa
     assert manifest_problem(out, cache_secret(), _source()) is None
     assert (out / "chat_template.jinja").read_text() == (original / "chat_template.jinja").read_text()
     assert (original / "config.json").read_text() == (out / "config.json").read_text()
+    assert "_name_or_path" not in json.loads((out / "config.json").read_text())  # no path of this machine
 
 
 def _source() -> str:
-    from fusionrag_integrations.model.loader import file_digest
+    from fusionrag_integrations.model.loader import gguf_source
 
-    path = default_model_path()
-    return f"gguf:{path.name}:{file_digest(path)}"
+    return gguf_source(default_model_path())
 
 
 def test_a_copy_of_the_gguf_elsewhere_shares_its_conversion(smol_engine, tmp_path):
