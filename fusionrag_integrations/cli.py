@@ -27,6 +27,8 @@ def _engine(args: argparse.Namespace) -> FusionEngine:
         settings["kv_format"] = args.kv_format
     if getattr(args, "kv_backend", None):
         settings["kv_backend"] = args.kv_backend
+    if getattr(args, "fidelity_sample_rate", None) is not None:
+        settings["fidelity_sample_rate"] = args.fidelity_sample_rate
     return FusionEngine.from_pretrained(
         args.model or default_model_path(), device=args.device, dtype=args.dtype, config=EngineConfig(**settings)
     )

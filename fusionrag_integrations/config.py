@@ -184,6 +184,15 @@ class EngineConfig(_Settings):
         "to finish (never an out-of-memory crash). None: 4 GiB on CPU; on a GPU, 90% of what is free when the "
         "engine starts, less the GPU tier (gpu_cache_bytes) and 4 GiB for a prefill's temporaries.",
     )
+    fidelity_sample_rate: float = Field(
+        0.0,
+        ge=0.0,
+        le=1.0,
+        description="Share of fused requests also run with full attention (a shadow, in the step loop's spare "
+        "capacity, after the answer was delivered) to measure how far fused answers drift: first-token KL, "
+        "top-1 and teacher-forced agreement, reported by FusionEngine.fidelity_report(), the server's /metrics "
+        "and /v1/fidelity. 0: off (nothing is measured or kept).",
+    )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     use_triton: Literal["auto", "always", "never"] = Field(
         "auto", description="Sparse-attention kernel choice: Triton on CUDA when 'auto'."

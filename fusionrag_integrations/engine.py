@@ -1,7 +1,6 @@
-"""FusionEngine: wiring only. A request's prompt is prepared on the caller's thread (fusion/layout.py),
-then the step loop (serving/loop.py) schedules it (serving/scheduler.py) and the executor does the
-work (runtime/executor.py: layout, prefill slices, decode, through runtime/runner.py); the chunk
-registry (store/) keeps the KV. docs/design.md follows one request through all of them."""
+"""FusionEngine: wiring only. A prompt is prepared on the caller's thread (fusion/layout.py), the step loop
+(serving/) schedules it, the executor (runtime/) computes it, the chunk registry (store/) keeps the KV and
+the fidelity monitor (fidelity/) measures sampled answers. docs/design.md follows one request through."""
 
 from __future__ import annotations
 
@@ -14,6 +13,7 @@ import torch
 
 from .config import EngineConfig
 from .errors import ChunkNotFoundError
+from .fidelity.monitor import FidelityMonitor, FidelityReport
 from .fusion.layout import PromptLayout, shared_prefix_ids, store_namespace
 from .fusion.placement import FusionContext
 from .fusion.probe import CriticalLayers
@@ -51,8 +51,9 @@ class FusionEngine:
         self.runner = ModelRunner(loaded, config, self.critical_layers)
         load_aux = lambda source: load_aux_model(source, loaded, config.model_cache_dir).model  # noqa: E731
         self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
+        self.fidelity = FidelityMonitor.of(config, loaded.name)
         self.executor = StepExecutor(self.layout, self.runner, self.chunks, self.selectors, self.prefix_ids,
-                                     self.counters)  # fmt: skip
+                                     self.counters, self.fidelity)  # fmt: skip
         self.scheduler = Scheduler(Limits.of(config, self.runner))
         self.loop = StepLoop(self.scheduler, self.executor, self._lock)
 
@@ -124,7 +125,12 @@ class FusionEngine:
         request = Request.build(prompt, **settings)
         self.selectors(request.fusion)  # an unknown selector fails here, not in the loop
         request.draft = prepare(self.layout, request)  # here: a long prompt never holds the loop
+        request.shadow = self.fidelity.capture()  # sampled: measured against full attention after it answers
         return self.loop.submit(request)  # t_start stays the submission: waiting is part of TTFT
+
+    def fidelity_report(self) -> FidelityReport:
+        """How far fused answers drifted from full attention, per configuration (fidelity_sample_rate)."""
+        return self.fidelity.report()
 
     # -- inspection: the evaluation harness reads the first-token distribution and the fused cache --
 

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from .fidelity.shadow import FidelitySample
 
 FinishReason = Literal["stop", "length"]
 
@@ -39,6 +42,9 @@ class GenerationStats:
     prefix_tokens_reused: int = 0  # prompt tokens before the first chunk served by the prefix cache (exact)
     selector: str | None = None
     recompute_ratio: float | None = None
+    # measured against full attention (EngineConfig.fidelity_sample_rate): None unless this request was
+    # sampled; set in place when its shadow finishes, which is after the answer (read it from the report)
+    fidelity: FidelitySample | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)

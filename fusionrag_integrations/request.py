@@ -19,6 +19,7 @@ from .inputs import check_ratio, check_stop, check_texts
 from .outputs import GenerationStats
 
 if TYPE_CHECKING:
+    from .fidelity.shadow import ShadowCapture
     from .fusion.layout import Draft, Layout
     from .fusion.prompt import Prompt
     from .fusion.selectors import Selector
@@ -100,6 +101,7 @@ class Request:
     stats: GenerationStats = field(default_factory=GenerationStats)
     draft: Draft | None = None  # the prompt prepared on the caller's thread (fusion/layout.py)
     layout: Layout | None = None  # set by the layout step (fusion/layout.py)
+    shadow: ShadowCapture | None = None  # sampled for a fidelity shadow (fidelity/shadow.py)
     t_start: float = field(default_factory=time.perf_counter)
 
     @classmethod

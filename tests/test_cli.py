@@ -132,3 +132,10 @@ def test_a_port_out_of_range_is_refused_by_argparse(capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["serve", "--port", "99999"])
     assert exit_.value.code == 2 and "99999 is not a port" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("rate", ["1.5", "-0.1", "nan"])
+def test_a_fidelity_sample_rate_outside_0_to_1_is_refused(rate, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--fidelity-sample-rate", rate])
+    assert exit_.value.code == 2 and f"{rate} is not a share" in capsys.readouterr().err

@@ -19,11 +19,11 @@ from tqdm.auto import tqdm
 
 from ..engine import FusionEngine
 from .data import Example
-from .metrics import exact_match, f1_score, kl_divergence, prefix_agreement, rouge_l
+from .metrics import exact_match, f1_score, kl_divergence, prefix_agreement, rouge_l, teacher_forced_agreement
 from .prompts import musique_messages
 from .variants import build_selector
 
-METRICS = ("kl", "top1", "agree", "rougeL", "f1", "em", "ttft_ms", "recomputed")
+METRICS = ("kl", "top1", "agree", "tf_agree", "rougeL", "f1", "em", "ttft_ms", "recomputed")
 
 
 def run_key(example_id: str, selector: str, ratio: float) -> tuple[str, str, float]:
@@ -121,6 +121,7 @@ def evaluate(
                     "kl": kl_divergence(full_logits, logits),
                     "top1": float(full_logits.argmax() == logits.argmax()),
                     "agree": prefix_agreement(full.token_ids, gen.token_ids),
+                    "tf_agree": teacher_forced(engine, messages, gen.token_ids, logits),
                     "rougeL": rouge_l(full.text, gen.text),
                     "f1": f1_score(gen.text, ex.answers),
                     "em": exact_match(gen.text, ex.answers),
@@ -133,6 +134,26 @@ def evaluate(
                 out.write(json.dumps(row) + "\n")
                 out.flush()
     return [json.loads(line) for line in out_path.read_text().splitlines() if line.strip()]
+
+
+def teacher_forced(engine: FusionEngine, messages, answer: list[int], first_logits=None) -> float:
+    """Teacher-forced agreement of `answer` with full attention: a full prefill, then the answer fed back
+    one decode step at a time (the path the serving shadow does not take: its check). An empty answer is
+    judged on its first token: full attention's likeliest against `first_logits` (the fused one's)."""
+    import torch
+
+    from ..model.attention import resolve_kernels
+    from ..runtime.decode_step import make_decode_step
+
+    pre = engine.prefill(messages, selector="full", max_new_tokens=max(len(answer), 1))
+    if not answer:
+        return float(int(pre.logits.argmax()) == int(first_logits.argmax()))
+    step = make_decode_step(engine.model, pre.cache, None, resolve_kernels(engine.config.use_triton, engine.device))
+    rows, position = [pre.logits], len(pre.token_ids)
+    for token in answer[:-1]:
+        rows.append(step(token, position))
+        position += 1
+    return teacher_forced_agreement(torch.stack(rows), answer)
 
 
 def summarize(rows: list[dict]) -> list[dict]:

@@ -6,7 +6,7 @@ import re
 import string
 from collections import Counter
 
-import torch
+from ..fidelity.measures import kl_divergence, teacher_forced_agreement  # noqa: F401 - the harness reads them here
 
 
 def normalize_answer(text: str) -> str:
@@ -37,13 +37,6 @@ def f1_score(prediction: str, answers: list[str]) -> float:
 def exact_match(prediction: str, answers: list[str]) -> float:
     pred = normalize_answer(first_line(prediction))
     return float(any(pred == normalize_answer(g) for g in answers))
-
-
-def kl_divergence(reference_logits: torch.Tensor, logits: torch.Tensor) -> float:
-    """KL(P_reference || P) of the next-token distributions, in nats (float64)."""
-    p = torch.log_softmax(reference_logits.double(), dim=-1)
-    q = torch.log_softmax(logits.double(), dim=-1)
-    return float((p.exp() * (p - q)).sum())
 
 
 def prefix_agreement(reference: list[int], tokens: list[int]) -> float:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import torch
 
 from ..errors import OutOfMemoryError
+from ..fidelity.monitor import FidelityMonitor
 from ..fusion.layout import Draft, Layout, PromptLayout
 from ..fusion.selectors import SelectorFactory
 from ..inputs import check_length
@@ -35,10 +36,10 @@ from .runner import ModelRunner
 class StepExecutor:
     def __init__(
         self, layout: PromptLayout, runner: ModelRunner, chunks: ChunkRegistry, selectors: SelectorFactory,
-        prefix_ids: list[int], counters: Counter[str],
+        prefix_ids: list[int], counters: Counter[str], fidelity: FidelityMonitor,
     ) -> None:  # fmt: skip
         self.layout, self.runner, self.chunks, self.selectors = layout, runner, chunks, selectors
-        self.prefix_ids, self.counters = prefix_ids, counters
+        self.prefix_ids, self.counters, self.fidelity = prefix_ids, counters, fidelity
 
     def execute(self, plan: StepPlan) -> StepOutcome:
         out = StepOutcome()
@@ -66,6 +67,9 @@ class StepExecutor:
             self._decode([s for s in plan.decode if s.phase is Phase.DECODE], out)
         if plan.chore is not None:
             plan.chore.run_one()
+        if plan.spare_tokens:
+            self.fidelity.run(plan.spare_tokens)
+        out.background = self.fidelity.pending
         return out
 
     @staticmethod
@@ -138,10 +142,16 @@ class StepExecutor:
 
     def _first_token(self, seq: SeqState, logits: torch.Tensor, out: StepOutcome) -> None:
         """PREFILL -> DECODE: the stats, the decode state, the first token."""
-        pre = self.finish_prefill(seq.prefill, seq.request, logits)
+        request = seq.request
+        pre = self.finish_prefill(seq.prefill, request, logits)
+        if request.shadow is not None and not request.shadow.take_prefill(pre.logits, pre.token_ids,
+                                                                           seq.prefill.layout, pre.stats):  # fmt: skip
+            request.shadow = None  # nothing was fused: nothing to measure
         seq.prefill, seq.layout, seq.phase = None, None, Phase.DECODE  # a tier may evict the chunks now
-        seq.decode = self.runner.decode_state(pre, seq.request)
+        seq.decode = self.runner.decode_state(pre, request)
         out.pieces[id(seq)] = seq.decode.start()
+        if request.shadow is not None:
+            self._finished(seq)
 
     def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
         pre = self.runner.finish_prefill(task, request, logits)
@@ -163,7 +173,16 @@ class StepExecutor:
                 out.pieces[id(seq)] = seq.decode.feed(row)
             except Exception as exc:  # noqa: BLE001 - this request's sampling or detokenising: its own error
                 out.failed.append((seq, exc))
+            if seq.request.shadow is not None:
+                self._finished(seq)
         out.decode_rows, out.decode_s = len(rows), time.perf_counter() - t0  # sampling read the logits: done
+
+    def _finished(self, seq: SeqState) -> None:
+        """A sampled request that just returned its answer: its fidelity shadow is queued."""
+        if seq.decode.done:
+            r = self.runner
+            self.fidelity.finished(seq.request.shadow, seq.decode.generated, r.model, r.new_cache, r.backend)
+            seq.request.shadow = None
 
     # -- chunk compute ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from fastapi.responses import JSONResponse
 from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from ..engine import FusionEngine
+from ..fidelity.report import AGREEMENT_BUCKETS, KL_BUCKETS
 from . import chunks, errors, generation
 from .guard import RequestGuard
 from .metrics import Metrics
@@ -66,6 +67,13 @@ def create_app(
     @app.get("/metrics")
     async def metrics_page():
         return metrics.response()
+
+    @app.get("/v1/fidelity")
+    async def fidelity() -> dict:
+        """How far fused answers drift from full attention (shadowed requests: --fidelity-sample-rate)."""
+        report = engine.fidelity_report().to_dict()
+        bounds = {"kl_bucket_bounds": KL_BUCKETS, "agreement_bucket_bounds": AGREEMENT_BUCKETS}
+        return {"object": "fidelity_report", **report, **bounds}
 
     generation.register(app, engine, model_name, metrics)
     chunks.register(app, engine, settings)

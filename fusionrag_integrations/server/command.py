@@ -95,6 +95,13 @@ def port(value: str) -> int:
     return number
 
 
+def share(value: str) -> float:
+    number = float(value)
+    if not 0.0 <= number <= 1.0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{value} is not a share (0 to 1)")
+    return number
+
+
 def add_serve_command(sub) -> None:
     serve = sub.add_parser("serve", help="an OpenAI-compatible server (chat/completions, completions, chunks)")
     serve.add_argument("model", nargs="?", help="HF directory, .gguf file or cached hub id (default: bundled SmolLM2)")
@@ -126,6 +133,8 @@ def add_serve_command(sub) -> None:
     serve.add_argument("--max-chunk-texts", type=int, default=256, help="texts per /v1/chunks request (default 256)")
     serve.add_argument("--metrics-public", action="store_true", help="/metrics without the API key")
     serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
+    serve.add_argument("--fidelity-sample-rate", type=share,
+                       help="share of fused requests measured against full attention (default 0)")  # fmt: skip
     serve.add_argument("--kv-backend", help="shared chunk-KV tier and catalog, e.g. redis://127.0.0.1:6379/0")
     serve.add_argument("--replicas", type=int, help="N engines on Ray Serve behind this endpoint (one per GPU)")
     serve.add_argument("--routing", choices=["chunk", "round_robin"], default="chunk",

@@ -10,8 +10,11 @@ from collections.abc import Iterator
 
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.registry import Collector
 
 from ..engine import FusionEngine
+from ..fidelity.report import AGREEMENT_BUCKETS, KL_BUCKETS
 from ..outputs import GenerationChunk
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
@@ -53,12 +56,42 @@ class Metrics:
         Gauge("fusionrag_running_requests", "Requests being decoded", registry=r).set_function(
             lambda: engine.status().running
         )
+        r.register(FidelityCollector(engine))
 
     def observe(self, pieces: Iterator[GenerationChunk]) -> ObservedStream:
         return ObservedStream(pieces, self)
 
     def response(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+class FidelityCollector(Collector):
+    """The fidelity estimate's histograms (engine.fidelity_report()), one series per configuration."""
+
+    LABELS = ("model", "selector", "ratio", "kv_format", "precompute")
+
+    def __init__(self, engine: FusionEngine) -> None:
+        self.engine = engine
+
+    def collect(self):
+        kl = HistogramMetricFamily("fusionrag_fidelity_kl", "First-token KL(full || fused) of shadowed requests, "
+                                   "nats", labels=self.LABELS)  # fmt: skip
+        agreement = HistogramMetricFamily("fusionrag_fidelity_agreement", "Teacher-forced agreement of shadowed "
+                                          "requests' answers with full attention", labels=self.LABELS)  # fmt: skip
+        for e in self.engine.fidelity_report().estimates:
+            labels = [e.model, e.selector, f"{e.ratio:g}", e.kv_format, e.precompute]
+            kl.add_metric(labels, _cumulative(KL_BUCKETS, e.kl_buckets), e.kl.mean * e.n)
+            agreement.add_metric(labels, _cumulative(AGREEMENT_BUCKETS, e.agreement_buckets), e.agreement.mean * e.n)
+        yield kl
+        yield agreement
+
+
+def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:
+    total, out = 0, []
+    for bound, count in zip([*map(str, bounds), "+Inf"], counts):
+        total += count
+        out.append((bound, total))
+    return out
 
 
 class ObservedStream(Iterator[GenerationChunk]):

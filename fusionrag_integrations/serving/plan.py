@@ -17,6 +17,7 @@ class StepPlan:
     prefill: list[tuple[SeqState, int]] = field(default_factory=list)  # prefill slices: (request, tokens)
     decode: list[SeqState] = field(default_factory=list)  # one token each, in one batched forward
     chore: Chore | None = None  # one step of bulk work (an ingest batch)
+    spare_tokens: int = 0  # positions of background work (fidelity shadows): only when no request waits
 
     @property
     def empty(self) -> bool:
@@ -32,3 +33,4 @@ class StepOutcome:
     prefill_s: float = 0.0  # measurements)
     decode_rows: int = 0
     decode_s: float = 0.0
+    background: int = 0  # background work still pending after this step (fidelity shadows)

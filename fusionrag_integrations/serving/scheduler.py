@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 EMA = 0.2  # weight of the newest measurement in the budget policy's running averages
 LOOKAHEAD = 1  # waiting requests laid out beyond the free slots (their chunks found and promoted early)
+BESIDE_DECODE = 8  # background work beside decoding requests takes this fraction (1/n) of the prefill budget
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,7 @@ class Scheduler:
         self.waiting: deque[SeqState] = deque()  # WAITING and READY, in arrival order
         self.running: list[SeqState] = []  # PREFILL and DECODE
         self.chores: deque[Chore] = deque()
+        self.background = 0  # pieces of background work pending (the executor's fidelity shadows)
         self.steps = self.batched_rows = self.peak_running = 0  # decode forwards and the rows they carried
         self.requeued = self.finished = 0
         self.seconds = {"prefill": 0.0, "decode": 0.0}
@@ -78,7 +80,7 @@ class Scheduler:
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiting or self.running or self.chores or not self.inbox.empty())
+        return bool(self.waiting or self.running or self.chores or self.background or not self.inbox.empty())
 
     # -- the plan --------------------------------------------------------------------------------
 
@@ -101,6 +103,9 @@ class Scheduler:
             plan.prefill.append((seq, take))
             budget -= take
         plan.chore = self.chores[0] if self.chores else None
+        if self.background and not self.waiting and not plan.prefill:  # spare capacity: nobody waits for it
+            budget = self.prefill_budget(len(plan.decode))  # beside decoding rows, an eighth: their TPOT holds
+            plan.spare_tokens = max(budget // BESIDE_DECODE, 1) if plan.decode else budget
         return plan
 
     def _admissions(self, ready: list[SeqState]) -> list[SeqState]:
@@ -158,6 +163,7 @@ class Scheduler:
         self.running = still
         if plan.chore is not None and plan.chore.finished and self.chores and self.chores[0] is plan.chore:
             self.chores.popleft()
+        self.background = outcome.background
         self._measure(outcome)
 
     def _measure(self, outcome: StepOutcome) -> None:

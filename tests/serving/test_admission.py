@@ -15,6 +15,7 @@ import torch
 
 from fusionrag_integrations import FusionRAGError
 from fusionrag_integrations.errors import EngineUnavailableError, OutOfMemoryError
+from fusionrag_integrations.fidelity.monitor import FidelityMonitor
 from fusionrag_integrations.outputs import GenerationChunk
 from fusionrag_integrations.runtime.executor import StepExecutor
 from fusionrag_integrations.serving.loop import StepLoop
@@ -28,6 +29,7 @@ class Job:
 
     def __init__(self, tokens: int, start=None, fail_at: int | None = None) -> None:
         self.tokens, self.start, self.fail_at = tokens, start, fail_at
+        self.shadow = None  # never sampled for a fidelity shadow
 
 
 class FakeDecode:
@@ -71,7 +73,7 @@ class FakeExecutor(StepExecutor):
     """The real execute() and its error handling over fake work."""
 
     def __init__(self) -> None:
-        super().__init__(None, FakeRunner(), None, None, [], Counter())
+        super().__init__(None, FakeRunner(), None, None, [], Counter(), FidelityMonitor(0.0, "fake", "native", None))
 
     def lay_out(self, seq) -> None:
         seq.kv_tokens, seq.prefill_tokens, seq.phase = 10, 10, Phase.READY
