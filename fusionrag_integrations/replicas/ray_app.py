@@ -192,7 +192,8 @@ def serve_from_cli(args, api_key: str | None) -> int:
     import torch
 
     engine = {k: v for k, v in {"cache_dir": args.cache_dir, "kv_format": args.kv_format,
-                                "kv_backend": args.kv_backend}.items() if v}  # fmt: skip
+                                "kv_backend": args.kv_backend,
+                                "fidelity_sample_rate": args.fidelity_sample_rate}.items() if v}  # fmt: skip
     gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     settings = ReplicaSettings(model=args.model, device=args.device, dtype=args.dtype, engine=engine,
                                served_model_name=args.served_model_name, api_key=api_key,
