@@ -42,6 +42,7 @@ from load_clients import run_clients  # noqa: E402
 from serving import Workload, random_text, summarize  # noqa: E402
 
 from fusionrag_integrations import EngineConfig, FusionEngine  # noqa: E402
+from fusionrag_integrations.config import FusionConfig  # noqa: E402
 from fusionrag_integrations.model.identity import model_fingerprint, tokenizer_fingerprint  # noqa: E402
 from fusionrag_integrations.model.loader import LoadedModel, load_tokenizer, model_from_hf  # noqa: E402
 
@@ -76,7 +77,9 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
     """TTFT through engine.generate vs transformers, per context, median of `repeats` calls."""
     rng = np.random.default_rng(7)
     tok = loaded.tokenizer
-    engine = FusionEngine(loaded, EngineConfig(persist=False, gpu_cache_bytes=16 << 30, cpu_cache_bytes=16 << 30))
+    never = FusionConfig(guard_threshold=1.01)  # "guarded" below: the guard's signals, never an escalation
+    engine = FusionEngine(loaded, EngineConfig(persist=False, gpu_cache_bytes=16 << 30, cpu_cache_bytes=16 << 30,
+                                               fusion=never))  # fmt: skip
     for context in args.contexts:
         chunks = [random_text(tok, 440, rng) for _ in range(context // 512)]
         engine.precompute(chunks)
@@ -109,6 +112,7 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
             "r005": lambda: ours("r005", recompute_ratio=0.05),
             "full": lambda: ours("full", selector="full"),
             "none": lambda: ours("none", selector="none"),
+            "guarded": lambda: ours("guarded", fidelity="guarded"),
         }
         for fn in methods.values():  # warm-up: kernels, graphs, the critical layer's profile
             for _ in range(3):
@@ -124,6 +128,7 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
             gate.add(f"e2e_{k}_{name}_ms", ms, "ms", gated=False)
         for name in ("default", "r005", "full", "none"):
             gate.add(f"e2e_{k}_{name}_x_hf", times["hf"] / times[name], "x")
+        gate.add(f"e2e_{k}_guard_cost", times["guarded"] / times["default"] - 1, "share", gated=False)
     engine.loop.stop()
 
 
@@ -152,6 +157,8 @@ def serving(gate: Gate, loaded: LoadedModel, args) -> None:
             gate.add(f"serving_c{c}_{name}_ttft_p50_ms", s["ttft_p50_ms"], "ms", gated=c == 1 and name == "fusion")
             gate.add(f"serving_c{c}_{name}_ttft_p99_ms", s["ttft_p99_ms"], "ms", gated=False)
             gate.add(f"serving_c{c}_{name}_tpot_p50_ms", s["tpot_p50_ms"], "ms", gated=False)
+        if name == "fusion":
+            fidelity_cost(gate, server, workload, settings, args)
         server.loop.stop()
     fusion = next(r["value"] for r in gate.rows if r["metric"] == "serving_c16_fusion_req_s")
     full = next(r["value"] for r in gate.rows if r["metric"] == "serving_c16_full_req_s")
@@ -159,6 +166,31 @@ def serving(gate: Gate, loaded: LoadedModel, args) -> None:
     del engine, plain
     gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
+
+
+def fidelity_cost(gate: Gate, engine: FusionEngine, workload: Workload, settings: dict, args) -> None:
+    """Serving c=16 with fidelity shadows on (rate 0.02 and 0.2) beside the same engine with them off,
+    interleaved: the throughput a shadow's full prefill takes from users (it runs in spare capacity)."""
+    counts = {}
+    for rate in (0.0, 0.02, 0.2, 0.0):
+        engine.fidelity.sample_rate = rate
+        before = sum(e.n for e in engine.fidelity.report().estimates)
+        res = run_clients(engine, [workload.request() for _ in range(48)], settings, 16, args.ramp_s)
+        s = summarize(res, skip=16)
+        deadline = time.monotonic() + 60.0  # the shadows left when the clients stop run in the idle loop
+        while engine.fidelity.pending and time.monotonic() < deadline:
+            time.sleep(0.05)
+        measured = sum(e.n for e in engine.fidelity.report().estimates) - before
+        counts.setdefault(rate, []).append((s["req_per_s"], s["tpot_p50_ms"], measured))
+    engine.fidelity.sample_rate = 0.0
+    off = statistics.mean(r for r, _, _ in counts[0.0])
+    for rate in (0.02, 0.2):
+        req_s, tpot, measured = counts[rate][0]
+        tag = f"fidelity{str(rate).replace('.', '')}"
+        gate.add(f"serving_c16_{tag}_over_off", req_s / off, "x", gated=False)
+        gate.add(f"serving_c16_{tag}_tpot_p50_ms", tpot, "ms", gated=False)
+        gate.add(f"serving_c16_{tag}_shadows", measured, "samples", gated=False)
+    gate.add("serving_c16_fidelity_off_req_s", off, "req/s", gated=False)
 
 
 def ingest_int4(gate: Gate, loaded: LoadedModel, args) -> None:

@@ -29,6 +29,10 @@ def _engine(args: argparse.Namespace) -> FusionEngine:
         settings["kv_backend"] = args.kv_backend
     if getattr(args, "fidelity_sample_rate", None) is not None:
         settings["fidelity_sample_rate"] = args.fidelity_sample_rate
+    from .server.command import fusion_settings  # the serve command's flags (it imports this module lazily)
+
+    if fusion := fusion_settings(args):
+        settings["fusion"] = fusion
     return FusionEngine.from_pretrained(
         args.model or default_model_path(), device=args.device, dtype=args.dtype, config=EngineConfig(**settings)
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import InvalidConfigError
 
@@ -99,11 +99,48 @@ class FusionConfig(_Settings):
     min_chunk_chars: int = Field(
         32, ge=8, description="Texts shorter than this are not indexed for drop-in detection (too ambiguous)."
     )
+    fidelity: Literal["off", "guarded"] = Field(
+        "off",
+        description="Default for requests that name none: guarded = a fused request whose predicted divergence from "
+        "full attention reaches guard_threshold is prefilled again in full before its first token (docs/fidelity.md).",
+    )
+    guard_threshold: float = Field(
+        0.7,
+        ge=0.0,
+        le=1.01,
+        description="The guard escalates at this predicted P(diverged) or above (1.01: never); the default leaves "
+        "most requests fused under the shipped calibration (fidelity/calibrated.py). fidelity_target moves it.",
+    )
+    guard_explore: float = Field(
+        0.1,
+        gt=0.0,
+        le=1.0,
+        description="Share of flagged requests that the shadow samples which are answered fused anyway, so the "
+        "measurement keeps covering what the guard escalates (only sampled requests: fidelity_sample_rate).",
+    )
+    fidelity_target: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="Teacher-forced agreement with full attention to hold: the engine moves the guard threshold and "
+        "the base recompute ratio (within ratio_bounds) to meet it at the least recompute, from the live shadow "
+        "samples. Makes guarded the default and needs fidelity_sample_rate > 0.",
+    )
+    ratio_bounds: tuple[float, float] = Field(
+        (0.05, 0.5), description="The controller's range for the base recompute ratio (fidelity_target)."
+    )
 
     @field_validator("aux_model", mode="before")
     @classmethod
     def _aux_path(cls, value):
         return str(_expand_path(value, "aux_model")) if isinstance(value, (str, Path)) else value
+
+    @field_validator("ratio_bounds")
+    @classmethod
+    def _bounds(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 <= value[0] <= value[1] <= 1.0:
+            raise ValueError(f"ratio_bounds must be (low, high) with 0 <= low <= high <= 1, got {value}")
+        return value
 
 
 class EngineConfig(_Settings):
@@ -208,6 +245,13 @@ class EngineConfig(_Settings):
     @classmethod
     def _expand(cls, value, info):
         return _expand_path(value, info.field_name)
+
+    @model_validator(mode="after")
+    def _target_needs_samples(self) -> EngineConfig:
+        if self.fusion.fidelity_target is not None and self.fidelity_sample_rate <= 0.0:
+            raise ValueError("fusion.fidelity_target needs fidelity_sample_rate > 0: the controller steers by the "
+                             "shadow samples")  # fmt: skip
+        return self
 
     cuda_graph_probe: bool = Field(
         True,

@@ -45,6 +45,8 @@ class GenerationStats:
     # measured against full attention (EngineConfig.fidelity_sample_rate): None unless this request was
     # sampled; set in place when its shadow finishes, which is after the answer (read it from the report)
     fidelity: FidelitySample | None = None
+    guard_score: float | None = None  # the fidelity guard's P(diverged) for this request (fidelity='guarded')
+    escalated: bool = False  # the guard had it prefilled again in full: the answer is full attention's
 
     def to_dict(self) -> dict:
         return asdict(self)

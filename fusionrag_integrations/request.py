@@ -69,6 +69,8 @@ class FusionParams:
     learn_chunks: keep the KV of this prompt's long paragraphs for later prompts.
     cache_salt: chunks are used, learned and computed only within this salt's space (vLLM's name for
     its prefix cache's isolation): a client cannot tell whether another one's text is cached.
+    fidelity: "guarded" = prefill again in full when the fused prefill's signals predict divergence
+    from full attention (fidelity/guard.py); "off" = never; None = FusionConfig.fidelity.
     """
 
     chunks: tuple[str, ...] | None = None
@@ -76,6 +78,7 @@ class FusionParams:
     recompute_ratio: float | None = None
     learn_chunks: bool | None = None
     cache_salt: str | None = None
+    fidelity: str | None = None
 
     def __post_init__(self) -> None:
         if self.chunks is not None:
@@ -86,10 +89,12 @@ class FusionParams:
             raise InvalidArgumentError(f"learn_chunks must be True, False or None, got {self.learn_chunks!r}")
         if self.cache_salt is not None and not isinstance(self.cache_salt, str):
             raise InvalidArgumentError(f"cache_salt must be a string or None, got {type(self.cache_salt).__name__}")
+        if self.fidelity not in (None, "off", "guarded"):
+            raise InvalidArgumentError(f"fidelity must be 'off', 'guarded' or None, got {self.fidelity!r}")
 
 
 SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
-FUSION_FIELDS = ("chunks", "selector", "recompute_ratio", "learn_chunks", "cache_salt")
+FUSION_FIELDS = ("chunks", "selector", "recompute_ratio", "learn_chunks", "cache_salt", "fidelity")
 
 
 @dataclass

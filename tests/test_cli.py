@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 
@@ -139,3 +140,14 @@ def test_a_fidelity_sample_rate_outside_0_to_1_is_refused(rate, capsys):
     with pytest.raises(SystemExit) as exit_:
         cli.main(["serve", "--fidelity-sample-rate", rate])
     assert exit_.value.code == 2 and f"{rate} is not a share" in capsys.readouterr().err
+
+
+def test_fidelity_flags_become_fusion_settings(capsys):
+    from fusionrag_integrations.server.command import fusion_settings
+
+    args = argparse.Namespace(fidelity="guarded", fidelity_target=0.95)
+    assert fusion_settings(args) == {"fidelity": "guarded", "fidelity_target": 0.95}
+    assert fusion_settings(argparse.Namespace(fidelity=None, fidelity_target=None)) == {}
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["serve", "--fidelity", "always"])
+    assert exit_.value.code == 2 and "always" in capsys.readouterr().err

@@ -15,6 +15,10 @@ import torch
 
 from ..model.attention import KVCache
 from ..model.transformer import TransformerModel
+from ..request import FusionParams
+from .calibrated import shipped_predictor
+from .controller import NEVER, FidelityController
+from .guard import FidelityGuard
 from .report import FidelityEstimates, FidelityReport
 from .shadow import FidelitySample, ShadowCapture, ShadowJob
 
@@ -26,8 +30,11 @@ MAX_PENDING = 32  # shadows waiting; more sampled requests than spare capacity c
 class FidelityMonitor:
     def __init__(
         self, sample_rate: float, model_name: str, kv_format: str, path: Path | None, seed: int | None = None,
+        guard: FidelityGuard | None = None, guarded_by_default: bool = False,
     ) -> None:  # fmt: skip
         self.sample_rate, self.model_name, self.kv_format = sample_rate, model_name, kv_format
+        self.guard = guard or FidelityGuard(shipped_predictor(), NEVER, 0.1, seed=seed)  # judges when asked only
+        self.guarded_by_default = guarded_by_default
         self.estimates = FidelityEstimates(path)
         self.jobs: deque[ShadowJob] = deque()
         self.dropped = 0
@@ -55,7 +62,23 @@ class FidelityMonitor:
     def of(cls, config, model_name: str) -> FidelityMonitor:
         """An engine's monitor: its sample rate, its KV format, its estimate kept in the cache directory."""
         path = config.cache_dir / "fidelity.json" if config.persist else None
-        return cls(config.fidelity_sample_rate, model_name, config.kv_format, path)
+        f = config.fusion
+        controller = None
+        if f.fidelity_target is not None:
+            controller = FidelityController(f.fidelity_target, f.recompute_ratio, f.guard_threshold, f.ratio_bounds)
+        guard = FidelityGuard(shipped_predictor(), f.guard_threshold, f.guard_explore, controller)
+        guarded = f.fidelity == "guarded" or controller is not None
+        return cls(config.fidelity_sample_rate, model_name, config.kv_format, path, guard=guard,
+                   guarded_by_default=guarded)  # fmt: skip
+
+    def guards(self, fusion: FusionParams) -> bool:
+        """Whether the guard judges this request (its own `fidelity`, else the engine's default)."""
+        return fusion.fidelity == "guarded" if fusion.fidelity is not None else self.guarded_by_default
+
+    def ratio(self, fusion: FusionParams, configured: float) -> float:
+        """The base recompute ratio: the controller's (fidelity_target) unless the request names one."""
+        controller = self.guard.controller
+        return controller.ratio if controller is not None and fusion.recompute_ratio is None else configured
 
     @property
     def pending(self) -> int:
@@ -81,8 +104,10 @@ class FidelityMonitor:
         if capture is not None and capture.stats is not None:  # first: a reader of the report finds it set
             capture.stats.fidelity = sample  # the request's stats object, shared with its caller
         self.estimates.add(sample)
+        self.guard.observe(sample)
 
     def report(self) -> FidelityReport:
         self.estimates.save()
         recent = list(self.estimates.recent)
-        return FidelityReport(self.sample_rate, self.estimates.estimates(), recent, self.pending, self.dropped)
+        return FidelityReport(self.sample_rate, self.estimates.estimates(), recent, self.pending, self.dropped,
+                              self.guard.to_dict())  # fmt: skip

@@ -54,6 +54,7 @@ class FidelityReport:
     samples: list[FidelitySample]  # the most recent, oldest first
     pending: int = 0  # shadows waiting for spare capacity
     dropped: int = 0  # sampled requests not measured (queue full, or the shadow failed)
+    guard: dict | None = None  # the guard: threshold, counts, predictor, the controller's target, ratio and plan
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -39,6 +39,9 @@ class FidelitySample:
     precompute: str  # how its chunks' KV was computed: standalone, similar (after neighbours) or mixed
     model: str
     time: float = field(default_factory=time.time)
+    signals: dict[str, float] = field(default_factory=dict)  # the guard's signals (signals.py)
+    score: float | None = None  # the guard's P(diverged); None when no guard looked
+    weight: float = 1.0  # 1 / its chance of being measured fused (a flagged request the guard explored)
 
     @property
     def group(self) -> tuple[str, str, float, str, str]:
@@ -58,6 +61,9 @@ class ShadowCapture:
     recompute_share: float = 0.0
     precompute: str = "standalone"
     stats: object | None = None  # the request's GenerationStats: its `fidelity` is set when measured
+    signals: dict[str, float] = field(default_factory=dict)
+    score: float | None = None
+    weight: float = 1.0
 
     def take_prefill(self, logits: torch.Tensor, token_ids: list[int], layout, stats) -> bool:
         """Keep what the comparison needs; False when nothing was fused (no chunk KV kept: nothing to judge)."""
@@ -81,8 +87,7 @@ class ShadowJob:
     ) -> None:  # fmt: skip
         self.capture, self.answer, self.model, self.backend = capture, list(answer), model, backend
         self.n = len(capture.token_ids)
-        self.forced = self.answer if self.answer else []
-        self.total = self.n + max(len(self.forced) - 1, 0)  # the last returned token is never fed back
+        self.total = self.n + max(len(self.answer) - 1, 0)  # the last returned token is never fed back
         self._new_cache, self.cache = new_cache, None
         self.done, self.rows = 0, []
 
@@ -97,7 +102,7 @@ class ShadowJob:
             self.cache = self._new_cache(self.total)
         start, end = self.done, min(self.total, self.done + max(budget, 1))
         device = self.model.device
-        sequence = torch.tensor((self.capture.token_ids + self.forced)[start:end], device=device)
+        sequence = torch.tensor((self.capture.token_ids + self.answer)[start:end], device=device)
         positions = torch.arange(start, end, device=device)
         mode = AttentionMode.CAUSAL_FROM_ZERO if start == 0 else AttentionMode.BY_POSITION
         h, _ = run_layers(self.model, sequence, positions, CacheAttention(self.cache, mode, end - 1, self.backend))
@@ -112,9 +117,10 @@ class ShadowJob:
         full = torch.cat(self.rows)
         c = self.capture
         top1 = top1_agreement(full[0], c.fused_logits)
-        agreement = teacher_forced_agreement(full, self.forced) if self.forced else top1  # no token: the first
+        agreement = teacher_forced_agreement(full, self.answer) if self.answer else top1  # no token: the first
         return FidelitySample(
             kl=kl_divergence(full[0], c.fused_logits), top1=top1,
-            agreement=agreement, tokens=len(self.forced), selector=c.selector, ratio=c.ratio,
+            agreement=agreement, tokens=len(self.answer), selector=c.selector, ratio=c.ratio,
             recompute_share=c.recompute_share, kv_format=c.kv_format, precompute=c.precompute, model=c.model,
+            signals=dict(c.signals), score=c.score, weight=c.weight,
         )  # fmt: skip

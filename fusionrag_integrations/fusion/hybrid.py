@@ -33,7 +33,7 @@ from ..model.forward import run_layers
 from ..store.chunk_kv import is_standalone
 from .placement import FusionContext, to_device
 from .probe import default_critical_layer, probe_attention
-from .selector_base import Selector, allocate_weighted
+from .selector_base import Selector, allocate_weighted, note_missed_attention
 
 
 class DeviationReference:
@@ -159,9 +159,11 @@ class HybridSelector(Selector):
                 weights = [n * d for n, d in zip(lengths, deviation)]
         key_norm = ctx.cache.k[layer, ctx.chunk_positions].float().norm(dim=-1).mean(dim=-1)
         if self.budget == "global":
-            return pick_global(ctx, attention, key_norm, budget, self.sinks(ctx), self.attention_share)
-        wants = allocate_weighted(lengths, weights, budget)
-        return pick_within_chunks(ctx, attention, key_norm, wants, self.sinks(ctx), self.attention_share)
+            selected = pick_global(ctx, attention, key_norm, budget, self.sinks(ctx), self.attention_share)
+        else:
+            wants = allocate_weighted(lengths, weights, budget)
+            selected = pick_within_chunks(ctx, attention, key_norm, wants, self.sinks(ctx), self.attention_share)
+        return note_missed_attention(ctx, attention, selected)
 
 
 def per_chunk(sink: int | list[int], ctx: FusionContext) -> list[int]:

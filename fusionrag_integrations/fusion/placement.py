@@ -7,7 +7,7 @@ is "fresh" (template text, separators, the question) and is always computed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -44,6 +44,9 @@ class FusionContext:
     last_fresh_position: int = -1  # fresh_positions[-1] known on the host (-1: no fresh token)
     backend: str = "never"  # the runner's kernel choice (model.attention.resolve_kernels)
     graphs: GraphCache | None = None  # the runner's CUDA graphs (the probe replays from them)
+    # what the selector saw of its own decision, for the fidelity guard (fidelity/signals.py): device
+    # scalars, read once the prefill has synchronised (no extra sync on the path to the first token)
+    signals: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def num_positions(self) -> int:

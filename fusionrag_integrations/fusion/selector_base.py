@@ -57,6 +57,15 @@ def sorted_positions(parts: list[torch.Tensor], ctx: FusionContext) -> torch.Ten
     return torch.sort(torch.cat(parts)).values
 
 
+def note_missed_attention(ctx: FusionContext, attention: torch.Tensor, selected: torch.Tensor) -> torch.Tensor:
+    """Record the share of the probe's attention (aligned with ctx.chunk_positions) that falls on chunk
+    tokens left unrecomputed: the question reads stale KV there, so a high share predicts divergence."""
+    attention = attention.float()
+    kept = ~torch.isin(ctx.chunk_positions, selected)
+    ctx.signals["missed_attention"] = (attention * kept).sum() / attention.sum().clamp_min(1e-12)
+    return selected
+
+
 @dataclass
 class InPassSelection:
     """A selection made inside the recompute pass: `before_write` (see model.forward.BeforeWrite)

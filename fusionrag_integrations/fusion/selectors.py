@@ -32,7 +32,15 @@ from ..request import FusionParams
 from .hybrid import DeviationReference, HybridSelector
 from .placement import FusionContext, active_positions
 from .probe import CriticalLayers, default_critical_layer, probe_attention
-from .selector_base import InPassSelection, Selector, allocate_budget, sorted_positions, top_global, top_per_chunk
+from .selector_base import (
+    InPassSelection,
+    Selector,
+    allocate_budget,
+    note_missed_attention,
+    sorted_positions,
+    top_global,
+    top_per_chunk,
+)
 
 __all__ = ["InPassSelection", "Selector", "allocate_budget", "top_global", "top_per_chunk"]
 
@@ -121,7 +129,8 @@ class QCFuseSelector(Selector):
         key_norm = ctx.cache.k[layer, ctx.chunk_positions].float().norm(dim=-1).mean(dim=-1)
         key_norm[by_attention] = float("-inf")
         by_norm = torch.topk(key_norm, budget - n_attention).indices
-        return torch.sort(ctx.chunk_positions[torch.cat((by_attention, by_norm))]).values
+        selected = torch.sort(ctx.chunk_positions[torch.cat((by_attention, by_norm))]).values
+        return note_missed_attention(ctx, attention, selected)
 
 
 class CacheClipSelector(Selector):

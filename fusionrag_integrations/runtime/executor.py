@@ -3,9 +3,10 @@
 Lay out (find each admitted-soon request's chunk entries; compute the missing ones and store them),
 start the admitted prefills (cache, placement, selection: the selector fully configured first,
 QCFuse's layer profiled once as an explicit step), run the prefill slices, then one batched decode
-forward, then a step of bulk work. Sampling happens here too (first tokens and decode rows), so the
-outcome carries the text pieces. A request whose own work fails is reported failed (the others go
-on); running out of device memory while others run sends a request back to wait.
+forward, then a step of bulk work. A fused request that the fidelity guard flags when its prefill
+ends goes back to a full prefill (fidelity/guard.py). Sampling happens here too (first tokens and
+decode rows), so the outcome carries the text pieces. A request whose own work fails is reported
+failed (the others go on); running out of device memory while others run sends a request back to wait.
 """
 
 from __future__ import annotations
@@ -18,10 +19,11 @@ import torch
 
 from ..errors import OutOfMemoryError
 from ..fidelity.monitor import FidelityMonitor
+from ..fidelity.signals import guard_signals
 from ..fusion.layout import Draft, Layout, PromptLayout
-from ..fusion.selectors import SelectorFactory
+from ..fusion.selectors import Selector, SelectorFactory
 from ..inputs import check_length
-from ..request import Request
+from ..request import FusionParams, Request
 from ..serving.plan import StepOutcome, StepPlan
 from ..serving.state import Phase, SeqState
 from ..store.chunk_kv import ChunkKV, tenant_of
@@ -94,7 +96,7 @@ class StepExecutor:
         layout = self.layout_of(request)
         n = len(layout.token_ids)
         check_length(n, request.sampling.max_new_tokens, self.layout.context_window)
-        selector, ratio = self.selectors(request.fusion)
+        selector, ratio = self.selection(request)
         share = ratio if selector.fixed_share is None else selector.fixed_share
         n_chunk = sum(c.entry.num_tokens for c in layout.chunks)
         seq.layout = layout
@@ -121,8 +123,12 @@ class StepExecutor:
     def start_prefill(self, request: Request, layout: Layout) -> PrefillTask:
         if layout.chunks and self.selectors.needs_profile(request.fusion):
             self.runner.profile_critical_layer(layout)  # an explicit step, once per model and cache directory
-        selector, ratio = self.selectors(request.fusion)  # fully configured
+        selector, ratio = self.selection(request)  # fully configured
         return self.runner.start_prefill(layout, selector, ratio, request.sampling.max_new_tokens)
+
+    def selection(self, request: Request) -> tuple[Selector, float]:
+        selector, ratio = self.selectors(request.fusion)
+        return selector, self.fidelity.ratio(request.fusion, ratio)
 
     def prefill_now(self, request: Request) -> Prefill:
         """A whole prefill at once, outside the loop (the inspection API; the caller holds the engine lock)."""
@@ -141,8 +147,11 @@ class StepExecutor:
         return seq, logits
 
     def _first_token(self, seq: SeqState, logits: torch.Tensor, out: StepOutcome) -> None:
-        """PREFILL -> DECODE: the stats, the decode state, the first token."""
+        """PREFILL -> DECODE: the stats, the decode state, the first token (or, escalated by the guard,
+        back to a full prefill)."""
         request = seq.request
+        if self._escalated(seq, logits):
+            return
         pre = self.finish_prefill(seq.prefill, request, logits)
         if request.shadow is not None and not request.shadow.take_prefill(pre.logits, pre.token_ids,
                                                                            seq.prefill.layout, pre.stats):  # fmt: skip
@@ -152,6 +161,34 @@ class StepExecutor:
         out.pieces[id(seq)] = seq.decode.start()
         if request.shadow is not None:
             self._finished(seq)
+
+    def _escalated(self, seq: SeqState, logits: torch.Tensor) -> bool:
+        """The fidelity guard on a finished fused prefill (guarded or sampled requests: the shadow keeps the
+        signals): True when it starts a full prefill of the request in the same cache instead."""
+        task, request = seq.prefill, seq.request
+        guarded = self.fidelity.guards(request.fusion)
+        if task.ctx is None or task.selected is None or (not guarded and request.shadow is None):
+            return False
+        recomputed = int(task.selected.numel())
+        if recomputed >= task.n_chunk:
+            return False  # nothing reused: already full attention
+        signals = guard_signals(task.ctx, logits[-1], recomputed, task.n_chunk)
+        if request.shadow is not None:
+            request.shadow.signals = signals
+        if not guarded:
+            return False
+        decision = self.fidelity.guard.decide(signals, sampled=request.shadow is not None)
+        request.stats.guard_score = decision.score
+        if request.shadow is not None:
+            request.shadow.score, request.shadow.weight = decision.score, decision.weight
+        if not decision.escalate:
+            return False
+        request.stats.escalated, request.shadow = True, None  # full attention answers: nothing to measure
+        full, _ = self.selectors(FusionParams(selector="full"))
+        again = self.runner.start_prefill(task.layout, full, 1.0, request.sampling.max_new_tokens, task.cache)
+        again.seconds = task.seconds
+        seq.prefill = again
+        return True
 
     def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
         pre = self.runner.finish_prefill(task, request, logits)

@@ -40,6 +40,7 @@ class PrefillTask:
         self.n_chunk, self.prefix_tokens, self.seconds = 0, 0, 0.0
         self.done = 0  # active positions computed so far
         self.whole: tuple | None = None  # an in-pass selection: (logits, selected) from one pass
+        self.ctx: FusionContext | None = None  # a fused prefill's context (the guard reads its signals)
         if layout.chunks and selector is not None:
             self._start_fused(selector, ratio, prefixes, graphs)
         else:
@@ -58,6 +59,7 @@ class PrefillTask:
             self.prefix_tokens = reused
         place_chunks(self.model, cache, layout.chunks, self.backend)
         ctx = build_context(self.model, cache, self.ids, layout.chunks, reused, self.backend, graphs)
+        self.ctx = ctx
         self.n_chunk = n_chunk = int(ctx.chunk_positions.numel())
         share = ratio if selector.fixed_share is None else selector.fixed_share  # full / none: whatever the ratio
         budget = min(round(share * n_chunk), n_chunk)
@@ -80,7 +82,6 @@ class PrefillTask:
         self.positions, self.plain = active_positions(ctx, self.selected), False
         last_is_fresh = ctx.last_fresh_position == self.n - 1
         self.total = n_fresh + budget + (0 if last_is_fresh else 1)  # known on the host: no device sync
-        self.ctx: FusionContext = ctx
 
     @property
     def remaining(self) -> int:

@@ -94,10 +94,12 @@ class ModelRunner:
         ids = torch.tensor(layout.token_ids, device=self.model.device)
         return build_context(self.model, cache, ids, layout.chunks, 0, self.backend, self.graphs)
 
-    def start_prefill(self, layout: Layout, selector: Selector, ratio: float, max_new_tokens: int) -> PrefillTask:
-        """A prefill's cache (room for max_new_tokens more), its chunks placed and tokens selected; the
-        task then computes its positions a slice at a time (PrefillTask.run)."""
-        cache = self.new_cache(len(layout.token_ids) + max_new_tokens)
+    def start_prefill(
+        self, layout: Layout, selector: Selector, ratio: float, max_new_tokens: int, cache: KVCache | None = None,
+    ) -> PrefillTask:  # fmt: skip
+        """A prefill's cache (room for max_new_tokens more; or `cache`, reused), its chunks placed and tokens
+        selected; the task then computes its positions a slice at a time (PrefillTask.run)."""
+        cache = cache or self.new_cache(len(layout.token_ids) + max_new_tokens)
         task = PrefillTask(self.model, cache, layout, selector if layout.chunks else None, ratio, self.prefixes,
                            self.backend, self.graphs)  # fmt: skip
         task.selector_name, task.ratio = selector.name, ratio

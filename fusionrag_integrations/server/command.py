@@ -102,6 +102,12 @@ def share(value: str) -> float:
     return number
 
 
+def fusion_settings(args: argparse.Namespace) -> dict:
+    """The fidelity guard's serve flags as FusionConfig fields (only those given)."""
+    names = {"fidelity": "fidelity", "fidelity_target": "fidelity_target"}
+    return {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag, None) is not None}
+
+
 def add_serve_command(sub) -> None:
     serve = sub.add_parser("serve", help="an OpenAI-compatible server (chat/completions, completions, chunks)")
     serve.add_argument("model", nargs="?", help="HF directory, .gguf file or cached hub id (default: bundled SmolLM2)")
@@ -135,6 +141,12 @@ def add_serve_command(sub) -> None:
     serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     serve.add_argument("--fidelity-sample-rate", type=share,
                        help="share of fused requests measured against full attention (default 0)")  # fmt: skip
+    serve.add_argument("--fidelity", choices=["off", "guarded"],
+                       help="guarded: a fused request predicted to drift from full attention is prefilled in full "
+                       "(default off; requests may choose)")  # fmt: skip
+    serve.add_argument("--fidelity-target", type=share,
+                       help="teacher-forced agreement to hold by moving the guard threshold and base ratio "
+                       "(needs --fidelity-sample-rate)")  # fmt: skip
     serve.add_argument("--kv-backend", help="shared chunk-KV tier and catalog, e.g. redis://127.0.0.1:6379/0")
     serve.add_argument("--replicas", type=int, help="N engines on Ray Serve behind this endpoint (one per GPU)")
     serve.add_argument("--routing", choices=["chunk", "round_robin"], default="chunk",

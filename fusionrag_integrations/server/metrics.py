@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import HistogramMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 from ..engine import FusionEngine
@@ -78,12 +78,24 @@ class FidelityCollector(Collector):
                                    "nats", labels=self.LABELS)  # fmt: skip
         agreement = HistogramMetricFamily("fusionrag_fidelity_agreement", "Teacher-forced agreement of shadowed "
                                           "requests' answers with full attention", labels=self.LABELS)  # fmt: skip
-        for e in self.engine.fidelity_report().estimates:
+        report = self.engine.fidelity_report()
+        for e in report.estimates:
             labels = [e.model, e.selector, f"{e.ratio:g}", e.kv_format, e.precompute]
             kl.add_metric(labels, _cumulative(KL_BUCKETS, e.kl_buckets), e.kl.mean * e.n)
             agreement.add_metric(labels, _cumulative(AGREEMENT_BUCKETS, e.agreement_buckets), e.agreement.mean * e.n)
         yield kl
         yield agreement
+        guard = report.guard or {}
+        decisions = CounterMetricFamily("fusionrag_guard_requests", "Fused requests the fidelity guard judged, by "
+                                        "outcome", labels=("outcome",))  # fmt: skip
+        escalated, explored = guard.get("escalated", 0), guard.get("explored", 0)
+        decisions.add_metric(["escalated"], escalated)
+        decisions.add_metric(["explored"], explored)
+        decisions.add_metric(["fused"], guard.get("guarded", 0) - escalated - explored)
+        yield decisions
+        threshold = GaugeMetricFamily("fusionrag_guard_threshold", "The guard's P(diverged) threshold")
+        threshold.add_metric([], guard.get("threshold", 0.0))
+        yield threshold
 
 
 def _cumulative(bounds: tuple[float, ...], counts: list[int]) -> list[tuple[str, int]]:

@@ -26,6 +26,8 @@ def engine_settings(body: _Generation, max_tokens: int | None) -> dict[str, Any]
         settings["recompute_ratio"] = body.recompute_ratio
     if body.chunks is not None:
         settings["chunks"] = body.chunks
+    if body.fidelity is not None:
+        settings["fidelity"] = body.fidelity
     return settings
 
 

@@ -66,6 +66,7 @@ class _Generation(_Body):
     recompute_ratio: Float | None = Field(None, ge=0.0, le=1.0)
     chunks: list[str] | None = None
     cache_salt: str | None = None  # chunks are reused only among requests with the same salt (vLLM's name)
+    fidelity: Literal["off", "guarded"] | None = None  # guarded: full prefill when divergence is predicted
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

@@ -164,3 +164,14 @@ def test_any_vector_store_with_learned_chunks(smol_engine, embeddings, tmp_path)
     again = chain.invoke("What is the archive room's password?").response_metadata["stats"]
     assert first["chunks_reused"] == 0 and engine.counters["chunks_learned"] == 4
     assert again["chunks_reused"] == 4 and again["chunks_found"] == 4
+
+
+def test_a_guarded_call_reports_the_guard_in_its_stats(store, lc_engine):
+    llm = ChatFusionRAG(engine=lc_engine, max_tokens=4)
+    retriever = store.as_retriever(search_kwargs={"k": 4})
+    message = rag_chain(retriever, llm.bind(fidelity="guarded")).invoke("Who founded the Varn Institute?")
+    stats = message.response_metadata["stats"]
+    assert 0.0 < stats["guard_score"] < 1.0 and stats["escalated"] == (stats["selector"] == "full")
+    assert "fidelity" in stats  # the shadow's figures, when sampled (None here: the rate is 0)
+    plain = rag_chain(retriever, llm).invoke("Who founded the Varn Institute?").response_metadata["stats"]
+    assert plain["guard_score"] is None and not plain["escalated"]

@@ -70,3 +70,14 @@ async def test_async_methods_do_not_block_the_loop(li_engine):
         ]
     assert "".join(deltas) == done.text and "Paris" in reply.message.content and chat_deltas
     assert ticker.ticks > 10
+
+
+def test_a_guarded_call_reports_the_guard_in_its_stats(li_engine):
+    from tests.conftest import DOCS, rag_messages
+
+    li_engine.precompute(DOCS)
+    prompt = rag_messages(DOCS)[1]["content"]
+    guarded = FusionRAGLLM(engine=li_engine, max_new_tokens=4).complete(prompt, fidelity="guarded")
+    stats = guarded.raw["stats"]
+    assert 0.0 < stats["guard_score"] < 1.0 and stats["escalated"] == (stats["selector"] == "full")
+    assert FusionRAGLLM(engine=li_engine, max_new_tokens=4).complete(prompt).raw["stats"]["guard_score"] is None

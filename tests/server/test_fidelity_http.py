@@ -54,6 +54,18 @@ def test_served_answers_are_measured_reported_and_kept_across_a_restart(tmp_path
         assert series[("fusionrag_fidelity_agreement_sum", None)] == pytest.approx(
             sum(x["agreement"] for x in body["samples"])
         )
+        guarded = client.chat.completions.create(model=MODEL, messages=rag_messages(DOCS), max_tokens=4, temperature=0,
+                                                 extra_body={"fidelity": "guarded"})  # fmt: skip
+        stats = guarded.model_extra["fusionrag"]
+        assert 0.0 < stats["guard_score"] < 1.0 and stats["escalated"] == (stats["selector"] == "full")
+        assert fidelity(process.url, 2)["guard"]["guarded"] == 1
+        page = httpx.get(f"{process.url}/metrics", headers=AUTH, timeout=30).text
+        outcomes = {s.labels["outcome"]: s.value for f in text_string_to_metric_families(page)
+                    for s in f.samples if s.name == "fusionrag_guard_requests_total"}  # fmt: skip
+        assert sum(outcomes.values()) == 1 and outcomes["escalated"] == float(stats["escalated"])
+        refused = httpx.post(f"{process.url}/v1/chat/completions", headers=AUTH, timeout=30,
+                             json={"model": MODEL, "messages": rag_messages(DOCS), "fidelity": "always"})  # fmt: skip
+        assert refused.status_code == 400 and "fidelity" in refused.text
     finally:
         process.stop()
     again = ServerProcess(tmp_path).wait_ready()  # sampling off: the kept estimate is still reported
