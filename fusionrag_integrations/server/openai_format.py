@@ -20,6 +20,8 @@ def engine_settings(body: _Generation, max_tokens: int | None) -> dict[str, Any]
                                 "stop": body.stops()}  # fmt: skip
     if max_tokens is not None:
         settings["max_new_tokens"] = max_tokens
+    if body.top_k is not None and body.top_k > 0:
+        settings["top_k"] = body.top_k
     if body.selector is not None:
         settings["selector"] = body.selector
     if body.recompute_ratio is not None:

@@ -1,7 +1,10 @@
 """The OpenAI request bodies the server accepts, validated by pydantic (a bad field is a 400 with the
-field named, before any compute). Unknown fields are ignored, as OpenAI-compatible servers do, so
-clients that send `user`, `logprobs: false` or `frequency_penalty: 0` keep working; `selector`,
-`recompute_ratio` and `chunks` are our extra fields."""
+field named, before any compute). A field we do not honour is refused by name, never dropped:
+OpenAI's fields that ask for something we do not do (logprobs, penalties, response formats other
+than text, ...) are accepted only at the value that asks for nothing, and a field OpenAI does not
+define (a typo, another server's extension) is refused. Fields that change nothing a client could
+observe here (`user`, `metadata`, ...) are accepted. `selector`, `recompute_ratio`, `chunks`,
+`cache_salt` and `fidelity` are our extra fields."""
 
 from __future__ import annotations
 
@@ -52,7 +55,60 @@ class ChatMessage(_Body):
         return "".join(parts)
 
 
+# OpenAI fields that change nothing a client could observe here (identifiers for abuse tracking, tags,
+# routing hints)
+METADATA = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key"})
+# OpenAI's (and vLLM's) fields we do not honour, with the values that ask for nothing: anything else
+# is refused by name. None stands for "not sent".
+NEUTRAL: dict[str, tuple[Any, ...]] = {
+    "frequency_penalty": (None, 0, 0.0),
+    "presence_penalty": (None, 0, 0.0),
+    "repetition_penalty": (None, 1, 1.0),
+    "min_p": (None, 0, 0.0),
+    "logprobs": (None, False, 0),
+    "top_logprobs": (None, 0),
+    "logit_bias": (None, {}),
+    "response_format": (None, {"type": "text"}),
+    "modalities": (None, ["text"]),
+    "store": (None, False),
+    "parallel_tool_calls": (None, True),
+    "echo": (None, False),
+    "best_of": (None, 1),
+    "suffix": (None,),
+    "service_tier": (None, "auto", "default"),
+    "reasoning_effort": (None,),
+    "verbosity": (None,),
+    "audio": (None,),
+    "prediction": (None,),
+    "web_search_options": (None,),
+    "functions": (None,),
+    "function_call": (None,),
+}
+
+
+def _same(value: Any, neutral: Any) -> bool:
+    """Equal and of the same kind (True is not 1 here; 0 and 0.0 are one number)."""
+    if isinstance(value, bool) or isinstance(neutral, bool):
+        return isinstance(value, bool) and isinstance(neutral, bool) and value == neutral
+    return value == neutral
+
+
 class _Generation(_Body):
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_what_is_not_honoured(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        unknown = sorted(k for k in data if k not in cls.model_fields and k not in METADATA and k not in NEUTRAL)
+        if unknown:
+            raise ValueError(f"unsupported field(s): {', '.join(map(repr, unknown))}; this server refuses what it "
+                             "does not honour")  # fmt: skip
+        for name, neutral in NEUTRAL.items():
+            if name in data and name not in cls.model_fields and not any(_same(data[name], n) for n in neutral):
+                shown = ", ".join(repr(n) for n in neutral if n is not None) or "none"
+                raise ValueError(f"{name}={data[name]!r} is not supported (accepted: {shown})")
+        return data
+
     model: str
     max_tokens: Int | None = Field(None, ge=1)
     temperature: Float = Field(1.0, ge=0.0, le=2.0)
@@ -62,6 +118,7 @@ class _Generation(_Body):
     n: Int = Field(1, ge=1, le=1, description="one choice per request")
     stream: bool = False
     stream_options: StreamOptions | None = None
+    top_k: Int | None = Field(None, ge=-1, description="vLLM's extension: -1 or 0 = off")
     selector: str | None = None  # ours: fusion settings per request
     recompute_ratio: Float | None = Field(None, ge=0.0, le=1.0)
     chunks: list[str] | None = None

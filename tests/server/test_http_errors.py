@@ -74,3 +74,42 @@ def test_bad_input_is_an_openai_error(server, kind):
         assert error["code"] == "context_length_exceeded"
     ok = httpx.post(f"{server}/v1/chat/completions", json=chat(), headers=AUTH, timeout=120)
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] is not None
+
+
+REFUSED = {
+    "max_tokns": 5,  # a typo: not an OpenAI field
+    "ignore_eos": True,  # another server's extension
+    "logprobs": True,
+    "top_logprobs": 3,
+    "frequency_penalty": 0.5,
+    "presence_penalty": -1.0,
+    "repetition_penalty": 1.2,
+    "min_p": 0.1,
+    "logit_bias": {"50256": -100},
+    "response_format": {"type": "json_object"},
+    "store": True,
+    "parallel_tool_calls": False,
+    "service_tier": "priority",
+    "reasoning_effort": "high",
+    "functions": [{"name": "f", "parameters": {}}],
+}
+
+
+@pytest.mark.parametrize("field", list(REFUSED))
+def test_a_field_not_honoured_is_refused_by_name(server, field):
+    response = httpx.post(f"{server}/v1/chat/completions", json=chat(**{field: REFUSED[field]}), headers=AUTH,
+                          timeout=60)  # fmt: skip
+    assert response.status_code == 400 and field in response.json()["error"]["message"], response.text
+
+
+def test_fields_that_ask_for_nothing_are_accepted_and_top_k_is_honoured(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    neutral = {"frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": False, "response_format": {"type": "text"},
+               "user": "u-1", "metadata": {"team": "a"}, "service_tier": "auto", "parallel_tool_calls": True}  # fmt: skip
+    prompt = [{"role": "user", "content": "Name three colours."}]
+    greedy = client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=8, temperature=0, **neutral)
+    top1 = client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=8, temperature=1.5, seed=3,
+                                          extra_body={"top_k": 1})  # fmt: skip
+    assert top1.choices[0].message.content == greedy.choices[0].message.content  # only the likeliest token is left
