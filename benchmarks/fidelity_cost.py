@@ -2,7 +2,7 @@
 rate at 0 and at --rate, interleaved over --rounds on one engine (the gate's serving setup: Llama-3.1-8B
 shape, random bf16, 16K-token prompts from a pool 4.5x the 8 GiB GPU tier, 32 output tokens).
 
-    python3 benchmarks/fidelity_cost.py --tokenizer DIR [--rate 0.02] [--requests 240] [--rounds 2]
+    python3 benchmarks/fidelity_cost.py --tokenizer DIR [--rate 0.02] [--requests 240] [--rounds 2] [--max-share 0.03]
 """
 
 from __future__ import annotations
@@ -32,11 +32,13 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=0.02)
     p.add_argument("--requests", type=int, default=240)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--max-share", type=float, default=0.03, help="EngineConfig.fidelity_max_share")
     p.add_argument("--out", default=str(HERE / "results" / "fidelity_cost_gpu.json"))
     args = p.parse_args()
     loaded, hf = build(args)
     del hf
-    config = EngineConfig(persist=False, gpu_cache_bytes=8 << 30, cpu_cache_bytes=96 << 30)
+    config = EngineConfig(persist=False, gpu_cache_bytes=8 << 30, cpu_cache_bytes=96 << 30,
+                          fidelity_max_share=args.max_share)  # fmt: skip
     engine = FusionEngine(loaded, config)
     workload = Workload(loaded.tokenizer, 520, 32)
     engine.precompute(workload.chunks)
@@ -52,7 +54,9 @@ def main() -> None:
             deadline = time.monotonic() + 60
             while engine.fidelity.pending and time.monotonic() < deadline:
                 time.sleep(0.05)
-            s["shadows"] = sum(e.n for e in engine.fidelity_report().estimates) - before
+            report = engine.fidelity_report()
+            s["shadows"] = sum(e.n for e in report.estimates) - before
+            s["dropped_total"] = report.dropped
             rows.append(s)
             print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in s.items()}), flush=True)
     engine.loop.stop()

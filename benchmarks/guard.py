@@ -12,9 +12,10 @@ does escalating buy per unit of recompute, and does the controller meet a target
 3. Quality per cost at the first ratio: escalate the requests scoring highest (cross-validated scores),
    at shares 0..1: served agreement (escalated = full attention = 1) and recompute (share of chunk tokens
    recomputed), beside escalating at random and beside raising the base ratio for everyone.
-4. Controller replay: the prompts in a random stream, the controller (fidelity/controller.py, the ratios
-   as its rungs) fed each request's sample at its current rung; served agreement and recompute against
-   each of --targets.
+4. Controller replay: a stream of MuSiQue prompts, then synthetic (harder), then MuSiQue again
+   (--phase requests each), the controller (fidelity/controller.py, the ratios as its rungs, at each
+   of --confidences) fed each request's sample at its current rung: served agreement against --target,
+   recompute and the ratio it chose, per phase.
 `--write-calibration` fits the shipped predictor on everything and writes fidelity/calibrated.py.
 
     python benchmarks/guard.py [--musique 50] [--synthetic 100] [--passages 3] [--ratios 0.15 0.25 0.4]
@@ -32,6 +33,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
+from statistics import NormalDist
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -110,54 +112,64 @@ def cross_validated(rows: list[dict], label: float, folds: int = 5) -> list[floa
     return scores
 
 
+FIGURES = ("agreement", "rouge_l", "greedy_agreement")  # teacher-forced; against full attention's own answer
+
+
+def served(rows: list[dict], escalated: set[int]) -> dict:
+    """Mean figures and recompute share when the rows in `escalated` are answered by full attention."""
+    out = {f: statistics.fmean(1.0 if i in escalated else r[f] for i, r in enumerate(rows)) for f in FIGURES}
+    out["recompute"] = statistics.fmean(1.0 if i in escalated else r["recompute_share"] for i, r in enumerate(rows))
+    return out
+
+
 def curve(rows: list[dict], scores: list[float], shares: list[float], by_ratio: dict) -> list[dict]:
     order = sorted(range(len(rows)), key=lambda i: -scores[i])
+    worst = sorted(range(len(rows)), key=lambda i: rows[i]["agreement"])
     rng = random.Random(1)
     out = []
     for share in shares:
         k = round(share * len(rows))
-        escalated = set(order[:k])
-        served = statistics.fmean(1.0 if i in escalated else r["agreement"] for i, r in enumerate(rows))
-        cost = statistics.fmean(1.0 if i in escalated else r["recompute_share"] for i, r in enumerate(rows))
-        randoms = []
-        for _ in range(200):
-            picked = set(rng.sample(range(len(rows)), k))
-            randoms.append(statistics.fmean(1.0 if i in picked else r["agreement"] for i, r in enumerate(rows)))
-        oracle = set(sorted(range(len(rows)), key=lambda i: rows[i]["agreement"])[:k])  # the worst answers
-        best = statistics.fmean(1.0 if i in oracle else r["agreement"] for i, r in enumerate(rows))
-        out.append({"escalated": share, "served_agreement": served, "recompute": cost,
-                    "random_escalation_agreement": statistics.fmean(randoms), "oracle_agreement": best})  # fmt: skip
+        row = {"escalated": share, **served(rows, set(order[:k]))}
+        row["random_agreement"] = statistics.fmean(
+            served(rows, set(rng.sample(range(len(rows)), k)))["agreement"] for _ in range(200)
+        )
+        row["oracle_agreement"] = served(rows, set(worst[:k]))["agreement"]
+        out.append(row)
     for ratio, group in by_ratio.items():
-        out.append({"base_ratio": ratio, "served_agreement": statistics.fmean(r["agreement"] for r in group),
-                    "recompute": statistics.fmean(r["recompute_share"] for r in group)})  # fmt: skip
+        out.append({"base_ratio": ratio, **served(group, set())})
     return out
 
 
-def replay(rows: list[dict], scores: list[float], ratios: list[float], target: float, label: float) -> dict:
-    """The controller over a random stream of the prompts, each request's sample read at its current rung
-    (scores: a predictor fitted on the other folds, as a shipped calibration would be)."""
+def replay(
+    rows: list[dict], scores: list[float], ratios: list[float], target: float, phases: list[tuple[str, int]],
+    z: float,
+) -> dict:  # fmt: skip
+    """The controller over a stream whose prompts come from `phases` in turn ((dataset, requests) each),
+    each request's sample read at the controller's current rung (scores: a predictor fitted on the other
+    folds, as a shipped calibration would be)."""
     at = {(r["prompt"], r["ratio"]): (r, s) for r, s in zip(rows, scores)}
-    prompts = sorted({r["prompt"] for r in rows})
-    stream = [p for _ in range(4) for p in random.Random(2).sample(prompts, len(prompts))]
-    controller = FidelityController(target, ratios[0], 0.5, (min(ratios), max(ratios)), min_samples=30)
+    rng, explore = random.Random(2), random.Random(3)
+    controller = FidelityController(target, ratios[0], 0.5, (min(ratios), max(ratios)), z=z)
     controller.rungs = sorted(ratios)
-    served, cost, ratio_seen = [], [], []
-    explore = random.Random(3)
-    for p in stream:
-        row, score = at[(p, controller.ratio)]
-        flagged = score >= controller.threshold
-        explored = flagged and explore.random() < EXPLORE  # as the guard does for sampled requests
-        escalate = flagged and not explored
-        served.append(1.0 if escalate else row["agreement"])
-        cost.append(1.0 if escalate else row["recompute_share"])
-        ratio_seen.append(controller.ratio)
-        if not escalate:  # at a sample rate of 1, every fused answer is measured (escalated ones are full)
-            controller.observe(score, row["agreement"], 1 / EXPLORE if explored else 1.0, row["ratio"])
-    half = len(stream) // 2
-    return {"target": target, "requests": len(stream), "served_agreement": statistics.fmean(served),
-            "served_agreement_second_half": statistics.fmean(served[half:]), "recompute": statistics.fmean(cost),
-            "recompute_second_half": statistics.fmean(cost[half:]), "final_ratio": controller.ratio,
-            "final_threshold": controller.threshold, "ratio_moves": controller.moves}  # fmt: skip
+    out = []
+    for dataset, n in phases:
+        prompts = sorted({r["prompt"] for r in rows if r["dataset"] == dataset})
+        agreement, cost, ratio_seen = [], [], []
+        for _ in range(n):
+            row, score = at[(rng.choice(prompts), controller.ratio)]
+            flagged = score >= controller.threshold
+            explored = flagged and explore.random() < EXPLORE  # as the guard does for sampled requests
+            escalate = flagged and not explored
+            agreement.append(1.0 if escalate else row["agreement"])
+            cost.append(1.0 if escalate else row["recompute_share"])
+            ratio_seen.append(controller.ratio)
+            if not escalate:  # at a sample rate of 1 every fused answer is measured (escalated ones are full)
+                controller.observe(score, row["agreement"], 1 / EXPLORE if explored else 1.0, row["ratio"])
+        half = n // 2
+        out.append({"dataset": dataset, "requests": n, "agreement": statistics.fmean(agreement),
+                    "agreement_second_half": statistics.fmean(agreement[half:]), "recompute": statistics.fmean(cost),
+                    "mean_ratio": statistics.fmean(ratio_seen), "final_ratio": controller.ratio})  # fmt: skip
+    return {"target": target, "z": z, "phases": out, "ratio_moves": controller.moves}
 
 
 def write_calibration(rows: list[dict], label: float, source: str) -> None:
@@ -183,8 +195,11 @@ def main() -> None:
     parser.add_argument("--passages", type=int, default=3, help="MuSiQue passages per prompt (of 20): CPU time")
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.15, 0.25, 0.4])
     parser.add_argument("--label", type=float, default=0.9, help="diverged: teacher-forced agreement below this")
-    parser.add_argument("--targets", type=float, nargs="+", default=[0.88, 0.9, 0.95],
-                        help="the controller replay's agreement targets")  # fmt: skip
+    parser.add_argument("--target", type=float, default=0.9, help="the controller replay's agreement target")
+    parser.add_argument("--confidences", type=float, nargs="+", default=[0.5, 0.8, 0.95])
+    parser.add_argument(
+        "--phase", type=int, default=200, help="replay: requests per phase (MuSiQue, synthetic, MuSiQue)"
+    )
     parser.add_argument("--samples", help="analyse this kept samples file instead of collecting")
     parser.add_argument("--keep", default=str(RESULTS / "guard_samples_cpu.json"), help="where collected samples go")
     parser.add_argument("--write-calibration", action="store_true")
@@ -215,29 +230,31 @@ def main() -> None:
         single[name] = roc_auc(values, diverged)
     result["auc_single_signal"] = single
     by_ratio = {ratio: [r for r in rows if r["ratio"] == ratio] for ratio in args.ratios}
-    result["curve"] = curve(base, scores, [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0], by_ratio)
+    shares = [0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 1.0]
+    budget = (0.25 - args.ratios[0]) / (1 - args.ratios[0])  # the share whose mean recompute is 0.25
+    result["curve"] = curve(base, scores, sorted(shares + [round(budget, 3)]), by_ratio)
     every_scores = cross_validated(rows, args.label)
-    result["replay"] = [replay(rows, every_scores, args.ratios, target, args.label) for target in args.targets]
+    phases = [("musique", args.phase), ("synthetic", args.phase), ("musique", args.phase)]
+    result["replay"] = [replay(rows, every_scores, args.ratios, args.target, phases, NormalDist().inv_cdf(c))
+                        for c in args.confidences]  # fmt: skip
     print(f"{len(base)} requests at ratio {args.ratios[0]}: {result['base_rate']:.0%} diverged (agreement < "
           f"{args.label}); predictor AUC 5-fold {result['auc_5fold']:.3f}, across datasets "
           + ", ".join(f"{k} {v:.3f}" for k, v in cross.items()))  # fmt: skip
     print("single signals: " + ", ".join(f"{k} {v:.3f}" for k, v in single.items()))
-    print("| escalated | served agreement | random escalation | oracle | recompute |\n| --- | --- | --- | --- | --- |")
+    print("| policy | recompute | agreement (teacher-forced) | ROUGE-L vs full | greedy agreement | random / oracle |")
+    print("| --- | --- | --- | --- | --- | --- |")
     for row in result["curve"]:
-        if "escalated" in row:
-            print(f"| {row['escalated']:.0%} | {row['served_agreement']:.3f} | {row['random_escalation_agreement']:.3f}"
-                  f" | {row['oracle_agreement']:.3f} | {row['recompute']:.3f} |")  # fmt: skip
-        else:
-            print(
-                f"| base ratio {row['base_ratio']} | {row['served_agreement']:.3f} | - | - | {row['recompute']:.3f} |"
-            )
-    print("| target | served agreement (2nd half) | recompute (2nd half) | final ratio | ratio moves |")
-    print("| --- | --- | --- | --- | --- |")
-    for r in result["replay"]:
-        print(
-            f"| {r['target']} | {r['served_agreement']:.3f} ({r['served_agreement_second_half']:.3f}) | "
-            f"{r['recompute']:.3f} ({r['recompute_second_half']:.3f}) | {r['final_ratio']} | {r['ratio_moves']} |"
-        )
+        name = f"escalate {row['escalated']:.1%}" if "escalated" in row else f"fixed ratio {row['base_ratio']}"
+        extra = f"{row['random_agreement']:.3f} / {row['oracle_agreement']:.3f}" if "escalated" in row else "-"
+        print(f"| {name} | {row['recompute']:.3f} | {row['agreement']:.3f} | {row['rouge_l']:.3f} | "
+              f"{row['greedy_agreement']:.3f} | {extra} |")  # fmt: skip
+    print(f"controller replay, target {args.target}, phases of {args.phase} requests:")
+    print("| confidence | phase | agreement (2nd half) | recompute | mean ratio | final ratio |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for c, r in zip(args.confidences, result["replay"]):
+        for ph in r["phases"]:
+            print(f"| {c} | {ph['dataset']} | {ph['agreement']:.3f} ({ph['agreement_second_half']:.3f}) | "
+                  f"{ph['recompute']:.3f} | {ph['mean_ratio']:.3f} | {ph['final_ratio']} |")  # fmt: skip
     Path(args.out).write_text(json.dumps(result, indent=1))
     if args.write_calibration:
         source = f"SmolLM2-135M fp32: MuSiQue dev ({args.passages} passages) + synthetic, ratios {args.ratios}"

@@ -126,6 +126,13 @@ class FusionConfig(_Settings):
         "the base recompute ratio (within ratio_bounds) to meet it at the least recompute, from the live shadow "
         "samples. Makes guarded the default and needs fidelity_sample_rate > 0.",
     )
+    fidelity_confidence: float = Field(
+        0.95,
+        ge=0.5,
+        lt=1.0,
+        description="fidelity_target: the one-sided confidence with which the controller holds the served "
+        "agreement at the target (0.5: on average only; higher escalates more while the evidence is thin).",
+    )
     ratio_bounds: tuple[float, float] = Field(
         (0.05, 0.5), description="The controller's range for the base recompute ratio (fidelity_target)."
     )
@@ -229,6 +236,14 @@ class EngineConfig(_Settings):
         "capacity, after the answer was delivered) to measure how far fused answers drift: first-token KL, "
         "top-1 and teacher-forced agreement, reported by FusionEngine.fidelity_report(), the server's /metrics "
         "and /v1/fidelity. 0: off (nothing is measured or kept).",
+    )
+    fidelity_max_share: float = Field(
+        0.03,
+        gt=0.0,
+        le=1.0,
+        description="The most of the engine's busy time (steps with users' work) that fidelity shadows may take; "
+        "beyond it they wait for idle steps, and sampled requests that find 32 waiting are not measured "
+        "(report.dropped). Idle steps are the shadows' freely.",
     )
     fusion: FusionConfig = Field(default_factory=FusionConfig)
     use_triton: Literal["auto", "always", "never"] = Field(

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -44,23 +45,25 @@ class ThresholdPlan:
     unguarded_low: float  # its one-sided 95% lower bound
 
 
-def _low(s1: float, s2: float, total: float, n_eff: float) -> float:
-    """One-sided 95% lower bound of a weighted mean from its sums (sum w x, sum w x^2, sum w; effective n)."""
+def _low(s1: float, s2: float, total: float, n_eff: float, z: float) -> float:
+    """Lower bound (mean - z standard errors) of a weighted mean from its sums (sum w x, sum w x^2, sum w)."""
     mean = s1 / total
     variance = max(s2 / total - mean * mean, 0.0) * n_eff / max(n_eff - 1.0, 1.0)
-    return mean - 1.645 * math.sqrt(variance / n_eff)
+    return mean - z * math.sqrt(variance / n_eff)
 
 
-def plan_threshold(observations: Sequence[tuple[float, float, float]], target: float) -> ThresholdPlan:
+def plan_threshold(
+    observations: Sequence[tuple[float, float, float]], target: float, z: float = 1.645
+) -> ThresholdPlan:
     """observations: (score, agreement, weight) per measured fused request. The highest threshold whose
-    served agreement's one-sided 95% lower bound meets the target (escalating all always does)."""
+    served agreement's lower bound (z = 1.645: one-sided 95%) meets the target (escalating all does)."""
     total = sum(w for _, _, w in observations)
     if not observations or total <= 0:
         raise ValueError("planning needs observations")
     n_eff = total**2 / sum(w * w for _, _, w in observations)  # weighted samples count for less
     s1 = sum(w * a for _, a, w in observations)
     s2 = sum(w * a * a for _, a, w in observations)
-    mean, low = s1 / total, _low(s1, s2, total, n_eff)
+    mean, low = s1 / total, _low(s1, s2, total, n_eff, z)
     served, escalated, threshold = low, 0.0, NEVER
     ranked = sorted(observations, key=lambda o: -o[0])
     i = 0
@@ -71,53 +74,68 @@ def plan_threshold(observations: Sequence[tuple[float, float, float]], target: f
             s1, s2 = s1 + w * (1.0 - a), s2 + w * (1.0 - a * a)  # its answer becomes full attention's: 1
             escalated += w / total
             i += 1
-        threshold, served = score, _low(s1, s2, total, n_eff) if i < len(ranked) else 1.0
+        threshold, served = score, _low(s1, s2, total, n_eff, z) if i < len(ranked) else 1.0
     return ThresholdPlan(threshold, min(s1 / total, 1.0), min(served, 1.0), escalated, mean, low)
 
 
 class FidelityController:
-    """Holds the threshold and base ratio for an engine; `observe` each shadow sample."""
+    """Holds the threshold and base ratio for an engine; `observe` each shadow sample.
+
+    It plans over the last `window` samples at the current rung (older ones describe traffic that may
+    have changed) after `min_samples` of them and every `min_samples // 3` after; a rung's measured
+    cost is trusted for `memory` plans, then forgotten, so a rung judged worse when traffic was harder
+    is tried again once it got easier."""
 
     def __init__(
         self, target: float, ratio: float, threshold: float, bounds: tuple[float, float], min_samples: int = 30,
+        window: int = 120, memory: int = 30, z: float = 1.645,
     ) -> None:  # fmt: skip
-        self.target, self.min_samples = target, min_samples
+        self.target, self.min_samples, self.memory, self.z = target, min_samples, memory, z
         self.rungs = [r for r in RUNGS if bounds[0] <= r <= bounds[1]] or [min(max(ratio, bounds[0]), bounds[1])]
         self.ratio = min(self.rungs, key=lambda r: abs(r - ratio))
         self.threshold = threshold
         self.plan: ThresholdPlan | None = None
-        self.moves = 0
-        self.costs: dict[float, float] = {}  # rung -> recompute share that met the target there, last measured
+        self.moves = self.plans = 0
+        self._costs: dict[float, tuple[float, int]] = {}  # rung -> (recompute share that met the target, plan no.)
         self._thresholds: dict[float, float] = {}
-        self._seen: list[tuple[float, float, float]] = []
+        self._seen: deque[tuple[float, float, float]] = deque(maxlen=window)
+        self._since_move = 0
         self._lock = threading.Lock()
+
+    @property
+    def costs(self) -> dict[float, float]:
+        """The rungs' measured costs still trusted."""
+        return {r: c for r, (c, at) in self._costs.items() if self.plans - at < self.memory}
 
     def observe(self, score: float | None, agreement: float, weight: float, ratio: float) -> None:
         if score is None or abs(ratio - self.ratio) > 1e-9:
             return  # no guard score, or measured at another rung
         with self._lock:
             self._seen.append((score, agreement, weight))
-            if len(self._seen) >= self.min_samples and len(self._seen) % max(self.min_samples // 3, 1) == 0:
+            self._since_move += 1
+            if self._since_move >= self.min_samples and self._since_move % max(self.min_samples // 3, 1) == 0:
                 self._update()
 
     def _update(self) -> None:
-        plan = plan_threshold(self._seen, self.target)
+        plan = plan_threshold(list(self._seen), self.target, self.z)
+        self.plans += 1
         self.plan, self.threshold = plan, plan.threshold
         self._thresholds[self.ratio] = plan.threshold
-        cost = self.costs[self.ratio] = self.ratio + plan.escalated * (1.0 - self.ratio)
+        cost = self.ratio + plan.escalated * (1.0 - self.ratio)
+        self._costs[self.ratio] = (cost, self.plans)
+        known = self.costs
         at = self.rungs.index(self.ratio)
         up = self.rungs[at + 1] if at + 1 < len(self.rungs) else None
         down = self.rungs[at - 1] if at > 0 else None
-        if up is not None and up not in self.costs and cost > up:
+        if up is not None and up not in known and cost > up:
             self._move(up)
-        elif (
-            down is not None and down not in self.costs and plan.escalated == 0.0 and plan.unguarded_low >= self.target
-        ):
+        elif down is not None and down not in known and plan.escalated == 0.0 and plan.unguarded_low >= self.target:
             self._move(down)
-        elif (best := min(self.costs, key=self.costs.__getitem__)) != self.ratio and self.costs[best] < cost:
+        elif (best := min(known, key=known.__getitem__)) != self.ratio and known[best] < cost:
             self._move(best)
 
     def _move(self, ratio: float) -> None:
-        self.ratio, self._seen = ratio, []
+        self.ratio, self._since_move = ratio, 0
+        self._seen.clear()
         self.threshold = self._thresholds.get(ratio, self.threshold)
         self.moves += 1

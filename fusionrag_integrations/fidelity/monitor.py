@@ -10,6 +10,7 @@ import random
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
+from statistics import NormalDist
 
 import torch
 
@@ -25,14 +26,17 @@ from .shadow import FidelitySample, ShadowCapture, ShadowJob
 log = logging.getLogger(__name__)
 
 MAX_PENDING = 32  # shadows waiting; more sampled requests than spare capacity can measure are dropped
+DECAY = 0.995  # per busy step: the shadows' share of busy time is measured over the last few hundred steps
 
 
 class FidelityMonitor:
     def __init__(
         self, sample_rate: float, model_name: str, kv_format: str, path: Path | None, seed: int | None = None,
-        guard: FidelityGuard | None = None, guarded_by_default: bool = False,
+        guard: FidelityGuard | None = None, guarded_by_default: bool = False, max_share: float = 1.0,
     ) -> None:  # fmt: skip
         self.sample_rate, self.model_name, self.kv_format = sample_rate, model_name, kv_format
+        self.max_share = max_share
+        self._busy_s = self._shadow_s = 0.0  # decayed sums over steps with users' work in them
         self.guard = guard or FidelityGuard(shipped_predictor(), NEVER, 0.1, seed=seed)  # judges when asked only
         self.guarded_by_default = guarded_by_default
         self.estimates = FidelityEstimates(path)
@@ -65,11 +69,28 @@ class FidelityMonitor:
         f = config.fusion
         controller = None
         if f.fidelity_target is not None:
-            controller = FidelityController(f.fidelity_target, f.recompute_ratio, f.guard_threshold, f.ratio_bounds)
+            z = NormalDist().inv_cdf(f.fidelity_confidence)
+            controller = FidelityController(f.fidelity_target, f.recompute_ratio, f.guard_threshold, f.ratio_bounds,
+                                            z=z)  # fmt: skip
         guard = FidelityGuard(shipped_predictor(), f.guard_threshold, f.guard_explore, controller)
         guarded = f.fidelity == "guarded" or controller is not None
         return cls(config.fidelity_sample_rate, model_name, config.kv_format, path, guard=guard,
-                   guarded_by_default=guarded)  # fmt: skip
+                   guarded_by_default=guarded, max_share=config.fidelity_max_share)  # fmt: skip
+
+    def may_run(self, busy: bool) -> bool:
+        """Whether a shadow slice may run in this step: always in an idle step (no user's work in it), else
+        only while the shadows' share of the recent busy time is under `max_share`."""
+        return not busy or self._shadow_s <= self.max_share * self._busy_s
+
+    def account(self, seconds: float, busy: bool) -> None:
+        """A shadow slice took `seconds` (in a busy step, that time counts against its share)."""
+        if busy:
+            self._shadow_s += seconds
+
+    def account_step(self, seconds: float) -> None:
+        """A step with users' work took `seconds`, its shadow slice included."""
+        self._busy_s = self._busy_s * DECAY + seconds
+        self._shadow_s *= DECAY
 
     def guards(self, fusion: FusionParams) -> bool:
         """Whether the guard judges this request (its own `fidelity`, else the engine's default)."""

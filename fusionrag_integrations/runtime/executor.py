@@ -44,7 +44,7 @@ class StepExecutor:
         self.prefix_ids, self.counters, self.fidelity = prefix_ids, counters, fidelity
 
     def execute(self, plan: StepPlan) -> StepOutcome:
-        out = StepOutcome()
+        out, started = StepOutcome(), time.perf_counter()
         for seq in plan.lay_out:
             self._guarded(out, seq, lambda s=seq: self.lay_out(s))
         running = bool(plan.decode) or any(s.phase is Phase.PREFILL and s not in plan.admit for s, _ in plan.prefill)
@@ -69,8 +69,14 @@ class StepExecutor:
             self._decode([s for s in plan.decode if s.phase is Phase.DECODE], out)
         if plan.chore is not None:
             plan.chore.run_one()
-        if plan.spare_tokens:
+        busy = bool(plan.decode or plan.prefill)  # users' work in this step: the shadows' share is bounded
+        if plan.spare_tokens and self.fidelity.pending and self.fidelity.may_run(busy):
+            t0 = time.perf_counter()
             self.fidelity.run(plan.spare_tokens)
+            self.runner.sync()  # its own time, measured: the decode rows were read already
+            self.fidelity.account(time.perf_counter() - t0, busy)
+        if busy:
+            self.fidelity.account_step(time.perf_counter() - started)
         out.background = self.fidelity.pending
         return out
 

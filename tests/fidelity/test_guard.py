@@ -159,3 +159,28 @@ def test_the_controller_raises_the_ratio_when_escalating_costs_more_and_lowers_i
     assert down.ratio == 0.1 and down.threshold == NEVER
     down.observe(score=0.1, agreement=0.0, weight=1.0, ratio=0.15)  # measured at the old rung: ignored
     assert down.moves == 1 and down.plan is not None
+
+
+def test_the_controller_plans_over_recent_samples_and_forgets_old_costs():
+    fixed = FidelityController(0.9, 0.15, 0.5, (0.15, 0.15), min_samples=30, window=60)
+    for i in range(60):
+        fixed.observe(score=i / 60, agreement=0.3, weight=1.0, ratio=0.15)
+    for i in range(60):  # the traffic got easy: the window holds only the easy samples
+        fixed.observe(score=i / 60, agreement=0.97 + 0.01 * (i % 3), weight=1.0, ratio=0.15)
+    assert fixed.plan.unguarded == pytest.approx(0.98) and fixed.threshold == NEVER
+
+    c = FidelityController(0.9, 0.15, 0.5, (0.1, 0.15), min_samples=30, window=60, memory=3)
+    easy = lambda: c.observe(score=0.5, agreement=0.99, weight=1.0, ratio=c.ratio)  # noqa: E731
+    hard = lambda i: c.observe(score=i / 30, agreement=0.5, weight=1.0, ratio=c.ratio)  # noqa: E731
+    for _ in range(30):
+        easy()
+    assert c.ratio == 0.1  # nothing to escalate, bound clear: try the rung down
+    for i in range(30):
+        hard(i)
+    assert c.ratio == 0.15 and 0.1 in c.costs  # escalating at 0.1 cost more than 0.15 did: back
+    for _ in range(30 + 10 * (c.memory - 2)):
+        easy()
+    assert c.ratio == 0.15  # 0.1's cost is still trusted
+    for _ in range(10):
+        easy()
+    assert c.ratio == 0.1  # forgotten after `memory` plans: tried again

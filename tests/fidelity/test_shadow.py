@@ -144,3 +144,20 @@ def test_shadows_get_only_steps_nobody_waits_for():
     scheduler.inbox.put(SeqState(Request.build("a user's question")))
     plan = scheduler.schedule()
     assert plan.lay_out and plan.spare_tokens == 0
+
+
+def test_shadows_take_at_most_their_share_of_busy_time_and_all_of_idle_time():
+    from fusionrag_integrations.fidelity.monitor import FidelityMonitor
+
+    monitor = FidelityMonitor(1.0, "m", "native", None, max_share=0.1)
+    for _ in range(50):
+        monitor.account_step(0.02)  # busy steps, no shadow yet: 1 s of users' work (decayed a little)
+    assert monitor.may_run(busy=True)
+    monitor.account(0.2, busy=True)  # one long shadow slice beside users' work: over 10% now
+    assert not monitor.may_run(busy=True) and monitor.may_run(busy=False)
+    monitor.account(5.0, busy=False)  # idle steps' shadow time is free
+    steps = 0
+    while not monitor.may_run(busy=True):
+        monitor.account_step(0.02)
+        steps += 1
+    assert 0 < steps < 200  # more busy time without shadows: its share falls back under the bound
