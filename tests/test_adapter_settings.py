@@ -60,3 +60,19 @@ def test_one_converted_model_serves_every_cache_dir(tmp_path):
     )
     assert a.loaded.model_dir == b.loaded.model_dir and a.loaded.model_dir.parent == MODELS
     assert not any((tmp_path / n / "models").exists() for n in ("a", "b"))
+
+
+def test_a_field_the_adapters_lack_is_refused_and_max_tokens_is_understood(smol_engine):
+    import pytest
+    from pydantic import ValidationError
+
+    from fusionrag_integrations.langchain import ChatFusionRAG
+    from fusionrag_integrations.llamaindex import FusionRAGLLM
+
+    for cls in (ChatFusionRAG, FusionRAGLLM):
+        with pytest.raises(ValidationError, match="max_tokns"):
+            cls(engine=smol_engine, max_tokns=5)
+    llm = FusionRAGLLM(engine=smol_engine, max_tokens=3)  # OpenAILike's name
+    assert llm.max_new_tokens == 3 and llm.metadata.num_output == 3
+    usage = llm.complete("Count: 1, 2,").raw["usage"]
+    assert 0 < usage["completion_tokens"] <= 3

@@ -63,7 +63,8 @@ class ChatFusionRAG(BaseChatModel):
     reused are reported as ``usage_metadata["input_token_details"]["cache_read"]``.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+    # a field we do not have is refused by name (a typo would otherwise change nothing, silently)
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, extra="forbid")
 
     engine: FusionEngine | None = Field(default=None, exclude=True)
     model: str | None = None

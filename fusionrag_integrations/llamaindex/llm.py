@@ -26,7 +26,7 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
-from pydantic import Field, PrivateAttr, field_validator
+from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, field_validator
 
 from ..engine import FusionEngine
 from ..inputs import check_stop
@@ -57,11 +57,17 @@ class FusionRAGLLM(FunctionCallingLLM):
         response.source_nodes, response.metadata
     """
 
+    # a field we do not have is refused by name (a typo would otherwise change nothing, silently)
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+
     model: str | None = Field(default=None, description="HF directory, .gguf file or cached hub id")
     model_name: str = Field(default="", description="Shown in metadata; defaults to the engine's model name")
     device: str = "auto"
     dtype: str = "auto"
-    max_new_tokens: int = Field(default=256, gt=0)
+    max_new_tokens: int = Field(
+        default=256, gt=0, validation_alias=AliasChoices("max_new_tokens", "max_tokens"),
+        description="also accepted as max_tokens (OpenAI's and OpenAILike's name)",
+    )  # fmt: skip
     context_window: int | None = Field(
         default=None,
         gt=0,

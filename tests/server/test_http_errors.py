@@ -106,8 +106,9 @@ def test_fields_that_ask_for_nothing_are_accepted_and_top_k_is_honoured(server):
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
-    neutral = {"frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": False, "response_format": {"type": "text"},
-               "user": "u-1", "metadata": {"team": "a"}, "service_tier": "auto", "parallel_tool_calls": True}  # fmt: skip
+    neutral = {"frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": False, "user": "u-1",
+               "response_format": {"type": "text"}, "metadata": {"team": "a"}, "service_tier": "auto",
+               "parallel_tool_calls": True}  # fmt: skip
     prompt = [{"role": "user", "content": "Name three colours."}]
     greedy = client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=8, temperature=0, **neutral)
     top1 = client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=8, temperature=1.5, seed=3,
