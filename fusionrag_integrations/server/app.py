@@ -21,7 +21,7 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from ..engine import FusionEngine
 from ..fidelity.report import AGREEMENT_BUCKETS, KL_BUCKETS
-from . import chunks, errors, generation
+from . import chunks, errors, generation, text_tools
 from .guard import RequestGuard
 from .metrics import Metrics
 from .settings import ServerSettings
@@ -37,7 +37,7 @@ def create_app(
     supervisor restarts the process); the health check says 503 from then on."""
     settings = settings or ServerSettings()
     metrics = Metrics(engine, model_name)
-    app = FastAPI(title="fusionrag", docs_url=None, redoc_url=None, lifespan=_lifespan(engine, on_fatal))
+    app = FastAPI(title="fusionrag", docs_url="/docs", redoc_url=None, lifespan=_lifespan(engine, on_fatal))
     errors.install(app)
     app.add_middleware(RequestBodyLimitMiddleware, max_body_size=settings.max_body_bytes)
     app.add_middleware(RequestGuard, settings=settings)  # outermost: runs first
@@ -77,6 +77,7 @@ def create_app(
 
     generation.register(app, engine, model_name, metrics)
     chunks.register(app, engine, settings)
+    text_tools.register(app, engine, model_name, settings)
     app.state.metrics = metrics
     return app
 

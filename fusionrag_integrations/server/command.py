@@ -77,6 +77,7 @@ def serve_settings(args: argparse.Namespace):
         "timeout_graceful_shutdown_s": args.timeout_graceful_shutdown,
         "max_chunk_texts": args.max_chunk_texts,
         "metrics_public": args.metrics_public,
+        "embedding_model": args.embedding_model,
     }
     if args.max_connections is not None:
         fields["max_connections"] = args.max_connections
@@ -138,6 +139,8 @@ def add_serve_command(sub) -> None:
                        help="open connections at most (default: the file-descriptor limit less a reserve)")  # fmt: skip
     serve.add_argument("--max-chunk-texts", type=int, default=256, help="texts per /v1/chunks request (default 256)")
     serve.add_argument("--metrics-public", action="store_true", help="/metrics without the API key")
+    serve.add_argument("--embedding-model",
+                       help="/v1/embeddings: a sentence-embedding model folder (default: bundled MiniLM)")  # fmt: skip
     serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
     serve.add_argument("--fidelity-sample-rate", type=share,
                        help="share of fused requests measured against full attention (default 0)")  # fmt: skip

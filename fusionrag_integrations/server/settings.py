@@ -38,6 +38,7 @@ class ServerSettings(BaseModel):
     max_connections: int = Field(default_factory=default_max_connections, gt=0)
     max_chunk_texts: int = Field(256, gt=0)  # texts per /v1/chunks request
     metrics_public: bool = False  # /metrics without a key even when keys are set (a scraper inside the network)
+    embedding_model: str | None = None  # /v1/embeddings: a sentence-embedding model directory (None: MiniLM)
 
     @field_validator("api_keys")
     @classmethod

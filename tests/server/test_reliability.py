@@ -262,7 +262,7 @@ def test_a_request_without_a_key_is_401_before_its_body_is_looked_at(server):
         f"{server}/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}, timeout=30
     )
     assert bad_json.status_code == 401
-    for path in ("/metrics", "/openapi.json"):
+    for path in ("/metrics", "/openapi.json", "/docs"):
         assert httpx.get(f"{server}{path}", timeout=30).status_code == 401
     assert httpx.get(f"{server}/health", timeout=30).status_code == 200
 

@@ -23,6 +23,9 @@ ROUTES = [
     ("post", "/v1/chunks", 50),
     ("post", "/v1/chunks/keys", 30),
     ("delete", "/v1/chunks", 30),
+    ("post", "/tokenize", 30),
+    ("post", "/detokenize", 30),
+    ("post", "/v1/embeddings", 20),
 ]
 STATUSES: Counter[tuple[str, str, int]] = Counter()
 
