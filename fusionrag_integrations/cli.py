@@ -29,10 +29,9 @@ def _engine(args: argparse.Namespace) -> FusionEngine:
         settings["kv_backend"] = args.kv_backend
     if getattr(args, "fidelity_sample_rate", None) is not None:
         settings["fidelity_sample_rate"] = args.fidelity_sample_rate
-    from .server.command import fusion_settings  # the serve command's flags (it imports this module lazily)
+    from .server.command import engine_flags  # the serve command's flags (it imports this module lazily)
 
-    if fusion := fusion_settings(args):
-        settings["fusion"] = fusion
+    settings.update(engine_flags(args))
     return FusionEngine.from_pretrained(
         args.model or default_model_path(), device=args.device, dtype=args.dtype, config=EngineConfig(**settings)
     )
@@ -228,7 +227,15 @@ def run(func: Callable[[], int], debug: bool) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    from .server.command import expand_config_file
+
+    raw = sys.argv[1:] if argv is None else list(argv)
+    try:
+        raw = expand_config_file(raw)
+    except FusionRAGError as err:
+        print(f"fusionrag: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    args = build_parser().parse_args(raw)
     # progress of slow one-time steps (model conversion) goes to stderr; details only with --debug
     logging.basicConfig(format="fusionrag: %(message)s", stream=sys.stderr)
     logging.getLogger("fusionrag_integrations").setLevel(logging.DEBUG if args.debug else logging.INFO)

@@ -199,6 +199,12 @@ class EngineConfig(_Settings):
     )
     learn_min_chars: int = Field(200, ge=32, description="Shortest paragraph kept by learn_chunks.")
     precompute_batch_tokens: int = Field(8192, ge=1, description="Token budget of one batched precompute pass.")
+    max_model_len: int | None = Field(
+        None,
+        ge=16,
+        description="Serve at most this many tokens (prompt + answer) per request, below the model's window (vLLM's "
+        "--max-model-len): longer requests are refused with ContextLengthError. None: the model's window.",
+    )
     max_running_requests: int | None = Field(
         None,
         ge=1,

@@ -67,7 +67,7 @@ class FusionEngine:
         return cls(load_model(model, dev, resolve_dtype(dtype, dev), config.model_cache_dir), config)
 
     model_name = property(lambda self: self.loaded.name)
-    context_window = property(lambda self: self.model.config.context_window)
+    context_window = property(lambda self: min(self.model.config.context_window, self.config.max_model_len or 1 << 62))
     device = property(lambda self: self.model.device)
 
     def status(self) -> EngineStatus:

@@ -142,12 +142,40 @@ def test_a_fidelity_sample_rate_outside_0_to_1_is_refused(rate, capsys):
     assert exit_.value.code == 2 and f"{rate} is not a share" in capsys.readouterr().err
 
 
-def test_fidelity_flags_become_fusion_settings(capsys):
-    from fusionrag_integrations.server.command import fusion_settings
+def test_serve_flags_become_engine_settings(capsys):
+    from fusionrag_integrations.server.command import engine_flags
 
-    args = argparse.Namespace(fidelity="guarded", fidelity_target=0.95)
-    assert fusion_settings(args) == {"fidelity": "guarded", "fidelity_target": 0.95}
-    assert fusion_settings(argparse.Namespace(fidelity=None, fidelity_target=None)) == {}
+    args = argparse.Namespace(fidelity="guarded", fidelity_target=0.95, max_num_seqs=8, max_model_len=None)
+    assert engine_flags(args) == {"max_running_requests": 8, "fusion": {"fidelity": "guarded", "fidelity_target": 0.95}}
+    assert engine_flags(argparse.Namespace(fidelity=None, fidelity_target=None)) == {}
     with pytest.raises(SystemExit) as exit_:
         cli.main(["serve", "--fidelity", "always"])
     assert exit_.value.code == 2 and "always" in capsys.readouterr().err
+
+
+def test_a_config_file_gives_flags_and_the_command_line_wins(tmp_path, capsys):
+    from fusionrag_integrations.server.command import expand_config_file
+
+    config = tmp_path / "serve.yaml"
+    config.write_text("model: /models/x\nmax_num_seqs: 16\nmax-model-len: 4096\naccess_log: true\napi_key: [a, b]\n")
+    argv = expand_config_file(["serve", "--config", str(config), "--max-num-seqs", "4"])
+    args = cli.build_parser().parse_args(argv)
+    assert (args.model, args.max_num_seqs, args.max_model_len, args.access_log) == ("/models/x", 4, 4096, True)
+    assert args.api_key == ["a", "b"]
+    config.write_text("max_num_sequences: 16\n")
+    with pytest.raises(SystemExit):
+        cli.main(["serve", f"--config={config}"])
+    assert "--max-num-sequences" in capsys.readouterr().err
+    assert cli.main(["serve", "--config", str(tmp_path / "missing.yaml")]) == 2
+    assert "missing.yaml" in capsys.readouterr().err
+
+
+def test_max_model_len_caps_the_context_window(smol_engine, tmp_path):
+    from fusionrag_integrations import ContextLengthError
+    from tests.conftest import engine_on
+
+    capped = engine_on(smol_engine.loaded, tmp_path / "cache", max_model_len=64)
+    assert capped.context_window == 64 < smol_engine.context_window
+    with pytest.raises(ContextLengthError):
+        capped.generate("word " * 80, max_new_tokens=2)
+    assert capped.generate("Hi", max_new_tokens=2).text is not None

@@ -29,7 +29,7 @@ from ray.exceptions import RayError
 from ray.serve.config import RequestRouterConfig
 
 from ..server import errors
-from ..server.command import fusion_settings
+from ..server.command import engine_flags
 from .affinity import routing_tokens
 from .asgi_call import call_asgi
 
@@ -195,8 +195,7 @@ def serve_from_cli(args, api_key: str | None) -> int:
     engine = {k: v for k, v in {"cache_dir": args.cache_dir, "kv_format": args.kv_format,
                                 "kv_backend": args.kv_backend,
                                 "fidelity_sample_rate": args.fidelity_sample_rate}.items() if v}  # fmt: skip
-    if fusion := fusion_settings(args):
-        engine["fusion"] = fusion
+    engine.update(engine_flags(args))
     gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
     settings = ReplicaSettings(model=args.model, device=args.device, dtype=args.dtype, engine=engine,
                                served_model_name=args.served_model_name, api_key=api_key,

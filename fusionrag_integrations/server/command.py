@@ -103,15 +103,55 @@ def share(value: str) -> float:
     return number
 
 
-def fusion_settings(args: argparse.Namespace) -> dict:
-    """The fidelity guard's serve flags as FusionConfig fields (only those given)."""
-    names = {"fidelity": "fidelity", "fidelity_target": "fidelity_target"}
-    return {field: getattr(args, flag) for flag, field in names.items() if getattr(args, flag, None) is not None}
+def engine_flags(args: argparse.Namespace) -> dict:
+    """The serve flags that are EngineConfig fields (only those given), under vLLM's names where vLLM has
+    one; the fidelity guard's go into `fusion`."""
+    top = {"max_model_len": "max_model_len", "max_num_seqs": "max_running_requests",
+           "max_num_batched_tokens": "max_prefill_tokens"}  # fmt: skip
+    fusion = {"fidelity": "fidelity", "fidelity_target": "fidelity_target"}
+    given = lambda names: {f: getattr(args, a) for a, f in names.items() if getattr(args, a, None) is not None}  # noqa: E731
+    return {**given(top), **({"fusion": given(fusion)} if given(fusion) else {})}
+
+
+def expand_config_file(argv: list[str]) -> list[str]:
+    """`serve --config FILE.yaml`: the file's keys become flags placed before the command line's own, so
+    the command line wins (vLLM's rule). Keys are flag names (max_num_seqs or max-num-seqs; `model` is the
+    positional); an unknown key fails as an unknown flag would, naming it."""
+    if "serve" not in argv or not any(a == "--config" or a.startswith("--config=") for a in argv):
+        return argv
+    at = next(i for i, a in enumerate(argv) if a == "--config" or a.startswith("--config="))
+    path = argv[at].split("=", 1)[1] if "=" in argv[at] else (argv[at + 1] if at + 1 < len(argv) else "")
+    rest = argv[:at] + argv[at + (1 if "=" in argv[at] else 2) :]
+    import yaml
+
+    try:
+        loaded = yaml.safe_load(open(path, encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as err:
+        raise InvalidArgumentError(f"--config {path}: {err}") from None
+    if not isinstance(loaded, dict):
+        raise InvalidArgumentError(f"--config {path}: expected a mapping of flag names to values")
+    flags: list[str] = []
+    for key, value in loaded.items():
+        name = "--" + str(key).replace("_", "-")
+        if key == "model":
+            flags.append(str(value))
+        elif value is True:
+            flags.append(name)
+        elif isinstance(value, list):
+            flags += [part for item in value for part in (name, str(item))]
+        elif value is not False and value is not None:
+            flags += [name, str(value)]
+    cut = rest.index("serve") + 1
+    return rest[:cut] + flags + rest[cut:]
 
 
 def add_serve_command(sub) -> None:
     serve = sub.add_parser("serve", help="an OpenAI-compatible server (chat/completions, completions, chunks)")
     serve.add_argument("model", nargs="?", help="HF directory, .gguf file or cached hub id (default: bundled SmolLM2)")
+    serve.add_argument("--config", help="a YAML file of flags (max_num_seqs: 16, ...); the command line wins")
+    serve.add_argument("--max-model-len", type=int, help="most tokens (prompt + answer) a request may use")
+    serve.add_argument("--max-num-seqs", type=int, help="most requests running at once (default: by memory)")
+    serve.add_argument("--max-num-batched-tokens", type=int, help="most prompt tokens prefilled in one step")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
