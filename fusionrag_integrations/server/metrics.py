@@ -1,8 +1,9 @@
 """Prometheus metrics of one server (its own registry, so several apps in one process stay apart):
 requests by outcome (ok, error, cancelled: each request counted once), time to first token, tokens
 reused vs recomputed, the chunk store's events (hits per tier, misses, corrupt entries, failed
-writes, catalog rebuilds), the engine's health and its queue depth and running requests. Everything
-about the engine is read through FusionEngine.status()."""
+writes, catalog rebuilds), generated tokens, the engine's health and its queue depth and running
+requests; vLLM's names beside them (vllm_metrics.py). Everything about the engine is read through
+FusionEngine.status()."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from prometheus_client.registry import Collector
 from ..engine import FusionEngine
 from ..fidelity.report import AGREEMENT_BUCKETS, KL_BUCKETS
 from ..outputs import GenerationChunk
+from .vllm_metrics import VllmMetrics
 
 TTFT_BUCKETS = (0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0, 10.0, 30.0)
 STORE_EVENTS = (
@@ -57,6 +59,8 @@ class Metrics:
             lambda: engine.status().running
         )
         r.register(FidelityCollector(engine))
+        self.generated = Counter("fusionrag_generation_tokens", "Generated tokens", registry=r)
+        self.vllm = VllmMetrics(engine, model_name, r)
 
     def observe(self, pieces: Iterator[GenerationChunk]) -> ObservedStream:
         return ObservedStream(pieces, self)
@@ -132,6 +136,8 @@ class ObservedStream(Iterator[GenerationChunk]):
             m.tokens.labels("chunk_recomputed").inc(stats.tokens_recomputed)
             for kind in ("found", "reused", "computed", "recomputed"):
                 m.chunks.labels(kind).inc(getattr(stats, f"chunks_{kind}"))
+            m.generated.inc(piece.usage.completion_tokens)
+            m.vllm.finished(stats, piece.usage, piece.finish_reason)
         return piece
 
     def close(self) -> None:

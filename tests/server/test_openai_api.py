@@ -63,3 +63,27 @@ def test_metrics_count_requests(client, server):
     page = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
     assert 'fusionrag_requests_total{outcome="ok"}' in page and "fusionrag_ttft_seconds_bucket" in page
     assert "fusionrag_queue_depth 0.0" in page
+
+
+def test_vllm_metric_names_count_what_the_responses_reported(client, server):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    def values() -> dict:
+        page = httpx.get(f"{server}/metrics", headers={"Authorization": f"Bearer {API_KEY}"}).text
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(page) for s in f.samples}  # fmt: skip
+
+    label = (("model_name", MODEL),)
+    before = values()
+    outs = [client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": f"Count to {n}."}],
+                                           max_tokens=6, temperature=0) for n in (3, 4)]  # fmt: skip
+    after = values()
+    grew = lambda name, labels=label: after.get((name, labels), 0) - before.get((name, labels), 0)  # noqa: E731
+    assert grew("vllm:prompt_tokens_total") == sum(o.usage.prompt_tokens for o in outs)
+    assert grew("vllm:generation_tokens_total") == sum(o.usage.completion_tokens for o in outs)
+    assert grew("fusionrag_generation_tokens_total", ()) == sum(o.usage.completion_tokens for o in outs)
+    assert grew("vllm:e2e_request_latency_seconds_count") == 2 and grew("vllm:time_to_first_token_seconds_count") == 2
+    assert grew("vllm:inter_token_latency_seconds_count") == sum(o.usage.completion_tokens - 1 for o in outs)
+    reasons = {o.choices[0].finish_reason for o in outs}
+    assert sum(grew("vllm:request_success_total", (("finished_reason", r), *label)) for r in reasons) == 2
+    assert ("vllm:num_requests_running", label) in after and ("vllm:num_requests_waiting", label) in after
