@@ -35,6 +35,9 @@ class SamplingParams:
     top_k: int = 0  # 0 = off
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
+    presence_penalty: float = 0.0  # OpenAI's, in [-2, 2]: runtime/penalties.py
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0  # vLLM's and transformers': 1 = off
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> InvalidSamplingError:
@@ -56,6 +59,13 @@ class SamplingParams:
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or not -(1 << 63) <= self.seed < 1 << 64
         ):
             raise bad(f"seed must be an integer in [-2**63, 2**64) or None, got {self.seed!r}")
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not -2.0 <= value <= 2.0:
+                raise bad(f"{name} must be a number in [-2, 2] (0 = off), got {value!r}")
+        r = self.repetition_penalty
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r <= 10.0:
+            raise bad(f"repetition_penalty must be a number in (0, 10] (1 = off), got {r!r}")
         object.__setattr__(self, "stop", check_stop(self.stop))
 
 
@@ -93,7 +103,10 @@ class FusionParams:
             raise InvalidArgumentError(f"fidelity must be 'off', 'guarded' or None, got {self.fidelity!r}")
 
 
-SAMPLING_FIELDS = ("max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop")
+SAMPLING_FIELDS = (
+    "max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty",
+    "repetition_penalty",
+)  # fmt: skip
 FUSION_FIELDS = ("chunks", "selector", "recompute_ratio", "learn_chunks", "cache_salt", "fidelity")
 
 

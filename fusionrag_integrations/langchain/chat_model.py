@@ -76,6 +76,9 @@ class ChatFusionRAG(BaseChatModel):
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     timeout: float | None = None
     max_retries: int = 2  # accepted for API compatibility: a local engine has no transient failures to retry

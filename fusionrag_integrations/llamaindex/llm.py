@@ -78,6 +78,9 @@ class FusionRAGLLM(FunctionCallingLLM):
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     stop: list[str] = Field(default_factory=list)
     selector: str | None = None
     recompute_ratio: float | None = None

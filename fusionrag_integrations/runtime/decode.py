@@ -41,7 +41,7 @@ class DecodeState:
                 f"not {params.max_new_tokens}: pass max_new_tokens to prefill()"
             )
         self.pre, self.params, self.eos, self.t_start = pre, params, eos, t_start
-        self.sampler = Sampler(params, device)
+        self.sampler = Sampler(params, device, pre.token_ids)
         self.tokenizer = tokenizer
         self.generated: list[int] = []
         self.position = len(pre.token_ids)  # where `token` goes when fed back

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..request import SamplingParams
+from .penalties import Penalties
 
 
 class Sampler:
@@ -15,8 +16,9 @@ class Sampler:
     likeliest token always keeps probability > 0), and top-p keeps the likeliest token whatever p is.
     Non-finite logits (a model fault) are never sampled from: NaN counts as -inf."""
 
-    def __init__(self, params: SamplingParams, device: torch.device) -> None:
+    def __init__(self, params: SamplingParams, device: torch.device, prompt_ids: list[int] | None = None) -> None:
         self.params = params
+        self.penalties = Penalties(params, prompt_ids or [], device) if Penalties.active(params) else None
         self.generator = None
         if params.temperature > 0:
             self.generator = torch.Generator(device=device)
@@ -26,7 +28,14 @@ class Sampler:
                 self.generator.seed()
 
     def __call__(self, logits: torch.Tensor) -> int:
-        """logits: [V] float32 -> token id."""
+        """logits: [V] float32 -> token id (repetition penalties applied first, when set)."""
+        if self.penalties is None:
+            return self._sample(logits)
+        token = self._sample(self.penalties.apply(logits))
+        self.penalties.accept(token)
+        return token
+
+    def _sample(self, logits: torch.Tensor) -> int:
         p = self.params
         logits = torch.nan_to_num(logits.float(), nan=float("-inf"))
         if p.temperature == 0:

@@ -22,6 +22,8 @@ def engine_settings(body: _Generation, max_tokens: int | None) -> dict[str, Any]
         settings["max_new_tokens"] = max_tokens
     if body.top_k is not None and body.top_k > 0:
         settings["top_k"] = body.top_k
+    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty"):
+        settings[name] = getattr(body, name)
     if body.selector is not None:
         settings["selector"] = body.selector
     if body.recompute_ratio is not None:

@@ -61,9 +61,6 @@ METADATA = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key
 # OpenAI's (and vLLM's) fields we do not honour, with the values that ask for nothing: anything else
 # is refused by name. None stands for "not sent".
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "frequency_penalty": (None, 0, 0.0),
-    "presence_penalty": (None, 0, 0.0),
-    "repetition_penalty": (None, 1, 1.0),
     "min_p": (None, 0, 0.0),
     "logprobs": (None, False, 0),
     "top_logprobs": (None, 0),
@@ -119,6 +116,9 @@ class _Generation(_Body):
     stream: bool = False
     stream_options: StreamOptions | None = None
     top_k: Int | None = Field(None, ge=-1, description="vLLM's extension: -1 or 0 = off")
+    presence_penalty: Float = Field(0.0, ge=-2.0, le=2.0)
+    frequency_penalty: Float = Field(0.0, ge=-2.0, le=2.0)
+    repetition_penalty: Float = Field(1.0, gt=0.0, le=10.0, description="vLLM's extension: 1 = off")
     selector: str | None = None  # ours: fusion settings per request
     recompute_ratio: Float | None = Field(None, ge=0.0, le=1.0)
     chunks: list[str] | None = None

@@ -25,6 +25,8 @@ CASES = {
     "top_p_zero": ("/v1/chat/completions", chat(top_p=0), AUTH, 400),
     "max_tokens_zero": ("/v1/chat/completions", chat(max_tokens=0), AUTH, 400),
     "n_two": ("/v1/chat/completions", chat(n=2), AUTH, 400),
+    "frequency_penalty_out_of_range": ("/v1/chat/completions", chat(frequency_penalty=2.5), AUTH, 400),
+    "repetition_penalty_zero": ("/v1/chat/completions", chat(repetition_penalty=0), AUTH, 400),
     "bad_role": ("/v1/chat/completions", chat(messages=[{"role": "wizard", "content": "x"}]), AUTH, 400),
     "image_part": (
         "/v1/chat/completions",
@@ -81,9 +83,6 @@ REFUSED = {
     "ignore_eos": True,  # another server's extension
     "logprobs": True,
     "top_logprobs": 3,
-    "frequency_penalty": 0.5,
-    "presence_penalty": -1.0,
-    "repetition_penalty": 1.2,
     "min_p": 0.1,
     "logit_bias": {"50256": -100},
     "response_format": {"type": "json_object"},
@@ -106,7 +105,7 @@ def test_fields_that_ask_for_nothing_are_accepted_and_top_k_is_honoured(server):
     from openai import OpenAI
 
     client = OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
-    neutral = {"frequency_penalty": 0, "presence_penalty": 0.0, "logprobs": False, "user": "u-1",
+    neutral = {"top_logprobs": 0, "logit_bias": {}, "logprobs": False, "user": "u-1",
                "response_format": {"type": "text"}, "metadata": {"team": "a"}, "service_tier": "auto",
                "parallel_tool_calls": True}  # fmt: skip
     prompt = [{"role": "user", "content": "Name three colours."}]
@@ -114,3 +113,14 @@ def test_fields_that_ask_for_nothing_are_accepted_and_top_k_is_honoured(server):
     top1 = client.chat.completions.create(model=MODEL, messages=prompt, max_tokens=8, temperature=1.5, seed=3,
                                           extra_body={"top_k": 1})  # fmt: skip
     assert top1.choices[0].message.content == greedy.choices[0].message.content  # only the likeliest token is left
+
+
+def test_penalties_reach_the_sampler(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    ask = dict(model=MODEL, prompt="Repeat after me: la la la la la la la la la la", max_tokens=12, temperature=0)
+    plain = client.completions.create(**ask).choices[0].text
+    penalised = [client.completions.create(**ask, frequency_penalty=1.5, extra_body={"repetition_penalty": 1.3})
+                 for _ in range(2)]  # fmt: skip
+    assert penalised[0].choices[0].text == penalised[1].choices[0].text != plain
