@@ -235,9 +235,14 @@ def main() -> None:
     p.add_argument("--cpu-tier-gib", type=float, default=96.0)
     p.add_argument("--ramp-s", type=float, default=0.15)
     p.add_argument("--int4-chunks", type=int, default=128)
+    sections = ["e2e", "serving", "ingest"]
+    p.add_argument("--sections", nargs="+", choices=sections, default=sections,
+                   help="run only these (a partial run when device time is short; not for a baseline)")  # fmt: skip
     p.add_argument("--update-baseline", action="store_true", help="write this run as the baseline")
     p.add_argument("--out-dir", default=str(HERE / "results"))
     args = p.parse_args()
+    if args.update_baseline and len(args.sections) < 3:
+        p.error("--update-baseline needs every section")
     if args.tokenizer is None:
         from fusionrag_integrations import default_model_path
         from fusionrag_integrations.config import default_model_cache_dir
@@ -253,12 +258,15 @@ def main() -> None:
     slug = slug if args.shape == "llama3-8b" else f"{slug}_{args.shape}"
     gate = Gate()
     loaded, hf = build(args)
-    e2e_ttft(gate, loaded, hf, args)
+    if "e2e" in args.sections:
+        e2e_ttft(gate, loaded, hf, args)
     del hf
     gc.collect()
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    serving(gate, loaded, args)
-    ingest_int4(gate, loaded, args)
+    if "serving" in args.sections:
+        serving(gate, loaded, args)
+    if "ingest" in args.sections:
+        ingest_int4(gate, loaded, args)
     rows = compare(gate.rows, HERE / "baselines" / f"gate_{slug}.json")
     print(f"\n{gpu}, {args.shape}, {time.perf_counter() - started:.0f} s\n")
     print("| metric | value | unit | baseline | change | gated |\n| --- | --- | --- | --- | --- | --- |")
