@@ -127,7 +127,7 @@ class FusionConfig(_Settings):
         "samples. Makes guarded the default and needs fidelity_sample_rate > 0.",
     )
     fidelity_confidence: float = Field(
-        0.95,
+        0.8,
         ge=0.5,
         lt=1.0,
         description="fidelity_target: the one-sided confidence with which the controller holds the served "

@@ -11,16 +11,16 @@ and t escalates the weighted share of samples scoring at least t. Samples are we
 of their chance of being measured: the guard escalates a flagged request unless it explores (then it
 is answered fused and measured), so a flagged sample stands for 1 / explore requests.
 
-The threshold is the highest whose served agreement's one-sided 95% lower bound meets the target
-(the target holds with confidence, not only on average; weighted samples count for less in the
-bound). Meeting it at rung r costs r + share x (1 - r) of the chunk tokens (an escalated request
-recomputes them all). Whether another rung would cost less is not known until it was tried (on a
-small model raising the ratio for everyone bought less than escalating the same recompute's worth of
-requests), so the controller searches: it tries the rung up
-when escalating costs more than that rung's base ratio alone (share x (1 - r) > r' - r), the rung
-down when nothing needs escalating and the lower bound of the unescalated agreement clears the
-target, and otherwise goes to the rung with the lowest cost it has measured. Each move starts the
-rung's evidence afresh; each rung keeps its last threshold and cost.
+The threshold is the highest whose served agreement's lower confidence bound (one-sided, at
+FusionConfig.fidelity_confidence) meets the target: the target holds with that confidence, not only
+on average; weighted samples count for less in the bound. Meeting it at rung r costs
+r + share x (1 - r) of the chunk tokens (an escalated request recomputes them all). Whether another
+rung would cost less is not known until it was tried (on a small model raising the ratio for
+everyone bought less than escalating the same recompute's worth of requests), so the controller
+searches: it tries the rung up when escalating costs more than that rung's base ratio alone
+(share x (1 - r) > r' - r), the rung down when nothing needs escalating and the lower bound of the
+unescalated agreement clears the target, and otherwise goes to the rung with the lowest cost it has
+measured. Each move starts the rung's evidence afresh; each rung keeps its last threshold and cost.
 """
 
 from __future__ import annotations
@@ -39,10 +39,10 @@ NEVER = 1.01  # a threshold above every probability: escalate nothing
 class ThresholdPlan:
     threshold: float
     served: float  # expected agreement of the answers served under this threshold
-    served_low: float  # its one-sided 95% lower bound: what the plan holds to the target
+    served_low: float  # its lower confidence bound: what the plan holds to the target
     escalated: float  # expected share of requests escalated
     unguarded: float  # expected agreement with no escalation
-    unguarded_low: float  # its one-sided 95% lower bound
+    unguarded_low: float  # its lower confidence bound
 
 
 def _low(s1: float, s2: float, total: float, n_eff: float, z: float) -> float:
@@ -88,7 +88,7 @@ class FidelityController:
 
     def __init__(
         self, target: float, ratio: float, threshold: float, bounds: tuple[float, float], min_samples: int = 30,
-        window: int = 120, memory: int = 30, z: float = 1.645,
+        window: int = 120, memory: int = 10, z: float = 0.8416,
     ) -> None:  # fmt: skip
         self.target, self.min_samples, self.memory, self.z = target, min_samples, memory, z
         self.rungs = [r for r in RUNGS if bounds[0] <= r <= bounds[1]] or [min(max(ratio, bounds[0]), bounds[1])]
