@@ -24,8 +24,10 @@ from .openai_format import (
     ResponseIds,
     chat_prompt,
     chat_response,
+    choice_settings,
     completion_prompt,
     completion_response,
+    merge_choices,
     stats_json,
     stream_chunk,
     usage_json,
@@ -73,8 +75,11 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         if body.stream:
             return await stream(ids, prompt, settings, include_usage)
-        text, last = await complete(request, prompt, settings)
-        return chat_response(ids, text, last, body.tools if body.tool_choice != "none" else None)
+        tools = body.tools if body.tool_choice != "none" else None
+        results = await asyncio.gather(
+            *(complete(request, prompt, choice_settings(settings, i)) for i in range(body.n))
+        )
+        return merge_choices([chat_response(ids, text, last, tools) for text, last in results])
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -85,8 +90,10 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await stream(ids, prompt, settings, include_usage)
-        text, last = await complete(request, prompt, settings)
-        return completion_response(ids, text, last)
+        results = await asyncio.gather(
+            *(complete(request, prompt, choice_settings(settings, i)) for i in range(body.n))
+        )
+        return merge_choices([completion_response(ids, text, last) for text, last in results])
 
     async def complete(request: Request, prompt, settings: dict[str, Any]) -> tuple[str, GenerationChunk]:
         source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))

@@ -110,6 +110,24 @@ def completion_response(ids: ResponseIds, text: str, last: GenerationChunk) -> d
             "fusionrag": stats_json(last.stats)}  # fmt: skip
 
 
+def merge_choices(responses: list[dict]) -> dict:
+    """n responses to one prompt as one with n choices (indexed in order): the prompt counted once, as
+    OpenAI counts it, the completions summed; the fusion statistics are the first choice's."""
+    merged = dict(responses[0])
+    merged["choices"] = [{**r["choices"][0], "index": i} for i, r in enumerate(responses)]
+    completion = sum(r["usage"]["completion_tokens"] for r in responses)
+    usage = merged["usage"]
+    merged["usage"] = {**usage, "completion_tokens": completion, "total_tokens": usage["prompt_tokens"] + completion}
+    return merged
+
+
+def choice_settings(settings: dict[str, Any], index: int) -> dict[str, Any]:
+    """The i-th of n choices: a given seed moves by i (n different samples, reproducible as a whole)."""
+    if index == 0 or settings.get("seed") is None:
+        return settings
+    return {**settings, "seed": (settings["seed"] + index + (1 << 63)) % (1 << 64) - (1 << 63)}
+
+
 def stream_chunk(ids: ResponseIds, piece: GenerationChunk | None, first: bool = False) -> dict:
     """One SSE event's object; piece None = the final usage-only chunk (choices empty, as OpenAI sends)."""
     if piece is None:

@@ -24,7 +24,8 @@ CASES = {
     "temperature_out_of_range": ("/v1/chat/completions", chat(temperature=3), AUTH, 400),
     "top_p_zero": ("/v1/chat/completions", chat(top_p=0), AUTH, 400),
     "max_tokens_zero": ("/v1/chat/completions", chat(max_tokens=0), AUTH, 400),
-    "n_two": ("/v1/chat/completions", chat(n=2), AUTH, 400),
+    "n_over_16": ("/v1/chat/completions", chat(n=17), AUTH, 400),
+    "n_two_streamed": ("/v1/chat/completions", chat(n=2, stream=True), AUTH, 400),
     "frequency_penalty_out_of_range": ("/v1/chat/completions", chat(frequency_penalty=2.5), AUTH, 400),
     "repetition_penalty_zero": ("/v1/chat/completions", chat(repetition_penalty=0), AUTH, 400),
     "bad_role": ("/v1/chat/completions", chat(messages=[{"role": "wizard", "content": "x"}]), AUTH, 400),
@@ -124,3 +125,23 @@ def test_penalties_reach_the_sampler(server):
     penalised = [client.completions.create(**ask, frequency_penalty=1.5, extra_body={"repetition_penalty": 1.3})
                  for _ in range(2)]  # fmt: skip
     assert penalised[0].choices[0].text == penalised[1].choices[0].text != plain
+
+
+def test_n_choices_are_sampled_independently_and_counted_once_for_the_prompt(server):
+    from openai import OpenAI
+
+    client = OpenAI(base_url=f"{server}/v1", api_key=API_KEY, max_retries=0, timeout=120)
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": "Name an animal."}], max_tokens=8)
+    one = client.chat.completions.create(**ask, temperature=1.2, seed=11)
+    three = client.chat.completions.create(**ask, temperature=1.2, seed=11, n=3)
+    texts = [c.message.content for c in three.choices]
+    assert [c.index for c in three.choices] == [0, 1, 2] and texts[0] == one.choices[0].message.content
+    assert len(set(texts)) > 1  # seeds 11, 12, 13: different samples
+    assert three.usage.prompt_tokens == one.usage.prompt_tokens
+    alone = [client.chat.completions.create(**ask, temperature=1.2, seed=11 + i) for i in range(3)]
+    assert texts == [a.choices[0].message.content for a in alone]  # choice i is the request with seed + i
+    assert three.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone)
+    again = client.chat.completions.create(**ask, temperature=1.2, seed=11, n=3)
+    assert [c.message.content for c in again.choices] == texts  # reproducible as a whole
+    completions = client.completions.create(model=MODEL, prompt="Colours: red,", max_tokens=4, temperature=0, n=2)
+    assert len(completions.choices) == 2 and completions.choices[0].text == completions.choices[1].text
