@@ -37,7 +37,8 @@ class Sampler:
 
     def _sample(self, logits: torch.Tensor) -> int:
         p = self.params
-        logits = torch.nan_to_num(logits.float(), nan=float("-inf"))
+        inf = float("inf")  # nan_to_num would otherwise turn -inf into the lowest finite float: a sampleable token
+        logits = torch.nan_to_num(logits.float(), nan=-inf, posinf=inf, neginf=-inf)
         if p.temperature == 0:
             return int(torch.argmax(logits))
         if p.top_k:

@@ -135,3 +135,11 @@ def test_seeds_outside_64_bits_are_refused_by_name():
         b = Sampler(SamplingParams(temperature=1.0, seed=seed), torch.device("cpu"))
         logits = torch.randn(500)
         assert [a(logits) for _ in range(5)] == [b(logits) for _ in range(5)]
+
+
+def test_a_minus_inf_logit_is_never_sampled_at_a_huge_temperature():
+    """-inf must stay -inf: turned into the lowest finite float, a temperature of 1e308 flattened it into
+    a sampleable token (found by the property test above)."""
+    params = SamplingParams(temperature=1e308, top_p=8.2e-31, top_k=1 << 40)
+    row = torch.tensor([float("-inf"), 0.0])
+    assert {Sampler(params, torch.device("cpu"))(row) for _ in range(50)} == {1}
