@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import random
 import threading
+from collections import deque
 from dataclasses import dataclass
 
 from .controller import FidelityController
@@ -40,7 +41,8 @@ class FidelityGuard:
     ) -> None:  # fmt: skip
         self.predictor, self._threshold, self.explore, self.controller = predictor, threshold, explore, controller
         self.guarded = self.escalated = self.explored = 0
-        self._samples: list[FidelitySample] = []
+        self._samples: deque[FidelitySample] = deque(maxlen=KEEP)
+        self._seen = 0  # samples with signals so far (the refit schedule; the deque stops growing at KEEP)
         self._random = random.Random(seed)
         self._lock = threading.Lock()
 
@@ -65,8 +67,9 @@ class FidelityGuard:
         if not sample.signals:
             return
         with self._lock:
-            self._samples = (self._samples + [sample])[-KEEP:]
-            due = len(self._samples) >= REFIT_AFTER and len(self._samples) % REFIT_EVERY == 0
+            self._samples.append(sample)
+            self._seen += 1
+            due = self._seen >= REFIT_AFTER and self._seen % REFIT_EVERY == 0
             samples = list(self._samples) if due else []
         if samples:
             self.refit(samples)

@@ -184,3 +184,20 @@ def test_the_controller_plans_over_recent_samples_and_forgets_old_costs():
     for _ in range(10):
         easy()
     assert c.ratio == 0.1  # forgotten after `memory` plans: tried again
+
+
+def test_the_guard_refits_on_schedule_also_once_its_sample_store_is_full(monkeypatch):
+    from fusionrag_integrations.fidelity import guard as guard_module
+    from fusionrag_integrations.fidelity.calibrated import shipped_predictor
+    from fusionrag_integrations.fidelity.guard import FidelityGuard
+    from fusionrag_integrations.fidelity.shadow import FidelitySample
+
+    monkeypatch.setattr(guard_module, "KEEP", 120)
+    guard = FidelityGuard(shipped_predictor(), 0.7, 0.1)
+    refits = []
+    monkeypatch.setattr(guard, "refit", lambda samples: refits.append(len(samples)))
+    for i in range(400):
+        guard.observe(FidelitySample(kl=0.1, top1=1.0, agreement=(i % 5) / 4, tokens=4, selector="hybrid", ratio=0.15,
+                                     recompute_share=0.15, kv_format="native", precompute="standalone", model="m",
+                                     signals={"entropy": float(i % 7)}))  # fmt: skip
+    assert refits == [100, 120, 120, 120, 120, 120, 120]  # at 100, 150, ... 400: every 50, never every sample
