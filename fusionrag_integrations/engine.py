@@ -123,7 +123,7 @@ class FusionEngine:
         recompute_ratio, learn_chunks, cache_salt: see request.py). Requests from every thread are served
         together by the step loop; closing the stream cancels the request at the next step."""
         request = Request.build(prompt, **settings)
-        self.selectors(request.fusion)  # an unknown selector fails here, not in the loop
+        self.executor.check(request)  # an unknown selector or a bad grammar fails here, not in the loop
         request.draft = prepare(self.layout, request)  # here: a long prompt never holds the loop
         request.shadow = self.fidelity.capture()  # sampled: measured against full attention after it answers
         return self.loop.submit(request)  # t_start stays the submission: waiting is part of TTFT

@@ -74,6 +74,29 @@ def check_stop(stop: Any) -> tuple[str, ...]:
     return tuple(out)
 
 
+def check_logit_bias(bias: Any) -> tuple[tuple[int, float], ...]:
+    """OpenAI's logit_bias: {token id: bias} (ids may be strings, as JSON keys are) or (id, bias) pairs;
+    each bias in [-100, 100]. Sorted pairs, so equal settings compare equal."""
+    if bias is None:
+        return ()
+    items = bias.items() if isinstance(bias, Mapping) else bias
+    if isinstance(items, (str, bytes)) or not _iterable(items):
+        raise InvalidSamplingError(f"logit_bias must map token ids to numbers, got {type(bias).__name__}")
+    out: dict[int, float] = {}
+    for item in items:
+        if not isinstance(item, Sequence) or len(item) != 2:
+            raise InvalidSamplingError(f"logit_bias entries are (token id, bias) pairs, got {item!r}")
+        token, value = item
+        if isinstance(token, str) and token.strip().isdigit():
+            token = int(token)
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            raise InvalidSamplingError(f"logit_bias keys must be token ids (integers >= 0), got {token!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not -100.0 <= value <= 100.0:
+            raise InvalidSamplingError(f"logit_bias values must be numbers in [-100, 100], got {value!r}")
+        out[token] = float(value)
+    return tuple(sorted(out.items()))
+
+
 def check_ratio(ratio: Any) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0.0 <= ratio <= 1.0:
         raise InvalidArgumentError(f"recompute_ratio must be a number in [0, 1], got {ratio!r}")

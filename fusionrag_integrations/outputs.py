@@ -52,6 +52,17 @@ class GenerationStats:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability under the model's raw next-token distribution (before
+    temperature, penalties and grammar masks, as vLLM and OpenAI report it), with the `top` likeliest
+    (token id, log-probability) pairs, most likely first."""
+
+    token_id: int
+    logprob: float
+    top: tuple[tuple[int, float], ...] = ()
+
+
 @dataclass
 class Generation:
     text: str
@@ -59,12 +70,14 @@ class Generation:
     finish_reason: FinishReason
     usage: Usage
     stats: GenerationStats
+    logprobs: list[TokenLogprob] | None = None  # one per token id, when SamplingParams.logprobs is set
 
     @classmethod
     def from_pieces(cls, pieces: list[GenerationChunk]) -> Generation:
         """A whole stream joined (its last piece carries finish_reason, usage and stats)."""
         text, ids = "".join(p.text for p in pieces), [t for p in pieces for t in p.token_ids]
-        return cls(text, ids, pieces[-1].finish_reason, pieces[-1].usage, pieces[-1].stats)
+        logprobs = [lp for p in pieces for lp in p.logprobs] if any(p.logprobs for p in pieces) else None
+        return cls(text, ids, pieces[-1].finish_reason, pieces[-1].usage, pieces[-1].stats, logprobs)
 
 
 @dataclass
@@ -76,6 +89,7 @@ class GenerationChunk:
     finish_reason: FinishReason | None = None
     usage: Usage | None = None
     stats: GenerationStats | None = None
+    logprobs: list[TokenLogprob] = field(default_factory=list)  # one per token id (SamplingParams.logprobs)
 
 
 @dataclass(frozen=True)

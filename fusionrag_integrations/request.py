@@ -15,8 +15,9 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidArgumentError, InvalidSamplingError
-from .inputs import check_ratio, check_stop, check_texts
+from .inputs import check_logit_bias, check_ratio, check_stop, check_texts
 from .outputs import GenerationStats
+from .response_format import ResponseFormat, as_response_format
 
 if TYPE_CHECKING:
     from .fidelity.shadow import ShadowCapture
@@ -38,6 +39,11 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI's, in [-2, 2]: runtime/penalties.py
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0  # vLLM's and transformers': 1 = off
+    min_p: float = 0.0  # drop tokens less likely than min_p x the likeliest (after temperature); 0 = off
+    logit_bias: tuple[tuple[int, float], ...] = ()  # OpenAI's: (token id, bias in [-100, 100]) added to logits
+    # the answer must parse as this (a ResponseFormat, OpenAI's response_format dict or a pydantic class)
+    response_format: ResponseFormat | None = None
+    logprobs: int | None = None  # None: off; k in [0, 20]: each token's log-probability and the k likeliest
 
     def __post_init__(self) -> None:
         def bad(msg: str) -> InvalidSamplingError:
@@ -66,7 +72,15 @@ class SamplingParams:
         r = self.repetition_penalty
         if isinstance(r, bool) or not isinstance(r, (int, float)) or not 0.0 < r <= 10.0:
             raise bad(f"repetition_penalty must be a number in (0, 10] (1 = off), got {r!r}")
+        if not isinstance(self.min_p, (int, float)) or isinstance(self.min_p, bool) or not 0.0 <= self.min_p <= 1.0:
+            raise bad(f"min_p must be a number in [0, 1] (0 = off), got {self.min_p!r}")
+        if self.logprobs is not None and (
+            isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int) or not 0 <= self.logprobs <= 20
+        ):
+            raise bad(f"logprobs must be None or an integer in [0, 20] (the top alternatives), got {self.logprobs!r}")
         object.__setattr__(self, "stop", check_stop(self.stop))
+        object.__setattr__(self, "logit_bias", check_logit_bias(self.logit_bias))
+        object.__setattr__(self, "response_format", as_response_format(self.response_format))
 
 
 @dataclass(frozen=True)
@@ -105,7 +119,7 @@ class FusionParams:
 
 SAMPLING_FIELDS = (
     "max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty",
-    "repetition_penalty",
+    "repetition_penalty", "min_p", "logit_bias", "response_format", "logprobs",
 )  # fmt: skip
 FUSION_FIELDS = ("chunks", "selector", "recompute_ratio", "learn_chunks", "cache_salt", "fidelity")
 

@@ -10,10 +10,11 @@ import torch
 
 from ..errors import ContextLengthError
 from ..model.attention import KVCache
-from ..outputs import GenerationChunk, GenerationStats, Usage
+from ..outputs import GenerationChunk, GenerationStats, TokenLogprob, Usage
 from ..request import SamplingParams
 from .decode_step import DecodeStep
-from .sampling import Sampler, TextStream
+from .grammar import TokenConstraint, constrain
+from .sampling import Sampler, TextStream, token_logprob
 
 
 @dataclass
@@ -29,12 +30,14 @@ class Prefill:
 
 class DecodeState:
     """One request's decoding, a token at a time: whoever runs the model (one request alone, or the
-    scheduler's batch) feeds it the logits for (`token`, `position`); it samples, detokenises with
-    stop strings, and says when it is `done`. Text pieces never contain (part of) a stop string."""
+    scheduler's batch) feeds it the logits for (`token`, `position`); it samples (within its grammar, when
+    it has one), detokenises with stop strings, and says when it is `done`. Text pieces never contain
+    (part of) a stop string."""
 
     def __init__(
-        self, pre: Prefill, params: SamplingParams, tokenizer, eos: frozenset[int], device: torch.device, t_start: float
-    ) -> None:
+        self, pre: Prefill, params: SamplingParams, tokenizer, eos: frozenset[int], device: torch.device, t_start: float,
+        constraint: TokenConstraint | None = None,
+    ) -> None:  # fmt: skip
         if pre.cache.capacity < len(pre.token_ids) + params.max_new_tokens:
             raise ContextLengthError(
                 f"this prefill has room for {pre.cache.capacity - len(pre.token_ids)} new tokens, "
@@ -42,6 +45,7 @@ class DecodeState:
             )
         self.pre, self.params, self.eos, self.t_start = pre, params, eos, t_start
         self.sampler = Sampler(params, device, pre.token_ids)
+        self.constraint = constraint
         self.tokenizer = tokenizer
         self.generated: list[int] = []
         self.position = len(pre.token_ids)  # where `token` goes when fed back
@@ -52,28 +56,40 @@ class DecodeState:
 
     def start(self) -> list[GenerationChunk]:
         """Sample the first token from the prefill's logits."""
-        token = self.sampler(self.pre.logits)
+        choice = self._choose(self.pre.logits, None)
         self.t_first = time.perf_counter()
         self.pre.stats.ttft_ms = (self.t_first - self.t_start) * 1e3
         self.text = TextStream(self.tokenizer, self.params.stop)
-        return self._accept(token)
+        return self._accept(*choice)
 
-    def feed(self, logits: torch.Tensor) -> list[GenerationChunk]:
-        """The logits after `token` at `position`: sample the next one."""
+    def feed(self, logits: torch.Tensor, masked: torch.Tensor | None = None) -> list[GenerationChunk]:
+        """The logits after `token` at `position`: sample the next one. masked: the same logits with this
+        request's grammar mask already applied (the batched step masks every row at once)."""
         self.position += 1
-        return self._accept(self.sampler(logits))
+        return self._accept(*self._choose(logits, masked))
 
-    def _accept(self, token: int) -> list[GenerationChunk]:
+    def _choose(self, logits: torch.Tensor, masked: torch.Tensor | None) -> tuple[int, TokenLogprob | None]:
+        if self.constraint is not None and masked is None:
+            masked = constrain(logits[None], [self.constraint])[0]
+        token = self.sampler(logits if masked is None else masked)
+        k = self.params.logprobs
+        return token, None if k is None else token_logprob(logits, token, k)
+
+    def _accept(self, token: int, logprob: TokenLogprob | None) -> list[GenerationChunk]:
         if token in self.eos:
             return self._finish("stop")
+        if self.constraint is not None:
+            self.constraint.accept(token)
         self.generated.append(token)
+        lps = [logprob] if logprob is not None else []
         delta = self.text.push(token)
-        if self.text.stopped or len(self.generated) >= self.params.max_new_tokens:
+        complete = self.constraint is not None and self.constraint.done  # the grammar admits nothing more
+        if self.text.stopped or complete or len(self.generated) >= self.params.max_new_tokens:
             delta += "" if self.text.stopped else self.text.flush()
-            last = [GenerationChunk(delta, [token])] if delta else []
-            return last + self._finish("stop" if self.text.stopped else "length")
+            last = [GenerationChunk(delta, [token], logprobs=lps)] if delta or lps else []
+            return last + self._finish("stop" if self.text.stopped or complete else "length")
         self.token = token
-        return [GenerationChunk(delta, [token])]
+        return [GenerationChunk(delta, [token], logprobs=lps)]
 
     def _finish(self, reason: str) -> list[GenerationChunk]:
         pieces = []

@@ -30,6 +30,7 @@ from ..store.chunk_kv import ChunkKV, tenant_of
 from ..store.ingest import ingest
 from ..store.registry import ChunkRegistry
 from .decode import Prefill
+from .grammar import constrain
 from .precompute import PrecomputeJob
 from .prefill_task import PrefillTask
 from .runner import ModelRunner
@@ -42,6 +43,11 @@ class StepExecutor:
     ) -> None:  # fmt: skip
         self.layout, self.runner, self.chunks, self.selectors = layout, runner, chunks, selectors
         self.prefix_ids, self.counters, self.fidelity = prefix_ids, counters, fidelity
+
+    def check(self, request: Request) -> None:
+        """Fail on the caller's thread, not in the loop: an unknown selector, a grammar that does not compile."""
+        self.selectors(request.fusion)
+        self.runner.grammars.check(request.sampling)
 
     def execute(self, plan: StepPlan) -> StepOutcome:
         out, started = StepOutcome(), time.perf_counter()
@@ -211,9 +217,11 @@ class StepExecutor:
         except torch.OutOfMemoryError:  # the batch's own size: its requests fail, the loop goes on
             out.failed += [(s, OutOfMemoryError("the decode step ran out of device memory")) for s in rows]
             return
-        for seq, row in zip(rows, logits):
+        constraints = [s.decode.constraint for s in rows]
+        masked = constrain(logits, constraints) if any(constraints) else [None] * len(rows)
+        for seq, row, masked_row in zip(rows, logits, masked):
             try:
-                out.pieces[id(seq)] = seq.decode.feed(row)
+                out.pieces[id(seq)] = seq.decode.feed(row, masked_row)
             except Exception as exc:  # noqa: BLE001 - this request's sampling or detokenising: its own error
                 out.failed.append((seq, exc))
             if seq.request.shadow is not None:

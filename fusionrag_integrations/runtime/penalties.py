@@ -1,9 +1,11 @@
-"""Repetition penalties, as OpenAI and vLLM define them, applied to one request's next-token logits.
+"""Repetition penalties and logit bias, as OpenAI and vLLM define them, applied to one request's
+next-token logits.
 
 - frequency_penalty f, presence_penalty p (OpenAI's; over the tokens generated so far):
   logit[t] -= f * count[t] + p * (count[t] > 0)
 - repetition_penalty r (CTRL's, as transformers and vLLM apply it; over the prompt and the generated
   tokens): a seen token's logit is divided by r when positive, multiplied by r when not.
+- logit_bias (OpenAI's): a fixed number added to the named tokens' logits, after the penalties.
 
 They change which token is likeliest, so they apply to greedy decoding too."""
 
@@ -19,12 +21,14 @@ class Penalties:
         self.frequency, self.presence = params.frequency_penalty, params.presence_penalty
         self.repetition = params.repetition_penalty
         self.prompt_ids, self.device = prompt_ids, device
+        self.bias = params.logit_bias
         self.counts: torch.Tensor | None = None  # [V] generated-token counts, made at the first call
         self.seen: torch.Tensor | None = None  # [V] prompt or generated
 
     @staticmethod
     def active(params: SamplingParams) -> bool:
-        return params.frequency_penalty != 0 or params.presence_penalty != 0 or params.repetition_penalty != 1
+        penalised = params.frequency_penalty != 0 or params.presence_penalty != 0 or params.repetition_penalty != 1
+        return penalised or bool(params.logit_bias)
 
     def apply(self, logits: torch.Tensor) -> torch.Tensor:
         """logits [V] (float32) -> penalised logits (a new tensor)."""
@@ -38,7 +42,11 @@ class Penalties:
         if self.repetition != 1:
             penalised = torch.where(out > 0, out / self.repetition, out * self.repetition)
             out = torch.where(self.seen, penalised, out)
-        return out - self.frequency * self.counts - self.presence * (self.counts > 0).float()
+        out = out - self.frequency * self.counts - self.presence * (self.counts > 0).float()
+        if self.bias:
+            ids, values = zip(*self.bias)
+            out[torch.tensor(ids, device=out.device)] += torch.tensor(values, device=out.device)
+        return out
 
     def accept(self, token: int) -> None:
         if self.counts is not None and 0 <= token < self.counts.numel():
@@ -57,4 +65,6 @@ def reference_penalties(
             out[t] = out[t] / params.repetition_penalty if out[t] > 0 else out[t] * params.repetition_penalty
         count = generated.count(t)
         out[t] -= params.frequency_penalty * count + params.presence_penalty * (count > 0)
+    for t, bias in params.logit_bias:
+        out[t] += bias
     return out

@@ -28,6 +28,7 @@ from ..store.prefix_cache import PrefixCache
 from .batch_step import BatchDecodeStep
 from .decode import DecodeState, Prefill, decode_loop
 from .decode_step import make_decode_step
+from .grammar import Grammars
 from .graphs import GraphCache, graph_friendly_capacity
 from .precompute import PrecomputeJob, compute_entries, prefix_kv
 from .prefill_task import PrefillTask
@@ -41,6 +42,7 @@ class ModelRunner:
         self.graphs = GraphCache(self.model, self.backend, config.cuda_graph_decode, config.cuda_graph_probe)
         self.batch_step = BatchDecodeStep(self.model, self.graphs, self.backend)
         self.prefixes = PrefixCache(config.prefix_cache_entries)
+        self.grammars = Grammars(self.tokenizer, self.model.config.vocab_size, self.eos)
         self._shared_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def kv_bytes_per_token(self) -> int:
@@ -134,7 +136,8 @@ class ModelRunner:
     # -- decode --------------------------------------------------------------------------------
 
     def decode_state(self, pre: Prefill, request: Request) -> DecodeState:
-        return DecodeState(pre, request.sampling, self.tokenizer, self.eos, self.model.device, request.t_start)
+        constraint = self.grammars.constraint(request.sampling)
+        return DecodeState(pre, request.sampling, self.tokenizer, self.eos, self.model.device, request.t_start, constraint)
 
     @torch.inference_mode()
     def decode_batch(self, states: list[DecodeState]) -> torch.Tensor:

@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import torch
 
+from ..outputs import TokenLogprob
 from ..request import SamplingParams
 from .penalties import Penalties
 
 
+def token_logprob(logits: torch.Tensor, token: int, k: int) -> TokenLogprob:
+    """`token`'s log-probability under softmax(logits) and the k likeliest tokens' (raw logits: before
+    temperature, penalties and masks)."""
+    logprobs = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(logprobs, min(k, logprobs.numel())) if k else None
+    pairs = tuple(zip(top.indices.tolist(), top.values.tolist())) if top is not None else ()
+    return TokenLogprob(token, float(logprobs[token]), pairs)
+
+
 class Sampler:
-    """Greedy, or temperature / top-k / top-p sampling from a seeded generator.
+    """Greedy, or temperature / top-k / top-p / min-p sampling from a seeded generator.
 
     Numerically safe for every valid setting: the logits are shifted so their maximum is 0 before
     they are divided by the temperature (in float64, so no temperature > 0 overflows them and the
@@ -49,6 +59,8 @@ class Sampler:
             return int(torch.argmax(logits))
         scaled = (logits.double() - top.double()) / p.temperature  # <= 0, the maximum exactly 0
         probs = torch.softmax(scaled, dim=-1)
+        if p.min_p > 0:  # the likeliest token has probability max(probs): it always stays
+            probs = probs.masked_fill(probs < p.min_p * probs.max(), 0.0)
         if p.top_p < 1.0:
             sorted_probs, order = torch.sort(probs, descending=True)
             # drop a token when the mass before it already reaches top_p (the first always stays)

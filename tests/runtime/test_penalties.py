@@ -19,8 +19,9 @@ COUNTING = "Repeat after me: la la la la la la la la la la la la"
 @pytest.mark.parametrize("seed", range(5))
 def test_penalised_logits_equal_the_definitions(seed):
     rng = random.Random(seed)
+    bias = {rng.randrange(50): rng.uniform(-100, 100) for _ in range(3)}
     params = SamplingParams(presence_penalty=rng.uniform(-2, 2), frequency_penalty=rng.uniform(-2, 2),
-                            repetition_penalty=rng.uniform(0.5, 3))  # fmt: skip
+                            repetition_penalty=rng.uniform(0.5, 3), logit_bias=bias)  # fmt: skip
     vocab, prompt = 50, [rng.randrange(50) for _ in range(12)]
     penalties, generated = Penalties(params, prompt, torch.device("cpu")), []
     for _ in range(6):

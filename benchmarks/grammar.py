@@ -1,0 +1,144 @@
+"""xgrammar vs llguidance for constrained decoding: what each costs per grammar and per token.
+
+For each grammar kind (JSON schema, any JSON object, regex, choice) and each library: the cold compile
+(a new grammar, nothing cached), the per-token mask fill and token accept while a valid answer is
+teacher-forced through the matcher (p50 / p99 over the answer's tokens), and applying a batch of masks
+to [B, vocab] logits on the device. The tokenizer is the real one the engine serves (`--tokenizer`).
+
+    python3 benchmarks/grammar.py --tokenizer DIR [--device cuda] [--vocab 128256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from common import device_name, markdown_table, sync
+
+PERSON = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "age": {"type": "integer"},
+        "tags": {"type": "array", "items": {"type": "string"}},
+    },
+    "required": ["name", "age", "tags"],
+    "additionalProperties": False,
+}
+CASES = {  # kind -> (spec, a valid answer)
+    "json_schema": (PERSON, '{"name": "Alice", "age": 30, "tags": ["engineer", "climber", "reader"]}'),
+    "json_object": (None, '{"city": "Paris", "population": 2102650, "rivers": ["Seine"], "capital": true}'),
+    "regex": (r"\d{3}-\d{4}( ext\. \d{1,5})?", "555-1234 ext. 42"),
+    "choice": (["positive", "negative", "neutral"], "neutral"),
+}
+
+
+def xgrammar_case(tokenizer, vocab: int, kind: str, spec):
+    import xgrammar as xgr
+
+    info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab)
+    compiler = xgr.GrammarCompiler(info, cache_enabled=False)
+    t0 = time.perf_counter()
+    if kind == "json_schema":
+        compiled = compiler.compile_json_schema(json.dumps(spec), any_whitespace=False, strict_mode=True)
+    elif kind == "json_object":
+        compiled = compiler.compile_builtin_json_grammar()
+    elif kind == "regex":
+        compiled = compiler.compile_regex(spec)
+    else:
+        compiled = compiler.compile_grammar("root ::= " + " | ".join(json.dumps(c) for c in spec))
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    matcher = xgr.GrammarMatcher(compiled)
+    mask = xgr.allocate_token_bitmask(1, vocab)
+    return compile_ms, lambda: matcher.fill_next_token_bitmask(mask, 0), matcher.accept_token, mask
+
+
+def llguidance_case(tokenizer, vocab: int, kind: str, spec):
+    import llguidance
+    import llguidance.hf
+    import llguidance.torch
+
+    lltok = llguidance.hf.from_tokenizer(tokenizer, n_vocab=vocab)
+    t0 = time.perf_counter()
+    if kind == "json_schema":
+        grammar = llguidance.grammar_from("json_schema", json.dumps(spec))
+    elif kind == "json_object":
+        grammar = llguidance.grammar_from("json_schema", json.dumps({"type": "object"}))
+    elif kind == "regex":
+        grammar = llguidance.grammar_from("regex", spec)
+    else:
+        grammar = llguidance.grammar_from("lark", "start: " + " | ".join(json.dumps(c) for c in spec))
+    matcher = llguidance.LLMatcher(lltok, grammar)
+    assert not matcher.is_error(), matcher.get_error()
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    mask = llguidance.torch.allocate_token_bitmask(1, vocab)
+    fill = lambda: llguidance.torch.fill_next_token_bitmask(matcher, mask, 0)  # noqa: E731
+    return compile_ms, fill, matcher.consume_token, mask
+
+
+def apply_ms(library: str, masks: torch.Tensor, rows: int, vocab: int, device: torch.device) -> float:
+    if library == "xgrammar":
+        from xgrammar import apply_token_bitmask_inplace
+    else:
+        from llguidance.torch import apply_token_bitmask_inplace
+    logits = torch.randn(rows, vocab, device=device)
+    batch = masks.repeat(rows, 1).to(device)
+    for _ in range(3):
+        apply_token_bitmask_inplace(logits, batch)
+    sync(device)
+    times = []
+    for _ in range(50):
+        t0 = time.perf_counter()
+        apply_token_bitmask_inplace(logits, batch)
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--tokenizer", required=True)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--vocab", type=int, default=0, help="the model's logits width (0: the tokenizer's)")
+    ap.add_argument("--rows", type=int, default=16)
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+    vocab = args.vocab or len(tokenizer)
+    device = torch.device(args.device)
+    rows = []
+    for kind, (spec, answer) in CASES.items():
+        ids = tokenizer.encode(answer, add_special_tokens=False)
+        for library, case in (("xgrammar", xgrammar_case), ("llguidance", llguidance_case)):
+            compile_ms, fill, accept, mask = case(tokenizer, vocab, kind, spec)
+            fills, accepts = [], []
+            for token in ids:
+                t0 = time.perf_counter()
+                fill()
+                t1 = time.perf_counter()
+                ok = accept(token)
+                fills.append((t1 - t0) * 1e3)
+                accepts.append((time.perf_counter() - t1) * 1e3)
+                assert ok is not False, f"{library} refused a token of the valid {kind} answer"
+            fills.sort()
+            rows.append({
+                "kind": kind, "library": library, "compile_ms": compile_ms, "tokens": len(ids),
+                "fill_p50_ms": statistics.median(fills), "fill_p99_ms": fills[min(len(fills) - 1, int(0.99 * len(fills)))],
+                "accept_p50_ms": statistics.median(accepts),
+                f"apply_{args.rows}rows_ms": apply_ms(library, mask, args.rows, vocab, device),
+            })  # fmt: skip
+    print(f"# {device_name(device)}, vocab {vocab}, {args.rows} rows per mask apply")
+    print(markdown_table(rows, list(rows[0])))
+    out = Path(args.out or Path(__file__).parent / f"results/grammar_{device.type}.json")
+    out.write_text(json.dumps({"device": device_name(device), "vocab": vocab, "rows": rows}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
