@@ -16,6 +16,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..response_format import ResponseFormat
+
 _TAGGED = re.compile(r"<tool_call>\s*(.*?)\s*(?:</tool_call>|$)", re.S)
 
 
@@ -105,3 +107,22 @@ def _as_call(raw: str, tool_names: set[str] | None) -> dict[str, Any] | None:
     if not isinstance(args, dict) or (tool_names is not None and obj["name"] not in tool_names):
         return None
     return {"name": obj["name"], "args": args, "id": f"call_{uuid.uuid4().hex[:12]}"}
+
+
+def tool_call_format(tools: list[dict] | None, tool_choice: str | None, native: bool) -> ResponseFormat | None:
+    """When a call is required (tool_choice "required", or a tool's name), the answer is constrained to
+    the call the instruction asks for: {"name": one of the tools, "arguments": that tool's parameters}.
+    Only for templates without tool support (ours is the only format we know the model is told to use);
+    "auto" stays free text, as the model may answer without a call."""
+    if not tools or native or tool_choice in (None, "auto", "none"):
+        return None
+    functions = [t.get("function", t) for t in tools]
+    if tool_choice not in ("required", "any"):
+        functions = [f for f in functions if f.get("name") == tool_choice]
+    calls = [
+        {"type": "object", "properties": {"name": {"const": f["name"]},
+                                          "arguments": f.get("parameters") or {"type": "object"}},
+         "required": ["name", "arguments"]}
+        for f in functions
+    ]  # fmt: skip
+    return ResponseFormat.json_schema(calls[0] if len(calls) == 1 else {"anyOf": calls})

@@ -35,8 +35,8 @@ class DecodeState:
     (part of) a stop string."""
 
     def __init__(
-        self, pre: Prefill, params: SamplingParams, tokenizer, eos: frozenset[int], device: torch.device, t_start: float,
-        constraint: TokenConstraint | None = None,
+        self, pre: Prefill, params: SamplingParams, tokenizer, eos: frozenset[int], device: torch.device,
+        t_start: float, constraint: TokenConstraint | None = None,
     ) -> None:  # fmt: skip
         if pre.cache.capacity < len(pre.token_ids) + params.max_new_tokens:
             raise ContextLengthError(

@@ -136,8 +136,8 @@ class ModelRunner:
     # -- decode --------------------------------------------------------------------------------
 
     def decode_state(self, pre: Prefill, request: Request) -> DecodeState:
-        constraint = self.grammars.constraint(request.sampling)
-        return DecodeState(pre, request.sampling, self.tokenizer, self.eos, self.model.device, request.t_start, constraint)
+        params, constraint = request.sampling, self.grammars.constraint(request.sampling)
+        return DecodeState(pre, params, self.tokenizer, self.eos, self.model.device, request.t_start, constraint)
 
     @torch.inference_mode()
     def decode_batch(self, states: list[DecodeState]) -> torch.Tensor:

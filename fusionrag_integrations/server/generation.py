@@ -79,7 +79,7 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         results = await asyncio.gather(
             *(complete(request, prompt, choice_settings(settings, i)) for i in range(body.n))
         )
-        return merge_choices([chat_response(ids, text, last, tools) for text, last in results])
+        return merge_choices([chat_response(ids, text, last, tools, lps, token_text) for text, last, lps in results])
 
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
@@ -93,9 +93,12 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         results = await asyncio.gather(
             *(complete(request, prompt, choice_settings(settings, i)) for i in range(body.n))
         )
-        return merge_choices([completion_response(ids, text, last) for text, last in results])
+        return merge_choices([completion_response(ids, text, last, lps, token_text) for text, last, lps in results])
 
-    async def complete(request: Request, prompt, settings: dict[str, Any]) -> tuple[str, GenerationChunk]:
+    def token_text(token: int) -> str:
+        return engine.tokenizer.decode([token])
+
+    async def complete(request: Request, prompt, settings: dict[str, Any]) -> tuple[str, GenerationChunk, list | None]:
         source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))
         collect = asyncio.ensure_future(_collect(source))
         gone = asyncio.ensure_future(_disconnected(request))
@@ -109,7 +112,8 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
             collect.cancel()
             raise ClientDisconnect()
         pieces = collect.result()
-        return "".join(p.text for p in pieces), pieces[-1]
+        logprobs = [lp for p in pieces for lp in p.logprobs] if settings.get("logprobs") is not None else None
+        return "".join(p.text for p in pieces), pieces[-1], logprobs
 
     async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool):
         source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))
@@ -120,15 +124,18 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
             close_soon(source)
             await pieces.aclose()
             raise as_api_error(exc) from None
-        return StreamingResponse(events(ids, first, pieces, source, include_usage), media_type="text/event-stream")
+        decode = token_text if settings.get("logprobs") is not None else None
+        body = events(ids, first, pieces, source, include_usage, decode)
+        return StreamingResponse(body, media_type="text/event-stream")
 
-    async def events(ids, first, pieces: AsyncIterator, source: Iterator, include_usage: bool):
-        last = first
+    async def events(ids, first, pieces: AsyncIterator, source: Iterator, include_usage: bool, decode):
+        last, offset = first, len(first.text)
         try:
-            yield sse(stream_chunk(ids, first, first=True))
+            yield sse(stream_chunk(ids, first, first=True, decode=decode))
             async for piece in pieces:
                 last = piece
-                yield sse(stream_chunk(ids, piece))
+                yield sse(stream_chunk(ids, piece, decode=decode, offset=offset))
+                offset += len(piece.text)
             if include_usage and last.usage is not None:
                 yield sse(
                     {**stream_chunk(ids, None), "usage": usage_json(last.usage), "fusionrag": stats_json(last.stats)}

@@ -10,9 +10,10 @@ import uuid
 from typing import Any
 
 from ..integrations.messages import engine_message
-from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
-from ..outputs import GenerationChunk, GenerationStats, Usage
+from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools, tool_call_format
+from ..outputs import GenerationChunk, GenerationStats, TokenLogprob, Usage
 from .schemas import ChatCompletionRequest, CompletionRequest, _Generation
+from .structured import Decode, chat_logprobs, completion_logprobs, requested_format
 
 
 def engine_settings(body: _Generation, max_tokens: int | None) -> dict[str, Any]:
@@ -22,8 +23,12 @@ def engine_settings(body: _Generation, max_tokens: int | None) -> dict[str, Any]
         settings["max_new_tokens"] = max_tokens
     if body.top_k is not None and body.top_k > 0:
         settings["top_k"] = body.top_k
-    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty"):
+    for name in ("presence_penalty", "frequency_penalty", "repetition_penalty", "min_p"):
         settings[name] = getattr(body, name)
+    if body.logit_bias:
+        settings["logit_bias"] = body.logit_bias
+    if body.logprob_count() is not None:
+        settings["logprobs"] = body.logprob_count()
     if body.selector is not None:
         settings["selector"] = body.selector
     if body.recompute_ratio is not None:
@@ -50,6 +55,7 @@ def chat_prompt(body: ChatCompletionRequest, tokenizer) -> tuple[list[dict], dic
     tools = body.tools if choice != "none" else None
     prompt, template_tools = prompt_with_tools(messages, tools, choice, native)
     settings = engine_settings(body, body.max_completion_tokens or body.max_tokens)
+    settings["response_format"] = requested_format(body, tool_call_format(tools, choice, native))
     return prompt, {**settings, "tools": template_tools} if template_tools else settings
 
 
@@ -64,7 +70,8 @@ def _arguments(function: dict) -> dict:
 
 
 def completion_prompt(body: CompletionRequest) -> tuple[str, dict[str, Any]]:
-    return body.text(), engine_settings(body, body.max_tokens if body.max_tokens is not None else 16)
+    settings = engine_settings(body, body.max_tokens if body.max_tokens is not None else 16)
+    return body.text(), {**settings, "response_format": requested_format(body)}
 
 
 def usage_json(usage: Usage) -> dict[str, Any]:
@@ -89,7 +96,10 @@ class ResponseIds:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model}
 
 
-def chat_response(ids: ResponseIds, text: str, last: GenerationChunk, tools: list[dict] | None) -> dict:
+def chat_response(
+    ids: ResponseIds, text: str, last: GenerationChunk, tools: list[dict] | None,
+    logprobs: list[TokenLogprob] | None = None, decode: Decode | None = None,
+) -> dict:  # fmt: skip
     message: dict[str, Any] = {"role": "assistant", "content": text}
     finish = last.finish_reason
     if tools:
@@ -100,12 +110,17 @@ def chat_response(ids: ResponseIds, text: str, last: GenerationChunk, tools: lis
                                       "function": {"name": c["name"], "arguments": json.dumps(c["args"])}}
                                      for c in parsed.tool_calls]  # fmt: skip
             finish = "tool_calls"
-    return {**ids.envelope("chat.completion"), "choices": [{"index": 0, "message": message, "finish_reason": finish}],
-            "usage": usage_json(last.usage), "fusionrag": stats_json(last.stats)}  # fmt: skip
+    choice = {"index": 0, "message": message, "finish_reason": finish,
+              "logprobs": chat_logprobs(logprobs, decode) if logprobs is not None and decode else None}  # fmt: skip
+    return {**ids.envelope("chat.completion"), "choices": [choice], "usage": usage_json(last.usage),
+            "fusionrag": stats_json(last.stats)}  # fmt: skip
 
 
-def completion_response(ids: ResponseIds, text: str, last: GenerationChunk) -> dict:
-    choice = {"index": 0, "text": text, "finish_reason": last.finish_reason, "logprobs": None}
+def completion_response(
+    ids: ResponseIds, text: str, last: GenerationChunk, logprobs: list[TokenLogprob] | None, decode: Decode
+) -> dict:
+    choice = {"index": 0, "text": text, "finish_reason": last.finish_reason,
+              "logprobs": completion_logprobs(logprobs, decode) if logprobs is not None else None}  # fmt: skip
     return {**ids.envelope("text_completion"), "choices": [choice], "usage": usage_json(last.usage),
             "fusionrag": stats_json(last.stats)}  # fmt: skip
 
@@ -128,13 +143,21 @@ def choice_settings(settings: dict[str, Any], index: int) -> dict[str, Any]:
     return {**settings, "seed": (settings["seed"] + index + (1 << 63)) % (1 << 64) - (1 << 63)}
 
 
-def stream_chunk(ids: ResponseIds, piece: GenerationChunk | None, first: bool = False) -> dict:
-    """One SSE event's object; piece None = the final usage-only chunk (choices empty, as OpenAI sends)."""
+def stream_chunk(
+    ids: ResponseIds, piece: GenerationChunk | None, first: bool = False, decode: Decode | None = None, offset: int = 0
+) -> dict:  # fmt: skip
+    """One SSE event's object; piece None = the final usage-only chunk (choices empty, as OpenAI sends).
+    decode: set when logprobs were asked for (then each chunk carries its tokens'); offset: the text
+    streamed before this piece (completions' text_offset). The finishing chunk carries the fusion
+    statistics, with or without include_usage."""
     if piece is None:
         return {**ids.envelope("chat.completion.chunk" if ids.kind == "chat" else "text_completion"), "choices": []}
+    stats = {"fusionrag": stats_json(piece.stats)} if piece.finish_reason and piece.stats else {}
     if ids.kind == "chat":
         delta: dict[str, Any] = {"role": "assistant", "content": piece.text} if first else {"content": piece.text}
-        choice = {"index": 0, "delta": delta if piece.text or first else {}, "finish_reason": piece.finish_reason}
-        return {**ids.envelope("chat.completion.chunk"), "choices": [choice]}
-    choice = {"index": 0, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": None}
-    return {**ids.envelope("text_completion"), "choices": [choice]}
+        choice = {"index": 0, "delta": delta if piece.text or first else {}, "finish_reason": piece.finish_reason,
+                  "logprobs": chat_logprobs(piece.logprobs, decode) if decode else None}  # fmt: skip
+        return {**ids.envelope("chat.completion.chunk"), "choices": [choice], **stats}
+    logprobs = completion_logprobs(piece.logprobs, decode, offset) if decode else None
+    choice = {"index": 0, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": logprobs}
+    return {**ids.envelope("text_completion"), "choices": [choice], **stats}

@@ -1,10 +1,11 @@
 """The OpenAI request bodies the server accepts, validated by pydantic (a bad field is a 400 with the
 field named, before any compute). A field we do not honour is refused by name, never dropped:
-OpenAI's fields that ask for something we do not do (logprobs, penalties, response formats other
-than text, ...) are accepted only at the value that asks for nothing, and a field OpenAI does not
+OpenAI's fields that ask for something we do not do (audio, predicted outputs, web search, ...) are
+accepted only at the value that asks for nothing, and a field OpenAI does not
 define (a typo, another server's extension) is refused. Fields that change nothing a client could
 observe here (`user`, `metadata`, ...) are accepted. `selector`, `recompute_ratio`, `chunks`,
-`cache_salt` and `fidelity` are our extra fields."""
+`cache_salt` and `fidelity` are our extra fields; `top_k`, `min_p`, `repetition_penalty` and
+`guided_json` / `guided_regex` / `guided_choice` / `guided_grammar` are vLLM's."""
 
 from __future__ import annotations
 
@@ -61,11 +62,6 @@ METADATA = frozenset({"user", "metadata", "safety_identifier", "prompt_cache_key
 # OpenAI's (and vLLM's) fields we do not honour, with the values that ask for nothing: anything else
 # is refused by name. None stands for "not sent".
 NEUTRAL: dict[str, tuple[Any, ...]] = {
-    "min_p": (None, 0, 0.0),
-    "logprobs": (None, False, 0),
-    "top_logprobs": (None, 0),
-    "logit_bias": (None, {}),
-    "response_format": (None, {"type": "text"}),
     "modalities": (None, ["text"]),
     "store": (None, False),
     "parallel_tool_calls": (None, True),
@@ -119,6 +115,13 @@ class _Generation(_Body):
     presence_penalty: Float = Field(0.0, ge=-2.0, le=2.0)
     frequency_penalty: Float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: Float = Field(1.0, gt=0.0, le=10.0, description="vLLM's extension: 1 = off")
+    min_p: Float = Field(0.0, ge=0.0, le=1.0, description="vLLM's extension: 0 = off")
+    logit_bias: dict[str, Annotated[float, Field(ge=-100, le=100)]] | None = None
+    response_format: dict[str, Any] | None = None
+    guided_json: dict[str, Any] | str | None = None  # vLLM's: the answer is JSON of this schema
+    guided_regex: str | None = None
+    guided_choice: list[str] | None = None
+    guided_grammar: str | None = None  # a Lark grammar
     selector: str | None = None  # ours: fusion settings per request
     recompute_ratio: Float | None = Field(None, ge=0.0, le=1.0)
     chunks: list[str] | None = None
@@ -137,6 +140,8 @@ class _Generation(_Body):
 
 class ChatCompletionRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool = False
+    top_logprobs: Int | None = Field(None, ge=0, le=20)
     max_completion_tokens: Int | None = Field(None, ge=1)
     tools: list[dict[str, Any]] | None = None
     tool_choice: Literal["none", "auto", "required"] | dict[str, Any] | None = None
@@ -166,11 +171,17 @@ class ChatCompletionRequest(_Generation):
                 raise ValueError(f"tool_choice names {name!r}, which is no tool of the request")
         if choice == "required" and not names:
             raise ValueError("tool_choice is 'required' but the request has no tools")
+        if self.top_logprobs and not self.logprobs:  # 0 asks for nothing
+            raise ValueError("top_logprobs: set logprobs to true to use it")
         return self
+
+    def logprob_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
 
 
 class CompletionRequest(_Generation):
     prompt: str | list[str]
+    logprobs: Int | None = Field(None, ge=0, le=20, description="the likeliest alternatives per token")
 
     @model_validator(mode="after")
     def _one_prompt(self) -> CompletionRequest:
@@ -180,6 +191,9 @@ class CompletionRequest(_Generation):
 
     def text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+
+    def logprob_count(self) -> int | None:
+        return self.logprobs
 
 
 class ChunksRequest(_Body):

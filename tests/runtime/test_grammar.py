@@ -57,13 +57,19 @@ def test_json_object_regex_and_choice(smol):
                         chunks=[], temperature=0.9, seed=1)  # fmt: skip
     assert obj.finish_reason == "stop" and isinstance(json.loads(obj.text), dict)
     pattern = r"[0-9]{3}-[0-9]{4}"
-    phone = smol.generate("Call me at", sampling=SamplingParams(max_new_tokens=20, response_format=ResponseFormat.regex(pattern)),
-                          chunks=[])  # fmt: skip
+    phone_format = ResponseFormat.regex(pattern)
+    phone_params = SamplingParams(max_new_tokens=20, response_format=phone_format)
+    phone = smol.generate("Call me at", chunks=[], sampling=phone_params)
     assert re.fullmatch(pattern, phone.text) and phone.finish_reason == "stop"
-    options = ["positive", "negative", "neutral \"quoted\""]
+    options = ["positive", "negative", 'neutral "quoted"']
     for seed in range(3):
-        pick = smol.generate("The review 'great film' is", sampling=SamplingParams(
-            max_new_tokens=10, temperature=1.0, seed=seed, response_format=ResponseFormat.choice(options)), chunks=[])
+        pick = smol.generate(
+            "The review 'great film' is",
+            sampling=SamplingParams(
+                max_new_tokens=10, temperature=1.0, seed=seed, response_format=ResponseFormat.choice(options)
+            ),
+            chunks=[],
+        )
         assert pick.text in options and pick.finish_reason == "stop"
 
 
@@ -82,7 +88,7 @@ def test_rows_with_and_without_grammars_batch_with_alone_answers(smol, monkeypat
     settings = [
         dict(sampling=person_params()),
         dict(max_new_tokens=24),
-        dict(sampling=SamplingParams(max_new_tokens=12, response_format=ResponseFormat.regex(r"(yes|no), because [a-z ]+"))),
+        dict(sampling=SamplingParams(max_new_tokens=12, response_format=ResponseFormat.regex(r"(yes|no), as [a-z ]+"))),
         dict(max_new_tokens=24, temperature=0.8, seed=4),
     ]
     prompts = [PERSON_PROMPT, "The capital of France is", "Is the sky blue? Answer:", "Once upon a time"]

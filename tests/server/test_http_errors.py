@@ -28,6 +28,11 @@ CASES = {
     "n_two_streamed": ("/v1/chat/completions", chat(n=2, stream=True), AUTH, 400),
     "frequency_penalty_out_of_range": ("/v1/chat/completions", chat(frequency_penalty=2.5), AUTH, 400),
     "repetition_penalty_zero": ("/v1/chat/completions", chat(repetition_penalty=0), AUTH, 400),
+    "schema_without_schema": ("/v1/chat/completions", chat(response_format={"type": "json_schema"}), AUTH, 400),
+    "regex_that_does_not_compile": ("/v1/chat/completions", chat(guided_regex="[0-9"), AUTH, 400),
+    "two_answer_formats": ("/v1/chat/completions", chat(guided_choice=["a"], guided_regex="a"), AUTH, 400),
+    "top_logprobs_without_logprobs": ("/v1/chat/completions", chat(top_logprobs=2), AUTH, 400),
+    "logit_bias_outside_vocabulary": ("/v1/chat/completions", chat(logit_bias={"99999999": 5}), AUTH, 400),
     "bad_role": ("/v1/chat/completions", chat(messages=[{"role": "wizard", "content": "x"}]), AUTH, 400),
     "image_part": (
         "/v1/chat/completions",
@@ -82,12 +87,9 @@ def test_bad_input_is_an_openai_error(server, kind):
 REFUSED = {
     "max_tokns": 5,  # a typo: not an OpenAI field
     "ignore_eos": True,  # another server's extension
-    "logprobs": True,
-    "top_logprobs": 3,
-    "min_p": 0.1,
-    "logit_bias": {"50256": -100},
-    "response_format": {"type": "json_object"},
     "store": True,
+    "audio": {"voice": "alloy", "format": "mp3"},
+    "prediction": {"type": "content", "content": "x"},
     "parallel_tool_calls": False,
     "service_tier": "priority",
     "reasoning_effort": "high",
