@@ -45,8 +45,9 @@ def test_json_mode_and_guided_fields(client):
 
 
 def test_a_required_tool_call_is_always_made(client):
+    city = {"type": "string", "maxLength": 24}
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
-        "type": "object", "properties": {"city": {"type": "string", "maxLength": 24}}, "required": ["city"]}}}]  # fmt: skip
+        "type": "object", "properties": {"city": city}, "required": ["city"]}}}]  # fmt: skip
     for choice in ("required", {"type": "function", "function": {"name": "get_weather"}}):
         out = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "Hi there"}],
                                              tools=tools, tool_choice=choice, max_tokens=80)  # fmt: skip
