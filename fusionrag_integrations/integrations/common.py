@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 from ..engine import FusionEngine
 from ..request import FUSION_FIELDS, SAMPLING_FIELDS, FusionParams, SamplingParams
+from .logprobs import pop_logprob_settings
 
 T = TypeVar("T")
 _engines: dict[tuple[str, str, str], FusionEngine] = {}
@@ -39,6 +40,10 @@ ENGINE_FIELDS = {
     "presence_penalty",
     "frequency_penalty",
     "repetition_penalty",
+    "min_p",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
     "selector",
     "recompute_ratio",
     "learn_chunks",
@@ -47,12 +52,14 @@ ENGINE_FIELDS = {
 
 def request_settings(fields: Mapping[str, Any], call: Mapping[str, Any], stop: Sequence[str]) -> dict[str, Any]:
     """An adapter's fields (in our names) overridden by one call's keyword arguments -> the settings
-    objects `engine.stream` takes. `max_tokens` (the OpenAI / LangChain name) means max_new_tokens."""
-    values = {**fields, **{k: call[k] for k in (*SAMPLING_FIELDS, *FUSION_FIELDS) if k in call}}
+    objects `engine.stream` takes. `max_tokens` (the OpenAI / LangChain name) means max_new_tokens;
+    logprobs (a bool) with top_logprobs, as both frameworks name them, means the engine's count."""
+    picked = {k: call[k] for k in (*SAMPLING_FIELDS, *FUSION_FIELDS, "top_logprobs") if k in call}
+    values = pop_logprob_settings({**fields, **picked})
     values["max_new_tokens"] = call.get("max_new_tokens", call.get("max_tokens", fields["max_new_tokens"]))
     values["stop"] = list(stop)
     return {
-        "sampling": SamplingParams(**{k: values[k] for k in SAMPLING_FIELDS}),
+        "sampling": SamplingParams(**{k: values[k] for k in SAMPLING_FIELDS if k in values}),
         "fusion": FusionParams(**{k: values.get(k) for k in FUSION_FIELDS}),
     }
 

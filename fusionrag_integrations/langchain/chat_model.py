@@ -34,9 +34,11 @@ from ..integrations.common import (
     run_in_thread,
     shared_engine,
 )
-from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
+from ..integrations.logprobs import chat_logprobs
+from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools, tool_call_format
 from ..outputs import GenerationChunk
 from .messages import to_engine_messages
+from .structured import structured_output
 
 
 class ChatFusionRAG(BaseChatModel):
@@ -79,6 +81,10 @@ class ChatFusionRAG(BaseChatModel):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    logprobs: bool | None = None  # each token's log-probability in response_metadata["logprobs"], as ChatOpenAI
+    top_logprobs: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     timeout: float | None = None
     max_retries: int = 2  # accepted for API compatibility: a local engine has no transient failures to retry
@@ -151,12 +157,27 @@ class ChatFusionRAG(BaseChatModel):
             formatted = []
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
+    def with_structured_output(
+        self, schema: Any = None, *, method: str = "json_schema", include_raw: bool = False,
+        strict: bool | None = None, **kwargs: Any,
+    ) -> Runnable:  # fmt: skip
+        """ChatOpenAI's methods ("json_schema", "function_calling", "json_mode"), each enforced by a grammar
+        (langchain/structured.py): the answer always parses."""
+        return structured_output(self, schema, method, include_raw, strict, kwargs)
+
     def _pieces(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> Iterator[GenerationChunk]:
         native = template_supports_tools(self.engine.tokenizer)
-        prompt, tools = prompt_with_tools(
-            to_engine_messages(messages, native_tools=native), kwargs.get("tools"), kwargs.get("tool_choice"), native
-        )
-        return self.engine.stream(prompt, tools=tools, **self._engine_settings(stop, kwargs))
+        tools, choice = kwargs.get("tools"), kwargs.get("tool_choice")
+        prompt, template_tools = prompt_with_tools(to_engine_messages(messages, native_tools=native), tools, choice,
+                                                   native)  # fmt: skip
+        if kwargs.get("response_format") is None:  # a required call is constrained to the tools' schemas
+            kwargs["response_format"] = tool_call_format(tools, choice, native)
+        return self.engine.stream(prompt, tools=template_tools, **self._engine_settings(stop, kwargs))
+
+    def _logprobs_json(self, pieces: list[GenerationChunk]) -> dict[str, Any] | None:
+        decode = self.engine.tokenizer.decode
+        lps = [lp for p in pieces for lp in p.logprobs]
+        return chat_logprobs(lps, lambda t: decode([t])) if lps else None
 
     def _with_tool_calls(self, text: str, kwargs: dict) -> tuple[str, list[dict[str, Any]]]:
         tools = kwargs.get("tools") or None
@@ -187,8 +208,10 @@ class ChatFusionRAG(BaseChatModel):
 
     def _to_chunk(self, piece: GenerationChunk) -> ChatGenerationChunk:
         message = self._final_chunk(piece) if piece.finish_reason else AIMessageChunk(content=piece.text)
-        info = {"finish_reason": piece.finish_reason} if piece.finish_reason else None
-        return ChatGenerationChunk(message=message, generation_info=info)
+        info = {"finish_reason": piece.finish_reason} if piece.finish_reason else {}
+        if piece.logprobs:
+            info["logprobs"] = self._logprobs_json([piece])
+        return ChatGenerationChunk(message=message, generation_info=info or None)
 
     def _stream(
         self,
@@ -232,21 +255,17 @@ class ChatFusionRAG(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        text, last = [], None
-        for piece in self._pieces(messages, stop, kwargs):
-            text.append(piece.text)
-            last = piece
+        pieces = list(self._pieces(messages, stop, kwargs))
+        last = pieces[-1]
         final = self._final_chunk(last)
-        content, calls = self._with_tool_calls("".join(text), kwargs)
+        content, calls = self._with_tool_calls("".join(p.text for p in pieces), kwargs)
+        metadata, info = dict(final.response_metadata), {"finish_reason": last.finish_reason}
+        if (logprobs := self._logprobs_json(pieces)) is not None:
+            metadata["logprobs"] = info["logprobs"] = logprobs
         message = AIMessage(
-            content=content,
-            tool_calls=calls,
-            usage_metadata=final.usage_metadata,
-            response_metadata=final.response_metadata,
+            content=content, tool_calls=calls, usage_metadata=final.usage_metadata, response_metadata=metadata
         )
-        return ChatResult(
-            generations=[ChatGeneration(message=message, generation_info={"finish_reason": last.finish_reason})]
-        )
+        return ChatResult(generations=[ChatGeneration(message=message, generation_info=info)])
 
     # -- real async: the engine runs in a worker thread, the event loop never blocks ------------
 

@@ -26,6 +26,7 @@ from llama_index.core.base.llms.types import (
 from llama_index.core.llms.callbacks import llm_chat_callback, llm_completion_callback
 from llama_index.core.llms.function_calling import FunctionCallingLLM
 from llama_index.core.llms.llm import ToolSelection
+from llama_index.core.program.function_program import FunctionCallingProgram, get_function_tool
 from pydantic import AliasChoices, ConfigDict, Field, PrivateAttr, field_validator
 
 from ..engine import FusionEngine
@@ -38,10 +39,11 @@ from ..integrations.common import (
     run_in_thread,
     shared_engine,
 )
-from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools
+from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools, tool_call_format
 from ..outputs import GenerationChunk
 from . import stats as query_stats
 from .messages import checked_messages, to_engine_messages
+from .responses import logprobs_of, raw_of
 
 
 class FusionRAGLLM(FunctionCallingLLM):
@@ -81,6 +83,10 @@ class FusionRAGLLM(FunctionCallingLLM):
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
+    min_p: float = 0.0
+    logit_bias: dict[int, float] | None = None
+    logprobs: bool = Field(default=False, description="each token's log-probability in the response's logprobs")
+    top_logprobs: int = Field(default=0, ge=0, le=20, description="the likeliest alternatives per token")
     stop: list[str] = Field(default_factory=list)
     selector: str | None = None
     recompute_ratio: float | None = None
@@ -132,31 +138,20 @@ class FusionRAGLLM(FunctionCallingLLM):
         settings = request_settings(self.model_dump(include=ENGINE_FIELDS), kwargs, stop)
         return self._engine.stream(prompt, tools=kwargs.get("template_tools"), **settings)
 
-    @staticmethod
-    def _raw(last: GenerationChunk) -> dict[str, Any]:
-        u = last.usage
-        return {
-            "usage": {
-                "prompt_tokens": u.prompt_tokens,
-                "completion_tokens": u.completion_tokens,
-                "total_tokens": u.total_tokens,
-                "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
-            },
-            "stats": last.stats.to_dict(),
-            "finish_reason": last.finish_reason,
-        }
-
     def _completions(self, prompt: str | list[dict], kwargs: dict[str, Any]) -> Iterator[CompletionResponse]:
-        text = ""
+        text, logprobs = "", []
         for piece in self._pieces(prompt, kwargs):
             text += piece.text
+            mine = logprobs_of(piece, self._engine.tokenizer)
+            logprobs += mine or []
             if piece.finish_reason is None:
                 if piece.text:
-                    yield CompletionResponse(text=text, delta=piece.text)
+                    yield CompletionResponse(text=text, delta=piece.text, logprobs=mine)
             else:
-                raw = self._raw(piece)
+                raw = raw_of(piece)
                 query_stats.record(raw["stats"])
-                yield CompletionResponse(text=text, delta=piece.text, raw=raw, additional_kwargs=dict(raw))
+                yield CompletionResponse(text=text, delta=piece.text, raw=raw, additional_kwargs=dict(raw),
+                                         logprobs=logprobs or None)  # fmt: skip
 
     def _prompt(self, prompt: str, formatted: bool) -> str | list[dict]:
         """An unformatted completion prompt goes through the chat template as a user turn (an instruct
@@ -181,14 +176,18 @@ class FusionRAGLLM(FunctionCallingLLM):
             delta=r.delta,
             raw=r.raw,
             additional_kwargs=r.additional_kwargs,
+            logprobs=r.logprobs,
         )
 
     def _chat_prompt(self, messages: Sequence[ChatMessage], kwargs: dict[str, Any]) -> list[dict]:
         native = template_supports_tools(self._engine.tokenizer)
         choice = "required" if kwargs.get("tool_required") else kwargs.get("tool_choice")
+        tools = kwargs.get("tools")
         prompt, kwargs["template_tools"] = prompt_with_tools(
-            to_engine_messages(messages, native), kwargs.get("tools"), choice, native
+            to_engine_messages(messages, native), tools, choice, native
         )
+        if kwargs.get("response_format") is None:  # a required call (structured_predict's) is constrained to it
+            kwargs["response_format"] = tool_call_format(tools, choice, native)
         return prompt
 
     def _with_tool_calls(self, response: ChatResponse, kwargs: dict[str, Any]) -> ChatResponse:
@@ -240,6 +239,14 @@ class FusionRAGLLM(FunctionCallingLLM):
             **kwargs,
         }
 
+    def _structured_stream_call(self, output_cls, prompt, llm_kwargs=None, **prompt_args):
+        """LlamaIndex streams its function-calling program without requiring the call (the non-streaming one
+        requires it); here the output class's tool is named, so the answer is constrained to the call."""
+        return _named_program(self, output_cls, prompt).stream_call(llm_kwargs=llm_kwargs, **prompt_args)
+
+    async def _structured_astream_call(self, output_cls, prompt, llm_kwargs=None, **prompt_args):
+        return await _named_program(self, output_cls, prompt).astream_call(llm_kwargs=llm_kwargs, **prompt_args)
+
     def get_tool_calls_from_response(
         self, response: ChatResponse, error_on_no_tool_call: bool = True, **kwargs: Any
     ) -> list[ToolSelection]:
@@ -285,3 +292,8 @@ class FusionRAGLLM(FunctionCallingLLM):
                 yield self._with_tool_calls(self._to_chat(r), kwargs) if r.raw else self._to_chat(r)
 
         return gen()
+
+
+def _named_program(llm: FusionRAGLLM, output_cls: type, prompt) -> FunctionCallingProgram:
+    name = get_function_tool(output_cls).metadata.name
+    return FunctionCallingProgram.from_defaults(output_cls=output_cls, prompt=prompt, llm=llm, tool_choice=name)

@@ -133,10 +133,11 @@ def closed_objects(schema):
 def _grammar(fmt: ResponseFormat) -> str:
     import llguidance
 
-    if fmt.kind == "json_object":
-        return llguidance.grammar_from("json_schema", json.dumps({"type": "object"}))
-    if fmt.kind == "json_schema":
-        return llguidance.grammar_from("json_schema", json.dumps(closed_objects(json.loads(fmt.spec))))
+    if fmt.kind in ("json_object", "json_schema"):
+        schema = closed_objects(json.loads(fmt.spec)) if fmt.kind == "json_schema" else {"type": "object"}
+        if isinstance(schema, dict):  # one line, ", " and ": " between items (no whitespace runs to loop in)
+            schema.setdefault("x-guidance", {"whitespace_flexible": False})
+        return llguidance.grammar_from("json_schema", json.dumps(schema))
     if fmt.kind == "regex":
         return llguidance.grammar_from("regex", fmt.spec)
     if fmt.kind == "choice":  # Lark string literals read JSON strings' escapes

@@ -9,11 +9,12 @@ import time
 import uuid
 from typing import Any
 
+from ..integrations.logprobs import Decode, chat_logprobs, completion_logprobs
 from ..integrations.messages import engine_message
 from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools, tool_call_format
 from ..outputs import GenerationChunk, GenerationStats, TokenLogprob, Usage
 from .schemas import ChatCompletionRequest, CompletionRequest, _Generation
-from .structured import Decode, chat_logprobs, completion_logprobs, requested_format
+from .structured import requested_format
 
 
 def engine_settings(body: _Generation, max_tokens: int | None) -> dict[str, Any]:

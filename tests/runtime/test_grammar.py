@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import re
 import threading
+from typing import Annotated
 
 import pytest
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from fusionrag_integrations.errors import InvalidSamplingError
 from fusionrag_integrations.request import SamplingParams
@@ -19,10 +20,10 @@ from fusionrag_integrations.runtime import grammar
 from fusionrag_integrations.runtime.grammar import apply_bitmask
 
 
-class Person(BaseModel):
-    name: str
+class Person(BaseModel):  # bounded: a 135M model can repeat itself inside an unbounded string or list
+    name: str = Field(max_length=20)
     age: int
-    hobbies: list[str]
+    hobbies: list[Annotated[str, Field(max_length=20)]] = Field(max_length=3)
 
 
 PERSON_PROMPT = [{"role": "user", "content": "Describe a person called Alice (30, likes chess) as JSON."}]
