@@ -35,6 +35,12 @@ from load_clients import HTTPServer, http_clients, http_open_loop, run_clients, 
 from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
 from fusionrag_integrations.model.identity import model_fingerprint, tokenizer_fingerprint  # noqa: E402
 from fusionrag_integrations.model.loader import LoadedModel, load_tokenizer, model_from_hf  # noqa: E402
+from fusionrag_integrations.response_format import ResponseFormat  # noqa: E402
+
+
+ANSWER_FORMAT = ResponseFormat.json_schema(
+    {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
+)
 
 
 def build_engine_parts(args) -> LoadedModel:
@@ -175,6 +181,8 @@ def main() -> None:
         "fusion_http": (http, {"recompute_ratio": 0.15}),
         "fusion_think": (engine, {"recompute_ratio": 0.15}),  # in-process, --think-ms between requests
         "full": (plain, {"selector": "full"}),
+        # every answer constrained to {"answer": <string>}: the grammar's mask in each batched decode step
+        "fusion_json": (engine, {"recompute_ratio": 0.15, "response_format": ANSWER_FORMAT}),
         "one_at_a_time": (turns, {"recompute_ratio": 0.15}),
     }
     rows = []
