@@ -76,3 +76,28 @@ def test_a_field_the_adapters_lack_is_refused_and_max_tokens_is_understood(smol_
     assert llm.max_new_tokens == 3 and llm.metadata.num_output == 3
     usage = llm.complete("Count: 1, 2,").raw["usage"]
     assert 0 < usage["completion_tokens"] <= 3
+
+
+def test_max_retries_resends_a_request_the_engine_could_not_start_and_api_key_warns(smol, monkeypatch):
+    import pytest
+
+    from fusionrag_integrations.errors import EngineUnavailableError
+    from fusionrag_integrations.langchain import ChatFusionRAG
+
+    real, failures = smol.stream, []
+
+    def flaky(prompt, **settings):  # the step loop failed this many times before the request's first piece
+        if len(failures) < 2:
+            failures.append(1)
+            raise EngineUnavailableError("the step loop failed; retrying is safe")
+        return real(prompt, **settings)
+
+    monkeypatch.setattr(smol, "stream", flaky)
+    assert ChatFusionRAG(engine=smol, max_tokens=3, max_retries=2).invoke("Hi").content
+    failures.clear()
+    with pytest.raises(EngineUnavailableError):
+        ChatFusionRAG(engine=smol, max_tokens=3, max_retries=1).invoke("Hi")
+    failures.clear()
+    assert "".join(c.content for c in ChatFusionRAG(engine=smol, max_tokens=3, max_retries=2).stream("Hi"))
+    with pytest.warns(UserWarning, match="api_key has no effect"):
+        assert "api_key" not in ChatFusionRAG(engine=smol, api_key="sk-123").model_dump()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ..engine import FusionEngine
+from ..errors import EngineUnavailableError
 from ..request import FUSION_FIELDS, SAMPLING_FIELDS, FusionParams, SamplingParams
 from .logprobs import pop_logprob_settings
 
@@ -62,6 +63,22 @@ def request_settings(fields: Mapping[str, Any], call: Mapping[str, Any], stop: S
         "sampling": SamplingParams(**{k: values[k] for k in SAMPLING_FIELDS if k in values}),
         "fusion": FusionParams(**{k: values.get(k) for k in FUSION_FIELDS}),
     }
+
+
+def retrying(start: Callable[[], Iterator[T]], retries: int) -> Iterator[T]:
+    """The stream `start()` returns, started again (up to `retries` times) when the engine answers
+    EngineUnavailableError before its first piece: its step loop failed and restarted, and a request
+    that produced nothing is safe to send again. Once a piece is out, an error is the caller's."""
+    for attempt in range(retries + 1):
+        started = False
+        try:
+            for item in start():
+                started = True
+                yield item
+            return
+        except EngineUnavailableError:
+            if started or attempt == retries:
+                raise
 
 
 def shared_engine(model: str, device: str = "auto", dtype: str = "auto") -> FusionEngine:

@@ -7,7 +7,7 @@ the engine finds the retrieved chunks inside the rendered prompt and reuses thei
 from __future__ import annotations
 
 import asyncio
-import json
+import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
@@ -15,13 +15,12 @@ from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackMana
 from langchain_core.language_models import BaseChatModel, LangSmithParams
 from langchain_core.language_models.base import LanguageModelInput
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
-from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.prompt_values import PromptValue
 from langchain_core.runnables import Runnable
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
-from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from ..engine import FusionEngine
 from ..errors import FusionRAGError, InvalidArgumentError
@@ -31,6 +30,7 @@ from ..integrations.common import (
     iterate_in_thread,
     model_path_text,
     request_settings,
+    retrying,
     run_in_thread,
     shared_engine,
 )
@@ -38,6 +38,7 @@ from ..integrations.logprobs import chat_logprobs
 from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools, tool_call_format
 from ..outputs import GenerationChunk
 from .messages import to_engine_messages
+from .responses import final_chunk, tool_result_chunk
 from .structured import structured_output
 
 
@@ -87,9 +88,8 @@ class ChatFusionRAG(BaseChatModel):
     top_logprobs: int | None = None
     stop: list[str] | None = Field(default=None, alias="stop_sequences")
     timeout: float | None = None
-    max_retries: int = 2  # accepted for API compatibility: a local engine has no transient failures to retry
+    max_retries: int = Field(2, ge=0)  # a request the engine could not start (its loop restarted) is sent again
     streaming: bool = False
-    api_key: SecretStr | None = None  # accepted and ignored (no remote service)
     selector: str | None = None
     recompute_ratio: float | None = None
     learn_chunks: bool | None = None  # keep long prompt paragraphs' KV (any vector store); None: the engine's config
@@ -98,6 +98,15 @@ class ChatFusionRAG(BaseChatModel):
     @classmethod
     def _model_path(cls, value: Any) -> Any:
         return model_path_text(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _api_key_has_no_effect(cls, values: Any) -> Any:
+        """LangChain's standard parameters include api_key, so it is accepted, but never silently: the model
+        runs in this process and takes no key (a `fusionrag serve` server: ChatOpenAI(base_url=...))."""
+        if isinstance(values, dict) and values.pop("api_key", None) is not None:
+            warnings.warn("ChatFusionRAG: api_key has no effect (the model runs in this process)", stacklevel=4)
+        return values
 
     @model_validator(mode="after")
     def _load_engine(self) -> ChatFusionRAG:
@@ -172,7 +181,8 @@ class ChatFusionRAG(BaseChatModel):
                                                    native)  # fmt: skip
         if kwargs.get("response_format") is None:  # a required call is constrained to the tools' schemas
             kwargs["response_format"] = tool_call_format(tools, choice, native)
-        return self.engine.stream(prompt, tools=template_tools, **self._engine_settings(stop, kwargs))
+        settings = self._engine_settings(stop, kwargs)
+        return retrying(lambda: self.engine.stream(prompt, tools=template_tools, **settings), self.max_retries)
 
     def _logprobs_json(self, pieces: list[GenerationChunk]) -> dict[str, Any] | None:
         decode = self.engine.tokenizer.decode
@@ -186,28 +196,8 @@ class ChatFusionRAG(BaseChatModel):
         parsed = parse_tool_calls(text, {t["function"]["name"] for t in tools})
         return parsed.content, parsed.tool_calls
 
-    def _final_chunk(self, piece: GenerationChunk) -> AIMessageChunk:
-        """The one chunk that carries usage and metadata (so aggregation does not double count)."""
-        usage, stats = piece.usage, piece.stats
-        return AIMessageChunk(
-            content=piece.text,
-            usage_metadata=UsageMetadata(
-                input_tokens=usage.prompt_tokens,
-                output_tokens=usage.completion_tokens,
-                total_tokens=usage.total_tokens,
-                input_token_details={"cache_read": usage.cached_tokens},
-            ),
-            response_metadata={
-                "model_name": self.model_name,
-                "finish_reason": piece.finish_reason,
-                "stats": stats.to_dict(),
-                "model_provider": "fusionrag",
-            },
-            chunk_position="last",
-        )
-
     def _to_chunk(self, piece: GenerationChunk) -> ChatGenerationChunk:
-        message = self._final_chunk(piece) if piece.finish_reason else AIMessageChunk(content=piece.text)
+        message = final_chunk(piece, self.model_name) if piece.finish_reason else AIMessageChunk(content=piece.text)
         info = {"finish_reason": piece.finish_reason} if piece.finish_reason else {}
         if piece.logprobs:
             info["logprobs"] = self._logprobs_json([piece])
@@ -222,31 +212,13 @@ class ChatFusionRAG(BaseChatModel):
     ) -> Iterator[ChatGenerationChunk]:
         if kwargs.get("tools"):  # a tool call is only known once complete: one chunk carries it all
             result = self._generate(messages, stop, run_manager, **kwargs)
-            yield self._tool_result_chunk(result)
+            yield tool_result_chunk(result)
             return
         for piece in self._pieces(messages, stop, kwargs):
             chunk = self._to_chunk(piece)
             if run_manager and piece.text:
                 run_manager.on_llm_new_token(piece.text, chunk=chunk)
             yield chunk
-
-    @staticmethod
-    def _tool_result_chunk(result: ChatResult) -> ChatGenerationChunk:
-        message = result.generations[0].message
-        chunks = [
-            {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
-            for i, c in enumerate(message.tool_calls)
-        ]
-        return ChatGenerationChunk(
-            message=AIMessageChunk(
-                content=message.content,
-                tool_call_chunks=chunks,
-                usage_metadata=message.usage_metadata,
-                response_metadata=message.response_metadata,
-                chunk_position="last",
-            ),
-            generation_info=result.generations[0].generation_info,
-        )
 
     def _generate(
         self,
@@ -257,7 +229,7 @@ class ChatFusionRAG(BaseChatModel):
     ) -> ChatResult:
         pieces = list(self._pieces(messages, stop, kwargs))
         last = pieces[-1]
-        final = self._final_chunk(last)
+        final = final_chunk(last, self.model_name)
         content, calls = self._with_tool_calls("".join(p.text for p in pieces), kwargs)
         metadata, info = dict(final.response_metadata), {"finish_reason": last.finish_reason}
         if (logprobs := self._logprobs_json(pieces)) is not None:
@@ -288,7 +260,7 @@ class ChatFusionRAG(BaseChatModel):
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
         if kwargs.get("tools"):
-            yield self._tool_result_chunk(await self._agenerate(messages, stop, None, **kwargs))
+            yield tool_result_chunk(await self._agenerate(messages, stop, None, **kwargs))
             return
         async for piece in iterate_in_thread(self._pieces(messages, stop, kwargs)):
             chunk = self._to_chunk(piece)
