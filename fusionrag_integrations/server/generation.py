@@ -33,6 +33,7 @@ from .openai_format import (
     usage_json,
 )
 from .schemas import ChatCompletionRequest, CompletionRequest
+from .tool_stream import ToolCallStream, tool_stream_chunks
 
 
 def request_salt(request: Request, salt: str | None) -> str | None:
@@ -73,9 +74,10 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         settings["cache_salt"] = request_salt(request, body.cache_salt)
         ids = ResponseIds("chat", model_name)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
-        if body.stream:
-            return await stream(ids, prompt, settings, include_usage)
         tools = body.tools if body.tool_choice != "none" else None
+        if body.stream:
+            names = {t["function"]["name"] for t in tools} if tools else None
+            return await stream(ids, prompt, settings, include_usage, names)
         results = await asyncio.gather(
             *(complete(request, prompt, choice_settings(settings, i)) for i in range(body.n))
         )
@@ -115,7 +117,7 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         logprobs = [lp for p in pieces for lp in p.logprobs] if settings.get("logprobs") is not None else None
         return "".join(p.text for p in pieces), pieces[-1], logprobs
 
-    async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool):
+    async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool, tools=None):
         source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))
         pieces = iterate_in_thread(source)
         try:  # the first piece before the response starts: a bad request still gets its status code
@@ -125,16 +127,25 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
             await pieces.aclose()
             raise as_api_error(exc) from None
         decode = token_text if settings.get("logprobs") is not None else None
-        body = events(ids, first, pieces, source, include_usage, decode)
+        calls = ToolCallStream(tools) if tools else None
+        body = events(ids, first, pieces, source, include_usage, decode, calls)
         return StreamingResponse(body, media_type="text/event-stream")
 
-    async def events(ids, first, pieces: AsyncIterator, source: Iterator, include_usage: bool, decode):
+    def chunks(ids, piece: GenerationChunk, first: bool, decode, offset: int, calls: ToolCallStream | None):
+        base = stream_chunk(ids, piece, first=first, decode=decode, offset=offset)
+        if calls is None:
+            return [base]
+        return tool_stream_chunks(base, piece.text, piece.finish_reason is not None, first, calls)
+
+    async def events(ids, first, pieces: AsyncIterator, source: Iterator, include_usage: bool, decode, calls):
         last, offset = first, len(first.text)
         try:
-            yield sse(stream_chunk(ids, first, first=True, decode=decode))
+            for chunk in chunks(ids, first, True, decode, 0, calls):
+                yield sse(chunk)
             async for piece in pieces:
                 last = piece
-                yield sse(stream_chunk(ids, piece, decode=decode, offset=offset))
+                for chunk in chunks(ids, piece, False, decode, offset, calls):
+                    yield sse(chunk)
                 offset += len(piece.text)
             if include_usage and last.usage is not None:
                 yield sse(

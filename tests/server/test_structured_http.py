@@ -6,20 +6,21 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Annotated
 
 import httpx
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from tests.server.conftest import API_KEY, MODEL
 
 ASK = [{"role": "user", "content": "Describe a person called Alice, aged 30, who likes chess."}]
 
 
-class Person(BaseModel):
-    name: str
+class Person(BaseModel):  # bounded: a 135M model can repeat itself inside an unbounded string or list
+    name: str = Field(max_length=20)
     age: int
-    hobbies: list[str]
+    hobbies: list[Annotated[str, Field(max_length=20)]] = Field(max_length=3)
 
 
 def test_parse_returns_the_pydantic_model(client):
@@ -97,3 +98,24 @@ def test_logit_bias_min_p_and_stats_on_the_last_streamed_chunk(client, server):
     chunks = list(client.chat.completions.create(model=MODEL, messages=ASK, max_tokens=4, stream=True))
     last = next(c for c in chunks if c.choices and c.choices[0].finish_reason)
     assert last.model_extra["fusionrag"]["ttft_ms"] > 0
+
+
+def test_tool_calls_stream_as_openai_deltas(client):
+    city = {"type": "string", "maxLength": 24}
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": city}, "required": ["city"]}}}]  # fmt: skip
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=tools, max_tokens=80)
+    whole = client.chat.completions.create(**ask, tool_choice="required")
+    events = list(client.chat.completions.create(**ask, tool_choice="required", stream=True))
+    deltas = [c.choices[0].delta for c in events if c.choices]
+    heads = [d.tool_calls[0] for d in deltas if d.tool_calls and d.tool_calls[0].id]
+    assert len(heads) == 1 and heads[0].function.name == "get_weather" and deltas[0].role == "assistant"
+    arguments = "".join(d.tool_calls[0].function.arguments or "" for d in deltas if d.tool_calls)
+    assert len([d for d in deltas if d.tool_calls]) > 2  # the arguments came in pieces, as generated
+    assert json.loads(arguments) == json.loads(whole.choices[0].message.tool_calls[0].function.arguments)
+    assert [c.choices[0].finish_reason for c in events if c.choices][-1] == "tool_calls"
+    assert not any(d.content for d in deltas)
+    prose = list(client.chat.completions.create(**ask, tool_choice="auto", stream=True))
+    text = "".join(c.choices[0].delta.content or "" for c in prose if c.choices)
+    calls = [c for c in prose if c.choices and c.choices[0].delta.tool_calls]
+    assert text or calls  # free to answer either way; whichever it is arrives in its own field
