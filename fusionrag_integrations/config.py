@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .config_env import with_environment
 from .errors import InvalidConfigError
 
 SelectorName = Literal["full", "none", "epic", "cacheblend", "fusionrag", "qcfuse", "cacheclip", "hybrid"]
@@ -227,6 +228,14 @@ class EngineConfig(_Settings):
         "eighth of max_prefill_tokens, so prefills still finish). None: max_prefill_tokens every step, which "
         "favours time to first token and throughput.",
     )
+    gpu_memory_utilization: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="The share of the GPU's memory this engine may use, weights included (vLLM's name): the running "
+        "requests' KV budget is what it leaves after the weights, the GPU tier and 4 GiB of temporaries (never "
+        "more than is free). None: 90% of the free memory. A GPU setting; running_kv_bytes, when given, wins.",
+    )
     running_kv_bytes: int | None = Field(
         None,
         ge=1,
@@ -261,6 +270,11 @@ class EngineConfig(_Settings):
         "on the first token of the first request of each cache layout and shared by later ones; needs the Triton "
         "kernel (head_dim 64 or 128).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _environment(cls, values):  # FUSIONRAG_<FIELD> for the sizes and limits (config_env.py)
+        return with_environment(values)
 
     @field_validator("cache_dir", "model_cache_dir", mode="before")
     @classmethod

@@ -179,3 +179,37 @@ def test_max_model_len_caps_the_context_window(smol_engine, tmp_path):
     with pytest.raises(ContextLengthError):
         capped.generate("word " * 80, max_new_tokens=2)
     assert capped.generate("Hi", max_new_tokens=2).text is not None
+
+
+def test_gpu_memory_utilization_flag_and_the_budget_it_sets():
+    from fusionrag_integrations.runtime.runner import running_kv_budget
+    from fusionrag_integrations.server.command import engine_flags
+
+    args = cli.build_parser().parse_args(["serve", "--gpu-memory-utilization", "0.5"])
+    assert engine_flags(args) == {"gpu_memory_utilization": 0.5}
+    gib = 1 << 30
+    # 80 GiB card, 16 GiB of weights held, 60 GiB free, an 8 GiB GPU tier: half the card leaves 40 - 16 - 8 - 4
+    assert running_kv_budget(60 * gib, 80 * gib, 16 * gib, 8 * gib, 0.5) == 12 * gib
+    assert running_kv_budget(60 * gib, 80 * gib, 16 * gib, 8 * gib, 1.0) == 48 * gib  # never more than is free
+    assert running_kv_budget(60 * gib, 80 * gib, 16 * gib, 8 * gib, None) == int(0.9 * 48 * gib)
+
+
+def test_engine_sizes_from_the_environment(monkeypatch, tmp_path):
+    from fusionrag_integrations import EngineConfig
+    from fusionrag_integrations.errors import InvalidConfigError
+
+    monkeypatch.setenv("FUSIONRAG_GPU_CACHE_BYTES", "2GiB")
+    monkeypatch.setenv("FUSIONRAG_CPU_CACHE_BYTES", "1500MB")
+    monkeypatch.setenv("FUSIONRAG_MAX_MODEL_LEN", "4096")
+    monkeypatch.setenv("FUSIONRAG_KV_FORMAT", "int4")
+    config = EngineConfig(cache_dir=tmp_path)
+    assert (config.gpu_cache_bytes, config.cpu_cache_bytes) == (2 << 30, 1_500_000_000)
+    assert (config.max_model_len, config.kv_format) == (4096, "int4")
+    assert EngineConfig(cache_dir=tmp_path, max_model_len=1024).max_model_len == 1024  # the argument wins
+    monkeypatch.setenv("FUSIONRAG_RUNNING_KV_BYTES", "lots")
+    with pytest.raises(InvalidConfigError, match="FUSIONRAG_RUNNING_KV_BYTES"):
+        EngineConfig(cache_dir=tmp_path)
+    monkeypatch.setenv("FUSIONRAG_RUNNING_KV_BYTES", "1GiB")
+    monkeypatch.setenv("FUSIONRAG_GPU_MEMORY_UTILIZATION", "1.5")
+    with pytest.raises(InvalidConfigError, match="gpu_memory_utilization"):
+        EngineConfig(cache_dir=tmp_path)

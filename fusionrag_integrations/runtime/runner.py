@@ -33,6 +33,18 @@ from .graphs import GraphCache, graph_friendly_capacity
 from .precompute import PrecomputeJob, compute_entries, prefix_kv
 from .prefill_task import PrefillTask
 
+TRANSIENT_BYTES = 4 << 30  # a prefill's temporaries at 8B scale
+
+
+def running_kv_budget(free: int, total: int, allocated: int, gpu_tier: int, utilization: float | None) -> int:
+    """Bytes for the running requests' KV on a GPU: with a utilization share, that share of the device less
+    what the engine holds (weights) and will hold (GPU tier, temporaries), never more than is free; without,
+    90% of the free memory less the GPU tier and temporaries."""
+    spare = free - gpu_tier - TRANSIENT_BYTES
+    if utilization is None:
+        return int(0.9 * spare)
+    return min(int(utilization * total) - allocated - gpu_tier - TRANSIENT_BYTES, spare)
+
 
 class ModelRunner:
     def __init__(self, loaded: LoadedModel, config: EngineConfig, profiles: CriticalLayers) -> None:
@@ -51,11 +63,13 @@ class ModelRunner:
 
     def kv_token_budget(self, running_kv_bytes: int | None) -> int:
         """How many KV positions the running requests may hold together (EngineConfig.running_kv_bytes)."""
-        per_token = self.kv_bytes_per_token()
-        if running_kv_bytes is None and self.model.device.type == "cuda":  # leave the GPU tier and transients room
-            free = self.free_device_memory() - self.config.gpu_cache_bytes - (4 << 30)
-            running_kv_bytes = max(int(0.9 * free), per_token)
-        return (running_kv_bytes or 4 << 30) // per_token
+        per_token, device = self.kv_bytes_per_token(), self.model.device
+        if running_kv_bytes is None and device.type == "cuda":  # leave the GPU tier and transients room
+            total, allocated = torch.cuda.mem_get_info(device)[1], torch.cuda.memory_allocated(device)
+            c = self.config
+            running_kv_bytes = running_kv_budget(self.free_device_memory(), total, allocated, c.gpu_cache_bytes,
+                                                 c.gpu_memory_utilization)  # fmt: skip
+        return max(running_kv_bytes or 4 << 30, per_token) // per_token
 
     def memory_fits(self, kv_tokens: int, prefill_tokens: int) -> bool:
         """Whether a request's cache and its prefill's activations fit the device memory free now (the

@@ -107,7 +107,8 @@ def engine_flags(args: argparse.Namespace) -> dict:
     """The serve flags that are EngineConfig fields (only those given), under vLLM's names where vLLM has
     one; the fidelity guard's go into `fusion`."""
     top = {"max_model_len": "max_model_len", "max_num_seqs": "max_running_requests",
-           "max_num_batched_tokens": "max_prefill_tokens"}  # fmt: skip
+           "max_num_batched_tokens": "max_prefill_tokens",
+           "gpu_memory_utilization": "gpu_memory_utilization"}  # fmt: skip
     fusion = {"fidelity": "fidelity", "fidelity_target": "fidelity_target"}
     given = lambda names: {f: getattr(args, a) for a, f in names.items() if getattr(args, a, None) is not None}  # noqa: E731
     return {**given(top), **({"fusion": given(fusion)} if given(fusion) else {})}
@@ -152,6 +153,9 @@ def add_serve_command(sub) -> None:
     serve.add_argument("--max-model-len", type=int, help="most tokens (prompt + answer) a request may use")
     serve.add_argument("--max-num-seqs", type=int, help="most requests running at once (default: by memory)")
     serve.add_argument("--max-num-batched-tokens", type=int, help="most prompt tokens prefilled in one step")
+    serve.add_argument("--gpu-memory-utilization", type=share,
+                       help="share of the GPU's memory the engine may use, weights included (default: 90%% of "
+                       "what is free)")  # fmt: skip
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
