@@ -37,7 +37,6 @@ from fusionrag_integrations.model.identity import model_fingerprint, tokenizer_f
 from fusionrag_integrations.model.loader import LoadedModel, load_tokenizer, model_from_hf  # noqa: E402
 from fusionrag_integrations.response_format import ResponseFormat  # noqa: E402
 
-
 ANSWER_FORMAT = ResponseFormat.json_schema(
     {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"]}
 )
