@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from typing import Any
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
@@ -17,8 +16,7 @@ from starlette.requests import ClientDisconnect
 from ..engine import FusionEngine
 from ..integrations.common import ASYNC_CALL_THREADS, iterate_in_thread
 from ..outputs import GenerationChunk
-from . import errors
-from .errors import APIError, as_api_error
+from .errors import APIError
 from .metrics import Metrics
 from .openai_format import (
     ResponseIds,
@@ -28,12 +26,9 @@ from .openai_format import (
     completion_prompt,
     completion_response,
     merge_choices,
-    stats_json,
-    stream_chunk,
-    usage_json,
 )
 from .schemas import ChatCompletionRequest, CompletionRequest
-from .tool_stream import ToolCallStream, tool_stream_chunks
+from .streaming import ChoiceStreams
 
 
 def request_salt(request: Request, salt: str | None) -> str | None:
@@ -77,7 +72,7 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         tools = body.tools if body.tool_choice != "none" else None
         if body.stream:
             names = {t["function"]["name"] for t in tools} if tools else None
-            return await stream(ids, prompt, settings, include_usage, names)
+            return await stream(ids, prompt, settings, include_usage, body.n, names)
         results = await asyncio.gather(
             *(complete(request, prompt, choice_settings(settings, i)) for i in range(body.n))
         )
@@ -91,7 +86,7 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         ids = ResponseIds("completion", model_name)
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
-            return await stream(ids, prompt, settings, include_usage)
+            return await stream(ids, prompt, settings, include_usage, body.n)
         results = await asyncio.gather(
             *(complete(request, prompt, choice_settings(settings, i)) for i in range(body.n))
         )
@@ -117,49 +112,21 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         logprobs = [lp for p in pieces for lp in p.logprobs] if settings.get("logprobs") is not None else None
         return "".join(p.text for p in pieces), pieces[-1], logprobs
 
-    async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool, tools=None):
-        source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))
-        pieces = iterate_in_thread(source)
-        try:  # the first piece before the response starts: a bad request still gets its status code
-            first = await anext(pieces)
-        except Exception as exc:  # noqa: BLE001 - mapped to its status
-            close_soon(source)
-            await pieces.aclose()
-            raise as_api_error(exc) from None
+    async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool, n: int, tools=None):
+        sources = []
+        for i in range(n):
+            one = choice_settings(settings, i)
+            try:
+                sources.append(await in_thread(lambda s=one: metrics.observe(engine.stream(prompt, **s))))
+            except Exception:
+                for source in sources:  # the choices opened before this one's refusal
+                    close_soon(source)
+                raise
+        choices = ChoiceStreams(sources, close_soon)
+        await choices.start()
         decode = token_text if settings.get("logprobs") is not None else None
-        calls = ToolCallStream(tools) if tools else None
-        body = events(ids, first, pieces, source, include_usage, decode, calls)
+        body = choices.events(ids, include_usage, decode, tools)
         return StreamingResponse(body, media_type="text/event-stream")
-
-    def chunks(ids, piece: GenerationChunk, first: bool, decode, offset: int, calls: ToolCallStream | None):
-        base = stream_chunk(ids, piece, first=first, decode=decode, offset=offset)
-        if calls is None:
-            return [base]
-        return tool_stream_chunks(base, piece.text, piece.finish_reason is not None, first, calls)
-
-    async def events(ids, first, pieces: AsyncIterator, source: Iterator, include_usage: bool, decode, calls):
-        last, offset = first, len(first.text)
-        try:
-            for chunk in chunks(ids, first, True, decode, 0, calls):
-                yield sse(chunk)
-            async for piece in pieces:
-                last = piece
-                for chunk in chunks(ids, piece, False, decode, offset, calls):
-                    yield sse(chunk)
-                offset += len(piece.text)
-            if include_usage and last.usage is not None:
-                yield sse(
-                    {**stream_chunk(ids, None), "usage": usage_json(last.usage), "fusionrag": stats_json(last.stats)}
-                )
-            yield "data: [DONE]\n\n"
-        except Exception as exc:  # noqa: BLE001 - mid-stream: the status line is gone, the error is an event
-            err = as_api_error(exc)
-            yield sse(errors.error_body(err.status, err.message, err.code))
-            yield "data: [DONE]\n\n"
-        finally:
-            close_soon(source)  # a client that went away frees its slot at the next step
-            with anyio.CancelScope(shield=True):
-                await pieces.aclose()
 
 
 async def _collect(source: Iterator[GenerationChunk]) -> list[GenerationChunk]:

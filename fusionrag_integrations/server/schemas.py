@@ -108,7 +108,7 @@ class _Generation(_Body):
     top_p: Float = Field(1.0, gt=0.0, le=1.0)
     seed: Int | None = Field(None, ge=-(1 << 63), lt=1 << 64)
     stop: str | list[str] | None = None
-    n: Int = Field(1, ge=1, le=16, description="choices, sampled independently (not with stream)")
+    n: Int = Field(1, ge=1, le=16, description="choices, sampled independently (seed + i for choice i)")
     stream: bool = False
     stream_options: StreamOptions | None = None
     top_k: Int | None = Field(None, ge=-1, description="vLLM's extension: -1 or 0 = off")
@@ -127,12 +127,6 @@ class _Generation(_Body):
     chunks: list[str] | None = None
     cache_salt: str | None = None  # chunks are reused only among requests with the same salt (vLLM's name)
     fidelity: Literal["off", "guarded"] | None = None  # guarded: full prefill when divergence is predicted
-
-    @model_validator(mode="after")
-    def _one_choice_when_streaming(self) -> _Generation:
-        if self.stream and self.n > 1:
-            raise ValueError("n: more than one choice is not supported with stream")
-        return self
 
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

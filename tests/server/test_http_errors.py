@@ -25,7 +25,6 @@ CASES = {
     "top_p_zero": ("/v1/chat/completions", chat(top_p=0), AUTH, 400),
     "max_tokens_zero": ("/v1/chat/completions", chat(max_tokens=0), AUTH, 400),
     "n_over_16": ("/v1/chat/completions", chat(n=17), AUTH, 400),
-    "n_two_streamed": ("/v1/chat/completions", chat(n=2, stream=True), AUTH, 400),
     "frequency_penalty_out_of_range": ("/v1/chat/completions", chat(frequency_penalty=2.5), AUTH, 400),
     "repetition_penalty_zero": ("/v1/chat/completions", chat(repetition_penalty=0), AUTH, 400),
     "schema_without_schema": ("/v1/chat/completions", chat(response_format={"type": "json_schema"}), AUTH, 400),

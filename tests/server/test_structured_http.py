@@ -104,7 +104,9 @@ def test_tool_calls_stream_as_openai_deltas(client):
     city = {"type": "string", "maxLength": 24}
     tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {
         "type": "object", "properties": {"city": city}, "required": ["city"]}}}]  # fmt: skip
-    ask = dict(model=MODEL, messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=tools, max_tokens=80)
+    # chunks=[]: no fusion, so the second request cannot reuse a paragraph the server learned from the first
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": "Weather in Oslo?"}], tools=tools, max_tokens=80,
+               extra_body={"chunks": []})  # fmt: skip
     whole = client.chat.completions.create(**ask, tool_choice="required")
     events = list(client.chat.completions.create(**ask, tool_choice="required", stream=True))
     deltas = [c.choices[0].delta for c in events if c.choices]
@@ -119,3 +121,17 @@ def test_tool_calls_stream_as_openai_deltas(client):
     text = "".join(c.choices[0].delta.content or "" for c in prose if c.choices)
     calls = [c for c in prose if c.choices and c.choices[0].delta.tool_calls]
     assert text or calls  # free to answer either way; whichever it is arrives in its own field
+
+
+def test_n_choices_stream_interleaved_with_their_index(client):
+    ask = dict(model=MODEL, messages=[{"role": "user", "content": "Name an animal."}], max_tokens=8,
+               temperature=1.2, seed=11, extra_body={"chunks": []})  # fmt: skip
+    whole = client.chat.completions.create(**ask, n=3)
+    events = list(client.chat.completions.create(**ask, n=3, stream=True, stream_options={"include_usage": True}))
+    texts = {i: "".join(c.choices[0].delta.content or "" for c in events if c.choices and c.choices[0].index == i)
+             for i in range(3)}  # fmt: skip
+    assert [texts[i] for i in range(3)] == [c.message.content for c in whole.choices]
+    finishes = [c.choices[0].index for c in events if c.choices and c.choices[0].finish_reason]
+    assert sorted(finishes) == [0, 1, 2]
+    assert events[-1].usage.completion_tokens == whole.usage.completion_tokens
+    assert events[-1].usage.prompt_tokens == whole.usage.prompt_tokens
