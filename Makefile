@@ -38,3 +38,4 @@ clean:
 lint: install
 	$(VENV)/bin/ruff check fusionrag_integrations benchmarks tests examples
 	$(VENV)/bin/ruff format --check fusionrag_integrations benchmarks tests examples/*.py
+	$(VENV)/bin/mypy fusionrag_integrations

@@ -5,7 +5,11 @@ For each grammar kind (JSON schema, any JSON object, regex, choice) and each lib
 teacher-forced through the matcher (p50 / p99 over the answer's tokens), and applying a batch of masks
 to [B, vocab] logits on the device. The tokenizer is the real one the engine serves (`--tokenizer`).
 
-    python3 benchmarks/grammar.py --tokenizer DIR [--device cuda] [--vocab 128256]
+    python3 benchmarks/grammar.py --tokenizer DIR [--device cuda] [--vocab 128256] [--engine]
+
+--engine adds our own mask apply (runtime/grammar.apply_bitmask, what the engine runs) on the same
+batch and, on CPU, the bundled SmolLM2's time per output token with and without a JSON schema, greedy
+(interleaved repeats, medians).
 """
 
 from __future__ import annotations
@@ -99,6 +103,37 @@ def apply_ms(library: str, masks: torch.Tensor, rows: int, vocab: int, device: t
     return statistics.median(times)
 
 
+def engine_rows(device: torch.device, rows: int, vocab: int, repeats: int = 5) -> list[dict]:
+    from fusionrag_integrations import FusionEngine, default_model_path
+    from fusionrag_integrations.runtime.grammar import apply_bitmask
+
+    masks = torch.randint(-(1 << 31), (1 << 31) - 1, (rows, (vocab + 31) // 32), dtype=torch.int64).to(torch.int32)
+    logits, masks = torch.randn(rows, vocab, device=device), masks.to(device)
+    times = []
+    for _ in range(50):
+        sync(device)
+        t0 = time.perf_counter()
+        apply_bitmask(logits.clone(), masks)
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    out = [{"what": f"ours: apply_bitmask, {rows} rows x {vocab} (a clone included)", "ms": statistics.median(times)}]
+    if device.type != "cpu":  # the bundled model is a CPU model (its GGUF ships in a pip package)
+        return out
+    engine = FusionEngine.from_pretrained(default_model_path(), device=str(device))
+    ask = [{"role": "user", "content": "Describe a person called Alice as JSON."}]
+    schema = {"type": "object", "properties": {"name": {"type": "string"}, "bio": {"type": "string"}}}
+    per_token: dict[str, list[float]] = {"free text": [], "json_schema": []}
+    for _ in range(repeats):
+        for name, fmt in (
+            ("free text", None),
+            ("json_schema", {"type": "json_schema", "json_schema": {"schema": schema}}),
+        ):
+            g = engine.generate(ask, chunks=[], max_new_tokens=64, response_format=fmt)
+            per_token[name].append(g.stats.decode_ms / max(1, g.usage.completion_tokens - 1))
+    out += [{"what": f"SmolLM2 decode ms/token, {name}", "ms": statistics.median(v)} for name, v in per_token.items()]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokenizer", required=True)
@@ -106,6 +141,7 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=0, help="the model's logits width (0: the tokenizer's)")
     ap.add_argument("--rows", type=int, default=16)
     ap.add_argument("--out", default="")
+    ap.add_argument("--engine", action="store_true", help="also our apply and SmolLM2's TPOT with a grammar")
     args = ap.parse_args()
     from transformers import AutoTokenizer
 
@@ -136,8 +172,11 @@ def main() -> None:
             })  # fmt: skip
     print(f"# {device_name(device)}, vocab {vocab}, {args.rows} rows per mask apply")
     print(markdown_table(rows, list(rows[0])))
+    extra = engine_rows(device, args.rows, vocab) if args.engine else []
+    if extra:
+        print(markdown_table(extra, ["what", "ms"]))
     out = Path(args.out or Path(__file__).parent / f"results/grammar_{device.type}.json")
-    out.write_text(json.dumps({"device": device_name(device), "vocab": vocab, "rows": rows}, indent=1))
+    out.write_text(json.dumps({"device": device_name(device), "vocab": vocab, "rows": rows, "engine": extra}, indent=1))
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import asyncio
 import contextvars
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -129,7 +129,7 @@ async def run_in_thread(fn: Callable[[], T]) -> T:
     return await loop.run_in_executor(ASYNC_CALL_THREADS, contextvars.copy_context().run, fn)
 
 
-async def iterate_in_thread(source: Iterator[T]) -> AsyncIterator[T]:
+async def iterate_in_thread(source: Iterator[T]) -> AsyncGenerator[T, None]:
     """Drive a blocking iterator (the engine's stream) in a worker thread and hand its items to the
     event loop as they come, so async frameworks never block their loop on generation."""
     loop = asyncio.get_running_loop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from langchain_core.messages import AIMessageChunk
+from langchain_core.messages import AIMessage, AIMessageChunk, ToolCallChunk
 from langchain_core.messages.ai import UsageMetadata
 from langchain_core.outputs import ChatGenerationChunk, ChatResult
 
@@ -15,6 +15,7 @@ from ..outputs import GenerationChunk
 def final_chunk(piece: GenerationChunk, model_name: str | None) -> AIMessageChunk:
     """The one chunk that carries usage and metadata (so aggregation does not double count)."""
     usage, stats = piece.usage, piece.stats
+    assert usage is not None and stats is not None, "only the last piece carries usage and statistics"
     return AIMessageChunk(
         content=piece.text,
         usage_metadata=UsageMetadata(
@@ -36,8 +37,9 @@ def final_chunk(piece: GenerationChunk, model_name: str | None) -> AIMessageChun
 def tool_result_chunk(result: ChatResult) -> ChatGenerationChunk:
     """A generated answer with tool calls as one stream chunk (a call is only known once complete)."""
     message = result.generations[0].message
-    chunks = [
-        {"name": c["name"], "args": json.dumps(c["args"]), "id": c["id"], "index": i}
+    assert isinstance(message, AIMessage)
+    chunks: list[ToolCallChunk] = [
+        ToolCallChunk(name=c["name"], args=json.dumps(c["args"]), id=c["id"], index=i)
         for i, c in enumerate(message.tool_calls)
     ]
     return ChatGenerationChunk(

@@ -38,6 +38,7 @@ def structured_output(
         raise InvalidArgumentError(f"with_structured_output: method must be one of {METHODS}, got {method!r}")
     if schema is None and method != "json_mode":
         raise InvalidArgumentError(f"with_structured_output: method {method!r} needs a schema")
+    parser: Runnable
     trace = {"ls_structured_output_format": {"kwargs": {"method": method}, "schema": schema}}
     if method == "function_calling":
         name = convert_to_openai_tool(schema)["function"]["name"]

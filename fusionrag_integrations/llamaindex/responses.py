@@ -11,7 +11,8 @@ from ..outputs import GenerationChunk
 
 
 def raw_of(last: GenerationChunk) -> dict[str, Any]:
-    u = last.usage
+    u, stats = last.usage, last.stats
+    assert u is not None and stats is not None, "only the last piece carries usage and statistics"
     return {
         "usage": {
             "prompt_tokens": u.prompt_tokens,
@@ -19,7 +20,7 @@ def raw_of(last: GenerationChunk) -> dict[str, Any]:
             "total_tokens": u.total_tokens,
             "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
         },
-        "stats": last.stats.to_dict(),
+        "stats": stats.to_dict(),
         "finish_reason": last.finish_reason,
     }
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator
 from typing import Any
 
 import anyio
@@ -32,7 +32,7 @@ class ChoiceStreams:
 
     def __init__(self, sources: list[Iterator[GenerationChunk]], close: Callable[[Iterator], None]) -> None:
         self.sources, self.close = sources, close
-        self.pieces = [iterate_in_thread(s) for s in sources]
+        self.pieces: list[AsyncGenerator[GenerationChunk, None]] = [iterate_in_thread(s) for s in sources]
         self.firsts: list[GenerationChunk] = []
 
     async def start(self) -> None:
@@ -74,8 +74,10 @@ class ChoiceStreams:
                     yield sse(chunk)
                 offsets[i] += len(piece.text)
             if include_usage and all(last.usage is not None for last in lasts):
-                usage = Usage(lasts[0].usage.prompt_tokens, sum(last.usage.completion_tokens for last in lasts),
-                              lasts[0].usage.cached_tokens)  # fmt: skip
+                usages = [last.usage for last in lasts if last.usage is not None]
+                usage = Usage(
+                    usages[0].prompt_tokens, sum(u.completion_tokens for u in usages), usages[0].cached_tokens
+                )
                 yield sse(
                     {**stream_chunk(ids, None), "usage": usage_json(usage), "fusionrag": stats_json(lasts[0].stats)}
                 )

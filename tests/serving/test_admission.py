@@ -33,13 +33,15 @@ class Job:
 
 
 class FakeDecode:
+    constraint = None  # no grammar
+
     def __init__(self, job: Job) -> None:
         self.job, self.left, self.count, self.done = job, job.tokens, 0, False
 
     def start(self) -> list[GenerationChunk]:
         return self._next()
 
-    def feed(self, _row) -> list[GenerationChunk]:
+    def feed(self, _row, _masked=None) -> list[GenerationChunk]:
         self.count += 1
         if self.count == self.job.fail_at:
             raise RuntimeError("probability tensor contains either inf, nan or element < 0")
