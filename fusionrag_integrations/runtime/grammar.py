@@ -147,11 +147,16 @@ def _grammar(fmt: ResponseFormat) -> str:
 
 def constrain(logits: torch.Tensor, constraints: list[TokenConstraint | None]) -> torch.Tensor:
     """The batch's logits [B, V] masked by each row's grammar (a new tensor; `logits` is left as it was,
-    raw logits are what logprobs report). Rows without a constraint keep every token."""
-    bitmask = torch.full((len(constraints), (logits.shape[-1] + 31) // 32), -1, dtype=torch.int32)
-    for row, constraint in enumerate(constraints):
-        if constraint is not None:
-            constraint.fill(bitmask, row)
+    raw logits are what logprobs report). Rows without a constraint keep every token and cost nothing."""
+    rows = [i for i, c in enumerate(constraints) if c is not None]
+    bitmask = torch.empty((len(rows), (logits.shape[-1] + 31) // 32), dtype=torch.int32)
+    for at, row in enumerate(rows):
+        constraints[row].fill(bitmask, at)  # type: ignore[union-attr]
     if logits.device.type == "cuda":
         bitmask = bitmask.pin_memory().to(logits.device, non_blocking=True)
-    return apply_bitmask(logits.float().clone(), bitmask.to(logits.device))
+    masked = logits.float().clone()
+    if len(rows) == len(constraints):
+        return apply_bitmask(masked, bitmask)
+    index = torch.tensor(rows, device=logits.device)
+    masked[index] = apply_bitmask(masked[index], bitmask)
+    return masked
