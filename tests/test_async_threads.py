@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from fusionrag_integrations.integrations.common import iterate_in_thread, run_in_thread
+from fusionrag_integrations.threads import iterate_in_thread, run_in_thread
 
 TOGETHER = 40  # past the default executor's cap on any machine
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextvars
 import os
 import threading
-from collections.abc import AsyncGenerator, Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -115,45 +112,3 @@ def check_precompute_mode(mode: str, engine: FusionEngine | None, store: str, ll
         raise ValueError(f"{store} needs engine= (a FusionEngine, e.g. {llm}(...).engine)")
     if mode not in PRECOMPUTE_MODES:
         raise ValueError(f"precompute must be one of {PRECOMPUTE_MODES}, got {mode!r}")
-
-
-# An async call's worker thread mostly waits for the scheduler's next token. The event loop's default
-# executor has min(32, CPUs + 4) threads (6 on a 2-core machine): more concurrent `ainvoke`s or
-# streams than that would queue for a thread instead of joining the running batch.
-ASYNC_CALL_THREADS = ThreadPoolExecutor(max_workers=512, thread_name_prefix="fusionrag-async")
-
-
-async def run_in_thread(fn: Callable[[], T]) -> T:
-    """asyncio.to_thread on our own pool (context variables carried, as to_thread does)."""
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(ASYNC_CALL_THREADS, contextvars.copy_context().run, fn)
-
-
-async def iterate_in_thread(source: Iterator[T]) -> AsyncGenerator[T, None]:
-    """Drive a blocking iterator (the engine's stream) in a worker thread and hand its items to the
-    event loop as they come, so async frameworks never block their loop on generation."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue[Any] = asyncio.Queue()
-    done, stop = object(), threading.Event()
-
-    def produce() -> None:
-        try:
-            for item in source:
-                if stop.is_set():
-                    break
-                loop.call_soon_threadsafe(queue.put_nowait, item)
-            loop.call_soon_threadsafe(queue.put_nowait, done)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
-            loop.call_soon_threadsafe(queue.put_nowait, exc)
-
-    worker = loop.run_in_executor(
-        ASYNC_CALL_THREADS, contextvars.copy_context().run, produce
-    )  # the caller's context vars
-    try:
-        while (item := await queue.get()) is not done:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        await worker

@@ -27,16 +27,15 @@ from ..errors import FusionRAGError, InvalidArgumentError
 from ..inputs import check_stop
 from ..integrations.common import (
     ENGINE_FIELDS,
-    iterate_in_thread,
     model_path_text,
     request_settings,
     retrying,
-    run_in_thread,
     shared_engine,
 )
 from ..integrations.logprobs import chat_logprobs
 from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools, tool_call_format
 from ..outputs import GenerationChunk
+from ..threads import iterate_in_thread, run_in_thread
 from .messages import to_engine_messages
 from .responses import final_chunk, tool_result_chunk
 from .structured import structured_output

@@ -33,14 +33,13 @@ from ..engine import FusionEngine
 from ..inputs import check_stop
 from ..integrations.common import (
     ENGINE_FIELDS,
-    iterate_in_thread,
     model_path_text,
     request_settings,
-    run_in_thread,
     shared_engine,
 )
 from ..integrations.tools import parse_tool_calls, prompt_with_tools, template_supports_tools, tool_call_format
 from ..outputs import GenerationChunk
+from ..threads import iterate_in_thread, run_in_thread
 from . import stats as query_stats
 from .messages import checked_messages, to_engine_messages
 from .responses import logprobs_of, raw_of

@@ -14,8 +14,8 @@ from fastapi.responses import StreamingResponse
 from starlette.requests import ClientDisconnect
 
 from ..engine import FusionEngine
-from ..integrations.common import ASYNC_CALL_THREADS, iterate_in_thread
 from ..outputs import GenerationChunk
+from ..threads import ASYNC_CALL_THREADS, iterate_in_thread
 from .errors import APIError
 from .metrics import Metrics
 from .openai_format import (

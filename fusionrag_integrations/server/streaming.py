@@ -13,8 +13,8 @@ from typing import Any
 
 import anyio
 
-from ..integrations.common import iterate_in_thread
 from ..outputs import GenerationChunk, Usage
+from ..threads import iterate_in_thread
 from . import errors
 from .errors import as_api_error
 from .openai_format import ResponseIds, stats_json, stream_chunk, usage_json
