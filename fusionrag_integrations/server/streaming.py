@@ -89,6 +89,8 @@ class ChoiceStreams:
         finally:
             for pump in pumps:
                 pump.cancel()
+            with anyio.CancelScope(shield=True):  # the pumps let go of their streams before those close
+                await asyncio.gather(*pumps, return_exceptions=True)
             await self.shut()
 
 
