@@ -66,7 +66,8 @@ class ChunkRegistry:
         if remote:  # the catalog is shared where the entries are: every engine detects every chunk
             from .redis_catalog import RedisCatalog
 
-            self.catalog = RedisCatalog(self.store.backend.redis, namespace)
+            assert self.store.remote is not None
+            self.catalog = RedisCatalog(self.store.remote.redis, namespace)
         else:
             self.catalog = Catalog(directory / "catalog.sqlite" if directory else None, namespace)
         self.index = ChunkIndex(min_chunk_chars)

@@ -15,11 +15,15 @@ import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from ..lru import LRU
-from .backends import LocalDirBackend
+from .backends import Backend, LocalDirBackend
+
+if TYPE_CHECKING:
+    from .redis_backend import RedisBackend
 from .chunk_kv import ChunkKV
 from .fetch_cost import FetchCost
 
@@ -75,16 +79,21 @@ class ChunkStore:
         self._fetched: dict[str, ChunkKV | None] = {}  # read ahead from the backend for the request being laid out
         self.cost = FetchCost()  # how fast the backend reads (and the model computes: the executor says)
         self.last_tier = "miss"
+        self.backend: Backend | None
         if remote is not None:  # the shared tier replaces the directory (no local files to adopt or prune)
             from .redis_backend import RedisBackend
 
-            self.backend, self.directory = RedisBackend(*remote, model_fingerprint, secret, self.counts), None
+            self.remote: RedisBackend | None = RedisBackend(*remote, model_fingerprint, secret, self.counts)
+            self.directory, self.local, self.backend = None, None, self.remote
         else:
-            self.backend = LocalDirBackend(directory, model_fingerprint, secret, self.counts) if directory else None
+            # each backend also kept as what it is: the local one's files are what the catalog adopts and
+            # `cache prune` trims, the remote one's connection is the shared catalog's
+            self.local = LocalDirBackend(directory, model_fingerprint, secret, self.counts) if directory else None
+            self.remote, self.backend = None, self.local
 
     def path(self, key: str) -> Path | None:
         """Where the entry lives on disk; None without a directory or for a key that is not a key."""
-        return self.backend.path(key) if isinstance(self.backend, LocalDirBackend) else None
+        return self.local.path(key) if self.local is not None else None
 
     def get(self, key: str) -> ChunkKV | None:
         """The entry on the engine's device, or None (also when the persisted copy was bad)."""
@@ -185,8 +194,8 @@ class ChunkStore:
                 self.backend.delete(key)
 
     def discard(self, path: Path) -> None:
-        if isinstance(self.backend, LocalDirBackend):
-            self.backend.discard(path)
+        if self.local is not None:
+            self.local.discard(path)
 
     def _promote(self, entry: ChunkKV) -> ChunkKV:
         """Place in the hottest tier. The pinned CPU tier keeps a copy of what the GPU tier holds
