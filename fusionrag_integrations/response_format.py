@@ -32,7 +32,8 @@ class ResponseFormat:
                 f"response_format type must be json_object, json_schema, regex, choice or grammar, got {self.kind!r}"
             )
         if not isinstance(self.spec, str):
-            raise InvalidSamplingError(f"response_format spec must be a string, got {type(self.spec).__name__}")
+            raise InvalidSamplingError(f"a {self.kind} response_format's {_SPEC_NAME.get(self.kind, 'spec')} must be a "
+                                       f"string, got {type(self.spec).__name__}")  # fmt: skip
         if self.kind != "json_object" and not self.spec:
             raise InvalidSamplingError(f"a {self.kind} response_format needs its {_SPEC_NAME[self.kind]}")
 
@@ -56,9 +57,7 @@ class ResponseFormat:
 
     @classmethod
     def regex(cls, pattern: str) -> ResponseFormat:
-        if not isinstance(pattern, str):
-            raise InvalidSamplingError(f"a regex must be a string, got {type(pattern).__name__}")
-        return cls("regex", pattern)
+        return cls("regex", pattern)  # the spec's type is checked on construction
 
     @classmethod
     def choice(cls, options: Sequence[str]) -> ResponseFormat:
@@ -70,8 +69,6 @@ class ResponseFormat:
 
     @classmethod
     def grammar(cls, lark: str) -> ResponseFormat:
-        if not isinstance(lark, str):
-            raise InvalidSamplingError(f"a grammar must be Lark text, got {type(lark).__name__}")
         return cls("grammar", lark)
 
     @classmethod

@@ -152,8 +152,7 @@ def constrain(logits: torch.Tensor, constraints: list[TokenConstraint | None]) -
     bitmask = torch.empty((len(rows), (logits.shape[-1] + 31) // 32), dtype=torch.int32)
     for at, row in enumerate(rows):
         constraints[row].fill(bitmask, at)  # type: ignore[union-attr]
-    if logits.device.type == "cuda":
-        bitmask = bitmask.pin_memory().to(logits.device, non_blocking=True)
+    bitmask = bitmask.to(logits.device)  # a few KB a row; sampling reads the device right after anyway
     masked = logits.float().clone()
     if len(rows) == len(constraints):
         return apply_bitmask(masked, bitmask)

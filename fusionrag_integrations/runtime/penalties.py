@@ -22,6 +22,7 @@ class Penalties:
         self.repetition = params.repetition_penalty
         self.prompt_ids, self.device = prompt_ids, device
         self.bias = params.logit_bias
+        self.bias_row: torch.Tensor | None = None  # [V] logit_bias laid out once, at the first call
         self.counts: torch.Tensor | None = None  # [V] generated-token counts, made at the first call
         self.seen: torch.Tensor | None = None  # [V] prompt or generated
 
@@ -38,15 +39,17 @@ class Penalties:
             self.seen = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
             prompt = torch.tensor([t for t in self.prompt_ids if 0 <= t < vocab], dtype=torch.long)
             self.seen[prompt.to(logits.device)] = True
+            if self.bias:
+                ids, values = zip(*self.bias)
+                row = torch.zeros(vocab, dtype=torch.float32)
+                row[list(ids)] = torch.tensor(values, dtype=torch.float32)
+                self.bias_row = row.to(logits.device)
         out = logits.float().clone()
         if self.repetition != 1:
             penalised = torch.where(out > 0, out / self.repetition, out * self.repetition)
             out = torch.where(self.seen, penalised, out)
         out = out - self.frequency * self.counts - self.presence * (self.counts > 0).float()
-        if self.bias:
-            ids, values = zip(*self.bias)
-            out[torch.tensor(ids, device=out.device)] += torch.tensor(values, device=out.device)
-        return out
+        return out if self.bias_row is None else out + self.bias_row
 
     def accept(self, token: int) -> None:
         if self.counts is not None and 0 <= token < self.counts.numel():

@@ -11,9 +11,10 @@ from fastapi.responses import StreamingResponse
 from ..engine import FusionEngine
 from . import errors
 from .errors import APIError, as_api_error
-from .generation import in_thread, request_salt, sse
+from .generation import in_thread, request_salt
 from .schemas import ChunkKeysRequest, ChunksRequest, ForgetRequest
 from .settings import ServerSettings
+from .streaming import sse
 
 
 def register(app: FastAPI, engine: FusionEngine, settings: ServerSettings) -> None:

@@ -5,7 +5,6 @@ whether it streamed or waited for the whole answer."""
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -47,10 +46,6 @@ def close_soon(source: Iterator) -> None:
     close = getattr(source, "close", None)
     if close is not None:
         ASYNC_CALL_THREADS.submit(close)
-
-
-def sse(obj: dict) -> str:
-    return f"data: {json.dumps(obj)}\n\n"
 
 
 def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metrics) -> None:
