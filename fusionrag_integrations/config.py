@@ -228,6 +228,11 @@ class EngineConfig(_Settings):
         "eighth of max_prefill_tokens, so prefills still finish). None: max_prefill_tokens every step, which "
         "favours time to first token and throughput.",
     )
+    mixed_steps: bool = Field(
+        True,
+        description="Run a step's prefill slices and its decode rows in one forward (the weights read once; attention "
+        "stays per request). False: each slice and the decode batch run apart (the decode batch graphed).",
+    )
     gpu_memory_utilization: float | None = Field(
         None,
         gt=0.0,

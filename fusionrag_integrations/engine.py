@@ -23,6 +23,7 @@ from .inputs import check_length, check_precompute, check_salt, check_texts
 from .model.loader import LoadedModel, load_aux_model, load_model, resolve_device, resolve_dtype
 from .outputs import EngineStatus, Generation, IngestReport
 from .request import Request
+from .runtime.chunk_compute import ChunkCompute
 from .runtime.decode import Prefill
 from .runtime.executor import StepExecutor, prepare
 from .runtime.runner import ModelRunner
@@ -52,8 +53,8 @@ class FusionEngine:
         load_aux = lambda source: load_aux_model(source, loaded, config.model_cache_dir).model  # noqa: E731
         self.selectors = SelectorFactory(config.fusion, self.critical_layers, loaded.model_fingerprint, load_aux)
         self.fidelity = FidelityMonitor.of(config, loaded.name)
-        self.executor = StepExecutor(self.layout, self.runner, self.chunks, self.selectors, self.prefix_ids,
-                                     self.counters, self.fidelity)  # fmt: skip
+        compute = ChunkCompute(self.runner, self.chunks, self.prefix_ids, self.counters)
+        self.executor = StepExecutor(self.layout, self.runner, compute, self.selectors, self.counters, self.fidelity)
         self.scheduler = Scheduler(Limits.of(config, self.runner))
         self.loop = StepLoop(self.scheduler, self.executor, self._lock)
 
@@ -91,10 +92,9 @@ class FusionEngine:
         jobs = self.layout.jobs(texts, contexts, tenant_of(check_salt(cache_salt)))
         todo = list({j.key: j for j in jobs if not self.chunks.holds(j.key)}.values())
         if todo:
-            self.loop.submit_chore(self.executor.ingest_steps(todo, show_progress)).wait()
+            self.loop.submit_chore(self.executor.chunks.ingest_steps(todo, show_progress)).wait()
         self.chunks.flush()  # persisted and catalogued when it returns (the writes overlapped the compute)
-        keys = [job.key for job in jobs]
-        unique = list(dict.fromkeys(keys))
+        keys, unique = [job.key for job in jobs], list({job.key: None for job in jobs})
         return IngestReport(keys, len(todo), len(unique) - len(todo), self.chunks.stored(unique))
 
     def forget(self, keys: Sequence[str], cache_salt: str | None = None) -> int:

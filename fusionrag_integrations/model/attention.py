@@ -74,6 +74,7 @@ class CacheAttention:
     max_position: int
     backend: str = "never"  # resolve_kernels(...)
     start: int | None = field(init=False)
+    output_rows = slice(-1, None)  # with last_row_only: the last query's output alone
 
     def __post_init__(self) -> None:
         contiguous = self.mode is not AttentionMode.BY_POSITION  # written with a slice copy

@@ -10,7 +10,7 @@ tokens it keeps), `after_write` sees the queries once their K/V are written (att
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 
@@ -32,6 +32,15 @@ class Attention(Protocol):
     ) -> torch.Tensor: ...
 
 
+class OutputRows(Attention, Protocol):
+    """What `last_row_only` needs: the rows whose output the caller reads (the last one, or one per
+    packed pass), and attention for those rows alone once every row's K/V is written."""
+
+    output_rows: slice | torch.Tensor
+
+    def attend_last(self, layer: int, q: torch.Tensor) -> torch.Tensor: ...
+
+
 @torch.inference_mode()
 def run_layers(
     model: TransformerModel,
@@ -50,7 +59,8 @@ def run_layers(
     finish_last=False stops the last layer after its K/V write (and after_write): a probe that reads
     only that layer's queries, or a precompute that keeps only K/V, skips its attention and MLP.
     last_row_only: the caller reads only the last token's output (its logits), so the last layer
-    runs attention and MLP for that token alone, once every token's K/V is written (exact).
+    runs attention and MLP for that token alone, once every token's K/V is written (exact). An
+    attention that packs several passes (packed.py) names its output rows instead (`output_rows`).
     Returns (hidden states, positions) of the tokens still running at the end.
     """
     h = model.embed(ids)
@@ -69,8 +79,10 @@ def run_layers(
         if keep is not None:
             h, q, positions, cos, sin = h[keep], q[keep], positions[keep], cos[keep], sin[keep]
         if last and last_row_only:
-            h, positions = h[-1:], positions[-1:]
-            attn = attention.attend_last(layer, q[-1:])
+            outputs = cast(OutputRows, attention)
+            rows = outputs.output_rows
+            h, positions = h[rows], positions[rows]
+            attn = outputs.attend_last(layer, q[rows])
         else:
             attn = attention.attend(layer, q, positions, k, v)
         h = model.finish_layer(layer, h, attn, backend)

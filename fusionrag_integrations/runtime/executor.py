@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Iterator
 
 import torch
 
@@ -26,23 +25,22 @@ from ..inputs import check_length
 from ..request import FusionParams, Request
 from ..serving.plan import StepOutcome, StepPlan
 from ..serving.state import Phase, SeqState
-from ..store.chunk_kv import ChunkKV, tenant_of
-from ..store.ingest import ingest
-from ..store.registry import ChunkRegistry
+from ..store.chunk_kv import tenant_of
+from .chunk_compute import ChunkCompute
 from .decode import Prefill
 from .grammar import constrain
-from .precompute import PrecomputeJob
+from .packed_step import packed_step
 from .prefill_task import PrefillTask
 from .runner import ModelRunner
 
 
 class StepExecutor:
     def __init__(
-        self, layout: PromptLayout, runner: ModelRunner, chunks: ChunkRegistry, selectors: SelectorFactory,
-        prefix_ids: list[int], counters: Counter[str], fidelity: FidelityMonitor,
+        self, layout: PromptLayout, runner: ModelRunner, chunks: ChunkCompute, selectors: SelectorFactory,
+        counters: Counter[str], fidelity: FidelityMonitor,
     ) -> None:  # fmt: skip
         self.layout, self.runner, self.chunks, self.selectors = layout, runner, chunks, selectors
-        self.prefix_ids, self.counters, self.fidelity = prefix_ids, counters, fidelity
+        self.counters, self.fidelity = counters, fidelity
 
     def check(self, request: Request) -> None:
         """Fail on the caller's thread, not in the loop: an unknown selector, a grammar that does not compile."""
@@ -56,23 +54,12 @@ class StepExecutor:
         running = bool(plan.decode) or any(s.phase is Phase.PREFILL and s not in plan.admit for s, _ in plan.prefill)
         for seq in plan.admit:
             self._guarded(out, seq, lambda s=seq: self._start(s), requeue=running or len(plan.admit) > 1)
-        t0, ran, finished = time.perf_counter(), [], []
-        for seq, tokens in plan.prefill:
-            if seq.prefill is not None and seq.phase is Phase.PREFILL:
-                ran.append((seq, time.perf_counter()))
-                work = lambda s=seq, n=tokens: finished.append(self._slice(s, n, out))  # noqa: E731
-                self._guarded(out, seq, work, requeue=running)
-        if ran:
-            self.runner.sync()  # one sync for the step's slices: each is timed from its launch to here
-            end = time.perf_counter()
-            out.prefill_s = end - t0
-            for seq, launched in ran:
-                if seq.prefill is not None:
-                    seq.prefill.seconds += end - launched
-            for seq, logits in (f for f in finished if f[1] is not None):
-                self._guarded(out, seq, lambda s=seq, x=logits: self._first_token(s, x, out))
-        if plan.decode:
-            self._decode([s for s in plan.decode if s.phase is Phase.DECODE], out)
+        slices = [(s, n) for s, n in plan.prefill if s.prefill is not None and s.phase is Phase.PREFILL]
+        rows = [s for s in plan.decode if s.phase is Phase.DECODE]
+        if not (self._mixes(slices, rows) and self._mixed(slices, rows, out)):
+            self._slices(slices, out, running)
+            if rows:
+                self._decode(rows, out)
         if plan.chore is not None:
             plan.chore.run_one()
         busy = bool(plan.decode or plan.prefill)  # users' work in this step: the shadows' share is bounded
@@ -85,6 +72,50 @@ class StepExecutor:
             self.fidelity.account_step(time.perf_counter() - started)
         out.background = self.fidelity.pending
         return out
+
+    def _slices(self, slices: list[tuple[SeqState, int]], out: StepOutcome, running: bool) -> None:
+        """The step's prefill slices, one forward each (a request's error or lack of memory is its own)."""
+        t0, finished = time.perf_counter(), []
+        for seq, tokens in slices:
+            work = lambda s=seq, n=tokens: finished.append(self._slice(s, n, out))  # noqa: E731
+            self._guarded(out, seq, work, requeue=running)
+        if slices:
+            self.runner.sync()  # one sync for the step's slices: each is timed from the step's start to here
+            out.prefill_s = time.perf_counter() - t0
+            self._first_tokens(slices, finished, out.prefill_s, out)
+
+    def _mixes(self, slices: list[tuple[SeqState, int]], rows: list[SeqState]) -> bool:
+        if not self.runner.config.mixed_steps or not slices or (not rows and len(slices) == 1):
+            return False
+        return all(seq.prefill.sliceable for seq, _ in slices)
+
+    def _mixed(self, slices: list[tuple[SeqState, int]], rows: list[SeqState], out: StepOutcome) -> bool:
+        """The step's slices and decode rows in one forward (runtime/packed_step.py); False when it failed
+        (out of memory, or a request's own error): nothing changed, the caller runs the parts apart."""
+        t0, done = time.perf_counter(), sum(seq.prefill.done for seq, _ in slices)
+        try:
+            result = packed_step(self.runner.model, [(s.prefill, n) for s, n in slices], [s.decode for s in rows],
+                                 self.runner.backend)  # fmt: skip
+            self.runner.sync()
+        except Exception:  # noqa: BLE001 - each part again on its own, its error its own
+            self.counters["mixed_step_fallbacks"] += 1
+            return False
+        out.mixed, out.prefill_s = True, time.perf_counter() - t0
+        self.counters["mixed_steps"] += 1
+        out.prefill_tokens += sum(seq.prefill.done for seq, _ in slices) - done
+        self._first_tokens(slices, list(zip([s for s, _ in slices], result.first_logits)), out.prefill_s, out)
+        if rows:
+            self._sample(rows, result.decode_logits, out)
+            out.decode_rows, out.decode_s = len(rows), out.prefill_s
+        return True
+
+    def _first_tokens(self, slices, finished, seconds: float, out: StepOutcome) -> None:
+        for seq, _ in slices:
+            if seq.prefill is not None:
+                seq.prefill.seconds += seconds
+        for seq, logits in finished:
+            if logits is not None:
+                self._guarded(out, seq, lambda s=seq, x=logits: self._first_token(s, x, out))
 
     @staticmethod
     def _guarded(out: StepOutcome, seq: SeqState, work, requeue: bool = False) -> None:
@@ -118,12 +149,12 @@ class StepExecutor:
     def layout_of(self, request: Request) -> Layout:
         draft = request.draft if request.draft is not None else prepare(self.layout, request)
         request.draft = None
-        computed = {e.text for e in self.compute(self.layout.missing(draft))}
+        computed = {e.text for e in self.chunks.compute(self.layout.missing(draft))}
         for _ in range(3):  # an entry found missing while building (evicted meanwhile): compute it, build again
             layout, jobs = self.layout.build(draft, request.stats, computed)
             if layout is not None:
                 return layout
-            computed |= {e.text for e in self.compute(jobs)}
+            computed |= {e.text for e in self.chunks.compute(jobs)}
         raise RuntimeError("chunk entries were evicted as fast as they were computed: the memory tiers are too small")
 
     def _start(self, seq: SeqState) -> None:
@@ -206,7 +237,7 @@ class StepExecutor:
         pre = self.runner.finish_prefill(task, request, logits)
         if task.layout.learnable:  # after the timing: storing is not on the path to the first token
             entries = self.layout.learned_entries(task.layout, task.cache.k, task.cache.v)
-            self.chunks.add(entries)
+            self.chunks.chunks.add(entries)
             self.counters["chunks_learned"] += len(entries)
         return pre
 
@@ -217,6 +248,11 @@ class StepExecutor:
         except torch.OutOfMemoryError:  # the batch's own size: its requests fail, the loop goes on
             out.failed += [(s, OutOfMemoryError("the decode step ran out of device memory")) for s in rows]
             return
+        self._sample(rows, logits, out)
+        out.decode_rows, out.decode_s = len(rows), time.perf_counter() - t0  # sampling read the logits: done
+
+    def _sample(self, rows: list[SeqState], logits: torch.Tensor, out: StepOutcome) -> None:
+        """Each decode row's next token from its logits row (the grammar rows masked together)."""
         constraints = [s.decode.constraint for s in rows]
         masked = constrain(logits, constraints) if any(constraints) else [None] * len(rows)
         for seq, row, masked_row in zip(rows, logits, masked):
@@ -226,7 +262,6 @@ class StepExecutor:
                 out.failed.append((seq, exc))
             if seq.request.shadow is not None:
                 self._finished(seq)
-        out.decode_rows, out.decode_s = len(rows), time.perf_counter() - t0  # sampling read the logits: done
 
     def _finished(self, seq: SeqState) -> None:
         """A sampled request that just returned its answer: its fidelity shadow is queued."""
@@ -234,33 +269,6 @@ class StepExecutor:
             r = self.runner
             self.fidelity.finished(seq.request.shadow, seq.decode.generated, r.model, r.new_cache, r.backend)
             seq.request.shadow = None
-
-    # -- chunk compute ---------------------------------------------------------------------------
-
-    def compute(self, jobs: list[PrecomputeJob]) -> list[ChunkKV]:
-        """Compute, store and return these jobs' entries now (chunks a prompt lacks)."""
-        done: list[ChunkKV] = []
-        if jobs:
-            for entries in self.ingest_steps(jobs, False):
-                done += entries
-        return done
-
-    def ingest_steps(self, jobs: list[PrecomputeJob], show_progress: bool | None) -> Iterator[list[ChunkKV]]:
-        """A batch of chunk compute per next(): what a bulk precompute runs on the loop, a step at a time
-        (each batch timed: the fetch-or-recompute choice compares it with the backend's reads)."""
-        memory_only = {j.key for j in jobs if not j.persist}
-        tokens = {j.key: len(j.context_ids) + len(j.token_ids) for j in jobs}
-        clock = [time.perf_counter()]
-
-        def store(entries: list[tuple[ChunkKV, str]]) -> None:  # no device sync: over batches the gaps add up
-            now = time.perf_counter()
-            self.chunks.store.cost.computed(sum(tokens[e.key] for e, _ in entries), now - clock[0])
-            self.chunks.add([p for p in entries if p[0].key not in memory_only])
-            self.chunks.add([p for p in entries if p[0].key in memory_only], persist=False)
-            self.counters["chunks_computed"] += len(entries)
-            clock[0] = time.perf_counter()
-
-        return ingest(self.runner.compute_chunks(self.prefix_ids, jobs), len(jobs), store, show_progress)
 
 
 def prepare(layout: PromptLayout, request: Request) -> Draft:

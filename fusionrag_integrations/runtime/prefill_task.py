@@ -14,6 +14,8 @@ be cut: it runs as one slice.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from ..fusion.layout import Layout
@@ -41,6 +43,8 @@ class PrefillTask:
         self.done = 0  # active positions computed so far
         self.whole: tuple | None = None  # an in-pass selection: (logits, selected) from one pass
         self.ctx: FusionContext | None = None  # a fused prefill's context (the guard reads its signals)
+        self.prefix_ids: tuple = ()  # the key of the prompt's text before the first chunk (remembered once computed)
+        self.prefix_kv: tuple[torch.Tensor, torch.Tensor] | None = None
         if layout.chunks and selector is not None:
             self._start_fused(selector, ratio, prefixes, graphs)
         else:
@@ -87,21 +91,27 @@ class PrefillTask:
     def remaining(self) -> int:
         return self.total - self.done
 
+    @property
+    def sliceable(self) -> bool:
+        """Whether its next positions can run as a slice (in a packed step too): not an in-pass selection."""
+        return self.whole is None
+
     def run(self, budget: int) -> torch.Tensor | None:
         """Compute the next `budget` positions (at least one); the last token's logits [1, V] once all are.
         (The caller times it, synchronising the device: `seconds` is the model time of this prefill.)"""
-        logits = self._run(max(1, budget))
-        if logits is not None and getattr(self, "prefix_ids", None) and self.prefix_kv is None:
-            self.prefixes.remember(self.prefix_ids, None, self.cache)
-        return logits
-
-    def _run(self, budget: int) -> torch.Tensor | None:
         if self.whole is not None:
             self.done = self.total
+            self._remember_prefix()
             return self.whole[0]
-        start, end = self.done, min(self.total, self.done + budget)
-        self.done = end
-        final = end == self.total
+        piece = self.next_slice(budget)
+        h, _ = run_layers(self.model, piece.ids, piece.positions, piece.attention, last_row_only=True)
+        return self.finish_slice(piece, h[-1:])
+
+    def next_slice(self, budget: int) -> Slice:
+        """The next `budget` positions (at least one) as a pass to run, alone or packed with other work;
+        nothing changes until `finish_slice` (a packed step that fails runs its parts again, one by one)."""
+        assert self.whole is None, "an in-pass selection runs whole (sliceable is False)"
+        start, end = self.done, min(self.total, self.done + max(1, budget))
         if self.plain:
             ids, positions = self.ids[start:end], torch.arange(start, end, device=self.ids.device)
             mode = AttentionMode.CAUSAL_FROM_ZERO if start == 0 else AttentionMode.BY_POSITION
@@ -110,5 +120,28 @@ class PrefillTask:
             positions = self.positions[start:end]
             ids = self.ids[positions]
             attention = CacheAttention(self.cache, AttentionMode.BY_POSITION, self.n - 1, self.backend)
-        h, _ = run_layers(self.model, ids, positions, attention, last_row_only=True)
-        return self.model.logits(h[-1:]) if final else None
+        return Slice(ids, positions, attention, end, end == self.total)
+
+    def finish_slice(self, piece: Slice, last_hidden: torch.Tensor) -> torch.Tensor | None:
+        """The slice ran (`last_hidden`: its last row's final hidden state); the logits [1, V] when it was
+        the last one."""
+        self.done = piece.end
+        if not piece.final:
+            return None
+        self._remember_prefix()
+        return self.model.logits(last_hidden)
+
+    def _remember_prefix(self) -> None:
+        if self.prefix_ids and self.prefix_kv is None:
+            self.prefixes.remember(self.prefix_ids, None, self.cache)
+
+
+@dataclass
+class Slice:
+    """A prefill slice ready to run: its tokens, their positions, the attention over the request's cache."""
+
+    ids: torch.Tensor
+    positions: torch.Tensor
+    attention: CacheAttention
+    end: int  # the task's `done` once it has run
+    final: bool

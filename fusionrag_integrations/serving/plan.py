@@ -33,4 +33,5 @@ class StepOutcome:
     prefill_s: float = 0.0  # measurements)
     decode_rows: int = 0
     decode_s: float = 0.0
+    mixed: bool = False  # slices and decode rows ran in one forward: prefill_s == decode_s == its time
     background: int = 0  # background work still pending after this step (fidelity shadows)

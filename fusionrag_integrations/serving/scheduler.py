@@ -7,7 +7,8 @@ Each step (`schedule`):
 - laid-out requests are admitted first come, first served while fewer than `max_running` run, their
   KV fits the token budget and the device says their memory is free (nothing running: always);
 - the running prefills get slices of the step's prefill token budget, oldest first;
-- every decoding request gets its next token in one batched forward.
+- every decoding request gets its next token in one batched forward (with the prefill slices, where
+  the executor mixes them: EngineConfig.mixed_steps).
 
 The prefill budget is the admission policy that trades time to first token against time per output
 token: `max_prefill_tokens` a step, and, with `tpot_target_ms` set and requests decoding, only as many
@@ -167,16 +168,20 @@ class Scheduler:
         self._measure(outcome)
 
     def _measure(self, outcome: StepOutcome) -> None:
+        decode_s, prefill_s = outcome.decode_s, outcome.prefill_s
+        if outcome.mixed:  # one forward did both: the decode rows' share is what they take alone
+            decode_s = min(outcome.decode_s, (self._decode_ms_per_row or 0.0) * outcome.decode_rows / 1e3)
+            prefill_s = outcome.prefill_s - decode_s
         if outcome.decode_rows:
             self.steps += 1
             self.batched_rows += outcome.decode_rows
             self.peak_running = max(self.peak_running, outcome.decode_rows)
-            self.seconds["decode"] += outcome.decode_s
-            per_row = outcome.decode_s * 1e3 / outcome.decode_rows
-            self._decode_ms_per_row = _ema(self._decode_ms_per_row, per_row)
+            self.seconds["decode"] += decode_s
+            if not outcome.mixed:
+                self._decode_ms_per_row = _ema(self._decode_ms_per_row, decode_s * 1e3 / outcome.decode_rows)
         if outcome.prefill_tokens:
-            self.seconds["prefill"] += outcome.prefill_s
-            per_token = outcome.prefill_s * 1e3 / outcome.prefill_tokens
+            self.seconds["prefill"] += prefill_s
+            per_token = prefill_s * 1e3 / outcome.prefill_tokens
             self._prefill_ms_per_token = _ema(self._prefill_ms_per_token, per_token)
 
     def _drop_cancelled(self) -> None:

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fusionrag_integrations import FusionRAGError
+from fusionrag_integrations.config import EngineConfig
 from fusionrag_integrations.errors import EngineUnavailableError, OutOfMemoryError
 from fusionrag_integrations.fidelity.monitor import FidelityMonitor
 from fusionrag_integrations.outputs import GenerationChunk
@@ -61,6 +62,8 @@ class FakeTask:
 
 
 class FakeRunner:
+    config = EngineConfig(mixed_steps=False)  # a fake prefill has no slice to mix
+
     def __init__(self) -> None:
         self.forward = lambda states: [None] * len(states)
 
@@ -75,7 +78,7 @@ class FakeExecutor(StepExecutor):
     """The real execute() and its error handling over fake work."""
 
     def __init__(self) -> None:
-        super().__init__(None, FakeRunner(), None, None, [], Counter(), FidelityMonitor(0.0, "fake", "native", None))
+        super().__init__(None, FakeRunner(), None, None, Counter(), FidelityMonitor(0.0, "fake", "native", None))
 
     def lay_out(self, seq) -> None:
         seq.kv_tokens, seq.prefill_tokens, seq.phase = 10, 10, Phase.READY

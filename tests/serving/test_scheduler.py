@@ -6,8 +6,10 @@ from __future__ import annotations
 import threading
 
 import pytest
+import torch
 
 from fusionrag_integrations import ChunkNotFoundError
+from fusionrag_integrations.runtime.prefill_task import PrefillTask
 from tests.conftest import DOCS, engine_on, rag_messages
 
 QUESTIONS = [
@@ -71,6 +73,25 @@ def test_eight_concurrent_requests_equal_each_alone(engines):
     scheduler = batched.scheduler
     assert scheduler.batched_rows > 2 * scheduler.steps  # decoded together, not in turns
     assert not scheduler.running and not scheduler.waiting
+    assert batched.counters["mixed_steps"] > 0  # prefill slices rode with decode rows (EngineConfig.mixed_steps)
+    assert not batched.counters["mixed_step_fallbacks"]
+
+
+def test_a_failed_mixed_step_runs_its_parts_apart(engines, monkeypatch):
+    """A mixed forward that fails (out of memory, say) leaves nothing changed: the slices and the decode
+    rows run apart, and every answer is still the one it gives alone."""
+    from fusionrag_integrations.runtime import executor
+
+    def fail(*args, **kwargs):
+        raise torch.OutOfMemoryError("the mixed forward's activations")
+
+    monkeypatch.setattr(executor, "packed_step", fail)
+    alone, batched = engines
+    work = requests()[:4]
+    reference = [alone.generate(prompt, **settings) for prompt, settings in work]
+    together = run_concurrently(batched, work)
+    assert [g.token_ids for g in together] == [r.token_ids for r in reference]
+    assert batched.counters["mixed_step_fallbacks"] > 0 and not batched.counters["mixed_steps"]
 
 
 def test_a_cancelled_stream_does_not_disturb_the_others(engines):
@@ -123,7 +144,7 @@ def test_a_request_that_does_not_fit_the_kv_budget_waits(smol_engine, tmp_path):
     assert tight.scheduler.peak_running == 1
 
 
-def test_long_prefills_run_in_pieces_between_decode_steps(engines, smol_engine, tmp_path):
+def test_long_prefills_run_in_pieces_between_decode_steps(engines, smol_engine, tmp_path, monkeypatch):
     """max_prefill_tokens=32: every prompt (and every full/fused recompute) runs in slices of at most 32
     positions a step, the running requests decoding between them; answers stay those of each alone."""
     alone, _ = engines
@@ -131,8 +152,14 @@ def test_long_prefills_run_in_pieces_between_decode_steps(engines, smol_engine, 
     work = requests()[:6] + [("A plain prompt without any chunk, long enough to be split. " * 4, {"max_new_tokens": 8})]
     reference = [alone.generate(prompt, **settings).token_ids for prompt, settings in work]
     slices = []
-    run_slice = paced.executor._slice
-    paced.executor._slice = lambda seq, tokens, out: (slices.append(tokens), run_slice(seq, tokens, out))[1]
+    next_slice = PrefillTask.next_slice
+
+    def spy(task, budget):  # every slice, alone or in a mixed step
+        piece = next_slice(task, budget)
+        slices.append(piece.end - task.done)
+        return piece
+
+    monkeypatch.setattr(PrefillTask, "next_slice", spy)
     together = run_concurrently(paced, work)
     assert [r.token_ids for r in together] == reference
     assert len(slices) > 2 * len(work) and max(slices) <= 32  # prompts of 100+ tokens: several slices each
