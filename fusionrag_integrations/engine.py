@@ -19,7 +19,7 @@ from .fusion.placement import FusionContext
 from .fusion.probe import CriticalLayers
 from .fusion.prompt import Prompt
 from .fusion.selectors import SelectorFactory
-from .inputs import check_length, check_precompute, check_salt, check_texts
+from .inputs import check_choices, check_length, check_precompute, check_salt, check_texts
 from .model.loader import LoadedModel, load_aux_model, load_model, resolve_device, resolve_dtype
 from .outputs import EngineStatus, Generation, IngestReport
 from .request import Request
@@ -79,15 +79,13 @@ class FusionEngine:
     # -- the chunk store -------------------------------------------------------------------------
 
     def precompute(self, texts: Sequence[str], context=None, neighbors=None, show_progress=None, cache_salt=None):
-        """Compute and store the KV of each text (stripped), idempotently; return their keys. Standalone by
-        default; neighbors (per text) / context (for all): texts computed before it (FusionRAG's similarity-
-        guided preprocessing), named by its key's context id. Progress shows for large inputs on a terminal.
-        cache_salt: stored in that salt's space (FusionParams.cache_salt)."""
+        """Compute and store each text's KV (stripped), idempotently; return their keys. Standalone by default;
+        neighbors (per text) / context (for all): texts computed before it (FusionRAG's similarity-guided
+        preprocessing). cache_salt: that salt's space (FusionParams.cache_salt)."""
         return self.ingest(texts, context, neighbors, show_progress, cache_salt).keys
 
     def ingest(self, texts: Sequence[str], context=None, neighbors=None, show_progress=None, cache_salt=None):
-        """`precompute`, reporting what happened (IngestReport: computed now, already cached, stored durably).
-        The texts are tokenised here; their KV is computed on the step loop, a batch per step."""
+        """`precompute`, reporting what happened (IngestReport); the KV is computed on the loop, a batch a step."""
         texts, contexts = check_precompute(texts, context, neighbors, show_progress)
         jobs = self.layout.jobs(texts, contexts, tenant_of(check_salt(cache_salt)))
         todo = list({j.key: j for j in jobs if not self.chunks.holds(j.key)}.values())
@@ -98,8 +96,8 @@ class FusionEngine:
         return IngestReport(keys, len(todo), len(unique) - len(todo), self.chunks.stored(unique))
 
     def forget(self, keys: Sequence[str], cache_salt: str | None = None) -> int:
-        """Remove these entries from every tier, the disk and the detection index; how many were known.
-        cache_salt: only entries of that salt's space (None: any)."""
+        """Remove these entries from every tier, the disk and the index; how many were known (cache_salt: that
+        space's only; None: any)."""
         tenant = None if cache_salt is None else tenant_of(check_salt(cache_salt))
         with self._lock:
             return len(self.chunks.forget(check_texts(keys, "keys"), tenant))
@@ -115,18 +113,20 @@ class FusionEngine:
         return Generation.from_pieces(list(self.stream(prompt, **settings)))
 
     def stream(self, prompt: Prompt, **settings) -> SequenceStream:
-        """Text pieces as they are decoded; the last piece carries finish_reason, usage and stats.
+        """Text pieces as they are decoded; the last carries finish_reason, usage and stats. prompt: a string
+        (used as is) or chat messages (the chat template renders them). settings: `sampling=SamplingParams()`,
+        `fusion=FusionParams()`, `tools=[...]` and/or their fields as keywords (request.py). Every thread's
+        requests are served together by the step loop; closing a stream cancels its request."""
+        return self.stream_choices(prompt, 1, **settings)[0]
 
-        prompt: a string (used as is) or chat messages (rendered with the tokenizer's chat template).
-        settings: `sampling=SamplingParams(...)`, `fusion=FusionParams(...)`, `tools=[...]`, and/or their
-        fields as keywords (max_new_tokens, temperature, top_p, top_k, seed, stop; chunks, selector,
-        recompute_ratio, learn_chunks, cache_salt: see request.py). Requests from every thread are served
-        together by the step loop; closing the stream cancels the request at the next step."""
+    def stream_choices(self, prompt: Prompt, n: int, **settings) -> list[SequenceStream]:
+        """n answers to one prompt (OpenAI's n), one stream each: one prefill, its cache copied for each
+        answer; a given seed moves by the answer's index (Request.choice). Settings as in `stream`."""
         request = Request.build(prompt, **settings)
         self.executor.check(request)  # an unknown selector or a bad grammar fails here, not in the loop
         request.draft = prepare(self.layout, request)  # here: a long prompt never holds the loop
         request.shadow = self.fidelity.capture()  # sampled: measured against full attention after it answers
-        return self.loop.submit(request)  # t_start stays the submission: waiting is part of TTFT
+        return self.loop.submit_choices(request, [request.choice(i) for i in range(1, check_choices(n))])
 
     def fidelity_report(self) -> FidelityReport:
         """How far fused answers drifted from full attention, per configuration (fidelity_sample_rate)."""

@@ -103,6 +103,12 @@ def check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
+def check_choices(n: Any) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= 128:
+        raise InvalidArgumentError(f"n (answers to the prompt) must be an integer from 1 to 128, got {n!r}")
+    return n
+
+
 def _iterable(value: Any) -> bool:
     return isinstance(value, Sequence) or hasattr(value, "__iter__")
 

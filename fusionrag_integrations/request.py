@@ -154,3 +154,12 @@ class Request:
         sampling = replace(sampling or SamplingParams(), **sampling_fields)  # validated again
         fusion = replace(fusion or FusionParams(), **fusion_fields)
         return cls(prompt, sampling, fusion, tools)
+
+    def choice(self, index: int) -> Request:
+        """The index-th of n answers to this request (one prefill serves them all): the same prompt and
+        fusion, its own stats, its sampling with a given seed moved by index (n different samples,
+        reproducible as a whole, as vLLM seeds n > 1)."""
+        seed = self.sampling.seed
+        if index and seed is not None:
+            seed = (seed + index + (1 << 63)) % (1 << 64) - (1 << 63)
+        return Request(self.prompt, replace(self.sampling, seed=seed), self.fusion, self.tools, t_start=self.t_start)

@@ -142,8 +142,9 @@ class StepExecutor:
         selector, ratio = self.selection(request)
         share = ratio if selector.fixed_share is None else selector.fixed_share
         n_chunk = sum(c.entry.num_tokens for c in layout.chunks)
-        seq.layout = layout
-        seq.kv_tokens, seq.prefill_tokens = n + request.sampling.max_new_tokens, n - n_chunk + round(share * n_chunk)
+        seq.layout = layout  # its forks (more answers) each hold a copy of its cache: their room is reserved too
+        seq.kv_tokens = (n + request.sampling.max_new_tokens) * (1 + len(seq.forks))
+        seq.prefill_tokens = n - n_chunk + round(share * n_chunk)
         seq.phase = Phase.READY
 
     def layout_of(self, request: Request) -> Layout:
@@ -202,8 +203,14 @@ class StepExecutor:
         seq.prefill, seq.layout, seq.phase = None, None, Phase.DECODE  # a tier may evict the chunks now
         seq.decode = self.runner.decode_state(pre, request)
         out.pieces[id(seq)] = seq.decode.start()
+        for fork in (f for f in seq.forks if not f.cancelled):  # more answers: from a copy of this cache
+            self._guarded(out, fork, lambda f=fork: self._fork(f, pre, out))
         if request.shadow is not None:
             self._finished(seq)
+
+    def _fork(self, fork: SeqState, pre: Prefill, out: StepOutcome) -> None:
+        fork.decode, fork.phase = self.runner.fork_decode(pre, fork.request), Phase.DECODE
+        out.pieces[id(fork)] = fork.decode.start()
 
     def _escalated(self, seq: SeqState, logits: torch.Tensor) -> bool:
         """The fidelity guard on a finished fused prefill (guarded or sampled requests: the shadow keeps the

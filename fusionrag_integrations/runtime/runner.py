@@ -11,6 +11,7 @@ from __future__ import annotations
 import bisect
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import torch
 
@@ -152,6 +153,15 @@ class ModelRunner:
     def decode_state(self, pre: Prefill, request: Request) -> DecodeState:
         params, constraint = request.sampling, self.grammars.constraint(request.sampling)
         return DecodeState(pre, params, self.tokenizer, self.eos, self.model.device, request.t_start, constraint)
+
+    def fork_decode(self, pre: Prefill, request: Request) -> DecodeState:
+        """Another answer to a finished prefill (n > 1): its own copy of the prompt's cache and of the stats,
+        its own sampler; the first token is sampled from the same logits."""
+        n = len(pre.token_ids)
+        cache = self.new_cache(n + request.sampling.max_new_tokens)
+        cache.k[:, :n], cache.v[:, :n] = pre.cache.k[:, :n], pre.cache.v[:, :n]
+        request.stats = replace(pre.stats)
+        return self.decode_state(Prefill(pre.logits, pre.token_ids, cache, request.stats, pre.selected), request)
 
     @torch.inference_mode()
     def decode_batch(self, states: list[DecodeState]) -> torch.Tensor:

@@ -21,7 +21,6 @@ from .openai_format import (
     ResponseIds,
     chat_prompt,
     chat_response,
-    choice_settings,
     completion_prompt,
     completion_response,
     merge_choices,
@@ -68,9 +67,7 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         if body.stream:
             names = {t["function"]["name"] for t in tools} if tools else None
             return await stream(ids, prompt, settings, include_usage, body.n, names)
-        results = await asyncio.gather(
-            *(complete(request, prompt, choice_settings(settings, i)) for i in range(body.n))
-        )
+        results = await complete_all(request, prompt, settings, body.n)
         return merge_choices([chat_response(ids, text, last, tools, lps, token_text) for text, last, lps in results])
 
     @app.post("/v1/completions")
@@ -82,16 +79,21 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         if body.stream:
             include_usage = bool(body.stream_options and body.stream_options.include_usage)
             return await stream(ids, prompt, settings, include_usage, body.n)
-        results = await asyncio.gather(
-            *(complete(request, prompt, choice_settings(settings, i)) for i in range(body.n))
-        )
+        results = await complete_all(request, prompt, settings, body.n)
         return merge_choices([completion_response(ids, text, last, lps, token_text) for text, last, lps in results])
 
     def token_text(token: int) -> str:
         return engine.tokenizer.decode([token])
 
-    async def complete(request: Request, prompt, settings: dict[str, Any]) -> tuple[str, GenerationChunk, list | None]:
-        source = await in_thread(lambda: metrics.observe(engine.stream(prompt, **settings)))
+    async def open_choices(prompt, settings: dict[str, Any], n: int) -> list[Iterator[GenerationChunk]]:
+        """n answers' streams (engine.stream_choices: one prefill for all), each observed by the metrics."""
+        streams = await in_thread(lambda: engine.stream_choices(prompt, n, **settings))
+        return [metrics.observe(s) for s in streams]
+
+    async def complete_all(request: Request, prompt, settings: dict[str, Any], n: int) -> list[tuple]:
+        return await asyncio.gather(*(complete(request, s, settings) for s in await open_choices(prompt, settings, n)))
+
+    async def complete(request: Request, source, settings: dict[str, Any]) -> tuple[str, GenerationChunk, list | None]:
         collect = asyncio.ensure_future(_collect(source))
         gone = asyncio.ensure_future(_disconnected(request))
         try:
@@ -108,15 +110,7 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metri
         return "".join(p.text for p in pieces), pieces[-1], logprobs
 
     async def stream(ids: ResponseIds, prompt, settings: dict[str, Any], include_usage: bool, n: int, tools=None):
-        sources = []
-        for i in range(n):
-            one = choice_settings(settings, i)
-            try:
-                sources.append(await in_thread(lambda s=one: metrics.observe(engine.stream(prompt, **s))))
-            except Exception:
-                for source in sources:  # the choices opened before this one's refusal
-                    close_soon(source)
-                raise
+        sources = await open_choices(prompt, settings, n)
         choices = ChoiceStreams(sources, close_soon)
         await choices.start()
         decode = token_text if settings.get("logprobs") is not None else None

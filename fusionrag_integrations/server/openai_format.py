@@ -137,13 +137,6 @@ def merge_choices(responses: list[dict]) -> dict:
     return merged
 
 
-def choice_settings(settings: dict[str, Any], index: int) -> dict[str, Any]:
-    """The i-th of n choices: a given seed moves by i (n different samples, reproducible as a whole)."""
-    if index == 0 or settings.get("seed") is None:
-        return settings
-    return {**settings, "seed": (settings["seed"] + index + (1 << 63)) % (1 << 64) - (1 << 63)}
-
-
 def stream_chunk(
     ids: ResponseIds, piece: GenerationChunk | None, first: bool = False, decode: Decode | None = None, offset: int = 0
 ) -> dict:  # fmt: skip

@@ -56,14 +56,19 @@ class StepLoop:
         return self.failure is None and (thread is None or thread.is_alive() or self._stopping)
 
     def submit(self, request: Request) -> SequenceStream:
-        seq = SeqState(request)
+        return self.submit_choices(request, [])[0]
+
+    def submit_choices(self, request: Request, forks: list[Request]) -> list[SequenceStream]:
+        """The request's stream, then one per fork: more answers to the same prompt, decoded from a copy
+        of the request's cache once its prefill is done (n > 1 prefills once)."""
+        seq = SeqState(request, forks=[SeqState(r) for r in forks])
         if not self._accepting or self.failure is not None:
             why = "is shutting down" if self.failure is None else f"stopped after repeated failures ({self.failure!r})"
             seq.fail(EngineUnavailableError(f"the engine {why}"))
         else:
             self.scheduler.inbox.put(seq)
             self._start()
-        return SequenceStream(seq, self.wake)
+        return [SequenceStream(s, self.wake) for s in (seq, *seq.forks)]
 
     def submit_chore(self, steps: Iterator[object]) -> Chore:
         """Run `steps` (each next() one bounded piece of work) on the loop, one piece per step."""

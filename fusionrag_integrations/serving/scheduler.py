@@ -156,6 +156,7 @@ class Scheduler:
         for seq in plan.lay_out:
             if id(seq) in failed and seq in self.waiting:
                 self.waiting.remove(seq)
+        self._start_forks()
         for seq in self.running:
             if id(seq) in outcome.pieces:
                 seq.deliver(outcome.pieces[id(seq)])
@@ -185,11 +186,21 @@ class Scheduler:
             self._prefill_ms_per_token = _ema(self._prefill_ms_per_token, per_token)
 
     def _drop_cancelled(self) -> None:
-        for seq in [s for s in self.waiting if s.cancelled]:
-            self.waiting.remove(seq)
-        still = [s for s in self.running if not s.cancelled]
+        """Cancelled requests leave; one with live forks hands its place (and its prefill) to the first."""
+        self.waiting = deque(h for h in map(_live, self.waiting) if h is not None)
+        still = [h for h in map(_live, self.running) if h is not None]
         self.finished += len(self.running) - len(still)  # their memory is free again
         self.running = still
+
+    def _start_forks(self) -> None:
+        """A request whose prefill just ended started its forks' decoding: they run on their own now, each
+        holding its share of the KV room the request reserved."""
+        for seq in [s for s in self.running if s.forks and s.phase is Phase.DECODE]:
+            share = seq.kv_tokens // (1 + len(seq.forks))
+            for fork in seq.forks:
+                fork.kv_tokens = share
+            self.running += [f for f in seq.forks if f.phase is Phase.DECODE]
+            seq.kv_tokens, seq.forks = share, []
 
     def fail_requests(self, error: BaseException) -> None:
         """Every request it holds gets `error`; it holds none afterwards (chores stay)."""
@@ -206,6 +217,10 @@ class Scheduler:
         self.fail_requests(error)
         while self.chores:
             self.chores.popleft().finish(error)
+
+
+def _live(seq: SeqState) -> SeqState | None:
+    return seq.hand_over() if seq.cancelled else seq
 
 
 def _ema(old: float | None, new: float) -> float:

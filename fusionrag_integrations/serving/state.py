@@ -44,6 +44,8 @@ class SeqState:
     prefill: PrefillTask | None = None
     decode: DecodeState | None = None
     cancelled: bool = False
+    forks: list[SeqState] = field(default_factory=list)  # more answers to this prompt: they decode from a
+    # copy of this one's cache once its prefill is done (n > 1 shares one prefill)
 
     def deliver(self, pieces: list[GenerationChunk]) -> None:
         for piece in pieces:
@@ -55,6 +57,21 @@ class SeqState:
     def fail(self, error: BaseException) -> None:
         self.phase = Phase.FINISHED
         self.out.put(error)
+        for fork in self.forks:  # the prefill they wait for will not come
+            fork.fail(error)
+        self.forks = []
+
+    def hand_over(self) -> SeqState | None:
+        """This one was cancelled: its first live fork takes its place (the prompt prepared or laid out, the
+        prefill started) and the other forks; None when every fork was cancelled too."""
+        live = [f for f in self.forks if not f.cancelled]
+        if not live:
+            return None
+        heir, self.forks = live[0], []
+        heir.phase, heir.layout, heir.prefill, heir.forks = self.phase, self.layout, self.prefill, live[1:]
+        heir.kv_tokens, heir.prefill_tokens = self.kv_tokens, self.prefill_tokens
+        heir.request.draft, heir.request.shadow = self.request.draft, None
+        return heir
 
 
 class SequenceStream(Iterator[GenerationChunk]):
