@@ -23,7 +23,7 @@ from tests.conftest import DOCS
 CASES: Counter[str] = Counter()
 CASE_TIMEOUT_S = 120.0
 SETTINGS = settings(
-    max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "150")),
+    max_examples=int(__import__("os").environ.get("FUZZ_EXAMPLES", "100")),
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     derandomize=True,  # the same cases on every run: CI stays reproducible

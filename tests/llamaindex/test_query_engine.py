@@ -51,7 +51,7 @@ def test_context_overflow_resplit_still_answers_exactly(li_engine, embed_model, 
     assert len(engine_calls) >= 2  # compact + refine: the context did not fit one call
     found = [c["last"].stats.chunks_found for c in engine_calls]
     assert min(found) < 4 and sum(found) < 4 * len(engine_calls)  # cut nodes could not be matched
-    for call in engine_calls:
+    for call in engine_calls[:2]:  # the compact call and a refine (each checked against transformers: slow)
         ids = li_engine.prefill(call["prompt"], selector="full").token_ids
         with torch.no_grad():
             ref = hf_smol.generate(
