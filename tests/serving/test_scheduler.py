@@ -39,7 +39,7 @@ def requests() -> list[tuple[list[dict], dict]]:
 @pytest.fixture
 def engines(smol_engine, tmp_path):
     alone = engine_on(smol_engine.loaded, tmp_path / "c")
-    batched = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8)
+    batched = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8, mixed_steps=True)
     alone.precompute(DOCS)
     return alone, batched
 
