@@ -39,3 +39,4 @@ lint: install
 	$(VENV)/bin/ruff check fusionrag_integrations benchmarks tests examples
 	$(VENV)/bin/ruff format --check fusionrag_integrations benchmarks tests examples/*.py
 	$(VENV)/bin/mypy fusionrag_integrations
+	$(VENV)/bin/lint-imports --no-cache

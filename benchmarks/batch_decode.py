@@ -21,11 +21,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import LLAMA31_8B, device_name, markdown_table, median_ms, random_hf_llama  # noqa: E402
 
-from fusionrag_integrations.kernels.batch_decode import CacheTable, batch_decode_attention, batch_decode_attention_ref  # noqa: E402
+from fusionrag_integrations.kernels.batch_decode import batch_decode_attention, batch_decode_attention_ref  # noqa: E402
+from fusionrag_integrations.kernels.cache_table import CacheTable  # noqa: E402
+from fusionrag_integrations.model.graphs import GraphCache  # noqa: E402
 from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
 from fusionrag_integrations.runtime.batch_step import BatchDecodeStep  # noqa: E402
 from fusionrag_integrations.runtime.decode_step import GraphedDecodeStep  # noqa: E402
-from fusionrag_integrations.runtime.graphs import GraphCache  # noqa: E402
 
 
 def main() -> None:

@@ -22,9 +22,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import LLAMA31_8B, device_name, markdown_table, median_ms, random_hf_llama, sync  # noqa: E402
 
 from fusionrag_integrations.model.attention import AttentionMode  # noqa: E402
+from fusionrag_integrations.model.graphs import GraphCache  # noqa: E402
 from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
 from fusionrag_integrations.runtime.decode_step import make_decode_step  # noqa: E402
-from fusionrag_integrations.runtime.graphs import GraphCache  # noqa: E402
 
 
 def load_models(shape: str, device: torch.device, dtype: torch.dtype):

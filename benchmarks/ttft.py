@@ -32,8 +32,8 @@ from fusionrag_integrations.fusion.placement import PlacedChunk, build_context, 
 from fusionrag_integrations.fusion.recompute import fused_prefill  # noqa: E402
 from fusionrag_integrations.fusion.selectors import make_selector  # noqa: E402
 from fusionrag_integrations.model.attention import AttentionMode  # noqa: E402
+from fusionrag_integrations.model.graphs import GraphCache  # noqa: E402
 from fusionrag_integrations.model.loader import model_from_hf  # noqa: E402
-from fusionrag_integrations.runtime.graphs import GraphCache  # noqa: E402
 from fusionrag_integrations.runtime.precompute import PrecomputeJob, compute_entries, prefix_kv  # noqa: E402
 from fusionrag_integrations.store.tiers import ChunkStore  # noqa: E402
 

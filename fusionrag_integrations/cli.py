@@ -37,6 +37,18 @@ def _engine(args: argparse.Namespace) -> FusionEngine:
     )
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """One server process (server/), or --replicas engines on Ray Serve behind one endpoint (replicas/)."""
+    from .server.command import run_server, serve_settings
+
+    settings, api_key = serve_settings(args)
+    if args.replicas:
+        from .replicas.ray_app import serve_from_cli
+
+        return serve_from_cli(args, api_key)
+    return run_server(args, settings, _engine)
+
+
 def stats_table(stats: dict, usage: dict | None = None) -> str:
     """Two aligned columns, the numbers people look at first on top."""
     rows = {**(usage or {}), **stats}
@@ -194,7 +206,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .server.command import add_serve_command
 
-    add_serve_command(sub)
+    add_serve_command(sub).set_defaults(func=cmd_serve)
 
     cache = sub.add_parser("cache", help="the persistent chunk-KV cache: stats, prune to a size, verify every entry")
     cache.add_argument("action", choices=["stats", "prune", "verify"], help="stats, prune (--max-bytes) or verify")

@@ -169,7 +169,7 @@ class EngineConfig(_Settings):
     persist: bool = Field(True, description="Write chunk KV to disk under cache_dir/kv (the persistent tier).")
     kv_format: Literal["native", "fp8", "int4"] = Field(
         "native",
-        description="How chunk KV is stored in every tier and on disk (store/codecs.py): native = the model's dtype; "
+        description="How chunk KV is stored in every tier and on disk (kernels/codecs.py): native = the model's dtype; "
         "fp8 = e4m3 with a scale per token and head (52% of bf16); int4 = 4-bit with a scale and zero per 64 "
         "tokens and channel (28%). Dequantised where a chunk is placed. Each format is its own store.",
     )

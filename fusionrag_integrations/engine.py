@@ -22,14 +22,13 @@ from .fusion.selectors import SelectorFactory
 from .inputs import check_choices, check_length, check_precompute, check_salt, check_texts
 from .model.loader import LoadedModel, load_aux_model, load_model, resolve_device, resolve_dtype
 from .outputs import EngineStatus, Generation, IngestReport
-from .request import Request
 from .runtime.chunk_compute import ChunkCompute
 from .runtime.decode import Prefill
 from .runtime.executor import StepExecutor, prepare
 from .runtime.runner import ModelRunner
+from .runtime.state import Request, SequenceStream
 from .serving.loop import StepLoop
 from .serving.scheduler import Limits, Scheduler
-from .serving.state import SequenceStream
 from .store.chunk_kv import tenant_of
 from .store.registry import ChunkRegistry
 

@@ -2,13 +2,35 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from .fidelity.shadow import FidelitySample
+from typing import Literal
 
 FinishReason = Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class FidelitySample:
+    """One fused request measured against full attention."""
+
+    kl: float  # first token: KL(full || fused), nats
+    top1: float  # first token: 1.0 when full attention's likeliest token is the fused one's
+    agreement: float  # teacher-forced: share of returned tokens full attention would also have picked
+    tokens: int  # returned tokens judged
+    selector: str
+    ratio: float
+    recompute_share: float  # chunk tokens recomputed / chunk tokens
+    kv_format: str
+    precompute: str  # how its chunks' KV was computed: standalone, similar (after neighbours) or mixed
+    model: str
+    time: float = field(default_factory=time.time)
+    signals: dict[str, float] = field(default_factory=dict)  # the guard's signals (signals.py)
+    score: float | None = None  # the guard's P(diverged); None when no guard looked
+    weight: float = 1.0  # 1 / its chance of being measured fused (a flagged request the guard explored)
+
+    @property
+    def group(self) -> tuple[str, str, float, str, str]:
+        return (self.model, self.selector, self.ratio, self.kv_format, self.precompute)
 
 
 @dataclass

@@ -1,29 +1,25 @@
-"""A request, created once and passed through every step: the prompt, how to sample, how to fuse,
-its token layout once laid out, and its statistics.
+"""A request's settings: how to sample (`SamplingParams`) and how to fuse (`FusionParams`).
 
-The settings objects validate on construction, so a bad argument fails before any compute; the
-framework adapters build them from their own fields (integrations/common.py) instead of passing
-a dozen keyword arguments along.
+They validate on construction, so a bad argument fails before any compute; the framework adapters build
+them from their own fields (integrations/common.py) instead of passing a dozen keyword arguments along.
+The request in flight that carries them is runtime/state.py's `Request`.
 """
 
 from __future__ import annotations
 
 import math
-import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Protocol
 
 from .errors import InvalidArgumentError, InvalidSamplingError
 from .inputs import check_logit_bias, check_ratio, check_stop, check_texts
-from .outputs import GenerationStats
 from .response_format import ResponseFormat, as_response_format
 
-if TYPE_CHECKING:
-    from .fidelity.shadow import ShadowCapture
-    from .fusion.layout import Draft, Layout
-    from .fusion.prompt import Prompt
-    from .fusion.selectors import Selector
+
+class Selector(Protocol):
+    """A selector object (fusion/selector_base.py) passed instead of a registered name."""
+
+    name: str
 
 
 @dataclass(frozen=True)
@@ -122,44 +118,3 @@ SAMPLING_FIELDS = (
     "repetition_penalty", "min_p", "logit_bias", "response_format", "logprobs",
 )  # fmt: skip
 FUSION_FIELDS = ("chunks", "selector", "recompute_ratio", "learn_chunks", "cache_salt", "fidelity")
-
-
-@dataclass
-class Request:
-    prompt: Prompt
-    sampling: SamplingParams = field(default_factory=SamplingParams)
-    fusion: FusionParams = field(default_factory=FusionParams)
-    tools: Sequence[dict] | None = None
-    stats: GenerationStats = field(default_factory=GenerationStats)
-    draft: Draft | None = None  # the prompt prepared on the caller's thread (fusion/layout.py)
-    layout: Layout | None = None  # set by the layout step (fusion/layout.py)
-    shadow: ShadowCapture | None = None  # sampled for a fidelity shadow (fidelity/shadow.py)
-    t_start: float = field(default_factory=time.perf_counter)
-
-    @classmethod
-    def build(
-        cls,
-        prompt: Prompt,
-        sampling: SamplingParams | None = None,
-        fusion: FusionParams | None = None,
-        tools: Sequence[dict] | None = None,
-        **fields: Any,
-    ) -> Request:
-        """From settings objects and/or their fields as keyword arguments (the public `stream` API)."""
-        unknown = set(fields) - set(SAMPLING_FIELDS) - set(FUSION_FIELDS)
-        if unknown:
-            raise InvalidArgumentError(f"unexpected argument(s): {', '.join(sorted(unknown))}")
-        sampling_fields = {k: v for k, v in fields.items() if k in SAMPLING_FIELDS}
-        fusion_fields = {k: v for k, v in fields.items() if k in FUSION_FIELDS}
-        sampling = replace(sampling or SamplingParams(), **sampling_fields)  # validated again
-        fusion = replace(fusion or FusionParams(), **fusion_fields)
-        return cls(prompt, sampling, fusion, tools)
-
-    def choice(self, index: int) -> Request:
-        """The index-th of n answers to this request (one prefill serves them all): the same prompt and
-        fusion, its own stats, its sampling with a given seed moved by index (n different samples,
-        reproducible as a whole, as vLLM seeds n > 1)."""
-        seed = self.sampling.seed
-        if index and seed is not None:
-            seed = (seed + index + (1 << 63)) % (1 << 64) - (1 << 63)
-        return Request(self.prompt, replace(self.sampling, seed=seed), self.fusion, self.tools, t_start=self.t_start)

@@ -11,7 +11,6 @@ answer was delivered before any of this runs: a shadow never holds a response ba
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -20,32 +19,9 @@ import torch
 from ..model.attention import AttentionMode, CacheAttention, KVCache
 from ..model.forward import run_layers
 from ..model.transformer import TransformerModel
+from ..outputs import FidelitySample
 from ..store.chunk_kv import is_standalone
 from .measures import kl_divergence, teacher_forced_agreement, top1_agreement
-
-
-@dataclass(frozen=True)
-class FidelitySample:
-    """One fused request measured against full attention."""
-
-    kl: float  # first token: KL(full || fused), nats
-    top1: float  # first token: 1.0 when full attention's likeliest token is the fused one's
-    agreement: float  # teacher-forced: share of returned tokens full attention would also have picked
-    tokens: int  # returned tokens judged
-    selector: str
-    ratio: float
-    recompute_share: float  # chunk tokens recomputed / chunk tokens
-    kv_format: str
-    precompute: str  # how its chunks' KV was computed: standalone, similar (after neighbours) or mixed
-    model: str
-    time: float = field(default_factory=time.time)
-    signals: dict[str, float] = field(default_factory=dict)  # the guard's signals (signals.py)
-    score: float | None = None  # the guard's P(diverged); None when no guard looked
-    weight: float = 1.0  # 1 / its chance of being measured fused (a flagged request the guard explored)
-
-    @property
-    def group(self) -> tuple[str, str, float, str, str]:
-        return (self.model, self.selector, self.ratio, self.kv_format, self.precompute)
 
 
 @dataclass

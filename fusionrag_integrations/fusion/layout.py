@@ -21,12 +21,23 @@ import torch
 from ..errors import ChunkNotFoundError, ContextLengthError, EmptyPromptError
 from ..inputs import check_text
 from ..outputs import GenerationStats
-from ..runtime.precompute import PrecomputeJob
 from ..store.chunk_kv import STANDALONE, ChunkKV, chunk_key, with_tenant
 from ..store.detect import ChunkIndex
 from ..store.registry import ChunkRegistry
 from .placement import PlacedChunk
 from .prompt import Prompt, encode_text, render_prompt, split_at_matches, split_paragraphs
+
+
+@dataclass(frozen=True)
+class PrecomputeJob:
+    """A chunk to compute: its key and tokens, after its context (the neighbours computed before it)."""
+
+    key: str
+    text: str  # as stored in the catalog (stripped)
+    context_ids: list[int]  # tokens computed before the chunk (its neighbours); their KV is not kept
+    token_ids: list[int]
+    context_id: str
+    persist: bool = True  # False: computed only because that beats reading it back (the backend keeps its copy)
 
 
 @dataclass

@@ -14,8 +14,8 @@ import torch
 from ..kernels.dequant_place import place_compact
 from ..kernels.rope_gather import place_rotated, rotation
 from ..model.attention import KVCache
+from ..model.graphs import GraphCache
 from ..model.transformer import TransformerModel
-from ..runtime.graphs import GraphCache
 from ..store.chunk_kv import ChunkKV
 
 

@@ -11,8 +11,8 @@ import torch
 
 from ..model.attention import AttentionMode, CacheAttention, KVCache
 from ..model.forward import BeforeWrite, run_layers
+from ..model.graphs import GraphCache
 from ..model.transformer import TransformerModel
-from ..runtime.graphs import GraphCache
 from .placement import FusionContext, PlacedChunk, active_positions, build_context, place_chunks
 from .selectors import Selector
 

@@ -179,7 +179,7 @@ SELECTORS: dict[str, type[Selector]] = {
 
 
 def make_selector(
-    selector: str | Selector,
+    selector: object,  # a name or a Selector; anything else is refused below
     config: FusionConfig,
     critical_layer: int | None = None,
     aux_model: TransformerModel | None = None,

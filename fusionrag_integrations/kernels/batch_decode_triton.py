@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .batch_decode import CacheTable
+from .cache_table import CacheTable
 from .sparse_attention_triton import RCP_LN2, _combine_key_splits
 
 

@@ -1,5 +1,5 @@
 """Place a compact (fp8 / int4) chunk into the request's cache: dequantise, re-rotate the keys by the
-position delta, write K and V, in one pass (store/codecs.py says what the codes and scales are).
+position delta, write K and V, in one pass (kernels/codecs.py says what the codes and scales are).
 
 The compact form is what the tiers hold and what crosses the PCIe bus or the disk; the model's dtype
 exists only in the request's cache. The Triton kernel reads each code byte once and writes each
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from ..store.codecs import decode
 from . import _dispatch
+from .codecs import decode
 from .rope_gather import place_rotated_ref
 
 

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ..store.codecs import INT4_GROUP
+from .codecs import INT4_GROUP
 
 
 @triton.jit

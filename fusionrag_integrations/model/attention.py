@@ -15,17 +15,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 
 from ..kernels import _dispatch, batch_decode
-from ..kernels.batch_decode import CacheTable
+from ..kernels.cache_table import CacheTable
+from ..kernels.dense_attention import sdpa
 from ..kernels.sparse_attention import sparse_query_attention
-
-if TYPE_CHECKING:
-    from .transformer import ModelConfig
+from .config import ModelConfig
 
 
 class AttentionMode(Enum):
@@ -145,7 +143,7 @@ class BatchDecodeAttention:
         where Triton runs."""
         self.caches, self.positions, self.backend, self.table = caches, positions, backend, table
         if table is None and _dispatch.use_triton(caches[0].k, backend) and batch_decode.triton_supports(caches[0].k):
-            self.table = batch_decode.CacheTable.of([c.k for c in caches], [c.v for c in caches], positions)
+            self.table = CacheTable.of([c.k for c in caches], [c.v for c in caches], positions)
 
     def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Done inside attend (the kernel writes each fresh row as it attends to it)."""
@@ -155,15 +153,3 @@ class BatchDecodeAttention:
             return batch_decode.batch_decode_attention(q, k, v, self.table, layer)
         keys, values = [c.k[layer] for c in self.caches], [c.v[layer] for c in self.caches]
         return batch_decode.batch_decode_attention_ref(q, k, v, keys, values, self.positions)
-
-
-def sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
-    """[S, H, D] layout in and out; GQA without expanding K/V (enable_gqa).
-
-    The batch dimension matters: with 4-D inputs PyTorch picks its fused (flash) kernels,
-    3-D inputs fall to the unfused math path (several times slower on CPU).
-    """
-    out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None], is_causal=causal, enable_gqa=True
-    )
-    return out[0].transpose(0, 1)

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import blake3
 
-from ..store.integrity import cache_secret, seal, verify
+from ..integrity import cache_secret, seal, verify
 
 log = logging.getLogger(__name__)
 MANIFEST = "fusionrag-manifest.json"

@@ -10,16 +10,32 @@ tokens it keeps), `after_write` sees the queries once their K/V are written (att
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol, cast
+from typing import Protocol, cast
 
 import torch
 
-if TYPE_CHECKING:
-    from .transformer import TransformerModel
+from .config import ModelConfig
 
 # (layer, q, k, v, positions) -> a boolean mask over the running tokens to keep from here on, or None
 BeforeWrite = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], "torch.Tensor | None"]
 AfterWrite = Callable[[int, torch.Tensor, torch.Tensor], None]  # (layer, q, positions)
+
+
+class Layers(Protocol):
+    """The model as the loop sees it (transformer.TransformerModel): embedding, rotary tables, and each
+    layer cut where attention goes (q/k/v in, the attention output back)."""
+
+    config: ModelConfig
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor: ...
+
+    def rotary(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+    def qkv(
+        self, layer: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]: ...
+
+    def finish_layer(self, layer: int, h: torch.Tensor, attn: torch.Tensor, backend: str) -> torch.Tensor: ...
 
 
 class Attention(Protocol):
@@ -43,7 +59,7 @@ class OutputRows(Attention, Protocol):
 
 @torch.inference_mode()
 def run_layers(
-    model: TransformerModel,
+    model: Layers,
     ids: torch.Tensor,
     positions: torch.Tensor,
     attention: Attention,

@@ -20,10 +20,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import InvalidArgumentError, InvalidConfigError, ModelNotFoundError, UnsupportedModelError
+from .config import ModelConfig
 from .files import verified_directory
 from .identity import model_fingerprint, tokenizer_fingerprint
 from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
-from .transformer import ModelConfig, TransformerModel
+from .transformer import TransformerModel
 
 log = logging.getLogger(__name__)
 

@@ -20,26 +20,9 @@ import torch.nn.functional as F
 from ..kernels.rotary import apply_rotary_
 from ..kernels.silu_mul import silu_mul
 from .attention import AttentionMode, CacheAttention, KVCache
+from .config import ModelConfig
 from .forward import run_layers
 from .rope import RotaryEmbedding
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    """The shape of a checkpoint, as our forward needs it."""
-
-    architecture: str  # HF model_type: llama | mistral | qwen2 | qwen3
-    vocab_size: int
-    hidden_size: int
-    intermediate_size: int
-    num_layers: int
-    num_heads: int
-    num_kv_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    tie_word_embeddings: bool
-    context_window: int  # max positions we will serve (sliding window caps it: see loader)
-    rope_type: str = "default"
 
 
 @dataclass
@@ -152,7 +135,7 @@ class TransformerModel:
 
     def qkv(
         self, layer: int, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str = "never"
-    ) -> tuple[torch.Tensor, ...]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Post-RoPE q [S, Hq, D] and k, v [S, Hkv, D] of hidden states h [S, hidden]."""
         c, w = self.config, self.layers[layer]
         x = rms_norm(h, w.attn_norm, c.rms_norm_eps)

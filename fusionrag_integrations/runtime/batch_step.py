@@ -18,12 +18,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..kernels.batch_decode import CacheTable
+from ..kernels.cache_table import CacheTable
 from ..lru import LRU
 from ..model.attention import BatchDecodeAttention, KVCache
 from ..model.forward import run_layers
+from ..model.graphs import GraphCache, warm_up_and_capture
 from ..model.transformer import TransformerModel
-from .graphs import GraphCache, warm_up_and_capture
 
 ROW_BUCKETS = (2, 4, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 MIN_KEY_BUCKET = 1024

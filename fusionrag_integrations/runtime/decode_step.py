@@ -7,8 +7,8 @@ from collections.abc import Callable
 import torch
 
 from ..model.attention import AttentionMode, KVCache
+from ..model.graphs import Captured, GraphCache, warm_up_and_capture
 from ..model.transformer import TransformerModel
-from .graphs import Captured, GraphCache, warm_up_and_capture
 
 DecodeStep = Callable[[int, int], torch.Tensor]  # (token, position) -> logits [V]
 

@@ -1,4 +1,4 @@
-"""The executor: the model work a step plan names (serving/plan.py), in order, for the step loop.
+"""The executor: the model work a step plan names (runtime/plan.py), in order, for the step loop.
 
 Lay out (find each admitted-soon request's chunk entries; compute the missing ones and store them),
 start the admitted prefills (cache, placement, selection: the selector fully configured first,
@@ -22,16 +22,16 @@ from ..fidelity.signals import guard_signals
 from ..fusion.layout import Draft, Layout, PromptLayout
 from ..fusion.selectors import Selector, SelectorFactory
 from ..inputs import check_length
-from ..request import FusionParams, Request
-from ..serving.plan import StepOutcome, StepPlan
-from ..serving.state import Phase, SeqState
+from ..request import FusionParams
 from ..store.chunk_kv import tenant_of
 from .chunk_compute import ChunkCompute
 from .decode import Prefill
 from .grammar import constrain
 from .packed_step import packed_step
+from .plan import StepOutcome, StepPlan
 from .prefill_task import PrefillTask
 from .runner import ModelRunner
+from .state import Phase, Request, SeqState
 
 
 class StepExecutor:

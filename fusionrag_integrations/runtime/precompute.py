@@ -10,10 +10,10 @@ causal attention never lets a real token see it. Only the chunk rows are kept.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import torch
 
+from ..fusion.layout import PrecomputeJob
 from ..model.attention import AttentionMode, PrefixBatchAttention
 from ..model.forward import run_layers
 from ..model.transformer import TransformerModel
@@ -62,16 +62,6 @@ def compute_chunk_kv(
     attention.backend = backend
     run_layers(model, ids.reshape(-1), positions, attention, finish_last=False)  # only K/V are kept
     return [(attention.k[:, b, : len(c)].clone(), attention.v[:, b, : len(c)].clone()) for b, c in enumerate(chunks)]
-
-
-@dataclass(frozen=True)
-class PrecomputeJob:
-    key: str
-    text: str  # as stored in the catalog (stripped)
-    context_ids: list[int]  # tokens computed before the chunk (its neighbours); their KV is not kept
-    token_ids: list[int]
-    context_id: str
-    persist: bool = True  # False: computed only because that beats reading it back (the backend keeps its copy)
 
 
 def compute_entries(

@@ -24,9 +24,9 @@ from ..fusion.recompute import pass_over
 from ..fusion.selectors import Selector
 from ..model.attention import AttentionMode, CacheAttention, KVCache
 from ..model.forward import run_layers
+from ..model.graphs import GraphCache
 from ..model.transformer import TransformerModel
 from ..store.prefix_cache import PrefixCache
-from .graphs import GraphCache
 
 
 class PrefillTask:

@@ -22,17 +22,17 @@ from ..fusion.probe import CriticalLayers
 from ..fusion.probe import profile_critical_layer as profile_layer
 from ..fusion.selectors import Selector
 from ..model.attention import KVCache, resolve_kernels
+from ..model.graphs import GraphCache, graph_friendly_capacity
 from ..model.loader import LoadedModel
 from ..outputs import GenerationChunk, GenerationStats
-from ..request import Request
 from ..store.prefix_cache import PrefixCache
 from .batch_step import BatchDecodeStep
 from .decode import DecodeState, Prefill, decode_loop
 from .decode_step import make_decode_step
 from .grammar import Grammars
-from .graphs import GraphCache, graph_friendly_capacity
 from .precompute import PrecomputeJob, compute_entries, prefix_kv
 from .prefill_task import PrefillTask
+from .state import Request
 
 TRANSIENT_BYTES = 4 << 30  # a prefill's temporaries at 8B scale
 
@@ -57,6 +57,10 @@ class ModelRunner:
         self.prefixes = PrefixCache(config.prefix_cache_entries)
         self.grammars = Grammars(self.tokenizer, self.model.config.vocab_size, self.eos)
         self._shared_prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.model.device.type == "cuda"
 
     def kv_bytes_per_token(self) -> int:
         c = self.model.config

@@ -6,28 +6,28 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..errors import InvalidArgumentError
+
+if TYPE_CHECKING:
+    from ..engine import FusionEngine
 
 EXIT_FAILED = 1  # the engine stopped after repeated failures: a supervisor should restart the process
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def run_server(args: argparse.Namespace, settings, make_engine: Callable[[argparse.Namespace], FusionEngine]) -> int:
+    """One process serving the engine `make_engine` builds from the flags (the cli owns that, and
+    dispatches --replicas to replicas/ before this)."""
     from .app import create_app
     from .protocol import bind, server
 
-    settings, api_key = serve_settings(args)
-    if args.replicas:
-        from ..replicas.ray_app import serve_from_cli
-
-        return serve_from_cli(args, api_key)
     try:
         sock = bind(args.host, args.port)  # before the model loads: a port in use is known in a second
     except OSError as err:
         raise InvalidArgumentError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
-    from ..cli import _engine
-
-    engine = _engine(args)
+    engine = make_engine(args)
     name = args.served_model_name or engine.loaded.name
     failed = []
     uvicorn_server = None
@@ -146,7 +146,7 @@ def expand_config_file(argv: list[str]) -> list[str]:
     return rest[:cut] + flags + rest[cut:]
 
 
-def add_serve_command(sub) -> None:
+def add_serve_command(sub) -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="an OpenAI-compatible server (chat/completions, completions, chunks)")
     serve.add_argument("model", nargs="?", help="HF directory, .gguf file or cached hub id (default: bundled SmolLM2)")
     serve.add_argument("--config", help="a YAML file of flags (max_num_seqs: 16, ...); the command line wins")
@@ -200,4 +200,4 @@ def add_serve_command(sub) -> None:
                        help="replicas: to the one holding the request's chunks (default) or in turn")  # fmt: skip
     serve.add_argument("--ray-address", help="replicas: an existing Ray cluster (default: start a local one)")
     serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    serve.set_defaults(func=cmd_serve)
+    return serve

@@ -24,11 +24,10 @@ from collections.abc import Iterator
 from typing import Protocol
 
 from ..errors import EngineUnavailableError
-from ..request import Request
-from .chores import Chore
-from .plan import StepOutcome, StepPlan
+from ..runtime.chores import Chore
+from ..runtime.plan import StepOutcome, StepPlan
+from ..runtime.state import Request, SeqState, SequenceStream
 from .scheduler import Scheduler
-from .state import SeqState, SequenceStream
 
 log = logging.getLogger(__name__)
 CRASH_WINDOW_S, CRASHES_TO_STOP = 60.0, 3  # step failures within the window after which the loop stops

@@ -23,15 +23,25 @@ import queue
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from .chores import Chore
-from .plan import StepOutcome, StepPlan
-from .state import Phase, SeqState
+from ..runtime.chores import Chore
+from ..runtime.plan import StepOutcome, StepPlan
+from ..runtime.state import Phase, SeqState
 
 if TYPE_CHECKING:
     from ..config import EngineConfig
-    from ..runtime.runner import ModelRunner
+
+
+class Capacity(Protocol):
+    """What the limits ask of the device's owner (the runner): where it runs, the KV budget, free memory."""
+
+    on_gpu: bool
+
+    def kv_token_budget(self, running_kv_bytes: int | None) -> int: ...
+
+    def memory_fits(self, kv_tokens: int, prefill_tokens: int) -> bool: ...
+
 
 EMA = 0.2  # weight of the newest measurement in the budget policy's running averages
 LOOKAHEAD = 1  # waiting requests laid out beyond the free slots (their chunks found and promoted early)
@@ -50,9 +60,9 @@ class Limits:
     fits: Callable[[int, int], bool] = lambda kv_tokens, prefill_tokens: True
 
     @classmethod
-    def of(cls, config: EngineConfig, runner: ModelRunner) -> Limits:
+    def of(cls, config: EngineConfig, runner: Capacity) -> Limits:
         """An engine's limits: its config, with the device's defaults where the config leaves them open."""
-        gpu = runner.model.device.type == "cuda"
+        gpu = runner.on_gpu
         running = config.max_running_requests or (64 if gpu else 8)
         prefill = config.max_prefill_tokens or (8192 if gpu else 256)
         budget = runner.kv_token_budget(config.running_kv_bytes)

@@ -21,8 +21,8 @@ from typing import Protocol
 
 from safetensors import SafetensorError
 
+from ..integrity import is_valid_key
 from .chunk_kv import ChunkKV, CorruptEntryError, read_entry, write_entry
-from .integrity import is_valid_key
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .integrity import is_valid_key
+from ..integrity import is_valid_key
 
 log = logging.getLogger(__name__)
 _COLUMNS = "key, text, context_id, num_tokens"

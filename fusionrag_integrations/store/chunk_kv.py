@@ -20,8 +20,8 @@ from typing import BinaryIO
 import torch
 from safetensors import safe_open
 
-from .codecs import KV_FORMATS, code_dtypes, encode, expected_shapes
-from .integrity import seal_payload, verify_payload
+from ..integrity import seal_payload, verify_payload
+from ..kernels.codecs import KV_FORMATS, code_dtypes, encode, expected_shapes
 
 FORMAT_VERSION = "3"  # 2: the chunk text in the header; 3: the stored-KV format, scales, a keyed BLAKE3 MAC
 STANDALONE = "standalone"

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable
 from pathlib import Path
 
-from .integrity import is_valid_key
+from ..integrity import is_valid_key
 
 
 def remove_stale_temp_files(directory: Path, age_s: float = 600.0) -> int:

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from pathlib import Path
 
+from ..integrity import cache_secret
 from .catalog import Catalog
 from .chunk_kv import CorruptEntryError, read_entry, read_header
 from .entry_files import entry_files
-from .integrity import cache_secret
 
 
 def stores(cache_dir: Path) -> list[Path]:

@@ -18,9 +18,9 @@ from collections.abc import Sequence
 
 import redis
 
+from ..integrity import is_valid_key
 from .chunk_kv import ChunkKV, CorruptEntryError
 from .entry_value import entry_bytes, entry_from_bytes
-from .integrity import is_valid_key
 
 log = logging.getLogger(__name__)
 PIPELINE_BYTES = 64 << 20  # a socket timeout bounds a whole send: keep each one well inside it

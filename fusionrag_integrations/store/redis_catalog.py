@@ -19,8 +19,8 @@ import time
 
 import redis
 
+from ..integrity import is_valid_key
 from .catalog import ChunkRef
-from .integrity import is_valid_key
 from .redis_backend import RETRY_AFTER_S
 
 log = logging.getLogger(__name__)

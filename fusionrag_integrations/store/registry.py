@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
+from ..integrity import cache_secret, is_valid_key
 from .catalog import Catalog, ChunkRef
 from .chunk_kv import FORMAT_VERSION, ChunkKV, CorruptEntryError, is_standalone, read_header, split_context
 from .detect import ChunkIndex, Match
 from .entry_files import entry_files, remove_stale_temp_files
 from .ingest import Writer
-from .integrity import cache_secret, is_valid_key
 from .staging import PinnedStaging
 from .tiers import ChunkStore
 

@@ -130,9 +130,8 @@ def test_estimates_and_intervals_from_known_samples(tmp_path):
 
 def test_shadows_get_only_steps_nobody_waits_for():
     """Spare tokens go to background work only in a step with no request waiting and no prefill."""
-    from fusionrag_integrations.request import Request
+    from fusionrag_integrations.runtime.state import Phase, Request, SeqState
     from fusionrag_integrations.serving.scheduler import Limits, Scheduler
-    from fusionrag_integrations.serving.state import Phase, SeqState
 
     scheduler = Scheduler(Limits(max_running=4, kv_token_budget=1 << 20, prefill_tokens=256))
     assert scheduler.schedule().spare_tokens == 0 and not scheduler.busy  # no background work

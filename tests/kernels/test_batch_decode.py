@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from fusionrag_integrations.kernels import _dispatch
-from fusionrag_integrations.kernels.batch_decode import CacheTable, batch_decode_attention_ref
+from fusionrag_integrations.kernels.batch_decode import batch_decode_attention_ref
+from fusionrag_integrations.kernels.cache_table import CacheTable
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

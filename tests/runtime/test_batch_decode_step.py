@@ -59,8 +59,8 @@ def test_batched_step_equals_each_request_alone(backend):
 def test_graphed_batch_steps_equal_eager_ones(dtype, tol):
     """Steps of 3 and then 5 requests (padded to graph buckets, caches of different lengths, a step past a
     key-bucket boundary): replayed logits equal eager ones, and the caches end up the same."""
+    from fusionrag_integrations.model.graphs import GraphCache
     from fusionrag_integrations.runtime.batch_step import BatchDecodeStep
-    from fusionrag_integrations.runtime.graphs import GraphCache
 
     model = tiny_llama(DEVICE, dtype)
     step = BatchDecodeStep(model, GraphCache(model, "auto", True, True), "auto")

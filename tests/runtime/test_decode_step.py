@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from fusionrag_integrations.model.attention import AttentionMode, resolve_kernels
+from fusionrag_integrations.model.graphs import GraphCache
 from fusionrag_integrations.runtime.decode_step import EagerDecodeStep, GraphedDecodeStep, make_decode_step
-from fusionrag_integrations.runtime.graphs import GraphCache
 from tests.conftest import tiny_llama as tiny_model
 
 CUDA = torch.cuda.is_available()

@@ -9,7 +9,7 @@ from fusionrag_integrations.fusion.placement import PlacedChunk, build_context, 
 from fusionrag_integrations.fusion.probe import probe_attention
 from fusionrag_integrations.fusion.selectors import FusionRAGSelector, QCFuseSelector
 from fusionrag_integrations.model.attention import resolve_kernels
-from fusionrag_integrations.runtime.graphs import GraphCache
+from fusionrag_integrations.model.graphs import GraphCache
 from tests.conftest import tiny_fused_prompt, tiny_llama
 
 CUDA = torch.cuda.is_available()
@@ -71,7 +71,7 @@ def test_selectors_pick_the_same_tokens_with_and_without_graphs():
 
 
 def test_cache_capacity_rounds_up_to_the_granule_within_the_window():
-    from fusionrag_integrations.runtime.graphs import CACHE_GRANULE, graph_friendly_capacity
+    from fusionrag_integrations.model.graphs import CACHE_GRANULE, graph_friendly_capacity
 
     assert graph_friendly_capacity(1, 10**6) == CACHE_GRANULE
     assert graph_friendly_capacity(CACHE_GRANULE, 10**6) == CACHE_GRANULE

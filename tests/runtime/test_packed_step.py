@@ -14,8 +14,8 @@ from fusionrag_integrations.fusion.layout import Layout
 from fusionrag_integrations.fusion.placement import PlacedChunk
 from fusionrag_integrations.fusion.selectors import make_selector
 from fusionrag_integrations.model.attention import AttentionMode
+from fusionrag_integrations.model.graphs import GraphCache
 from fusionrag_integrations.runtime.batch_step import BatchDecodeStep
-from fusionrag_integrations.runtime.graphs import GraphCache
 from fusionrag_integrations.runtime.packed_step import packed_step
 from fusionrag_integrations.runtime.prefill_task import PrefillTask
 from fusionrag_integrations.store.prefix_cache import PrefixCache

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from fusionrag_integrations import FusionParams, InvalidArgumentError, InvalidSamplingError, SamplingParams
-from fusionrag_integrations.request import Request
+from fusionrag_integrations.runtime.state import Request
 from tests.conftest import DOCS, rag_messages
 
 

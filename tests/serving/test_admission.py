@@ -19,9 +19,9 @@ from fusionrag_integrations.errors import EngineUnavailableError, OutOfMemoryErr
 from fusionrag_integrations.fidelity.monitor import FidelityMonitor
 from fusionrag_integrations.outputs import GenerationChunk
 from fusionrag_integrations.runtime.executor import StepExecutor
+from fusionrag_integrations.runtime.state import Phase
 from fusionrag_integrations.serving.loop import StepLoop
 from fusionrag_integrations.serving.scheduler import Limits, Scheduler
-from fusionrag_integrations.serving.state import Phase
 
 
 class Job:

@@ -145,7 +145,7 @@ def run_child(tmp_path, mode: str, cache, read_only: bool = False) -> dict:
     script = tmp_path / "child.py"
     script.write_text(CHILD.format(repo=str(REPO), models=str(MODELS), cache=str(cache)))
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(tmp_path)}
-    from fusionrag_integrations.store.integrity import cache_secret
+    from fusionrag_integrations.integrity import cache_secret
 
     env["FUSIONRAG_CACHE_SECRET"] = cache_secret().decode()  # the parent's key: same trust domain
     command = [sys.executable, str(script), mode]

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from fusionrag_integrations import default_model_path
+from fusionrag_integrations.integrity import cache_secret
 from fusionrag_integrations.model.files import manifest_problem, verified_directory
 from fusionrag_integrations.model.loader import convert_gguf
 from fusionrag_integrations.store.chunk_kv import write_entry
-from fusionrag_integrations.store.integrity import cache_secret
 from tests.conftest import DOCS, MODELS, engine_on, rag_messages
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from fusionrag_integrations.kernels.codecs import decode, encode
 from fusionrag_integrations.kernels.dequant_place import place_compact, place_compact_ref
 from fusionrag_integrations.kernels.rope_gather import place_rotated_ref, rotation
 from fusionrag_integrations.store.chunk_kv import CorruptEntryError, read_entry
-from fusionrag_integrations.store.codecs import decode, encode
 from tests.conftest import DOCS, engine_on, rag_messages
 
 BOUNDS = {"fp8": 0.04, "int4": 0.12}  # relative Frobenius error on Gaussian KV with outlier channels

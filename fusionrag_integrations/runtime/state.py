@@ -1,4 +1,5 @@
-"""A request inside the step loop, as data: where it is in its life, what it holds, what it still owes.
+"""A request inside the engine, as data: what was asked (`Request`: the prompt, how to sample, how to
+fuse, its statistics), where it is in its life and what it holds (`SeqState`).
 
 WAITING (submitted; its prompt prepared on the caller's thread) -> READY (laid out: its chunks'
 entries found, the tokens it needs known) -> PREFILL (admitted: its cache allocated and its prefill
@@ -9,18 +10,67 @@ requests between these phases; the executor does the work each phase needs; neit
 from __future__ import annotations
 
 import queue
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from ..outputs import GenerationChunk
-from ..request import Request
+from ..errors import InvalidArgumentError
+from ..outputs import GenerationChunk, GenerationStats
+from ..request import FUSION_FIELDS, SAMPLING_FIELDS, FusionParams, SamplingParams
 
 if TYPE_CHECKING:
-    from ..fusion.layout import Layout
-    from ..runtime.decode import DecodeState
-    from ..runtime.prefill_task import PrefillTask
+    from ..fidelity.shadow import ShadowCapture
+    from ..fusion.layout import Draft, Layout
+    from ..fusion.prompt import Prompt
+    from .decode import DecodeState
+    from .prefill_task import PrefillTask
+
+
+@dataclass
+class Request:
+    """One call's request, created once and passed through every step (the settings objects validated
+    on construction, so a bad argument fails before any compute)."""
+
+    prompt: Prompt
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    fusion: FusionParams = field(default_factory=FusionParams)
+    tools: Sequence[dict] | None = None
+    stats: GenerationStats = field(default_factory=GenerationStats)
+    draft: Draft | None = None  # the prompt prepared on the caller's thread (fusion/layout.py)
+    layout: Layout | None = None  # set by the layout step (fusion/layout.py)
+    shadow: ShadowCapture | None = None  # sampled for a fidelity shadow (fidelity/shadow.py)
+    t_start: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def build(
+        cls,
+        prompt: Prompt,
+        sampling: SamplingParams | None = None,
+        fusion: FusionParams | None = None,
+        tools: Sequence[dict] | None = None,
+        **fields: Any,
+    ) -> Request:
+        """From settings objects and/or their fields as keyword arguments (the public `stream` API)."""
+        unknown = set(fields) - set(SAMPLING_FIELDS) - set(FUSION_FIELDS)
+        if unknown:
+            raise InvalidArgumentError(f"unexpected argument(s): {', '.join(sorted(unknown))}")
+        sampling_fields = {k: v for k, v in fields.items() if k in SAMPLING_FIELDS}
+        fusion_fields = {k: v for k, v in fields.items() if k in FUSION_FIELDS}
+        sampling = replace(sampling or SamplingParams(), **sampling_fields)  # validated again
+        fusion = replace(fusion or FusionParams(), **fusion_fields)
+        return cls(prompt, sampling, fusion, tools)
+
+    def choice(self, index: int) -> Request:
+        """The index-th of n answers to this request (one prefill serves them all): the same prompt and
+        fusion, its own stats, its sampling with a given seed moved by index (n different samples,
+        reproducible as a whole, as vLLM seeds n > 1)."""
+        seed = self.sampling.seed
+        if index and seed is not None:
+            seed = (seed + index + (1 << 63)) % (1 << 64) - (1 << 63)
+        return Request(self.prompt, replace(self.sampling, seed=seed), self.fusion, self.tools, t_start=self.t_start)
+
 
 DONE = object()  # the end of a stream's pieces
 

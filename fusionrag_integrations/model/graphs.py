@@ -27,9 +27,9 @@ import torch
 from ..kernels import _dispatch
 from ..kernels.sparse_attention import TRITON_HEAD_DIMS
 from ..lru import LRU
-from ..model.attention import AttentionMode, CacheAttention, KVCache
-from ..model.forward import run_layers
-from ..model.transformer import TransformerModel
+from .attention import AttentionMode, CacheAttention, KVCache
+from .forward import run_layers
+from .transformer import TransformerModel
 
 BUCKET = 16
 CACHE_GRANULE = 1024  # tokens; at most ~130 MB of extra KV a request for an 8B model
