@@ -12,10 +12,21 @@ from typing import Any
 from .errors import InvalidConfigError
 
 ENV_FIELDS = (
-    "gpu_cache_bytes", "cpu_cache_bytes", "disk_cache_bytes", "running_kv_bytes", "gpu_memory_utilization",
-    "max_model_len", "max_running_requests", "max_prefill_tokens", "tpot_target_ms", "kv_format", "kv_backend",
-    "fidelity_sample_rate", "fidelity_max_share", "mixed_steps",
-)  # fmt: skip
+    "gpu_cache_bytes",
+    "cpu_cache_bytes",
+    "disk_cache_bytes",
+    "running_kv_bytes",
+    "gpu_memory_utilization",
+    "max_model_len",
+    "max_running_requests",
+    "max_prefill_tokens",
+    "tpot_target_ms",
+    "kv_format",
+    "kv_backend",
+    "fidelity_sample_rate",
+    "fidelity_max_share",
+    "mixed_steps",
+)
 _UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?)?b?\s*$", re.I)
 

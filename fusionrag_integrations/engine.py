@@ -45,8 +45,16 @@ class FusionEngine:
         fingerprints = (loaded.model_fingerprint, loaded.tokenizer_fingerprint)
         namespace = store_namespace(fingerprints, self.prefix_ids, config.kv_format)
         self.chunks = ChunkRegistry.from_config(config, namespace, loaded.model_fingerprint, self.device)
-        self.layout = PromptLayout(self.tokenizer, fingerprints, self.prefix_ids, self.context_window, self.chunks,
-                                   config.learn_min_chars, config.kv_format, config.learn_chunks)  # fmt: skip
+        self.layout = PromptLayout(
+            self.tokenizer,
+            fingerprints,
+            self.prefix_ids,
+            self.context_window,
+            self.chunks,
+            config.learn_min_chars,
+            config.kv_format,
+            config.learn_chunks,
+        )
         self.critical_layers = CriticalLayers(config.cache_dir / "profiles.json" if config.persist else None)
         self.runner = ModelRunner(loaded, config, self.critical_layers)
         load_aux = lambda source: load_aux_model(source, loaded, config.model_cache_dir).model  # noqa: E731
@@ -59,9 +67,12 @@ class FusionEngine:
 
     @classmethod
     def from_pretrained(
-        cls, model: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
+        cls,
+        model: str | os.PathLike,
+        device: str | torch.device = "auto",
+        dtype: str | torch.dtype = "auto",
         config: EngineConfig | None = None,
-    ) -> FusionEngine:  # fmt: skip
+    ) -> FusionEngine:
         """model: a local HF directory (safetensors), a .gguf file, or a hub id already in the local HF cache."""
         config, dev = config or EngineConfig(), resolve_device(device)
         return cls(load_model(model, dev, resolve_dtype(dtype, dev), config.model_cache_dir), config)

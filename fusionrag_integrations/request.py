@@ -114,7 +114,18 @@ class FusionParams:
 
 
 SAMPLING_FIELDS = (
-    "max_new_tokens", "temperature", "top_p", "top_k", "seed", "stop", "presence_penalty", "frequency_penalty",
-    "repetition_penalty", "min_p", "logit_bias", "response_format", "logprobs",
-)  # fmt: skip
+    "max_new_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "repetition_penalty",
+    "min_p",
+    "logit_bias",
+    "response_format",
+    "logprobs",
+)
 FUSION_FIELDS = ("chunks", "selector", "recompute_ratio", "learn_chunks", "cache_salt", "fidelity")

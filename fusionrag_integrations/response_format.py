@@ -32,8 +32,10 @@ class ResponseFormat:
                 f"response_format type must be json_object, json_schema, regex, choice or grammar, got {self.kind!r}"
             )
         if not isinstance(self.spec, str):
-            raise InvalidSamplingError(f"a {self.kind} response_format's {_SPEC_NAME.get(self.kind, 'spec')} must be a "
-                                       f"string, got {type(self.spec).__name__}")  # fmt: skip
+            raise InvalidSamplingError(
+                f"a {self.kind} response_format's {_SPEC_NAME.get(self.kind, 'spec')} must be a "
+                f"string, got {type(self.spec).__name__}"
+            )
         if self.kind != "json_object" and not self.spec:
             raise InvalidSamplingError(f"a {self.kind} response_format needs its {_SPEC_NAME[self.kind]}")
 

@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
             kv_format=args.kv_format,
             fusion=FusionConfig(critical_layer=args.critical_layer),
             **store_budgets(args.store_gb),
-        ),  # fmt: skip
+        ),
     )
     if "qcfuse" in args.selectors and args.critical_layer is None:  # profiled on its own samples: runs comparable
         print(f"profiling QCFuse's critical layer on {args.profile_examples} examples (once per run)...", flush=True)

@@ -87,9 +87,16 @@ class FidelityController:
     is tried again once it got easier."""
 
     def __init__(
-        self, target: float, ratio: float, threshold: float, bounds: tuple[float, float], min_samples: int = 30,
-        window: int = 120, memory: int = 10, z: float = 0.8416,
-    ) -> None:  # fmt: skip
+        self,
+        target: float,
+        ratio: float,
+        threshold: float,
+        bounds: tuple[float, float],
+        min_samples: int = 30,
+        window: int = 120,
+        memory: int = 10,
+        z: float = 0.8416,
+    ) -> None:
         self.target, self.min_samples, self.memory, self.z = target, min_samples, memory, z
         self.rungs = [r for r in RUNGS if bounds[0] <= r <= bounds[1]] or [min(max(ratio, bounds[0]), bounds[1])]
         self.ratio = min(self.rungs, key=lambda r: abs(r - ratio))

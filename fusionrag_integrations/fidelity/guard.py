@@ -36,9 +36,13 @@ class GuardDecision:
 
 class FidelityGuard:
     def __init__(
-        self, predictor: DivergencePredictor, threshold: float, explore: float,
-        controller: FidelityController | None = None, seed: int | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        predictor: DivergencePredictor,
+        threshold: float,
+        explore: float,
+        controller: FidelityController | None = None,
+        seed: int | None = None,
+    ) -> None:
         self.predictor, self._threshold, self.explore, self.controller = predictor, threshold, explore, controller
         self.guarded = self.escalated = self.explored = 0
         self._samples: deque[FidelitySample] = deque(maxlen=KEEP)
@@ -76,17 +80,27 @@ class FidelityGuard:
 
     def refit(self, samples: list[FidelitySample]) -> None:
         try:
-            self.predictor = fit_predictor([s.signals for s in samples], [s.agreement for s in samples],
-                                           self.predictor.label, "this engine's shadow samples",
-                                           [s.weight for s in samples])  # fmt: skip
+            self.predictor = fit_predictor(
+                [s.signals for s in samples],
+                [s.agreement for s in samples],
+                self.predictor.label,
+                "this engine's shadow samples",
+                [s.weight for s in samples],
+            )
         except ValueError:  # one outcome only so far: keep the current fit
             log.debug("guard refit skipped: the samples hold one outcome")
 
     def to_dict(self) -> dict:
         c = self.controller
         return {
-            "threshold": self.threshold, "explore": self.explore, "guarded": self.guarded,
-            "escalated": self.escalated, "explored": self.explored, "predictor": self.predictor.to_dict(),
-            "target": c.target if c else None, "ratio": c.ratio if c else None, "ratio_moves": c.moves if c else 0,
+            "threshold": self.threshold,
+            "explore": self.explore,
+            "guarded": self.guarded,
+            "escalated": self.escalated,
+            "explored": self.explored,
+            "predictor": self.predictor.to_dict(),
+            "target": c.target if c else None,
+            "ratio": c.ratio if c else None,
+            "ratio_moves": c.moves if c else 0,
             "plan": vars(c.plan) if c and c.plan else None,
-        }  # fmt: skip
+        }

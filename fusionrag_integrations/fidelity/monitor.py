@@ -31,9 +31,16 @@ DECAY = 0.995  # per busy step: the shadows' share of busy time is measured over
 
 class FidelityMonitor:
     def __init__(
-        self, sample_rate: float, model_name: str, kv_format: str, path: Path | None, seed: int | None = None,
-        guard: FidelityGuard | None = None, guarded_by_default: bool = False, max_share: float = 1.0,
-    ) -> None:  # fmt: skip
+        self,
+        sample_rate: float,
+        model_name: str,
+        kv_format: str,
+        path: Path | None,
+        seed: int | None = None,
+        guard: FidelityGuard | None = None,
+        guarded_by_default: bool = False,
+        max_share: float = 1.0,
+    ) -> None:
         self.sample_rate, self.model_name, self.kv_format = sample_rate, model_name, kv_format
         self.max_share = max_share
         self._busy_s = self._shadow_s = 0.0  # decayed sums over steps with users' work in them
@@ -51,9 +58,13 @@ class FidelityMonitor:
         return ShadowCapture(self.model_name, self.kv_format)
 
     def finished(
-        self, capture: ShadowCapture, answer: list[int], model: TransformerModel,
-        new_cache: Callable[[int], KVCache], backend: str,
-    ) -> None:  # fmt: skip
+        self,
+        capture: ShadowCapture,
+        answer: list[int],
+        model: TransformerModel,
+        new_cache: Callable[[int], KVCache],
+        backend: str,
+    ) -> None:
         """The sampled request returned `answer`: queue its shadow (on the loop's thread)."""
         if capture.fused_logits is None:
             return  # nothing was fused: no shadow
@@ -70,12 +81,20 @@ class FidelityMonitor:
         controller = None
         if f.fidelity_target is not None:
             z = NormalDist().inv_cdf(f.fidelity_confidence)
-            controller = FidelityController(f.fidelity_target, f.recompute_ratio, f.guard_threshold, f.ratio_bounds,
-                                            z=z)  # fmt: skip
+            controller = FidelityController(
+                f.fidelity_target, f.recompute_ratio, f.guard_threshold, f.ratio_bounds, z=z
+            )
         guard = FidelityGuard(shipped_predictor(), f.guard_threshold, f.guard_explore, controller)
         guarded = f.fidelity == "guarded" or controller is not None
-        return cls(config.fidelity_sample_rate, model_name, config.kv_format, path, guard=guard,
-                   guarded_by_default=guarded, max_share=config.fidelity_max_share)  # fmt: skip
+        return cls(
+            config.fidelity_sample_rate,
+            model_name,
+            config.kv_format,
+            path,
+            guard=guard,
+            guarded_by_default=guarded,
+            max_share=config.fidelity_max_share,
+        )
 
     def may_run(self, busy: bool) -> bool:
         """Whether a shadow slice may run in this step: always in an idle step (no user's work in it), else
@@ -130,5 +149,6 @@ class FidelityMonitor:
     def report(self) -> FidelityReport:
         self.estimates.save()
         recent = list(self.estimates.recent)
-        return FidelityReport(self.sample_rate, self.estimates.estimates(), recent, self.pending, self.dropped,
-                              self.guard.to_dict())  # fmt: skip
+        return FidelityReport(
+            self.sample_rate, self.estimates.estimates(), recent, self.pending, self.dropped, self.guard.to_dict()
+        )

@@ -67,9 +67,13 @@ def _matrix(rows: Sequence[dict[str, float]], features: tuple[str, ...]) -> tupl
 
 
 def fit_predictor(
-    signals: Sequence[dict[str, float]], agreements: Sequence[float], label: float, source: str,
-    weights: Sequence[float] | None = None, features: tuple[str, ...] = SIGNALS,
-) -> DivergencePredictor:  # fmt: skip
+    signals: Sequence[dict[str, float]],
+    agreements: Sequence[float],
+    label: float,
+    source: str,
+    weights: Sequence[float] | None = None,
+    features: tuple[str, ...] = SIGNALS,
+) -> DivergencePredictor:
     """Weighted ridge logistic regression (L-BFGS, float64). Raises ValueError without both outcomes."""
     y = torch.tensor([float(a < label) for a in agreements], dtype=torch.float64)
     if len(y) < 4 or y.min() == y.max():

@@ -125,7 +125,7 @@ class FidelityEstimates:
                     g.share / g.n,
                     list(g.kl_buckets),
                     list(g.agreement_buckets),
-                )  # fmt: skip
+                )
                 for key, g in sorted(self.groups.items())
             ]
 

@@ -58,9 +58,13 @@ class ShadowJob:
     """Full attention over prompt + returned tokens, computed `run(budget)` positions at a time."""
 
     def __init__(
-        self, capture: ShadowCapture, answer: list[int], model: TransformerModel,
-        new_cache: Callable[[int], KVCache], backend: str,
-    ) -> None:  # fmt: skip
+        self,
+        capture: ShadowCapture,
+        answer: list[int],
+        model: TransformerModel,
+        new_cache: Callable[[int], KVCache],
+        backend: str,
+    ) -> None:
         self.capture, self.answer, self.model, self.backend = capture, list(answer), model, backend
         self.n = len(capture.token_ids)
         self.total = self.n + max(len(self.answer) - 1, 0)  # the last returned token is never fed back
@@ -95,8 +99,17 @@ class ShadowJob:
         top1 = top1_agreement(full[0], c.fused_logits)
         agreement = teacher_forced_agreement(full, self.answer) if self.answer else top1  # no token: the first
         return FidelitySample(
-            kl=kl_divergence(full[0], c.fused_logits), top1=top1,
-            agreement=agreement, tokens=len(self.answer), selector=c.selector, ratio=c.ratio,
-            recompute_share=c.recompute_share, kv_format=c.kv_format, precompute=c.precompute, model=c.model,
-            signals=dict(c.signals), score=c.score, weight=c.weight,
-        )  # fmt: skip
+            kl=kl_divergence(full[0], c.fused_logits),
+            top1=top1,
+            agreement=agreement,
+            tokens=len(self.answer),
+            selector=c.selector,
+            ratio=c.ratio,
+            recompute_share=c.recompute_share,
+            kv_format=c.kv_format,
+            precompute=c.precompute,
+            model=c.model,
+            signals=dict(c.signals),
+            score=c.score,
+            weight=c.weight,
+        )

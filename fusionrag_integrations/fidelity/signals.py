@@ -22,8 +22,14 @@ from ..fusion.placement import FusionContext
 from ..store.chunk_kv import is_standalone
 
 SIGNALS = (
-    "entropy", "margin", "missed_attention", "residual_deviation", "recompute_share", "chunk_share", "standalone",
-)  # fmt: skip
+    "entropy",
+    "margin",
+    "missed_attention",
+    "residual_deviation",
+    "recompute_share",
+    "chunk_share",
+    "standalone",
+)
 DEVIATION_STRIDE = 8
 
 

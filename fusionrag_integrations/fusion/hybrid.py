@@ -96,8 +96,9 @@ def chunk_deviation(ctx: FusionContext, layer: int = 1, stride: int = 8) -> list
     device_positions = to_device(positions, ctx.token_ids.device)
     attention = _ReadOnlyCache(ctx.cache, AttentionMode.BY_POSITION, int(positions[-1]), ctx.backend)
     ids = ctx.token_ids[device_positions]
-    run_layers(ctx.model, ids, device_positions, attention, before_write=before_write, num_layers=layer + 1,
-               finish_last=False)  # fmt: skip
+    run_layers(
+        ctx.model, ids, device_positions, attention, before_write=before_write, num_layers=layer + 1, finish_last=False
+    )
     owner_t = torch.tensor(owner, device=found["deviation"].device)
     sums = torch.zeros(len(ctx.chunks), device=owner_t.device).index_add_(0, owner_t, found["deviation"])
     counts = torch.bincount(owner_t, minlength=len(ctx.chunks)).clamp_min(1)

@@ -38,8 +38,12 @@ def _entry(token: int, logprob: float, decode: Decode) -> dict[str, Any]:
 
 def chat_logprobs(logprobs: list[TokenLogprob], decode: Decode) -> dict[str, Any]:
     """OpenAI's chat layout: {"content": [{token, logprob, bytes, top_logprobs: [...]}, ...]}."""
-    return {"content": [{**_entry(lp.token_id, lp.logprob, decode),
-                         "top_logprobs": [_entry(t, v, decode) for t, v in lp.top]} for lp in logprobs]}  # fmt: skip
+    return {
+        "content": [
+            {**_entry(lp.token_id, lp.logprob, decode), "top_logprobs": [_entry(t, v, decode) for t, v in lp.top]}
+            for lp in logprobs
+        ]
+    }
 
 
 def completion_logprobs(logprobs: list[TokenLogprob], decode: Decode, offset: int = 0) -> dict[str, Any]:

@@ -45,13 +45,20 @@ class RemoteEngine:
         return RemoteChunkError(f"{method} {path} -> {response.status_code}: {message}")
 
     def precompute(
-        self, texts: Sequence[str], context: None = None, neighbors: Sequence[Sequence[str]] | None = None,
+        self,
+        texts: Sequence[str],
+        context: None = None,
+        neighbors: Sequence[Sequence[str]] | None = None,
         show_progress: bool | None = None,
-    ) -> list[str]:  # fmt: skip
+    ) -> list[str]:
         """The server precomputes in batches and streams its progress (a bar for large inputs on a terminal,
         as the local engine shows)."""
-        body = {"texts": list(texts), "neighbors": [list(n) for n in neighbors] if neighbors is not None else None,
-                "stream": True, "batch_size": self.batch_size}  # fmt: skip
+        body = {
+            "texts": list(texts),
+            "neighbors": [list(n) for n in neighbors] if neighbors is not None else None,
+            "stream": True,
+            "batch_size": self.batch_size,
+        }
         hide = (not show_progress) if show_progress is not None else (len(body["texts"]) < 16 or None)
         with self._http.stream("POST", "/v1/chunks", json=body) as response:
             if response.status_code != 200:

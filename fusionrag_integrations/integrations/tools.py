@@ -120,9 +120,11 @@ def tool_call_format(tools: list[dict] | None, tool_choice: str | None, native: 
     if tool_choice not in ("required", "any"):
         functions = [f for f in functions if f.get("name") == tool_choice]
     calls = [
-        {"type": "object", "properties": {"name": {"const": f["name"]},
-                                          "arguments": f.get("parameters") or {"type": "object"}},
-         "required": ["name", "arguments"]}
+        {
+            "type": "object",
+            "properties": {"name": {"const": f["name"]}, "arguments": f.get("parameters") or {"type": "object"}},
+            "required": ["name", "arguments"],
+        }
         for f in functions
-    ]  # fmt: skip
+    ]
     return ResponseFormat.json_schema(calls[0] if len(calls) == 1 else {"anyOf": calls})

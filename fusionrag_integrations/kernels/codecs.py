@@ -62,8 +62,14 @@ def expected_shapes(kv_format: str, shape: tuple[int, ...]) -> dict[str, tuple[i
         return {"k": shape, "v": shape, "k_scale": (L, T, H, 1), "v_scale": (L, T, H, 1)}
     groups = -(-T // INT4_GROUP)
     per_group = (L, groups, H, D)
-    return {"k": (L, T, H, D // 2), "v": (L, T, H, D // 2), "k_scale": per_group, "k_zero": per_group,
-            "v_scale": per_group, "v_zero": per_group}  # fmt: skip
+    return {
+        "k": (L, T, H, D // 2),
+        "v": (L, T, H, D // 2),
+        "k_scale": per_group,
+        "k_zero": per_group,
+        "v_scale": per_group,
+        "v_zero": per_group,
+    }
 
 
 def code_dtypes(kv_format: str) -> set[torch.dtype]:

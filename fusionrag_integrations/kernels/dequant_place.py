@@ -16,9 +16,14 @@ from .rope_gather import place_rotated_ref
 
 
 def place_compact_ref(
-    dst_k: torch.Tensor, dst_v: torch.Tensor, codes: tuple[torch.Tensor, torch.Tensor], scales: dict,
-    kv_format: str, cos: torch.Tensor, sin: torch.Tensor,
-) -> None:  # fmt: skip
+    dst_k: torch.Tensor,
+    dst_v: torch.Tensor,
+    codes: tuple[torch.Tensor, torch.Tensor],
+    scales: dict,
+    kv_format: str,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+) -> None:
     """dst_k, dst_v: [L, T, H, D] slices of the cache; codes: (K codes, V codes) as the entry holds them."""
     k = decode(codes[0], scales, "k", kv_format, torch.float32)
     v = decode(codes[1], scales, "v", kv_format, dst_v.dtype)
@@ -26,9 +31,15 @@ def place_compact_ref(
 
 
 def place_compact(
-    dst_k: torch.Tensor, dst_v: torch.Tensor, codes: tuple[torch.Tensor, torch.Tensor], scales: dict,
-    kv_format: str, cos: torch.Tensor, sin: torch.Tensor, backend: str = "auto",
-) -> None:  # fmt: skip
+    dst_k: torch.Tensor,
+    dst_v: torch.Tensor,
+    codes: tuple[torch.Tensor, torch.Tensor],
+    scales: dict,
+    kv_format: str,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    backend: str = "auto",
+) -> None:
     """Dispatch: the fused Triton kernel on CUDA (or under TRITON_INTERPRET=1), else the reference."""
     cos, sin = cos.to(dst_k.device), sin.to(dst_k.device)
     half = dst_k.shape[-1] // 2

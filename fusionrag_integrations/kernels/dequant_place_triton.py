@@ -21,8 +21,21 @@ def _e4m3(bits):
 
 
 @triton.jit
-def _load_pair(Codes, Scale, Zero, layer_codes, layer_scales, rows, tokens, heads, valid, H,
-               HALF: tl.constexpr, INT4: tl.constexpr, GROUP: tl.constexpr):  # fmt: skip
+def _load_pair(
+    Codes,
+    Scale,
+    Zero,
+    layer_codes,
+    layer_scales,
+    rows,
+    tokens,
+    heads,
+    valid,
+    H,
+    HALF: tl.constexpr,
+    INT4: tl.constexpr,
+    GROUP: tl.constexpr,
+):
     """The two rotate-half halves (x1 = channels [0, HALF), x2 = [HALF, 2 HALF)) of each row, float32."""
     offs = tl.arange(0, HALF)
     m = valid[:, None]
@@ -44,10 +57,28 @@ def _load_pair(Codes, Scale, Zero, layer_codes, layer_scales, rows, tokens, head
 
 
 @triton.jit
-def _place_compact_kernel(DstK, DstV, CodesK, CodesV, ScaleK, ZeroK, ScaleV, ZeroV, Cos, Sin,
-                          stride_dk, stride_dv, stride_codes, stride_scales, n_rows, H,
-                          HALF: tl.constexpr, BLOCK_ROWS: tl.constexpr, INT4: tl.constexpr,
-                          GROUP: tl.constexpr):  # fmt: skip
+def _place_compact_kernel(
+    DstK,
+    DstV,
+    CodesK,
+    CodesV,
+    ScaleK,
+    ZeroK,
+    ScaleV,
+    ZeroV,
+    Cos,
+    Sin,
+    stride_dk,
+    stride_dv,
+    stride_codes,
+    stride_scales,
+    n_rows,
+    H,
+    HALF: tl.constexpr,
+    BLOCK_ROWS: tl.constexpr,
+    INT4: tl.constexpr,
+    GROUP: tl.constexpr,
+):
     layer = tl.program_id(1)
     rows = tl.program_id(0) * BLOCK_ROWS + tl.arange(0, BLOCK_ROWS)
     valid = rows < n_rows
@@ -67,9 +98,14 @@ def _place_compact_kernel(DstK, DstV, CodesK, CodesV, ScaleK, ZeroK, ScaleV, Zer
 
 
 def place_compact_triton(
-    dst_k: torch.Tensor, dst_v: torch.Tensor, codes: tuple[torch.Tensor, torch.Tensor], scales: dict,
-    kv_format: str, cos: torch.Tensor, sin: torch.Tensor,
-) -> None:  # fmt: skip
+    dst_k: torch.Tensor,
+    dst_v: torch.Tensor,
+    codes: tuple[torch.Tensor, torch.Tensor],
+    scales: dict,
+    kv_format: str,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+) -> None:
     """dst_k, dst_v: [L, T, H, D] with (T, H, D) dense inside each layer; codes and scales dense."""
     L, T, H, D = dst_k.shape
     for t in (dst_k, dst_v):
@@ -81,7 +117,24 @@ def place_compact_triton(
     block_rows = 16 if dst_k.device.type == "cpu" else 64
     grid = (triton.cdiv(T * H, block_rows), L)
     _place_compact_kernel[grid](
-        dst_k, dst_v, k_codes, v_codes, scales["k_scale"], zero_k, scales["v_scale"], zero_v,
-        cos.contiguous(), sin.contiguous(), dst_k.stride(0), dst_v.stride(0), k_codes.stride(0),
-        scales["k_scale"].stride(0), T * H, H, HALF=D // 2, BLOCK_ROWS=block_rows, INT4=int4, GROUP=INT4_GROUP,
-    )  # fmt: skip
+        dst_k,
+        dst_v,
+        k_codes,
+        v_codes,
+        scales["k_scale"],
+        zero_k,
+        scales["v_scale"],
+        zero_v,
+        cos.contiguous(),
+        sin.contiguous(),
+        dst_k.stride(0),
+        dst_v.stride(0),
+        k_codes.stride(0),
+        scales["k_scale"].stride(0),
+        T * H,
+        H,
+        HALF=D // 2,
+        BLOCK_ROWS=block_rows,
+        INT4=int4,
+        GROUP=INT4_GROUP,
+    )

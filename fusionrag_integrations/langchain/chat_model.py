@@ -166,9 +166,14 @@ class ChatFusionRAG(BaseChatModel):
         return super().bind(tools=formatted, tool_choice=tool_choice, **kwargs)
 
     def with_structured_output(
-        self, schema: Any = None, *, method: str = "json_schema", include_raw: bool = False,
-        strict: bool | None = None, **kwargs: Any,
-    ) -> Runnable:  # fmt: skip
+        self,
+        schema: Any = None,
+        *,
+        method: str = "json_schema",
+        include_raw: bool = False,
+        strict: bool | None = None,
+        **kwargs: Any,
+    ) -> Runnable:
         """ChatOpenAI's methods ("json_schema", "function_calling", "json_mode"), each enforced by a grammar
         (langchain/structured.py): the answer always parses."""
         return structured_output(self, schema, method, include_raw, strict, kwargs)
@@ -176,8 +181,9 @@ class ChatFusionRAG(BaseChatModel):
     def _pieces(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> Iterator[GenerationChunk]:
         native = template_supports_tools(self.engine.tokenizer)
         tools, choice = kwargs.get("tools"), kwargs.get("tool_choice")
-        prompt, template_tools = prompt_with_tools(to_engine_messages(messages, native_tools=native), tools, choice,
-                                                   native)  # fmt: skip
+        prompt, template_tools = prompt_with_tools(
+            to_engine_messages(messages, native_tools=native), tools, choice, native
+        )
         if kwargs.get("response_format") is None:  # a required call is constrained to the tools' schemas
             kwargs["response_format"] = tool_call_format(tools, choice, native)
         settings = self._engine_settings(stop, kwargs)

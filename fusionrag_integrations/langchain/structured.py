@@ -43,8 +43,11 @@ def structured_output(
     if method == "function_calling":
         name = convert_to_openai_tool(schema)["function"]["name"]
         bound = llm.bind_tools([schema], tool_choice=name, **trace)
-        parser = (PydanticToolsParser(tools=[schema], first_tool_only=True) if _is_model(schema)
-                  else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True))  # fmt: skip
+        parser = (
+            PydanticToolsParser(tools=[schema], first_tool_only=True)
+            if _is_model(schema)
+            else JsonOutputKeyToolsParser(key_name=name, first_tool_only=True)
+        )
     else:
         if method == "json_mode":
             response_format: dict[str, Any] = {"type": "json_object"}

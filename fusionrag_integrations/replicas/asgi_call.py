@@ -12,14 +12,23 @@ from typing import Any
 Start = dict[str, Any]  # {"status": int, "headers": [(name, value), ...]}
 
 
-async def call_asgi(app, method: str, path: str, query: bytes, headers: list[tuple[str, str]],
-                    body: bytes) -> AsyncIterator[Start | bytes]:  # fmt: skip
+async def call_asgi(
+    app, method: str, path: str, query: bytes, headers: list[tuple[str, str]], body: bytes
+) -> AsyncIterator[Start | bytes]:
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "scheme": "http", "root_path": "",
-        "method": method, "path": path, "raw_path": path.encode(), "query_string": query,
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "scheme": "http",
+        "root_path": "",
+        "method": method,
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": query,
         "headers": [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers],
-        "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0),
-    }  # fmt: skip
+        "client": ("127.0.0.1", 0),
+        "server": ("127.0.0.1", 0),
+    }
     messages: asyncio.Queue = asyncio.Queue()
     gone = asyncio.Event()
     delivered = False

@@ -77,8 +77,15 @@ class EngineReplica:
         self.app = create_app(self.engine, name, server)
         self.replica = serve.get_replica_context().replica_id.unique_id
 
-    async def forward(self, method: str, path: str, query: bytes, headers: list[tuple[str, str]], body: bytes,
-                      affinity: list | None = None):  # fmt: skip
+    async def forward(
+        self,
+        method: str,
+        path: str,
+        query: bytes,
+        headers: list[tuple[str, str]],
+        body: bytes,
+        affinity: list | None = None,
+    ):
         """The app's response: a dict with status and headers (this replica's id added), then body bytes."""
         async for part in call_asgi(self.app, method, path, query, headers, body):
             if isinstance(part, dict):
@@ -153,8 +160,9 @@ class Gateway:
         try:
             start = await parts.__anext__()
         except (RayError, StopAsyncIteration) as exc:  # RayActorError (replica died) is one
-            return errors.error_response(503, f"the replica serving this request went away ({type(exc).__name__}); "
-                                         "retry", "replica_unavailable")  # fmt: skip
+            return errors.error_response(
+                503, f"the replica serving this request went away ({type(exc).__name__}); retry", "replica_unavailable"
+            )
         kept = {k: v for k, v in start["headers"] if k.lower() not in _HOP_HEADERS}
         return StreamingResponse(self._rest(parts), status_code=start["status"], headers=kept)
 
@@ -192,20 +200,38 @@ def serve_from_cli(args, api_key: str | None) -> int:
     import ray
     import torch
 
-    engine = {k: v for k, v in {"cache_dir": args.cache_dir, "kv_format": args.kv_format,
-                                "kv_backend": args.kv_backend,
-                                "fidelity_sample_rate": args.fidelity_sample_rate}.items() if v}  # fmt: skip
+    engine = {
+        k: v
+        for k, v in {
+            "cache_dir": args.cache_dir,
+            "kv_format": args.kv_format,
+            "kv_backend": args.kv_backend,
+            "fidelity_sample_rate": args.fidelity_sample_rate,
+        }.items()
+        if v
+    }
     engine.update(engine_flags(args))
     gpu = args.device.startswith("cuda") or (args.device == "auto" and torch.cuda.is_available())
-    settings = ReplicaSettings(model=args.model, device=args.device, dtype=args.dtype, engine=engine,
-                               served_model_name=args.served_model_name, api_key=api_key,
-                               max_body_bytes=args.max_body_bytes, replicas=args.replicas, routing=args.routing,
-                               replica_gpus=1.0 if gpu else 0.0)  # fmt: skip
+    settings = ReplicaSettings(
+        model=args.model,
+        device=args.device,
+        dtype=args.dtype,
+        engine=engine,
+        served_model_name=args.served_model_name,
+        api_key=api_key,
+        max_body_bytes=args.max_body_bytes,
+        replicas=args.replicas,
+        routing=args.routing,
+        replica_gpus=1.0 if gpu else 0.0,
+    )
     ray.init(address=args.ray_address, include_dashboard=False, log_to_driver=False)
     serve.start(http_options={"host": args.host, "port": args.port})
     serve.run(build(settings), name="fusionrag", route_prefix="/")
-    print(f"fusionrag: {args.replicas} replicas on http://{args.host}:{args.port}/v1 ({args.routing} routing)",
-          file=sys.stderr, flush=True)  # fmt: skip
+    print(
+        f"fusionrag: {args.replicas} replicas on http://{args.host}:{args.port}/v1 ({args.routing} routing)",
+        file=sys.stderr,
+        flush=True,
+    )
     try:
         while True:
             time.sleep(3600)

@@ -35,9 +35,15 @@ class DecodeState:
     (part of) a stop string."""
 
     def __init__(
-        self, pre: Prefill, params: SamplingParams, tokenizer, eos: frozenset[int], device: torch.device,
-        t_start: float, constraint: TokenConstraint | None = None,
-    ) -> None:  # fmt: skip
+        self,
+        pre: Prefill,
+        params: SamplingParams,
+        tokenizer,
+        eos: frozenset[int],
+        device: torch.device,
+        t_start: float,
+        constraint: TokenConstraint | None = None,
+    ) -> None:
         if pre.cache.capacity < len(pre.token_ids) + params.max_new_tokens:
             raise ContextLengthError(
                 f"this prefill has room for {pre.cache.capacity - len(pre.token_ids)} new tokens, "

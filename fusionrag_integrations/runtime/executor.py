@@ -36,9 +36,14 @@ from .state import Phase, Request, SeqState
 
 class StepExecutor:
     def __init__(
-        self, layout: PromptLayout, runner: ModelRunner, chunks: ChunkCompute, selectors: SelectorFactory,
-        counters: Counter[str], fidelity: FidelityMonitor,
-    ) -> None:  # fmt: skip
+        self,
+        layout: PromptLayout,
+        runner: ModelRunner,
+        chunks: ChunkCompute,
+        selectors: SelectorFactory,
+        counters: Counter[str],
+        fidelity: FidelityMonitor,
+    ) -> None:
         self.layout, self.runner, self.chunks, self.selectors = layout, runner, chunks, selectors
         self.counters, self.fidelity = counters, fidelity
 
@@ -94,8 +99,9 @@ class StepExecutor:
         (out of memory, or a request's own error): nothing changed, the caller runs the parts apart."""
         t0, done = time.perf_counter(), sum(seq.prefill.done for seq, _ in slices)
         try:
-            result = packed_step(self.runner.model, [(s.prefill, n) for s, n in slices], [s.decode for s in rows],
-                                 self.runner.backend)  # fmt: skip
+            result = packed_step(
+                self.runner.model, [(s.prefill, n) for s, n in slices], [s.decode for s in rows], self.runner.backend
+            )
             self.runner.sync()
         except Exception:  # noqa: BLE001 - each part again on its own, its error its own
             self.counters["mixed_step_fallbacks"] += 1
@@ -126,8 +132,9 @@ class StepExecutor:
                 seq.prefill = None
                 out.requeue.append(seq)
             else:
-                out.failed.append((seq, OutOfMemoryError("this request's KV cache and prefill do not fit in device "
-                                                         "memory")))  # fmt: skip
+                out.failed.append(
+                    (seq, OutOfMemoryError("this request's KV cache and prefill do not fit in device memory"))
+                )
         except Exception as exc:  # noqa: BLE001 - the request's own error, raised in its reader
             out.failed.append((seq, exc))
 
@@ -197,8 +204,9 @@ class StepExecutor:
         if self._escalated(seq, logits):
             return
         pre = self.finish_prefill(seq.prefill, request, logits)
-        if request.shadow is not None and not request.shadow.take_prefill(pre.logits, pre.token_ids,
-                                                                           seq.prefill.layout, pre.stats):  # fmt: skip
+        if request.shadow is not None and not request.shadow.take_prefill(
+            pre.logits, pre.token_ids, seq.prefill.layout, pre.stats
+        ):
             request.shadow = None  # nothing was fused: nothing to measure
         seq.prefill, seq.layout, seq.phase = None, None, Phase.DECODE  # a tier may evict the chunks now
         seq.decode = self.runner.decode_state(pre, request)

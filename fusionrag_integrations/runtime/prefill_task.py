@@ -31,9 +31,16 @@ from ..store.prefix_cache import PrefixCache
 
 class PrefillTask:
     def __init__(
-        self, model: TransformerModel, cache: KVCache, layout: Layout, selector: Selector | None, ratio: float,
-        prefixes: PrefixCache, backend: str, graphs: GraphCache | None,
-    ) -> None:  # fmt: skip
+        self,
+        model: TransformerModel,
+        cache: KVCache,
+        layout: Layout,
+        selector: Selector | None,
+        ratio: float,
+        prefixes: PrefixCache,
+        backend: str,
+        graphs: GraphCache | None,
+    ) -> None:
         """Places the chunks and runs the selection (model work: a step's first slice of this request)."""
         self.model, self.cache, self.layout, self.backend = model, cache, layout, backend
         self.ids = torch.tensor(layout.token_ids, device=model.device)
@@ -53,8 +60,9 @@ class PrefillTask:
 
     def _start_fused(self, selector: Selector, ratio: float, prefixes: PrefixCache, graphs: GraphCache | None) -> None:
         layout, cache = self.layout, self.cache
-        self.prefix_ids, prefix_kv = prefixes.lookup(layout.token_ids, layout.chunks[0].start, selector.name,
-                                                     layout.tenant)  # fmt: skip
+        self.prefix_ids, prefix_kv = prefixes.lookup(
+            layout.token_ids, layout.chunks[0].start, selector.name, layout.tenant
+        )
         self.prefix_kv, self.prefixes = prefix_kv, prefixes
         reused = 0
         if prefix_kv is not None:  # the prompt's text before the first chunk: exact, it attends to itself only

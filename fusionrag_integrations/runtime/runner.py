@@ -72,8 +72,9 @@ class ModelRunner:
         if running_kv_bytes is None and device.type == "cuda":  # leave the GPU tier and transients room
             total, allocated = torch.cuda.mem_get_info(device)[1], torch.cuda.memory_allocated(device)
             c = self.config
-            running_kv_bytes = running_kv_budget(self.free_device_memory(), total, allocated, c.gpu_cache_bytes,
-                                                 c.gpu_memory_utilization)  # fmt: skip
+            running_kv_bytes = running_kv_budget(
+                self.free_device_memory(), total, allocated, c.gpu_cache_bytes, c.gpu_memory_utilization
+            )
         return max(running_kv_bytes or 4 << 30, per_token) // per_token
 
     def memory_fits(self, kv_tokens: int, prefill_tokens: int) -> bool:
@@ -116,13 +117,26 @@ class ModelRunner:
         return build_context(self.model, cache, ids, layout.chunks, 0, self.backend, self.graphs)
 
     def start_prefill(
-        self, layout: Layout, selector: Selector, ratio: float, max_new_tokens: int, cache: KVCache | None = None,
-    ) -> PrefillTask:  # fmt: skip
+        self,
+        layout: Layout,
+        selector: Selector,
+        ratio: float,
+        max_new_tokens: int,
+        cache: KVCache | None = None,
+    ) -> PrefillTask:
         """A prefill's cache (room for max_new_tokens more; or `cache`, reused), its chunks placed and tokens
         selected; the task then computes its positions a slice at a time (PrefillTask.run)."""
         cache = cache or self.new_cache(len(layout.token_ids) + max_new_tokens)
-        task = PrefillTask(self.model, cache, layout, selector if layout.chunks else None, ratio, self.prefixes,
-                           self.backend, self.graphs)  # fmt: skip
+        task = PrefillTask(
+            self.model,
+            cache,
+            layout,
+            selector if layout.chunks else None,
+            ratio,
+            self.prefixes,
+            self.backend,
+            self.graphs,
+        )
         task.selector_name, task.ratio = selector.name, ratio
         return task
 

@@ -30,9 +30,11 @@ MAX_BODY_BYTES = 8 << 20
 
 
 def create_app(
-    engine: FusionEngine, model_name: str, settings: ServerSettings | None = None,
+    engine: FusionEngine,
+    model_name: str,
+    settings: ServerSettings | None = None,
     on_fatal: Callable[[], None] | None = None,
-) -> FastAPI:  # fmt: skip
+) -> FastAPI:
     """on_fatal: called once if the engine's step loop stops for good (the CLI exits non-zero then, so a
     supervisor restarts the process); the health check says 503 from then on."""
     settings = settings or ServerSettings()

@@ -20,8 +20,12 @@ from .streaming import sse
 def register(app: FastAPI, engine: FusionEngine, settings: ServerSettings) -> None:
     def check_count(texts: list[str]) -> None:
         if len(texts) > settings.max_chunk_texts:
-            raise APIError(400, f"texts: {len(texts)} texts in one request; at most {settings.max_chunk_texts} "
-                           "(send several requests)", "too_many_texts", "texts")  # fmt: skip
+            raise APIError(
+                400,
+                f"texts: {len(texts)} texts in one request; at most {settings.max_chunk_texts} (send several requests)",
+                "too_many_texts",
+                "texts",
+            )
 
     @app.post("/v1/chunks")
     async def add_chunks(body: ChunksRequest, request: Request):
@@ -37,8 +41,14 @@ def register(app: FastAPI, engine: FusionEngine, settings: ServerSettings) -> No
     async def ingest_batch(texts: list[str], neighbors: list[list[str]] | None, salt: str | None) -> dict:
         report = await in_thread(lambda: engine.ingest(texts, None, neighbors, False, salt))
         distinct = report.computed + report.cached
-        return {"object": "list", "keys": report.keys, "computed": report.computed, "cached": report.cached,
-                "stored": report.stored, "not_stored": distinct - report.stored}  # fmt: skip
+        return {
+            "object": "list",
+            "keys": report.keys,
+            "computed": report.computed,
+            "cached": report.cached,
+            "stored": report.stored,
+            "not_stored": distinct - report.stored,
+        }
 
     async def ingest_events(body: ChunksRequest, salt: str | None):
         total, step = len(body.texts), body.batch_size
@@ -49,8 +59,15 @@ def register(app: FastAPI, engine: FusionEngine, settings: ServerSettings) -> No
                 part = await ingest_batch(body.texts[start : start + step], nbrs, salt)
                 result = {k: result[k] + part[k] if k != "object" else v for k, v in result.items()}
                 done = min(start + step, total)
-                yield sse({"object": "chunks.progress", "done": done, "total": total,
-                           "computed": result["computed"], "cached": result["cached"]})  # fmt: skip
+                yield sse(
+                    {
+                        "object": "chunks.progress",
+                        "done": done,
+                        "total": total,
+                        "computed": result["computed"],
+                        "cached": result["cached"],
+                    }
+                )
             yield sse(result)
         except Exception as exc:  # noqa: BLE001 - mid-stream: the status line is gone, the error is an event
             err = as_api_error(exc)

@@ -106,9 +106,12 @@ def share(value: str) -> float:
 def engine_flags(args: argparse.Namespace) -> dict:
     """The serve flags that are EngineConfig fields (only those given), under vLLM's names where vLLM has
     one; the fidelity guard's go into `fusion`."""
-    top = {"max_model_len": "max_model_len", "max_num_seqs": "max_running_requests",
-           "max_num_batched_tokens": "max_prefill_tokens",
-           "gpu_memory_utilization": "gpu_memory_utilization"}  # fmt: skip
+    top = {
+        "max_model_len": "max_model_len",
+        "max_num_seqs": "max_running_requests",
+        "max_num_batched_tokens": "max_prefill_tokens",
+        "gpu_memory_utilization": "gpu_memory_utilization",
+    }
     fusion = {"fidelity": "fidelity", "fidelity_target": "fidelity_target"}
     given = lambda names: {f: getattr(args, a) for a, f in names.items() if getattr(args, a, None) is not None}  # noqa: E731
     return {**given(top), **({"fusion": given(fusion)} if given(fusion) else {})}
@@ -153,9 +156,11 @@ def add_serve_command(sub) -> argparse.ArgumentParser:
     serve.add_argument("--max-model-len", type=int, help="most tokens (prompt + answer) a request may use")
     serve.add_argument("--max-num-seqs", type=int, help="most requests running at once (default: by memory)")
     serve.add_argument("--max-num-batched-tokens", type=int, help="most prompt tokens prefilled in one step")
-    serve.add_argument("--gpu-memory-utilization", type=share,
-                       help="share of the GPU's memory the engine may use, weights included (default: 90%% of "
-                       "what is free)")  # fmt: skip
+    serve.add_argument(
+        "--gpu-memory-utilization",
+        type=share,
+        help="share of the GPU's memory the engine may use, weights included (default: 90%% of what is free)",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     serve.add_argument("--port", type=port, default=8000, help="port (default 8000)")
     serve.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto")
@@ -163,41 +168,69 @@ def add_serve_command(sub) -> argparse.ArgumentParser:
     serve.add_argument(
         "--cache-dir", help="chunk-KV cache directory (default $FUSIONRAG_CACHE_DIR or ~/.cache/fusionrag)"
     )
-    serve.add_argument("--api-key", action="append",
-                       help="require `Authorization: Bearer KEY` (default $FUSIONRAG_API_KEY); repeat for several "
-                       "keys: each key's clients then get their own chunk cache space")  # fmt: skip
-    serve.add_argument("--allow-unauthenticated", action="store_true",
-                       help="serve without a key on an address other machines reach")  # fmt: skip
+    serve.add_argument(
+        "--api-key",
+        action="append",
+        help="require `Authorization: Bearer KEY` (default $FUSIONRAG_API_KEY); repeat for several "
+        "keys: each key's clients then get their own chunk cache space",
+    )
+    serve.add_argument(
+        "--allow-unauthenticated", action="store_true", help="serve without a key on an address other machines reach"
+    )
     serve.add_argument("--kv-format", choices=["native", "fp8", "int4"], help="stored chunk-KV format (default native)")
     serve.add_argument("--served-model-name", help="the model id clients send (default: the model's name)")
     serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="largest request body (default 8 MiB)")
     serve.add_argument("--max-headers", type=int, default=100, help="most header fields in a request (default 100)")
-    serve.add_argument("--timeout-header", type=float, default=10.0,
-                       help="seconds a connection has to send a complete request head (default 10)")  # fmt: skip
-    serve.add_argument("--timeout-body", type=float, default=30.0,
-                       help="seconds a request has to send its whole body (default 30)")  # fmt: skip
+    serve.add_argument(
+        "--timeout-header",
+        type=float,
+        default=10.0,
+        help="seconds a connection has to send a complete request head (default 10)",
+    )
+    serve.add_argument(
+        "--timeout-body", type=float, default=30.0, help="seconds a request has to send its whole body (default 30)"
+    )
     serve.add_argument("--timeout-keep-alive", type=int, default=5, help="idle seconds between requests (default 5)")
-    serve.add_argument("--timeout-graceful-shutdown", type=float, default=30.0,
-                       help="on SIGTERM: seconds running requests have to finish (default 30)")  # fmt: skip
-    serve.add_argument("--max-connections", type=int,
-                       help="open connections at most (default: the file-descriptor limit less a reserve)")  # fmt: skip
+    serve.add_argument(
+        "--timeout-graceful-shutdown",
+        type=float,
+        default=30.0,
+        help="on SIGTERM: seconds running requests have to finish (default 30)",
+    )
+    serve.add_argument(
+        "--max-connections",
+        type=int,
+        help="open connections at most (default: the file-descriptor limit less a reserve)",
+    )
     serve.add_argument("--max-chunk-texts", type=int, default=256, help="texts per /v1/chunks request (default 256)")
     serve.add_argument("--metrics-public", action="store_true", help="/metrics without the API key")
-    serve.add_argument("--embedding-model",
-                       help="/v1/embeddings: a sentence-embedding model folder (default: bundled MiniLM)")  # fmt: skip
+    serve.add_argument(
+        "--embedding-model", help="/v1/embeddings: a sentence-embedding model folder (default: bundled MiniLM)"
+    )
     serve.add_argument("--access-log", action="store_true", help="log every request (uvicorn's access log)")
-    serve.add_argument("--fidelity-sample-rate", type=share,
-                       help="share of fused requests measured against full attention (default 0)")  # fmt: skip
-    serve.add_argument("--fidelity", choices=["off", "guarded"],
-                       help="guarded: a fused request predicted to drift from full attention is prefilled in full "
-                       "(default off; requests may choose)")  # fmt: skip
-    serve.add_argument("--fidelity-target", type=share,
-                       help="teacher-forced agreement to hold by moving the guard threshold and base ratio "
-                       "(needs --fidelity-sample-rate)")  # fmt: skip
+    serve.add_argument(
+        "--fidelity-sample-rate", type=share, help="share of fused requests measured against full attention (default 0)"
+    )
+    serve.add_argument(
+        "--fidelity",
+        choices=["off", "guarded"],
+        help="guarded: a fused request predicted to drift from full attention is prefilled in full "
+        "(default off; requests may choose)",
+    )
+    serve.add_argument(
+        "--fidelity-target",
+        type=share,
+        help="teacher-forced agreement to hold by moving the guard threshold and base ratio "
+        "(needs --fidelity-sample-rate)",
+    )
     serve.add_argument("--kv-backend", help="shared chunk-KV tier and catalog, e.g. redis://127.0.0.1:6379/0")
     serve.add_argument("--replicas", type=int, help="N engines on Ray Serve behind this endpoint (one per GPU)")
-    serve.add_argument("--routing", choices=["chunk", "round_robin"], default="chunk",
-                       help="replicas: to the one holding the request's chunks (default) or in turn")  # fmt: skip
+    serve.add_argument(
+        "--routing",
+        choices=["chunk", "round_robin"],
+        default="chunk",
+        help="replicas: to the one holding the request's chunks (default) or in turn",
+    )
     serve.add_argument("--ray-address", help="replicas: an existing Ray cluster (default: start a local one)")
     serve.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     return serve

@@ -21,9 +21,16 @@ from ..errors import ContextLengthError, EngineUnavailableError, FusionRAGError,
 
 log = logging.getLogger("fusionrag_integrations.server")
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 404: "not_found_error",
-          405: "invalid_request_error", 408: "invalid_request_error", 413: "invalid_request_error",
-          431: "invalid_request_error", 503: "server_error"}  # fmt: skip
+_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    404: "not_found_error",
+    405: "invalid_request_error",
+    408: "invalid_request_error",
+    413: "invalid_request_error",
+    431: "invalid_request_error",
+    503: "server_error",
+}
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 408: "body_timeout", 413: "body_too_large"}
 
 

@@ -50,8 +50,9 @@ def close_soon(source: Iterator) -> None:
 def register(app: FastAPI, engine: FusionEngine, model_name: str, metrics: Metrics) -> None:
     def check_model(name: str) -> None:
         if name != model_name:
-            raise APIError(404, f"the model {name!r} does not exist; this server serves {model_name!r}",
-                           "model_not_found", "model")  # fmt: skip
+            raise APIError(
+                404, f"the model {name!r} does not exist; this server serves {model_name!r}", "model_not_found", "model"
+            )
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatCompletionRequest, request: Request):

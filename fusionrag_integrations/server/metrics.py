@@ -78,10 +78,14 @@ class FidelityCollector(Collector):
         self.engine = engine
 
     def collect(self):
-        kl = HistogramMetricFamily("fusionrag_fidelity_kl", "First-token KL(full || fused) of shadowed requests, "
-                                   "nats", labels=self.LABELS)  # fmt: skip
-        agreement = HistogramMetricFamily("fusionrag_fidelity_agreement", "Teacher-forced agreement of shadowed "
-                                          "requests' answers with full attention", labels=self.LABELS)  # fmt: skip
+        kl = HistogramMetricFamily(
+            "fusionrag_fidelity_kl", "First-token KL(full || fused) of shadowed requests, nats", labels=self.LABELS
+        )
+        agreement = HistogramMetricFamily(
+            "fusionrag_fidelity_agreement",
+            "Teacher-forced agreement of shadowed requests' answers with full attention",
+            labels=self.LABELS,
+        )
         report = self.engine.fidelity_report()
         for e in report.estimates:
             labels = [e.model, e.selector, f"{e.ratio:g}", e.kv_format, e.precompute]
@@ -90,8 +94,9 @@ class FidelityCollector(Collector):
         yield kl
         yield agreement
         guard = report.guard or {}
-        decisions = CounterMetricFamily("fusionrag_guard_requests", "Fused requests the fidelity guard judged, by "
-                                        "outcome", labels=("outcome",))  # fmt: skip
+        decisions = CounterMetricFamily(
+            "fusionrag_guard_requests", "Fused requests the fidelity guard judged, by outcome", labels=("outcome",)
+        )
         escalated, explored = guard.get("escalated", 0), guard.get("explored", 0)
         decisions.add_metric(["escalated"], escalated)
         decisions.add_metric(["explored"], explored)

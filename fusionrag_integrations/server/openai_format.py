@@ -18,8 +18,12 @@ from .structured import requested_format
 
 
 def engine_settings(body: _Generation, max_tokens: int | None) -> dict[str, Any]:
-    settings: dict[str, Any] = {"temperature": body.temperature, "top_p": body.top_p, "seed": body.seed,
-                                "stop": body.stops()}  # fmt: skip
+    settings: dict[str, Any] = {
+        "temperature": body.temperature,
+        "top_p": body.top_p,
+        "seed": body.seed,
+        "stop": body.stops(),
+    }
     if max_tokens is not None:
         settings["max_new_tokens"] = max_tokens
     if body.top_k is not None and body.top_k > 0:
@@ -47,12 +51,17 @@ def chat_prompt(body: ChatCompletionRequest, tokenizer) -> tuple[list[dict], dic
     messages = []
     for m in body.messages:
         role = "system" if m.role == "developer" else m.role
-        calls = [{"id": c.get("id"), "name": c["function"]["name"], "args": _arguments(c["function"])}
-                 for c in m.tool_calls or []]  # fmt: skip
+        calls = [
+            {"id": c.get("id"), "name": c["function"]["name"], "args": _arguments(c["function"])}
+            for c in m.tool_calls or []
+        ]
         result = (m.tool_call_id, m.name or "tool") if m.role == "tool" else None
         messages.append(engine_message(role, m.text(), calls, result, native))
-    choice = body.tool_choice if isinstance(body.tool_choice, str) or body.tool_choice is None else (
-        body.tool_choice["function"]["name"])  # fmt: skip
+    choice = (
+        body.tool_choice
+        if isinstance(body.tool_choice, str) or body.tool_choice is None
+        else (body.tool_choice["function"]["name"])
+    )
     tools = body.tools if choice != "none" else None
     prompt, template_tools = prompt_with_tools(messages, tools, choice, native)
     settings = engine_settings(body, body.max_completion_tokens or body.max_tokens)
@@ -98,32 +107,53 @@ class ResponseIds:
 
 
 def chat_response(
-    ids: ResponseIds, text: str, last: GenerationChunk, tools: list[dict] | None,
-    logprobs: list[TokenLogprob] | None = None, decode: Decode | None = None,
-) -> dict:  # fmt: skip
+    ids: ResponseIds,
+    text: str,
+    last: GenerationChunk,
+    tools: list[dict] | None,
+    logprobs: list[TokenLogprob] | None = None,
+    decode: Decode | None = None,
+) -> dict:
     message: dict[str, Any] = {"role": "assistant", "content": text}
     finish = last.finish_reason
     if tools:
         parsed = parse_tool_calls(text, {t.get("function", {}).get("name") for t in tools})
         if parsed.tool_calls:
             message["content"] = parsed.content or None
-            message["tool_calls"] = [{"id": c["id"], "type": "function",
-                                      "function": {"name": c["name"], "arguments": json.dumps(c["args"])}}
-                                     for c in parsed.tool_calls]  # fmt: skip
+            message["tool_calls"] = [
+                {"id": c["id"], "type": "function", "function": {"name": c["name"], "arguments": json.dumps(c["args"])}}
+                for c in parsed.tool_calls
+            ]
             finish = "tool_calls"
-    choice = {"index": 0, "message": message, "finish_reason": finish,
-              "logprobs": chat_logprobs(logprobs, decode) if logprobs is not None and decode else None}  # fmt: skip
-    return {**ids.envelope("chat.completion"), "choices": [choice], "usage": usage_json(last.usage),
-            "fusionrag": stats_json(last.stats)}  # fmt: skip
+    choice = {
+        "index": 0,
+        "message": message,
+        "finish_reason": finish,
+        "logprobs": chat_logprobs(logprobs, decode) if logprobs is not None and decode else None,
+    }
+    return {
+        **ids.envelope("chat.completion"),
+        "choices": [choice],
+        "usage": usage_json(last.usage),
+        "fusionrag": stats_json(last.stats),
+    }
 
 
 def completion_response(
     ids: ResponseIds, text: str, last: GenerationChunk, logprobs: list[TokenLogprob] | None, decode: Decode
 ) -> dict:
-    choice = {"index": 0, "text": text, "finish_reason": last.finish_reason,
-              "logprobs": completion_logprobs(logprobs, decode) if logprobs is not None else None}  # fmt: skip
-    return {**ids.envelope("text_completion"), "choices": [choice], "usage": usage_json(last.usage),
-            "fusionrag": stats_json(last.stats)}  # fmt: skip
+    choice = {
+        "index": 0,
+        "text": text,
+        "finish_reason": last.finish_reason,
+        "logprobs": completion_logprobs(logprobs, decode) if logprobs is not None else None,
+    }
+    return {
+        **ids.envelope("text_completion"),
+        "choices": [choice],
+        "usage": usage_json(last.usage),
+        "fusionrag": stats_json(last.stats),
+    }
 
 
 def merge_choices(responses: list[dict]) -> dict:
@@ -139,7 +169,7 @@ def merge_choices(responses: list[dict]) -> dict:
 
 def stream_chunk(
     ids: ResponseIds, piece: GenerationChunk | None, first: bool = False, decode: Decode | None = None, offset: int = 0
-) -> dict:  # fmt: skip
+) -> dict:
     """One SSE event's object; piece None = the final usage-only chunk (choices empty, as OpenAI sends).
     decode: set when logprobs were asked for (then each chunk carries its tokens'); offset: the text
     streamed before this piece (completions' text_offset). The finishing chunk carries the fusion
@@ -149,8 +179,12 @@ def stream_chunk(
     stats = {"fusionrag": stats_json(piece.stats)} if piece.finish_reason and piece.stats else {}
     if ids.kind == "chat":
         delta: dict[str, Any] = {"role": "assistant", "content": piece.text} if first else {"content": piece.text}
-        choice = {"index": 0, "delta": delta if piece.text or first else {}, "finish_reason": piece.finish_reason,
-                  "logprobs": chat_logprobs(piece.logprobs, decode) if decode else None}  # fmt: skip
+        choice = {
+            "index": 0,
+            "delta": delta if piece.text or first else {},
+            "finish_reason": piece.finish_reason,
+            "logprobs": chat_logprobs(piece.logprobs, decode) if decode else None,
+        }
         return {**ids.envelope("chat.completion.chunk"), "choices": [choice], **stats}
     logprobs = completion_logprobs(piece.logprobs, decode, offset) if decode else None
     choice = {"index": 0, "text": piece.text, "finish_reason": piece.finish_reason, "logprobs": logprobs}

@@ -94,8 +94,9 @@ class _Generation(_Body):
             return data
         unknown = sorted(k for k in data if k not in cls.model_fields and k not in METADATA and k not in NEUTRAL)
         if unknown:
-            raise ValueError(f"unsupported field(s): {', '.join(map(repr, unknown))}; this server refuses what it "
-                             "does not honour")  # fmt: skip
+            raise ValueError(
+                f"unsupported field(s): {', '.join(map(repr, unknown))}; this server refuses what it does not honour"
+            )
         for name, neutral in NEUTRAL.items():
             if name in data and name not in cls.model_fields and not any(_same(data[name], n) for n in neutral):
                 shown = ", ".join(repr(n) for n in neutral if n is not None) or "none"
@@ -159,8 +160,9 @@ class ChatCompletionRequest(_Generation):
             function = choice.get("function")
             name = function.get("name") if isinstance(function, dict) else None
             if choice.get("type") != "function" or not isinstance(name, str):
-                raise ValueError("tool_choice must be none, auto, required or {'type': 'function', 'function': "
-                                 "{'name': ...}}")  # fmt: skip
+                raise ValueError(
+                    "tool_choice must be none, auto, required or {'type': 'function', 'function': {'name': ...}}"
+                )
             if name not in names:
                 raise ValueError(f"tool_choice names {name!r}, which is no tool of the request")
         if choice == "required" and not names:

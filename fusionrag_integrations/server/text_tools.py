@@ -57,8 +57,9 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, settings: Serv
 
     def check_model(name: str | None, served: str) -> None:
         if name is not None and name != served:
-            raise APIError(404, f"the model {name!r} does not exist here; this route serves {served!r}",
-                           "model_not_found", "model")  # fmt: skip
+            raise APIError(
+                404, f"the model {name!r} does not exist here; this route serves {served!r}", "model_not_found", "model"
+            )
 
     @app.post("/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict:
@@ -80,8 +81,12 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, settings: Serv
         check_model(body.model, model_name)
         bad = [t for t in body.tokens if not 0 <= t < len(tokenizer)]
         if bad:
-            raise APIError(400, f"tokens: {bad[:5]} are not ids of this tokenizer (0 to {len(tokenizer) - 1})",
-                           "invalid_value", "tokens")  # fmt: skip
+            raise APIError(
+                400,
+                f"tokens: {bad[:5]} are not ids of this tokenizer (0 to {len(tokenizer) - 1})",
+                "invalid_value",
+                "tokens",
+            )
         return {"prompt": tokenizer.decode(body.tokens)}
 
     @app.post("/v1/embeddings")
@@ -92,15 +97,26 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, settings: Serv
             raise APIError(400, "input: every input must be a non-empty string", "invalid_value", "input")
         encoder = await in_thread(lambda: _encoder(embedding_path))
         if body.dimensions is not None and body.dimensions != encoder.dimension:
-            raise APIError(400, f"dimensions: this model's embeddings have {encoder.dimension} (it cannot shorten "
-                           "them)", "invalid_value", "dimensions")  # fmt: skip
+            raise APIError(
+                400,
+                f"dimensions: this model's embeddings have {encoder.dimension} (it cannot shorten them)",
+                "invalid_value",
+                "dimensions",
+            )
         vectors = await in_thread(lambda: encoder.encode(texts))
-        tokens = sum(len(encoder.tokenizer(t, truncation=True, max_length=encoder.max_length)["input_ids"])
-                     for t in texts)  # fmt: skip
-        data = [{"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding_format)}
-                for i, v in enumerate(vectors)]  # fmt: skip
-        return {"object": "list", "data": data, "model": embedding_name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}  # fmt: skip
+        tokens = sum(
+            len(encoder.tokenizer(t, truncation=True, max_length=encoder.max_length)["input_ids"]) for t in texts
+        )
+        data = [
+            {"object": "embedding", "index": i, "embedding": _encoded(v, body.encoding_format)}
+            for i, v in enumerate(vectors)
+        ]
+        return {
+            "object": "list",
+            "data": data,
+            "model": embedding_name,
+            "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+        }
 
 
 def _encoder(path: Path | None):

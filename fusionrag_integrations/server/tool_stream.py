@@ -77,8 +77,10 @@ class ToolCallStream:
                 "type": "function",
                 "function": {"name": call["name"], "arguments": ""},
             }
-            deltas += [{"tool_calls": [head]},
-                       {"tool_calls": [{"index": i, "function": {"arguments": json.dumps(call["args"])}}]}]  # fmt: skip
+            deltas += [
+                {"tool_calls": [head]},
+                {"tool_calls": [{"index": i, "function": {"arguments": json.dumps(call["args"])}}]},
+            ]
         return deltas
 
     def _arguments(self, final: bool) -> list[dict[str, Any]]:
@@ -108,8 +110,12 @@ def tool_stream_chunks(base: dict[str, Any], piece_text: str, final: bool, first
     chunks = []
     for i, delta in enumerate(deltas or [{}]):
         role = {"role": "assistant"} if first and i == 0 else {}
-        out = {"index": 0, "delta": {**role, **delta}, "finish_reason": None,
-               "logprobs": choice.get("logprobs") if i == 0 else None}  # fmt: skip
+        out = {
+            "index": 0,
+            "delta": {**role, **delta},
+            "finish_reason": None,
+            "logprobs": choice.get("logprobs") if i == 0 else None,
+        }
         chunks.append({**{k: v for k, v in base.items() if k not in ("choices", "fusionrag")}, "choices": [out]})
     if final:
         chunks[-1]["choices"][0]["finish_reason"] = "tool_calls" if stream.called else choice["finish_reason"]

@@ -28,14 +28,22 @@ class VllmMetrics:
         self.generation_tokens = Counter("vllm:generation_tokens", "Generated tokens", label, registry=r)
         self.prefix_queries = Counter("vllm:prefix_cache_queries", "Prompt tokens looked up", label, registry=r)
         self.prefix_hits = Counter("vllm:prefix_cache_hits", "Prompt tokens whose KV was reused", label, registry=r)
-        self.success = Counter("vllm:request_success", "Finished requests", ["model_name", "finished_reason"],
-                               registry=r)  # fmt: skip
-        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token", label,
-                              buckets=TTFT_BUCKETS, registry=r)  # fmt: skip
-        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Request latency, start to last token", label,
-                             buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
-        self.itl = Histogram("vllm:inter_token_latency_seconds", "Time between generated tokens", label,
-                             buckets=ITL_BUCKETS, registry=r)  # fmt: skip
+        self.success = Counter(
+            "vllm:request_success", "Finished requests", ["model_name", "finished_reason"], registry=r
+        )
+        self.ttft = Histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token", label, buckets=TTFT_BUCKETS, registry=r
+        )
+        self.e2e = Histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Request latency, start to last token",
+            label,
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.itl = Histogram(
+            "vllm:inter_token_latency_seconds", "Time between generated tokens", label, buckets=ITL_BUCKETS, registry=r
+        )
 
     def finished(self, stats: GenerationStats, usage: Usage, reason: str | None) -> None:
         name = self.model_name

@@ -54,9 +54,13 @@ class CorruptEntryError(Exception):
 
 
 def chunk_key(
-    model_fp: str, tokenizer_fp: str, prefix_ids: list[int], token_ids: list[int], context_id: str,
+    model_fp: str,
+    tokenizer_fp: str,
+    prefix_ids: list[int],
+    token_ids: list[int],
+    context_id: str,
     kv_format: str = "native",
-) -> str:  # fmt: skip
+) -> str:
     """SHA-256 over what the KV depends on (and how it is stored: a compact entry is another entry)."""
     h = hashlib.sha256()
     for part in (model_fp, tokenizer_fp, context_id, json.dumps(prefix_ids), json.dumps(token_ids)):
@@ -106,8 +110,9 @@ class ChunkKV:
         if pinned and self.k.device.type == "cuda":
             ready = torch.cuda.Event()
             ready.record()
-        return replace(self, k=moved.pop("k"), v=moved.pop("v"), token_ids=moved.pop("token_ids"), scales=moved,
-                       ready=ready)  # fmt: skip
+        return replace(
+            self, k=moved.pop("k"), v=moved.pop("v"), token_ids=moved.pop("token_ids"), scales=moved, ready=ready
+        )
 
     def wait(self) -> ChunkKV:
         """Host code reads the bytes of an asynchronously copied entry only after the copy finished."""
@@ -124,8 +129,9 @@ class ChunkKV:
             moved = {name: t.to(device, non_blocking=True) for name, t in self.tensors().items()}
             ready = torch.cuda.Event()
             ready.record(stream)
-        return replace(self, k=moved.pop("k"), v=moved.pop("v"), token_ids=moved.pop("token_ids"), scales=moved,
-                       ready=ready)  # fmt: skip
+        return replace(
+            self, k=moved.pop("k"), v=moved.pop("v"), token_ids=moved.pop("token_ids"), scales=moved, ready=ready
+        )
 
     def for_compute(self) -> ChunkKV:
         """Before the compute stream reads a GPU entry copied on a side stream: it waits for the copy (on the
@@ -247,8 +253,9 @@ def read_entry(path: Path, expected_key: str, model_fingerprint: str, secret: by
     return _verified(meta, tensors, expected_key, model_fingerprint, secret)
 
 
-def _verified(meta: dict, tensors: dict[str, torch.Tensor], expected_key: str, model_fingerprint: str,
-              secret: bytes) -> ChunkKV:  # fmt: skip
+def _verified(
+    meta: dict, tensors: dict[str, torch.Tensor], expected_key: str, model_fingerprint: str, secret: bytes
+) -> ChunkKV:
     if any(not isinstance(meta.get(f), str) for f in _HEADER_FIELDS) or not meta["start"].isdigit():
         raise CorruptEntryError("incomplete header")
     if meta.get("format") != FORMAT_VERSION or meta.get("key") != expected_key:

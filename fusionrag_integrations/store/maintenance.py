@@ -39,8 +39,15 @@ def stats(cache_dir: Path) -> list[dict]:
             except CorruptEntryError:
                 formats["unreadable"] += 1
         catalog = _catalog(store)
-        out.append({"store": store.name, "entries": len(files), "bytes": sum(p.stat().st_size for p in files),
-                    "formats": dict(formats), "catalogued": len(catalog.refs_since(0)[0])})  # fmt: skip
+        out.append(
+            {
+                "store": store.name,
+                "entries": len(files),
+                "bytes": sum(p.stat().st_size for p in files),
+                "formats": dict(formats),
+                "catalogued": len(catalog.refs_since(0)[0]),
+            }
+        )
         catalog.close()
     return out
 

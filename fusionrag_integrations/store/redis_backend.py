@@ -31,8 +31,15 @@ RETRY_AFTER_S = 1.0  # after a failure, calls are misses without a round trip fo
 class RedisBackend:
     tier = "redis"  # its name in the store's hit counts and metrics
 
-    def __init__(self, url: str, namespace: str, model_fingerprint: str, secret: bytes, counts: Counter[str],
-                 timeout_s: float = 5.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        url: str,
+        namespace: str,
+        model_fingerprint: str,
+        secret: bytes,
+        counts: Counter[str],
+        timeout_s: float = 5.0,
+    ) -> None:
         """url: redis://host:port/db; namespace: the store's (model, tokenizer, prefix, format) name."""
         self.model_fingerprint, self.secret, self.counts = model_fingerprint, secret, counts
         self.prefix = f"fusionrag:kv:{namespace}:"

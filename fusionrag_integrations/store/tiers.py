@@ -124,8 +124,11 @@ class ChunkStore:
         the reads' speed is measured: the fetch-or-recompute choice, fetch_cost.py)."""
         if self.backend is None:
             return
-        wanted = [k for k in dict.fromkeys(keys) if k not in self.cpu.entries and
-                  (self.gpu is None or k not in self.gpu.entries)]  # fmt: skip
+        wanted = [
+            k
+            for k in dict.fromkeys(keys)
+            if k not in self.cpu.entries and (self.gpu is None or k not in self.gpu.entries)
+        ]
         self._fetched = dict(zip(wanted, self._timed_reads(wanted))) if wanted else {}
 
     def _timed_reads(self, keys: list[str]) -> list[ChunkKV | None]:
