@@ -19,7 +19,7 @@ import torch
 from ..model.attention import AttentionMode, CacheAttention, KVCache
 from ..model.forward import run_layers
 from ..model.transformer import TransformerModel
-from ..outputs import FidelitySample
+from ..outputs import FidelitySample, GenerationStats
 from ..store.chunk_kv import is_standalone
 from .measures import kl_divergence, teacher_forced_agreement, top1_agreement
 
@@ -36,7 +36,7 @@ class ShadowCapture:
     ratio: float = 0.0
     recompute_share: float = 0.0
     precompute: str = "standalone"
-    stats: object | None = None  # the request's GenerationStats: its `fidelity` is set when measured
+    stats: GenerationStats | None = None  # the request's GenerationStats: its `fidelity` is set when measured
     signals: dict[str, float] = field(default_factory=dict)
     score: float | None = None
     weight: float = 1.0

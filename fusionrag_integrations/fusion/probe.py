@@ -63,7 +63,7 @@ def probe_attention(
             scores[layer] = attention_to_positions(q[-n_question:], keys, pos[-n_question:], ctx.chunk_positions)
 
     graphed = ctx.graphs is not None and ctx.graphs.probe and model is ctx.model and not full and len(layers) == 1
-    queries = ctx.graphs.probe_queries(cache, ids, positions, max(layers) + 1) if graphed else None
+    queries = ctx.graphs.probe_queries(cache, ids, positions, max(layers) + 1) if graphed and ctx.graphs else None
     if queries is not None:  # replayed from a CUDA graph: the same pass, one launch
         after_write(max(layers), queries, positions)
         return scores

@@ -40,6 +40,7 @@ class ChunkAffinityRouter(RequestRouter):
             return [candidate_replicas]  # no chunks to follow: the least loaded
         by_id = {r.replica_id.unique_id: r for r in candidate_replicas}
         order = ranked(tokens, sorted(by_id))
+        assert pending_request is not None  # its chunks gave the tokens
         request = pending_request.metadata.internal_request_id
         self._tries[request] = tries = self._tries.pop(request, 0) + 1
         if len(self._tries) > 4096:  # routed requests are not always reported back: forget the oldest

@@ -10,7 +10,7 @@ import torch
 
 from ..errors import ContextLengthError
 from ..model.attention import KVCache
-from ..outputs import GenerationChunk, GenerationStats, TokenLogprob, Usage
+from ..outputs import FinishReason, GenerationChunk, GenerationStats, TokenLogprob, Usage
 from ..request import SamplingParams
 from .decode_step import DecodeStep
 from .grammar import TokenConstraint, constrain
@@ -97,7 +97,7 @@ class DecodeState:
         self.token = token
         return [GenerationChunk(delta, [token], logprobs=lps)]
 
-    def _finish(self, reason: str) -> list[GenerationChunk]:
+    def _finish(self, reason: FinishReason) -> list[GenerationChunk]:
         pieces = []
         if reason == "stop" and not self.text.stopped and (tail := self.text.flush()):
             pieces.append(GenerationChunk(tail, []))

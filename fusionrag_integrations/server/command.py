@@ -7,7 +7,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import InvalidArgumentError
 
@@ -29,8 +29,8 @@ def run_server(args: argparse.Namespace, settings, make_engine: Callable[[argpar
         raise InvalidArgumentError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
     engine = make_engine(args)
     name = args.served_model_name or engine.loaded.name
-    failed = []
-    uvicorn_server = None
+    failed: list[bool] = []
+    uvicorn_server: Any = None  # set below: on_fatal needs it first
 
     def on_fatal() -> None:
         failed.append(True)

@@ -88,7 +88,8 @@ class DrainingServer(uvicorn.Server):
 
     def __init__(self, config: uvicorn.Config, drain: Callable[[], None] | None) -> None:
         super().__init__(config)
-        self._drain, self._draining = drain, None
+        self._drain = drain
+        self._draining: threading.Thread | None = None
 
     def handle_exit(self, sig, frame) -> None:
         if self._drain is not None and self._draining is None:

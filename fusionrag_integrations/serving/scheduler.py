@@ -123,7 +123,8 @@ class Scheduler:
         if self._memory_freed_since == self.finished and self.running:
             return []  # the last start ran out of memory: retrying before anything finished would waste it
         self._memory_freed_since = None
-        admitted, used, this_step = [], sum(s.kv_tokens for s in self.running), 0
+        admitted: list[SeqState] = []
+        used, this_step = sum(s.kv_tokens for s in self.running), 0
         for seq in ready:
             if seq is not self.waiting[len(admitted)]:
                 break  # first come, first served: one not laid out yet holds those behind it

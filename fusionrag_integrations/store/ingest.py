@@ -41,7 +41,8 @@ class Writer:
     """Runs `write(batch)` for each submitted batch on one background thread, in order."""
 
     def __init__(self, write: Callable[[list], None], depth: int = 4) -> None:
-        self._write, self._queue = write, queue.Queue(maxsize=depth)
+        self._write = write
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._thread: threading.Thread | None = None
         self._start = threading.Lock()
         self.failures = 0
