@@ -107,7 +107,7 @@ def _open_read_only(path: Path) -> sqlite3.Connection:
     raise sqlite3.OperationalError("cannot open the catalog read-only")
 
 
-class Catalog:
+class SqliteCatalog:
     def __init__(self, path: Path | None, model_fingerprint: str) -> None:
         self.model_fp, self.path = model_fingerprint, path
         self.read_only = False

@@ -13,7 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 from ..integrity import cache_secret
-from .catalog import Catalog
+from .catalog import SqliteCatalog
 from .chunk_kv import CorruptEntryError, read_entry, read_header
 from .entry_files import entry_files
 
@@ -23,8 +23,8 @@ def stores(cache_dir: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and not p.is_symlink()) if root.is_dir() else []
 
 
-def _catalog(store: Path) -> Catalog:
-    return Catalog(store / "catalog.sqlite", store.name)  # a store's catalog rows are keyed by its folder name
+def _catalog(store: Path) -> SqliteCatalog:
+    return SqliteCatalog(store / "catalog.sqlite", store.name)  # a store's catalog rows are keyed by its folder name
 
 
 def stats(cache_dir: Path) -> list[dict]:

@@ -166,7 +166,7 @@ def test_a_copy_of_the_gguf_elsewhere_shares_its_conversion(smol_engine, tmp_pat
 def test_a_process_with_another_home_seals_with_the_same_key(tmp_path, monkeypatch):
     """A test run or a service with HOME elsewhere is still this user: the same key verifies the shared model
     cache (a key of its own resealed it, and the next `fusionrag serve` converted the model again)."""
-    from fusionrag_integrations.store import integrity
+    from fusionrag_integrations import integrity
 
     monkeypatch.delenv("FUSIONRAG_CACHE_SECRET", raising=False)
     monkeypatch.setattr(integrity, "_cached", {})

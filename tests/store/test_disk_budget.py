@@ -31,14 +31,14 @@ def test_the_disk_budget_holds_after_every_batch_of_10000_chunks(tiny_engines, t
     engine = engine_on(loaded, tmp_path / "c", disk_cache_bytes=budget, precompute_batch_tokens=2048,
                        cpu_cache_bytes=1 << 20)  # fmt: skip
     registry, sizes, order = engine.chunks, [], []
-    persist = registry._persist
+    persist = registry.persister._persist
 
     def checked(batch):  # after every write batch, as the writer thread finishes it
         persist(batch)
         sizes.append(disk_bytes(registry.store.directory))
         order.extend(item[1].key for item in batch)
 
-    registry.writer._write = checked
+    registry.persister.writer._write = checked
     texts = [f"Chunk number {i} of the budget test." for i in range(10_000)]
     engine.precompute(texts, show_progress=False)
     assert len(sizes) > 20 and max(sizes) <= budget and sizes[-1] >= budget - 2 * per_entry
@@ -128,7 +128,7 @@ def test_a_batch_larger_than_the_staging_slots_does_not_wait_forever(tiny_engine
     handed to the writer as they go, so the slots come back."""
     engine = engine_on(tiny_engines["llama"].loaded, tmp_path / "c")
     registry = engine.chunks
-    registry.staging, registry._staged = CountedSlots(48), lambda entry: True
+    registry.persister.staging, registry.persister._staged = CountedSlots(48), lambda entry: True
     texts = [f"Short chunk {i} about the harbour." for i in range(150)]
     keys = engine.precompute(texts, show_progress=False)  # one batch: 150 entries, 48 slots
     assert all(registry.store.backend.contains(k) for k in keys)

@@ -90,7 +90,7 @@ def test_redis_killed_during_a_bulk_ingest_leaves_only_whole_entries(durable, sm
     assert 0 < len(stored) < n
     assert all(e is not None for e in backend.get_many(stored))  # every value there verifies
     assert reader.chunks.store.counts["corrupt"] == 0
-    catalogued = set(reader.chunks._by_key)
+    catalogued = set(reader.chunks.names.by_key)
     assert catalogued <= set(stored)  # a catalog row never points at an entry that is not whole
     texts = [PASSAGE.format(i=i) for i in range(n)]
     out = reader.generate("\n\n".join(texts[:12]) + "\n\nWhich ship unloaded 7 crates?", max_new_tokens=4)

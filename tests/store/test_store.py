@@ -212,12 +212,12 @@ def test_catalogs_opened_at_once_on_a_new_directory_all_open(tmp_path):
     one without waiting on its busy timeout (it broke a two-process test now and then); none may fail."""
     import threading
 
-    from fusionrag_integrations.store.catalog import Catalog
+    from fusionrag_integrations.store.catalog import SqliteCatalog
 
     def open_catalog(path, barrier: threading.Barrier, errors: list) -> None:
         barrier.wait()
         try:
-            Catalog(path, "fp").add([])
+            SqliteCatalog(path, "fp").add([])
         except Exception as err:  # noqa: BLE001 - collected and asserted below
             errors.append(err)
 
