@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fusionrag_integrations.kernels.sparse_attention_triton import sparse_query_attention_triton  # noqa: E402
+from fusionrag_integrations.kernels.sparse_attention_launch import sparse_query_attention_triton  # noqa: E402
 
 
 def main() -> None:

@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import device_name, markdown_table  # noqa: E402
 
 from fusionrag_integrations.kernels.sparse_attention import sparse_query_attention_ref  # noqa: E402
-from fusionrag_integrations.kernels.sparse_attention_triton import sparse_query_attention_triton  # noqa: E402
+from fusionrag_integrations.kernels.sparse_attention_launch import sparse_query_attention_triton  # noqa: E402
 
 
 def bench_ms(fn) -> float:

@@ -75,7 +75,7 @@ def sparse_query_attention(
     _check_shapes(q, k, v, q_pos)
     if _dispatch.use_triton(q, backend):
         if q.shape[-1] in TRITON_HEAD_DIMS and q.dtype in (torch.float16, torch.bfloat16, torch.float32):
-            from .sparse_attention_triton import sparse_query_attention_triton
+            from .sparse_attention_launch import sparse_query_attention_triton
 
             return sparse_query_attention_triton(q, k, v, q_pos, scale=scale, positions_sorted=positions_sorted)
         _dispatch.warn_once(

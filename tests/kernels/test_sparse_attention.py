@@ -14,7 +14,7 @@ import torch
 
 from fusionrag_integrations.kernels import _dispatch
 from fusionrag_integrations.kernels.sparse_attention import sparse_query_attention, sparse_query_attention_ref
-from fusionrag_integrations.kernels.sparse_attention_triton import plan_key_splits, sparse_query_attention_triton
+from fusionrag_integrations.kernels.sparse_attention_launch import plan_key_splits, sparse_query_attention_triton
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"
