@@ -45,16 +45,8 @@ class FusionEngine:
         fingerprints = (loaded.model_fingerprint, loaded.tokenizer_fingerprint)
         namespace = store_namespace(fingerprints, self.prefix_ids, config.kv_format)
         self.chunks = ChunkRegistry.from_config(config, namespace, loaded.model_fingerprint, self.device)
-        self.layout = PromptLayout(
-            self.tokenizer,
-            fingerprints,
-            self.prefix_ids,
-            self.context_window,
-            self.chunks,
-            config.learn_min_chars,
-            config.kv_format,
-            config.learn_chunks,
-        )
+        learning = (self.chunks, config.learn_min_chars, config.kv_format, config.learn_chunks)
+        self.layout = PromptLayout(self.tokenizer, fingerprints, self.prefix_ids, self.context_window, *learning)
         self.critical_layers = CriticalLayers(config.cache_dir / "profiles.json" if config.persist else None)
         self.runner = ModelRunner(loaded, config, self.critical_layers)
         load_aux = lambda source: load_aux_model(source, loaded, config.model_cache_dir).model  # noqa: E731
@@ -67,12 +59,9 @@ class FusionEngine:
 
     @classmethod
     def from_pretrained(
-        cls,
-        model: str | os.PathLike,
-        device: str | torch.device = "auto",
-        dtype: str | torch.dtype = "auto",
+        cls, model: str | os.PathLike, device: str | torch.device = "auto", dtype: str | torch.dtype = "auto",
         config: EngineConfig | None = None,
-    ) -> FusionEngine:
+    ) -> FusionEngine:  # fmt: skip
         """model: a local HF directory (safetensors), a .gguf file, or a hub id already in the local HF cache."""
         config, dev = config or EngineConfig(), resolve_device(device)
         return cls(load_model(model, dev, resolve_dtype(dtype, dev), config.model_cache_dir), config)
@@ -100,7 +89,7 @@ class FusionEngine:
         jobs = self.layout.jobs(texts, contexts, tenant_of(check_salt(cache_salt)))
         todo = list({j.key: j for j in jobs if not self.chunks.holds(j.key)}.values())
         if todo:
-            self.loop.submit_chore(self.executor.chunks.ingest_steps(todo, show_progress)).wait()
+            self.loop.submit_chore(self.executor.chunk_compute.ingest_steps(todo, show_progress)).wait()
         self.chunks.flush()  # persisted and catalogued when it returns (the writes overlapped the compute)
         keys, unique = [job.key for job in jobs], list({job.key: None for job in jobs})
         return IngestReport(keys, len(todo), len(unique) - len(todo), self.chunks.stored(unique))

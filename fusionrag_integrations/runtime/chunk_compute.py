@@ -15,8 +15,8 @@ from .runner import ModelRunner
 
 
 class ChunkCompute:
-    def __init__(self, runner: ModelRunner, chunks: ChunkRegistry, prefix_ids: list[int], counters: Counter[str]):
-        self.runner, self.chunks, self.prefix_ids, self.counters = runner, chunks, prefix_ids, counters
+    def __init__(self, runner: ModelRunner, registry: ChunkRegistry, prefix_ids: list[int], counters: Counter[str]):
+        self.runner, self.registry, self.prefix_ids, self.counters = runner, registry, prefix_ids, counters
 
     def compute(self, jobs: list[PrecomputeJob]) -> list[ChunkKV]:
         """Compute, store and return these jobs' entries now (chunks a prompt lacks)."""
@@ -35,9 +35,9 @@ class ChunkCompute:
 
         def store(entries: list[tuple[ChunkKV, str]]) -> None:  # no device sync: over batches the gaps add up
             now = time.perf_counter()
-            self.chunks.store.cost.computed(sum(tokens[e.key] for e, _ in entries), now - clock[0])
-            self.chunks.add([p for p in entries if p[0].key not in memory_only])
-            self.chunks.add([p for p in entries if p[0].key in memory_only], persist=False)
+            self.registry.store.cost.computed(sum(tokens[e.key] for e, _ in entries), now - clock[0])
+            self.registry.add([p for p in entries if p[0].key not in memory_only])
+            self.registry.add([p for p in entries if p[0].key in memory_only], persist=False)
             self.counters["chunks_computed"] += len(entries)
             clock[0] = time.perf_counter()
 

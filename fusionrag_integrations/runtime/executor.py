@@ -44,7 +44,7 @@ class StepExecutor:
         counters: Counter[str],
         fidelity: FidelityMonitor,
     ) -> None:
-        self.layout, self.runner, self.chunks, self.selectors = layout, runner, chunks, selectors
+        self.layout, self.runner, self.chunk_compute, self.selectors = layout, runner, chunks, selectors
         self.counters, self.fidelity = counters, fidelity
 
     def check(self, request: Request) -> None:
@@ -157,12 +157,12 @@ class StepExecutor:
     def layout_of(self, request: Request) -> Layout:
         draft = request.draft if request.draft is not None else prepare(self.layout, request)
         request.draft = None
-        computed = {e.text for e in self.chunks.compute(self.layout.missing(draft))}
+        computed = {e.text for e in self.chunk_compute.compute(self.layout.missing(draft))}
         for _ in range(3):  # an entry found missing while building (evicted meanwhile): compute it, build again
             layout, jobs = self.layout.build(draft, request.stats, computed)
             if layout is not None:
                 return layout
-            computed |= {e.text for e in self.chunks.compute(jobs)}
+            computed |= {e.text for e in self.chunk_compute.compute(jobs)}
         raise RuntimeError("chunk entries were evicted as fast as they were computed: the memory tiers are too small")
 
     def _start(self, seq: SeqState) -> None:
@@ -252,7 +252,7 @@ class StepExecutor:
         pre = self.runner.finish_prefill(task, request, logits)
         if task.layout.learnable:  # after the timing: storing is not on the path to the first token
             entries = self.layout.learned_entries(task.layout, task.cache.k, task.cache.v)
-            self.chunks.chunks.add(entries)
+            self.chunk_compute.registry.add(entries)
             self.counters["chunks_learned"] += len(entries)
         return pre
 

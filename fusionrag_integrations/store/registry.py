@@ -159,9 +159,6 @@ class ChunkRegistry:
         """Return once everything added is on disk and in the catalog."""
         self.persister.flush()
 
-    def enforce_budget(self, budget: int | None = None) -> int:
-        return self.persister.enforce_budget(budget)
-
     def refs_for(self, text: str, tenant: str = "") -> list[ChunkRef]:
         return self.names.refs_for(text, tenant)
 
