@@ -34,12 +34,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache-dir", default=".cache/examples")
     parser.add_argument("--plot", default=".cache/examples/langchain_rag_ttft.png")
+    parser.add_argument("--max-tokens", type=int, default=48, help="the longest answer, in tokens")
     args = parser.parse_args()
     cache = Path(args.cache_dir).expanduser()
 
     # 1. The model (any local HF directory, .gguf file or cached hub id; here the bundled SmolLM2).
     engine = FusionEngine.from_pretrained(default_model_path(), config=EngineConfig(cache_dir=cache))
-    llm = ChatFusionRAG(engine=engine, max_tokens=48)
+    llm = ChatFusionRAG(engine=engine, max_tokens=args.max_tokens)
 
     # 2. The vector store: Chroma, plus KV precompute on every add.
     store = FusionRAGChroma(

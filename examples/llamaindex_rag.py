@@ -4,7 +4,7 @@ The LLM is `FusionRAGLLM` and the vector store `FusionRAGChromaVectorStore`: ins
 nodes precomputes the KV of exactly the text the query engine will put in its prompt, and
 at query time the model reuses it. A chat engine (condense_plus_context) works the same way.
 
-    python examples/llamaindex_rag.py [--cache-dir DIR] [--plot ttft.png]
+    python examples/llamaindex_rag.py [--cache-dir DIR] [--plot ttft.png] [--max-tokens N]
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cache-dir", default=".cache/examples")
     parser.add_argument("--plot", default=".cache/examples/llamaindex_rag_ttft.png")
+    parser.add_argument("--max-tokens", type=int, default=48, help="the longest answer, in tokens")
     args = parser.parse_args()
     cache = Path(args.cache_dir).expanduser()
 
@@ -46,9 +47,11 @@ def main() -> None:
     )
 
     # 3. Query engine: fused vs a full prefill of the same prompts (selector "full").
-    fused_engine = index.as_query_engine(llm=FusionRAGLLM(engine=engine, max_new_tokens=48), similarity_top_k=4)
+    fused_engine = index.as_query_engine(
+        llm=FusionRAGLLM(engine=engine, max_new_tokens=args.max_tokens), similarity_top_k=4
+    )
     full_engine = index.as_query_engine(
-        llm=FusionRAGLLM(engine=engine, max_new_tokens=48, selector="full"), similarity_top_k=4
+        llm=FusionRAGLLM(engine=engine, max_new_tokens=args.max_tokens, selector="full"), similarity_top_k=4
     )
     fused_engine.query(QUESTIONS[0])  # warm-up: a process's first call pays one-time costs; not timed
     print("(one untimed warm-up query first)")
@@ -69,7 +72,9 @@ def main() -> None:
 
     # 4. A chat engine over the same index.
     chat = index.as_chat_engine(
-        chat_mode="condense_plus_context", llm=FusionRAGLLM(engine=engine, max_new_tokens=48), similarity_top_k=3
+        chat_mode="condense_plus_context",
+        llm=FusionRAGLLM(engine=engine, max_new_tokens=args.max_tokens),
+        similarity_top_k=3,
     )
     print(f"chat: {str(chat.chat('Tell me about the Hubble Space Telescope.')).strip()}")
     print(f"chat (follow-up): {str(chat.chat('How was its mirror fixed?')).strip()}")

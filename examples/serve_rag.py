@@ -53,7 +53,9 @@ def start_server(cache_dir: str | None) -> tuple[subprocess.Popen, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cache-dir", help="the server's chunk-KV cache (default: its own default)")
-    server, url = start_server(parser.parse_args().cache_dir)
+    parser.add_argument("--max-tokens", type=int, default=48, help="the longest answer, in tokens")
+    args = parser.parse_args()
+    server, url = start_server(args.cache_dir)
     try:
         store = FusionRAGChroma(server=url, embedding_function=MiniLMEmbeddings(), collection_name="space")
         store.add_texts(PASSAGES)
@@ -65,7 +67,9 @@ def main() -> None:
                 {"role": "system", "content": "Answer from the passages."},
                 {"role": "user", "content": f"Passages:\n{passages}\n\nQuestion: {question}"},
             ]
-            out = client.chat.completions.create(model="smol", messages=messages, max_tokens=48, temperature=0)
+            out = client.chat.completions.create(
+                model="smol", messages=messages, max_tokens=args.max_tokens, temperature=0
+            )
             stats = out.model_extra["fusionrag"]
             print(f"Q: {question}\nA: {out.choices[0].message.content}")
             print(f"   {stats['chunks_reused']} of {stats['chunks_found']} chunks reused, "

@@ -242,7 +242,9 @@ def tracked_changes() -> str | None:
 
 def run_example(name: str, tmp_path: Path, plots: bool = True) -> str:
     """Run examples/<name> as a user would (a subprocess, default output paths); return stdout. The plot
-    lands in .cache/examples, and no tracked file (the committed plots included) is modified."""
+    lands in .cache/examples, and no tracked file (the committed plots included) is modified. Answers are
+    capped at 12 tokens (`--max-tokens`): what the examples show is reuse, and decoding 48 tokens a call
+    was most of their time in the suite."""
     cache = tmp_path / "cache"
     cache.mkdir()
     plot = REPO / ".cache" / "examples" / name.replace(".py", "_ttft.png")
@@ -250,7 +252,7 @@ def run_example(name: str, tmp_path: Path, plots: bool = True) -> str:
     before = tracked_changes()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     out = subprocess.run(
-        [sys.executable, str(REPO / "examples" / name), "--cache-dir", str(cache)],
+        [sys.executable, str(REPO / "examples" / name), "--cache-dir", str(cache), "--max-tokens", "12"],
         capture_output=True,
         text=True,
         env=env,

@@ -25,7 +25,7 @@ from ..store.chunk_kv import STANDALONE, ChunkKV, chunk_key, with_tenant
 from ..store.detect import ChunkIndex
 from ..store.registry import ChunkRegistry
 from .placement import PlacedChunk
-from .prompt import Prompt, encode_text, render_prompt, split_at_matches, split_paragraphs
+from .prompt import Prompt, encode_text, encode_texts, render_prompt, split_at_matches, split_paragraphs
 
 
 @dataclass(frozen=True)
@@ -188,17 +188,27 @@ class PromptLayout:
             matches = index.find(text)  # a given chunk inside another is served by that one's KV (longest wins)
         else:
             matches = []
-        draft = Draft(tenant, given)
+        order: list[str | int] = []  # chunk texts, and indices into `fresh`, in prompt order
+        fresh: list[tuple[str, bool]] = []  # (text, learnable)
         for kind, piece in split_at_matches(text, matches):
             if kind == "chunk":
-                draft.segments.append(piece)
+                order.append(piece)
                 continue
-            first = add_special and not draft.segments
             paragraphs = split_paragraphs(piece, self.learn_min_chars, self._special_tokens) if learn else [(0, piece)]
             for learnable, part in paragraphs:
-                first_here = first and not draft.segments
-                draft.segments.append(Fresh(encode_text(self.tokenizer, part, first_here), part if learnable else None))
-        return draft
+                order.append(len(fresh))
+                fresh.append((part, bool(learnable)))
+        ids = self._fresh_ids(fresh, add_special)
+        segments = [s if isinstance(s, str) else Fresh(ids[s], fresh[s][0] if fresh[s][1] else None) for s in order]
+        return Draft(tenant, given, segments)
+
+    def _fresh_ids(self, fresh: list[tuple[str, bool]], add_special: bool) -> list[list[int]]:
+        """The fresh pieces' ids; special tokens (a BOS) on the first piece only, which opens the prompt
+        (split_at_matches always starts with a fresh piece)."""
+        texts = [t for t, _ in fresh]
+        if not add_special or not texts:
+            return encode_texts(self.tokenizer, texts, False)
+        return [encode_text(self.tokenizer, texts[0], True), *encode_texts(self.tokenizer, texts[1:], False)]
 
     @staticmethod
     def _given(text: str, chunks: Sequence[str]) -> list[str]:

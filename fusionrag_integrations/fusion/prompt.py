@@ -96,6 +96,14 @@ def encode_text(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
+def encode_texts(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+    """Each text's ids, as encode_text gives them, from one tokenizer call: a prompt holds a fresh piece
+    between every two chunks, and each call costs tens of microseconds around the tokenising itself."""
+    if not texts:
+        return []
+    return [list(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
+
+
 def render_prompt(tokenizer, prompt: Prompt, tools: Sequence[dict] | None = None) -> tuple[str, bool]:
     """-> (text, add_special_tokens). A rendered chat already holds its special tokens."""
     if isinstance(prompt, str):

@@ -1,7 +1,8 @@
 """Finding known chunk texts inside a rendered prompt, in time linear in the prompt's length.
 
 Every indexed chunk is keyed by a polynomial hash of its first W characters (its anchor).
-The prompt's hashes at every offset come from W shifted vector operations (numpy). A
+The prompt's hashes at every offset come from one prefix sum (numpy; a handful of passes over the
+prompt whatever W, where the plain definition takes 2W: `_window_hashes` keeps it as the reference). A
 bitmap over the hashes' top bits filters them in one gather, whatever the number of
 stored chunks; the few survivors are looked up in a dict, and each hit is verified by a
 plain string comparison, so a hash collision can never produce a false match.
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 _BASE = np.uint64(1_000_003)
+_INVERSE = np.uint64(pow(1_000_003, -1, 1 << 64))  # the base is odd, so invertible modulo 2**64
 _FILTER_BITS = 22  # 4 MB bitmap: ~0.25% of prompt offsets pass it with 10,000 chunks stored
 _FILTER_SHIFT = np.uint64(64 - _FILTER_BITS)
 
@@ -45,6 +47,45 @@ def _window_hashes(codes: np.ndarray, window: int) -> np.ndarray:
         for j in range(window):
             h = h * _BASE + codes[j : j + n]
     return h
+
+
+class _Powers:
+    """BASE**i and BASE**-i modulo 2**64 for i < capacity, grown by doubling (shared, read-only arrays)."""
+
+    def __init__(self) -> None:
+        self.up = self.down = np.ones(0, dtype=np.uint64)
+
+    def upto(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        up, down = self.up, self.down  # one consistent pair, whatever another thread assigns meanwhile
+        if up.shape[0] < n:
+            size = max(n, 2 * up.shape[0], 1024)
+            up, down = _geometric(_BASE, size), _geometric(_INVERSE, size)
+            self.up, self.down = up, down
+        return up, down
+
+
+def _geometric(ratio: np.uint64, size: int) -> np.ndarray:
+    """[1, ratio, ratio**2, ...] modulo 2**64 (uint64 throughout: a mix with int64 would go through float64)."""
+    steps = np.full(size, ratio, dtype=np.uint64)
+    steps[0] = 1
+    with np.errstate(over="ignore"):
+        return np.cumprod(steps, dtype=np.uint64)
+
+
+_POWERS = _Powers()
+
+
+def _rolling_hashes(codes: np.ndarray, window: int) -> np.ndarray:
+    """`_window_hashes` from a prefix sum: with S[k] = sum_{m<k} c_m B^-m, the window at i hashes to
+    B^(i+W-1) (S[i+W] - S[i]), all modulo 2**64 (uint64 arithmetic wraps)."""
+    n = codes.shape[0] - window + 1
+    if n <= 0:
+        return np.zeros(0, dtype=np.uint64)
+    up, down = _POWERS.upto(codes.shape[0])
+    with np.errstate(over="ignore"):
+        prefix = np.zeros(codes.shape[0] + 1, dtype=np.uint64)
+        np.cumsum(codes * down[: codes.shape[0]], dtype=np.uint64, out=prefix[1:])
+        return (prefix[window:] - prefix[:n]) * up[window - 1 : window - 1 + n]
 
 
 class ChunkIndex:
@@ -92,7 +133,7 @@ class ChunkIndex:
             self._filter[:] = False
             self._filter[np.array(list(self._texts_by_anchor), dtype=np.uint64) >> _FILTER_SHIFT] = True
             self._dirty = False
-        hashes = _window_hashes(_codes(prompt), self.window)
+        hashes = _rolling_hashes(_codes(prompt), self.window)
         candidates = np.nonzero(self._filter[hashes >> _FILTER_SHIFT])[0]
         matches: list[Match] = []
         next_free = 0

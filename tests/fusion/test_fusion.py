@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -211,3 +213,31 @@ def test_active_positions_is_the_sorted_union_with_or_without_a_trailing_chunk(s
         c = ctx if last_is_fresh else replace(ctx, last_fresh_position=ctx.num_positions - 2)
         expected = sorted(set(ctx.fresh_positions.tolist()) | set(selected.tolist()) | {ctx.num_positions - 1})
         assert active_positions(c, selected).tolist() == expected
+
+
+def test_fresh_text_tokenised_in_one_batch_equals_piece_by_piece(smol):
+    """The text between detected chunks is tokenised in one tokenizer call: each piece's ids equal its own
+    call's (the BOS only on the first piece, which opens the prompt), paragraphs to learn included."""
+    from fusionrag_integrations.fusion.layout import Fresh
+    from fusionrag_integrations.fusion.prompt import encode_text, split_at_matches, split_paragraphs
+
+    rng = random.Random()
+    words = "harbour beacon keeper counted ships gulls at dawn the of and a 1894 Über Möwen 灯台".split()
+    passages = [" ".join(rng.choice(words) for _ in range(40)) + f" passage {i}." for i in range(4)]
+    smol.precompute(passages)
+    paragraph = "A paragraph long enough to be learned: " + " ".join(rng.choice(words) for _ in range(60))
+    between = ["\n\n", " -- ", f"\n\n{paragraph}\n\n", "\n"]
+    prompt = "Context: " + "".join(p + between[i] for i, p in enumerate(passages)) + "Question: who counted?"
+    layout = smol.layout
+    for learn in (False, True):
+        draft = layout.prepare(prompt, None, None, learn)
+        assert sum(isinstance(s, str) for s in draft.segments) == 4
+        parts = []
+        for kind, piece in split_at_matches(prompt, layout.registry.find(prompt, "")):
+            if kind == "text":
+                split = split_paragraphs(piece, layout.learn_min_chars, layout._special_tokens) if learn else []
+                parts += [(p, bool(lrn)) for lrn, p in split] if learn else [(piece, False)]
+        fresh = [s for s in draft.segments if isinstance(s, Fresh)]
+        assert [f.ids for f in fresh] == [encode_text(smol.tokenizer, p, i == 0) for i, (p, _) in enumerate(parts)]
+        assert [f.learnable for f in fresh] == [p if lrn else None for p, lrn in parts]
+        assert any(f.learnable for f in fresh) == learn

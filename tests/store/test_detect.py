@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from fusionrag_integrations.store import detect
 from fusionrag_integrations.store.detect import ChunkIndex
@@ -40,7 +41,9 @@ def test_short_texts_are_not_indexed_and_removal_works():
 
 def test_hash_collisions_are_verified_away(monkeypatch):
     """With every window hashing alike, only real matches may come back."""
-    monkeypatch.setattr(detect, "_window_hashes", lambda codes, w: np.zeros(max(len(codes) - w + 1, 0), np.uint64))
+    alike = lambda codes, w: np.zeros(max(len(codes) - w + 1, 0), np.uint64)  # noqa: E731
+    monkeypatch.setattr(detect, "_window_hashes", alike)
+    monkeypatch.setattr(detect, "_rolling_hashes", alike)
     index = ChunkIndex(window=16)
     index.add(A)
     index.add(B)
@@ -55,3 +58,14 @@ def test_unicode_text():
     prompt = f"Quelle: {text}\nFrage?"
     [m] = index.find(prompt)
     assert prompt[m.start : m.end] == text
+
+
+@pytest.mark.parametrize("window", [1, 16, 32])
+def test_the_prefix_sum_hashes_equal_the_plain_definition(window):
+    """The prompt's hashes (one prefix sum) equal the polynomial definition, window by window, on fresh random
+    code points (the whole Unicode range), from texts shorter than the window to longer than any before."""
+    rng = np.random.default_rng()
+    for n in (0, window - 1, window, window + 1, 5_000, 300_000):
+        codes = rng.integers(0, 0x110000, max(n, 0)).astype(np.uint64)
+        fast, plain = detect._rolling_hashes(codes, window), detect._window_hashes(codes, window)
+        assert fast.shape == plain.shape and np.array_equal(fast, plain)
