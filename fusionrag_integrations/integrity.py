@@ -86,7 +86,7 @@ def _load_or_create(path: Path) -> bytes:
     return b""
 
 
-def seal(secret: bytes, parts: Iterable[bytes]) -> str:
+def seal(secret: bytes, parts: Iterable[bytes | memoryview]) -> str:
     """HMAC-SHA256 over length-prefixed parts (so no two part lists share a byte stream)."""
     mac = hmac.new(secret, digestmod=hashlib.sha256)
     for part in parts:
@@ -95,11 +95,11 @@ def seal(secret: bytes, parts: Iterable[bytes]) -> str:
     return mac.hexdigest()
 
 
-def verify(secret: bytes, parts: Iterable[bytes], expected: object) -> bool:
+def verify(secret: bytes, parts: Iterable[bytes | memoryview], expected: object) -> bool:
     return isinstance(expected, str) and hmac.compare_digest(seal(secret, parts), expected)
 
 
-def seal_payload(secret: bytes, parts: Iterable[bytes]) -> str:
+def seal_payload(secret: bytes, parts: Iterable[bytes | memoryview]) -> str:
     """Keyed BLAKE3 over length-prefixed parts, multi-threaded on large ones (chunk entries)."""
     mac = blake3.blake3(key=hashlib.sha256(secret).digest(), max_threads=blake3.blake3.AUTO)
     for part in parts:
@@ -108,5 +108,5 @@ def seal_payload(secret: bytes, parts: Iterable[bytes]) -> str:
     return mac.hexdigest()
 
 
-def verify_payload(secret: bytes, parts: Iterable[bytes], expected: object) -> bool:
+def verify_payload(secret: bytes, parts: Iterable[bytes | memoryview], expected: object) -> bool:
     return isinstance(expected, str) and hmac.compare_digest(seal_payload(secret, parts), expected)

@@ -99,7 +99,9 @@ class Generation:
         """A whole stream joined (its last piece carries finish_reason, usage and stats)."""
         text, ids = "".join(p.text for p in pieces), [t for p in pieces for t in p.token_ids]
         logprobs = [lp for p in pieces for lp in p.logprobs] if any(p.logprobs for p in pieces) else None
-        return cls(text, ids, pieces[-1].finish_reason, pieces[-1].usage, pieces[-1].stats, logprobs)
+        last = pieces[-1]
+        assert last.finish_reason is not None and last.usage is not None and last.stats is not None, "unfinished"
+        return cls(text, ids, last.finish_reason, last.usage, last.stats, logprobs)
 
 
 @dataclass

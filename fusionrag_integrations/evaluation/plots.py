@@ -39,9 +39,9 @@ def plot_summary(table: list[dict], out_dir: Path, title: str = "") -> list[Path
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for sel in selectors + [s for s in ("none", "full") if s in baseline]:
-        pts = [(r["ttft_speedup"], r["kl"], r["ratio"]) for r in table if r["selector"] == sel]
-        ax.scatter([p[0] for p in pts], [p[1] for p in pts], label=sel)
-        for x, y, ratio in pts:
+        points = [(r["ttft_speedup"], r["kl"], r["ratio"]) for r in table if r["selector"] == sel]
+        ax.scatter([p[0] for p in points], [p[1] for p in points], label=sel)
+        for x, y, ratio in points:
             if sel not in ("none", "full"):
                 ax.annotate(f"{ratio:g}", (x, y), fontsize=6)
     ax.set_xlabel("TTFT speedup over full prefill (same examples)")

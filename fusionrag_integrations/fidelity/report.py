@@ -100,7 +100,7 @@ class FidelityEstimates:
 
     def __init__(self, path: Path | None) -> None:
         self.path, self._lock = path, threading.Lock()
-        self.groups: dict[tuple, _Group] = {}
+        self.groups: dict[tuple[str, str, float, str, str], _Group] = {}
         self.recent: deque[FidelitySample] = deque(maxlen=RECENT)
         self._written, self._dirty = 0.0, False
         if path is not None:
@@ -121,7 +121,9 @@ class FidelityEstimates:
                 FidelityEstimate(
                     *key,
                     g.n,
-                    *(g.estimate(f) for f in FIGURES),
+                    g.estimate("kl"),
+                    g.estimate("top1"),
+                    g.estimate("agreement"),
                     g.share / g.n,
                     list(g.kl_buckets),
                     list(g.agreement_buckets),

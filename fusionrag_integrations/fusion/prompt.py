@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..errors import ChatTemplateError, EmptyPromptError, InvalidArgumentError
 from ..inputs import check_text
@@ -112,7 +112,7 @@ def render_prompt(tokenizer, prompt: Prompt, tools: Sequence[dict] | None = None
         return check_text(prompt, "prompt"), True
     if isinstance(prompt, (Mapping, bytes)) or not isinstance(prompt, Sequence):
         raise InvalidArgumentError(f"prompt must be a string or a list of chat messages, got {type(prompt).__name__}")
-    return render_chat(tokenizer, prompt, tools), False
+    return render_chat(tokenizer, cast("Sequence[Message]", prompt), tools), False
 
 
 def split_at_matches(text: str, matches: list) -> list[tuple[str, str]]:

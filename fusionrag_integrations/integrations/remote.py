@@ -53,18 +53,19 @@ class RemoteEngine:
     ) -> list[str]:
         """The server precomputes in batches and streams its progress (a bar for large inputs on a terminal,
         as the local engine shows)."""
+        texts = list(texts)
         body = {
-            "texts": list(texts),
+            "texts": texts,
             "neighbors": [list(n) for n in neighbors] if neighbors is not None else None,
             "stream": True,
             "batch_size": self.batch_size,
         }
-        hide = (not show_progress) if show_progress is not None else (len(body["texts"]) < 16 or None)
+        hide = (not show_progress) if show_progress is not None else (len(texts) < 16 or None)
         with self._http.stream("POST", "/v1/chunks", json=body) as response:
             if response.status_code != 200:
                 response.read()
                 raise self._error("POST", "/v1/chunks", response)
-            with tqdm(total=len(body["texts"]), desc="precompute (server)", unit="chunk", disable=hide) as bar:
+            with tqdm(total=len(texts), desc="precompute (server)", unit="chunk", disable=hide) as bar:
                 for line in response.iter_lines():
                     event = json.loads(line[6:]) if line.startswith("data: {") else {}
                     if "error" in event:

@@ -17,9 +17,9 @@ def to_engine_messages(messages: Sequence[BaseMessage], native_tools: bool = Tru
     when it supports tools; otherwise they are written as text (the call's JSON, a user turn for the result)."""
     out = []
     for m in messages:
-        role = getattr(m, "role", None) if m.type == "chat" else _ROLES.get(m.type, "user")
+        role = str(getattr(m, "role", "user")) if m.type == "chat" else _ROLES.get(m.type, "user")
         content = m.text if isinstance(m.text, str) else m.text()
         result = (m.tool_call_id, m.name or m.tool_call_id) if isinstance(m, ToolMessage) else None
-        calls = m.tool_calls if isinstance(m, AIMessage) else ()
+        calls = [dict(c) for c in m.tool_calls] if isinstance(m, AIMessage) else []
         out.append(engine_message(role, content, calls, result, native_tools))
     return out

@@ -14,6 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import blake3
 import torch
@@ -35,7 +36,7 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 @dataclass
 class LoadedModel:
     model: TransformerModel
-    tokenizer: object  # a transformers PreTrainedTokenizerBase
+    tokenizer: Any  # a transformers PreTrainedTokenizerBase
     eos_token_ids: frozenset[int]
     name: str
     model_dir: Path  # a plain HF directory holding these weights (the converted one for GGUF)

@@ -101,7 +101,8 @@ class TransformerModel:
             p = f"model.layers.{i}."
             q, k, v = (take(p + f"self_attn.{n}_proj.weight") for n in "qkv")
             biases = [maybe(p + f"self_attn.{n}_proj.bias") for n in "qkv"]
-            qkv_bias = torch.cat(biases) if all(b is not None for b in biases) else None
+            present = [b for b in biases if b is not None]
+            qkv_bias = torch.cat(present) if len(present) == len(biases) else None
             gate, up = take(p + "mlp.gate_proj.weight"), take(p + "mlp.up_proj.weight")
             layers.append(
                 LayerWeights(
@@ -147,6 +148,7 @@ class TransformerModel:
                 qkv[:, : nq + nkv].view(-1, c.num_heads + c.num_kv_heads, c.head_dim), cos, sin, backend=backend
             )
             return qk[:, : c.num_heads], qk[:, c.num_heads :], v
+        assert w.k_norm is not None  # q and k norms come together (Qwen3)
         q = rms_norm(qkv[:, :nq].view(-1, c.num_heads, c.head_dim), w.q_norm, c.rms_norm_eps)
         k = rms_norm(qkv[:, nq : nq + nkv].view(-1, c.num_kv_heads, c.head_dim), w.k_norm, c.rms_norm_eps)
         return apply_rotary_(q, cos, sin, backend=backend), apply_rotary_(k, cos, sin, backend=backend), v

@@ -48,6 +48,7 @@ class GraphedDecodeStep:
             return self.eager(token, position)
         if self.captured is None:
             return self._warm_up_and_capture(token, position)
+        assert self.captured.graph is not None and self.captured.output is not None  # only captured steps are kept
         self.captured.ids.fill_(token)
         self.captured.positions.fill_(position)
         self.captured.graph.replay()

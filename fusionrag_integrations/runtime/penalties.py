@@ -45,6 +45,7 @@ class Penalties:
                 row[list(ids)] = torch.tensor(values, dtype=torch.float32)
                 self.bias_row = row.to(logits.device)
         out = logits.float().clone()
+        assert self.seen is not None and self.counts is not None  # made above
         if self.repetition != 1:
             penalised = torch.where(out > 0, out / self.repetition, out * self.repetition)
             out = torch.where(self.seen, penalised, out)
@@ -52,7 +53,7 @@ class Penalties:
         return out if self.bias_row is None else out + self.bias_row
 
     def accept(self, token: int) -> None:
-        if self.counts is not None and 0 <= token < self.counts.numel():
+        if self.counts is not None and self.seen is not None and 0 <= token < self.counts.numel():
             self.counts[token] += 1
             self.seen[token] = True
 

@@ -178,7 +178,7 @@ def _header(entry: ChunkKV) -> dict[str, str]:
     }
 
 
-def _sealed_parts(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> Iterator[bytes]:
+def _sealed_parts(header: dict[str, str], tensors: dict[str, torch.Tensor]) -> Iterator[bytes | memoryview]:
     """What the MAC covers: every header field, then each tensor's name, dtype, shape and bytes."""
     yield json.dumps([header.get(f) for f in _HEADER_FIELDS]).encode()
     for name in sorted(tensors):
@@ -222,7 +222,7 @@ def _save_safetensors(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     views, offset = [], 0
     for name in sorted(tensors):
         t = tensors[name].contiguous()
-        view = memoryview(t.reshape(-1).view(torch.uint8).numpy())
+        view = t.reshape(-1).view(torch.uint8).numpy().data
         header[name] = {"dtype": _DTYPES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(view)]}
         views.append(view)
         offset += len(view)

@@ -18,7 +18,7 @@ PrefixKV = tuple[torch.Tensor, torch.Tensor]  # [L, P, Hkv, D] each
 class PrefixCache:
     def __init__(self, max_entries: int) -> None:
         self.max_entries = max_entries
-        self._entries: LRU[tuple[int, ...], PrefixKV] = LRU(max_entries=max_entries)
+        self._entries: LRU[tuple, PrefixKV] = LRU(max_entries=max_entries)
 
     def lookup(
         self, prompt_ids: list[int], length: int, selector: str, tenant: str = ""

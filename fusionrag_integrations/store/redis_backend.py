@@ -15,6 +15,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Sequence
+from typing import cast
 
 import redis
 
@@ -100,11 +101,11 @@ class RedisBackend:
         if asked and self._down():
             return [None] * len(keys)
         try:
-            values = dict(zip(asked, self.redis.mget(asked))) if asked else {}
+            values: dict[str, bytes] = dict(zip(asked, cast(list, self.redis.mget(asked)))) if asked else {}
         except redis.RedisError as exc:
             self._unavailable("read", exc)
             return [None] * len(keys)
-        return [self._verified(key, name, values.get(name)) for key, name in zip(keys, names)]
+        return [self._verified(key, name, values.get(name) if name else None) for key, name in zip(keys, names)]
 
     def _verified(self, key: str, name: str | None, value: bytes | None) -> ChunkKV | None:
         if name is None or value is None:

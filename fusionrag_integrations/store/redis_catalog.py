@@ -40,7 +40,8 @@ class RedisCatalog:
     def _claim_epoch(self) -> bytes | None:
         """The catalog's epoch: set by the first engine to look (SET NX), read by the others."""
         self.redis.set(self.epoch_name, secrets.token_hex(8), nx=True)
-        return self.redis.get(self.epoch_name)
+        epoch = self.redis.get(self.epoch_name)
+        return epoch.encode() if isinstance(epoch, str) else epoch
 
     def _try(self, what: str, call, default):
         """Redis down (or within a second of failing): the default, and this engine's own index serves."""

@@ -110,6 +110,7 @@ class ChunkStore:
             self.counts["miss"] += 1
             self.last_tier = "miss"
             return None
+        assert self.backend is not None  # the entry came from it
         with self._lock:
             return self._served(self.backend.tier, self._promote(entry))
 
@@ -132,6 +133,7 @@ class ChunkStore:
         self._fetched = dict(zip(wanted, self._timed_reads(wanted))) if wanted else {}
 
     def _timed_reads(self, keys: list[str]) -> list[ChunkKV | None]:
+        assert self.backend is not None, "reads go to the backend only where there is one"
         t0 = time.perf_counter()
         entries = self.backend.get_many(keys)
         found = [e for e in entries if e is not None]
@@ -163,6 +165,7 @@ class ChunkStore:
         """Put into the GPU tier; what it evicts and the CPU tier lacks is demoted there, not dropped (into
         pinned memory, the copy asynchronous; pinning is the cost: an ingest that overflows the GPU tier
         runs at the rate the OS pins pages, measured in benchmarks/gate.py)."""
+        assert self.gpu is not None
         evicted = self.gpu.put(entry)
         for old in evicted:
             if old.key != entry.key and old.key not in self.cpu.entries:
@@ -215,4 +218,5 @@ class ChunkStore:
         evicted = self._into_gpu(entry)
         if any(old.key == entry.key for old in evicted):  # larger than the hot tier: it lives in the CPU tier
             return entry.to(self.device)
-        return self.gpu.get(entry.key)
+        placed = self.gpu.get(entry.key)
+        return placed if placed is not None else entry
