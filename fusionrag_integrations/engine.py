@@ -69,6 +69,7 @@ class FusionEngine:
     model_name = property(lambda self: self.loaded.name)
     context_window = property(lambda self: min(self.model.config.context_window, self.config.max_model_len or 1 << 62))
     device = property(lambda self: self.model.device)
+    stop = property(lambda self: self.loop.stop)  # stop(timeout, drain): no more work; serving/loop.py says how
 
     def status(self) -> EngineStatus:
         loop, s, store = self.loop, self.scheduler, self.chunks.event_counts()

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from ..engine import FusionEngine
 from ..errors import EngineUnavailableError
 from ..request import FUSION_FIELDS, SAMPLING_FIELDS, FusionParams, SamplingParams
+from .chunk_keeper import ChunkKeeper
 from .logprobs import pop_logprob_settings
 
 T = TypeVar("T")
@@ -91,7 +92,7 @@ def shared_engine(model: str, device: str = "auto", dtype: str = "auto") -> Fusi
 PRECOMPUTE_MODES = ("standalone", "similar")
 
 
-def store_engine(engine: Any, server: str | None, api_key: str | None, store: str, llm: str) -> Any:
+def store_engine(engine: Any, server: str | None, api_key: str | None, store: str, llm: str) -> ChunkKeeper:
     """A vector store's engine: the local one given, or a `fusionrag serve` server's chunk API."""
     if engine is not None and server is not None:
         raise ValueError(f"{store}: give engine= or server=, not both")
@@ -103,10 +104,12 @@ def store_engine(engine: Any, server: str | None, api_key: str | None, store: st
         raise ValueError(
             f"{store} needs engine= (a FusionEngine, e.g. {llm}(...).engine) or server= (a fusionrag serve URL)"
         )
+    if not isinstance(engine, ChunkKeeper):
+        raise TypeError(f"{store}: engine= must be a FusionEngine (a ChunkKeeper), got {type(engine).__name__}")
     return engine
 
 
-def check_precompute_mode(mode: str, engine: FusionEngine | None, store: str, llm: str) -> None:
+def check_precompute_mode(mode: str, engine: ChunkKeeper | None, store: str, llm: str) -> None:
     """The vector stores' shared constructor checks, with the framework's own class names in the messages."""
     if engine is None:
         raise ValueError(f"{store} needs engine= (a FusionEngine, e.g. {llm}(...).engine)")

@@ -20,7 +20,7 @@ class RemoteChunkError(FusionRAGError, RuntimeError):
 
 
 class RemoteEngine:
-    """What the vector stores call on an engine (precompute, keys_for, forget), over HTTP."""
+    """What the vector stores call on an engine (a ChunkKeeper: precompute, keys_for, forget), over HTTP."""
 
     def __init__(self, server: str, api_key: str | None = None, timeout: float = 600.0, batch_size: int = 64) -> None:
         """batch_size: texts the server precomputes between two progress events."""

@@ -15,6 +15,7 @@ from langchain_chroma import Chroma
 
 from ..engine import FusionEngine
 from ..inputs import check_texts
+from ..integrations.chunk_keeper import ChunkKeeper
 from ..integrations.common import check_precompute_mode, store_engine
 
 
@@ -57,7 +58,7 @@ class FusionRAGChroma(Chroma):
         if isinstance(kwargs.get("persist_directory"), (str, os.PathLike)):  # '~' expanded, as everywhere
             kwargs["persist_directory"] = os.path.expanduser(kwargs["persist_directory"])
         super().__init__(**kwargs)
-        self.engine = engine
+        self.engine: ChunkKeeper = engine
         self.precompute_mode, self.neighbors = precompute, neighbors
         self.show_progress = show_progress
 

@@ -18,6 +18,7 @@ from llama_index.vector_stores.chroma.base import _to_chroma_filter
 from pydantic import PrivateAttr
 
 from ..engine import FusionEngine
+from ..integrations.chunk_keeper import ChunkKeeper
 from ..integrations.common import check_precompute_mode, store_engine
 
 
@@ -38,7 +39,7 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
         index.as_query_engine(llm=llm, similarity_top_k=4).query("...")
     """
 
-    _engine: FusionEngine = PrivateAttr()
+    _engine: ChunkKeeper = PrivateAttr()
     _show_progress: bool | None = PrivateAttr(default=None)
     _precompute: str = PrivateAttr(default="similar")
     _neighbors: int = PrivateAttr(default=3)
@@ -73,7 +74,7 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
         return "FusionRAGChromaVectorStore"
 
     @property
-    def engine(self) -> FusionEngine:
+    def engine(self) -> ChunkKeeper:
         return self._engine
 
     def add(self, nodes: Sequence[BaseNode], **add_kwargs: Any) -> list[str]:

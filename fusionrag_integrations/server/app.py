@@ -95,7 +95,7 @@ def _lifespan(engine: FusionEngine, on_fatal: Callable[[], None] | None):
             yield
         finally:
             watcher.cancel()
-            await asyncio.get_running_loop().run_in_executor(None, engine.loop.stop)
+            await asyncio.get_running_loop().run_in_executor(None, engine.stop)
 
     return lifespan
 

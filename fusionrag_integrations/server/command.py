@@ -36,7 +36,7 @@ def run_server(args: argparse.Namespace, settings, make_engine: Callable[[argpar
         failed.append(True)
         uvicorn_server.should_exit = True
 
-    drain = lambda: engine.loop.stop(drain=settings.timeout_graceful_shutdown_s)  # noqa: E731
+    drain = lambda: engine.stop(drain=settings.timeout_graceful_shutdown_s)  # noqa: E731
     uvicorn_server = server(create_app(engine, name, settings, on_fatal), settings, args.access_log, drain)
     print(f"fusionrag: serving {name!r} on http://{args.host}:{args.port}/v1", file=sys.stderr, flush=True)
     uvicorn_server.run(sockets=[sock])
