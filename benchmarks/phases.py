@@ -115,16 +115,54 @@ def recompute_flops(cfg, tokens: int, context: int) -> float:
     return tokens * cfg.num_layers * (2 * per_layer + attention) + 2 * d * cfg.vocab_size
 
 
-def kernel_table(engine: FusionEngine, head: str, questions, top: int) -> None:
-    """torch.profiler's kernels of one default call at the last context, by device time."""
+def kernel_table(engine: FusionEngine, head: str, questions, top: int, settings: dict) -> None:
+    """torch.profiler's kernels of one call at the last context, by device time."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if engine.device.type == "cuda" else [])
     with profile(activities=activities) as prof:
-        engine.generate(head + next(questions) + "\nAnswer:", max_new_tokens=1)
+        engine.generate(head + next(questions) + "\nAnswer:", max_new_tokens=1, **settings)
         sync(engine.device)
     key = "self_cuda_time_total" if engine.device.type == "cuda" else "self_cpu_time_total"
     print(prof.key_averages().table(sort_by=key, row_limit=top))
+
+
+def host_profile(engine: FusionEngine, call, setting: str, calls: int) -> None:
+    """cProfile of `calls` requests: the caller's thread, and the step loop's steps (enabled per step on the
+    loop's thread), top functions by own time; and the caching allocator's device mallocs and frees."""
+    import cProfile
+    import io
+    import pstats
+
+    from fusionrag_integrations.serving.loop import StepLoop
+
+    caller, loop = cProfile.Profile(), cProfile.Profile()
+    original = StepLoop.step
+
+    def profiled(self) -> None:
+        loop.enable()
+        try:
+            original(self)
+        finally:
+            loop.disable()
+
+    StepLoop.step = profiled
+    before = torch.cuda.memory_stats() if engine.device.type == "cuda" else {}
+    try:
+        for _ in range(calls):
+            caller.enable()
+            call(setting)
+            caller.disable()
+    finally:
+        StepLoop.step = original
+    after = torch.cuda.memory_stats() if engine.device.type == "cuda" else {}
+    for name in ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams"):
+        print(f"{setting}: {name} +{after.get(name, 0) - before.get(name, 0)} over {calls} calls")
+    for name, prof in (("caller", caller), ("loop", loop)):
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(22)
+        print(f"--- {setting}: {name} thread, {calls} calls, by own time")
+        print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
 
 
 def main() -> None:
@@ -135,11 +173,19 @@ def main() -> None:
     p.add_argument("--contexts", type=int, nargs="+", default=[16384, 32768])
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--settings", nargs="+", default=["default", "r005", "none"], choices=["default", "r005", "none"])
+    p.add_argument("--kernel-setting", default="default", choices=["default", "r005", "none"])
+    p.add_argument("--host-profile", type=int, default=0, help="also cProfile this many calls per setting")
+    p.add_argument(
+        "--interleave-hf",
+        action="store_true",
+        help="a transformers prefill before each call, as the gate's e2e rows run (the caching allocator sees both)",
+    )
     p.add_argument("--kernels", type=int, default=0, help="also the top N GPU kernels of one default call")
     p.add_argument("--out-dir", default=str(HERE / "results"))
     args = p.parse_args()
     loaded, hf = build(args)
-    del hf
+    if not args.interleave_hf:
+        del hf
     tok, cfg = loaded.tokenizer, loaded.model.config
     engine = FusionEngine(loaded, EngineConfig(persist=False, gpu_cache_bytes=16 << 30, cpu_cache_bytes=16 << 30))
     settings = {"default": {}, "r005": {"recompute_ratio": 0.05}, "none": {"selector": "none"}}
@@ -152,6 +198,10 @@ def main() -> None:
         questions = iter([random_text(tok, 48, rng) for _ in range(400)])
 
         def call(setting: str):
+            if args.interleave_hf:
+                ids = tok(head + "x", return_tensors="pt")["input_ids"].to(engine.device)
+                with torch.inference_mode():
+                    hf.generate(ids, max_new_tokens=1, do_sample=False, pad_token_id=0)
             sync(engine.device)
             t0 = time.perf_counter()
             out = engine.generate(head + next(questions) + "\nAnswer:", max_new_tokens=1, **settings[setting])
@@ -189,11 +239,13 @@ def main() -> None:
                 row["place_gb_s"] = round(2 * kv_bytes / row["place_ms"] / 1e6, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
+            if args.host_profile:
+                host_profile(engine, call, setting, args.host_profile)
     columns = ["context", "setting", "e2e_ms", "synced_wall_ms", *(f"{ph}_ms" for ph in PHASES), "other_ms",
                "recomputed_tokens", "recompute_tflops", "place_gb_s"]  # fmt: skip
     print(markdown_table(rows, columns))
     if args.kernels:
-        kernel_table(engine, head, questions, args.kernels)
+        kernel_table(engine, head, questions, args.kernels, settings[args.kernel_setting])
     engine.loop.stop()
     out = Path(args.out_dir) / f"phases_{'gpu' if engine.device.type == 'cuda' else 'cpu'}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

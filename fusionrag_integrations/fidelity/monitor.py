@@ -14,6 +14,7 @@ from statistics import NormalDist
 
 import torch
 
+from ..config import EngineConfig
 from ..model.attention import KVCache
 from ..model.transformer import TransformerModel
 from ..request import FusionParams
@@ -74,7 +75,7 @@ class FidelityMonitor:
         self.jobs.append(ShadowJob(capture, answer, model, new_cache, backend))
 
     @classmethod
-    def of(cls, config, model_name: str) -> FidelityMonitor:
+    def of(cls, config: EngineConfig, model_name: str) -> FidelityMonitor:
         """An engine's monitor: its sample rate, its KV format, its estimate kept in the cache directory."""
         path = config.cache_dir / "fidelity.json" if config.persist else None
         f = config.fusion

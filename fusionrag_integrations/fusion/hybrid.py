@@ -86,7 +86,7 @@ def chunk_deviation(ctx: FusionContext, layer: int = 1, stride: int = 8) -> list
     layer = min(layer, ctx.model.config.num_layers - 1)
     found: dict[str, torch.Tensor] = {}
 
-    def before_write(at: int, q, k, v, pos) -> None:
+    def before_write(at: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, pos: torch.Tensor) -> None:
         if at == layer:
             old_k, old_v = ctx.cache.k[at, pos].float(), ctx.cache.v[at, pos].float()
             diff = ((k.float() - old_k) ** 2).sum(dim=(1, 2)) + ((v.float() - old_v) ** 2).sum(dim=(1, 2))

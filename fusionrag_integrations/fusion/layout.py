@@ -20,6 +20,7 @@ import torch
 
 from ..errors import ChunkNotFoundError, ContextLengthError, EmptyPromptError
 from ..inputs import check_text
+from ..model.config import Tokenizer
 from ..outputs import GenerationStats
 from ..store.chunk_kv import STANDALONE, ChunkKV, chunk_key, with_tenant
 from ..store.detect import ChunkIndex
@@ -69,13 +70,13 @@ class Draft:
     segments: list[str | Fresh] = field(default_factory=list)
 
 
-def max_token_bytes(tokenizer) -> int:
+def max_token_bytes(tokenizer: Tokenizer) -> int:
     """The most UTF-8 bytes one token's text can take (an upper bound: byte-level vocabularies spell a
     byte with up to 2): a prompt longer than context_window x this is too long, known before tokenising."""
     return max([len(str(t).encode()) for t in tokenizer.get_vocab()] + [1])
 
 
-def shared_prefix_ids(tokenizer, chunk_prefix: str) -> list[int]:
+def shared_prefix_ids(tokenizer: Tokenizer, chunk_prefix: str) -> list[int]:
     """BOS (or EOS when the tokenizer has no BOS) + chunk_prefix: every chunk is computed after it, so
     the attention sink sits on a token every prompt starts with, not on the chunk's first word."""
     sink = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
@@ -92,7 +93,7 @@ def store_namespace(fingerprints: tuple[str, str], prefix_ids: list[int], kv_for
 class PromptLayout:
     def __init__(
         self,
-        tokenizer,
+        tokenizer: Tokenizer,
         fingerprints: tuple[str, str],
         prefix_ids: list[int],
         context_window: int,
@@ -166,7 +167,9 @@ class PromptLayout:
 
     # -- the layout: prepared on the caller's thread, resolved on the scheduler's ------------------
 
-    def prepare(self, prompt: Prompt, tools, chunks: Sequence[str] | None, learn: bool, tenant: str = "") -> Draft:
+    def prepare(
+        self, prompt: Prompt, tools: Sequence[dict] | None, chunks: Sequence[str] | None, learn: bool, tenant: str = ""
+    ) -> Draft:
         """Render, check the size, find the chunks and tokenise the fresh text between them: everything
         that scales with the prompt's length and needs no model, so it runs before the request queues
         (a long prompt never holds the step loop). A prompt too long in bytes is refused before it is

@@ -93,14 +93,16 @@ def build_context(
     last_chunk_end = max((c.end for c in chunks), default=0)
     positions = torch.arange(n)
     fresh = positions[~is_chunk & (positions >= reused_prefix)]
+    parts = (positions[is_chunk], fresh, fresh[fresh >= last_chunk_end])
+    on_device = to_device(torch.cat(parts), token_ids.device).split([p.numel() for p in parts])  # one copy
     return FusionContext(
         model=model,
         cache=cache,
         token_ids=token_ids,
         chunks=chunks,
-        chunk_positions=to_device(positions[is_chunk], token_ids.device),
-        fresh_positions=to_device(fresh, token_ids.device),
-        question_positions=to_device(fresh[fresh >= last_chunk_end], token_ids.device),
+        chunk_positions=on_device[0],
+        fresh_positions=on_device[1],
+        question_positions=on_device[2],
         reused_prefix=reused_prefix,
         last_fresh_position=int(fresh[-1]) if fresh.numel() else -1,
         backend=backend,

@@ -147,5 +147,5 @@ class CriticalLayers:
             log.warning("cannot save the profiled critical layer to %s (%s)", self.path, exc)
 
 
-def _valid(value) -> bool:
+def _valid(value: object) -> bool:
     return isinstance(value, dict) and isinstance(value.get("layer"), int) and value["layer"] >= 0

@@ -8,6 +8,7 @@ from typing import Any, cast
 
 from ..errors import ChatTemplateError, EmptyPromptError, InvalidArgumentError
 from ..inputs import check_text
+from ..model.config import Tokenizer
 
 Message = Mapping[str, Any] | tuple[str, str]
 Prompt = str | Sequence[Message]
@@ -69,7 +70,7 @@ def _part_text(part: Any, i: int) -> str:
     raise ChatTemplateError(f"messages[{i}]: a content part must be text or {{'type': 'text', 'text': ...}}")
 
 
-def render_chat(tokenizer, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> str:
+def render_chat(tokenizer: Tokenizer, messages: Sequence[Message], tools: Sequence[dict] | None = None) -> str:
     """The tokenizer's chat template with a generation prompt (or continuing a final assistant turn)."""
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError(
@@ -92,11 +93,11 @@ def render_chat(tokenizer, messages: Sequence[Message], tools: Sequence[dict] | 
         raise ChatTemplateError(f"the chat template rejected these messages: {exc}") from None
 
 
-def encode_text(tokenizer, text: str, add_special_tokens: bool) -> list[int]:
+def encode_text(tokenizer: Tokenizer, text: str, add_special_tokens: bool) -> list[int]:
     return list(tokenizer(text, add_special_tokens=add_special_tokens)["input_ids"])
 
 
-def encode_texts(tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
+def encode_texts(tokenizer: Tokenizer, texts: list[str], add_special_tokens: bool) -> list[list[int]]:
     """Each text's ids, as encode_text gives them, from one tokenizer call: a prompt holds a fresh piece
     between every two chunks, and each call costs tens of microseconds around the tokenising itself."""
     if not texts:
@@ -104,7 +105,7 @@ def encode_texts(tokenizer, texts: list[str], add_special_tokens: bool) -> list[
     return [list(ids) for ids in tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]]
 
 
-def render_prompt(tokenizer, prompt: Prompt, tools: Sequence[dict] | None = None) -> tuple[str, bool]:
+def render_prompt(tokenizer: Tokenizer, prompt: Prompt, tools: Sequence[dict] | None = None) -> tuple[str, bool]:
     """-> (text, add_special_tokens). A rendered chat already holds its special tokens."""
     if isinstance(prompt, str):
         if not prompt:

@@ -80,7 +80,9 @@ class CacheBlendSelector(Selector):
         check = min(self.check_layer, ctx.model.config.num_layers - 1)
         selection = InPassSelection(None)
 
-        def before_write(layer: int, q, k, v, positions) -> torch.Tensor | None:
+        def before_write(
+            layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
+        ) -> torch.Tensor | None:
             if layer != check:
                 return None
             old_k, old_v = ctx.cache.k[layer, positions], ctx.cache.v[layer, positions]

@@ -82,7 +82,9 @@ class CacheAttention:
         start = None if self.start is None else self.start - k.shape[0]
         self.cache.write(layer, positions, start, k, v)
 
-    def attend(self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def attend(
+        self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
         """q: [S, Hq, D] -> [S, Hq, D]; k, v: this layer's fresh rows (used by the causal prefill)."""
         if self.mode is AttentionMode.CAUSAL_FROM_ZERO:
             return sdpa(q, k, v, causal=True)
@@ -116,7 +118,9 @@ class PrefixBatchAttention:
         self.k[layer] = k.view(self.batch, self.length, *k.shape[1:])
         self.v[layer] = v.view(self.batch, self.length, *v.shape[1:])
 
-    def attend(self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def attend(
+        self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
         B, T, c = self.batch, self.length, self.config
         keys = torch.cat((self.prefix_k[layer].expand(B, -1, -1, -1), self.k[layer]), dim=1)  # [B, P+T, Hkv, D]
         values = torch.cat((self.prefix_v[layer].expand(B, -1, -1, -1), self.v[layer]), dim=1)
@@ -148,7 +152,9 @@ class BatchDecodeAttention:
     def write(self, layer: int, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
         """Done inside attend (the kernel writes each fresh row as it attends to it)."""
 
-    def attend(self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def attend(
+        self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
         if self.table is not None:
             return batch_decode.batch_decode_attention(q, k, v, self.table, layer)
         keys, values = [c.k[layer] for c in self.caches], [c.v[layer] for c in self.caches]

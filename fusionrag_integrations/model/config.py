@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
+
+Tokenizer = Any  # a transformers PreTrainedTokenizerBase (held loosely: the library's annotations are partial)
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import json
 
 import torch
 
+from .config import Tokenizer
 from .transformer import TransformerModel
 
 
@@ -29,7 +30,7 @@ def model_fingerprint(model: TransformerModel) -> str:
     return h.hexdigest()
 
 
-def tokenizer_fingerprint(tokenizer) -> str:
+def tokenizer_fingerprint(tokenizer: Tokenizer) -> str:
     backend = getattr(tokenizer, "backend_tokenizer", None)
     payload = backend.to_str() if backend is not None else json.dumps(sorted(tokenizer.get_vocab().items()))
     return hashlib.sha256(payload.encode()).hexdigest()

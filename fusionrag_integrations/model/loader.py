@@ -21,7 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..errors import InvalidArgumentError, InvalidConfigError, ModelNotFoundError, UnsupportedModelError
-from .config import ModelConfig
+from .config import ModelConfig, Tokenizer
 from .files import verified_directory
 from .identity import model_fingerprint, tokenizer_fingerprint
 from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
@@ -183,7 +183,7 @@ def _convert_into(tmp: Path, path: Path) -> None:
         hf.generation_config.save_pretrained(tmp)
 
 
-def _auto_config(model_dir: Path):
+def _auto_config(model_dir: Path) -> Any:
     from transformers import AutoConfig
 
     try:
@@ -194,7 +194,7 @@ def _auto_config(model_dir: Path):
         raise ModelNotFoundError(f"{model_dir}/config.json is not a readable model config: {exc}") from None
 
 
-def _check_architecture(hf_config) -> str:
+def _check_architecture(hf_config: Any) -> str:
     arch = getattr(hf_config, "model_type", None)
     if arch not in SUPPORTED_ARCHITECTURES:
         named = ", ".join(getattr(hf_config, "architectures", None) or [str(arch)])
@@ -205,7 +205,7 @@ def _check_architecture(hf_config) -> str:
     return arch
 
 
-def model_config_from_hf(hf) -> tuple[ModelConfig, RotaryEmbedding]:
+def model_config_from_hf(hf: Any) -> tuple[ModelConfig, RotaryEmbedding]:
     """Translate a transformers config; refuse what our forward does not implement."""
     arch = _check_architecture(hf)
     if getattr(hf, "hidden_act", "silu") != "silu":
@@ -238,7 +238,7 @@ def model_config_from_hf(hf) -> tuple[ModelConfig, RotaryEmbedding]:
     return config, rope
 
 
-def _rope_from_hf(hf, head_dim: int) -> tuple[str, RotaryEmbedding]:
+def _rope_from_hf(hf: Any, head_dim: int) -> tuple[str, RotaryEmbedding]:
     params = getattr(hf, "rope_parameters", None) or getattr(hf, "rope_scaling", None) or {}
     rope_type = params.get("rope_type", params.get("type", "default")) or "default"
     if rope_type not in SUPPORTED_ROPE_TYPES:
@@ -259,7 +259,7 @@ def _rope_from_hf(hf, head_dim: int) -> tuple[str, RotaryEmbedding]:
     return rope_type, RotaryEmbedding(inv_freq, scaling)
 
 
-def model_from_hf(hf_model, device: torch.device, dtype: torch.dtype) -> TransformerModel:
+def model_from_hf(hf_model: torch.nn.Module, device: torch.device, dtype: torch.dtype) -> TransformerModel:
     """Our model over an in-memory transformers model's weights (benchmarks with random weights use this)."""
     config, rope = model_config_from_hf(hf_model.config)
     return TransformerModel.from_state_dict(config, dict(hf_model.state_dict()), rope, device, dtype)
@@ -278,7 +278,7 @@ def load_state_dict(model_dir: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_tokenizer(model_dir: Path):
+def load_tokenizer(model_dir: Path) -> Tokenizer:
     from transformers import AutoTokenizer
 
     try:
@@ -287,7 +287,7 @@ def load_tokenizer(model_dir: Path):
         raise ModelNotFoundError(f"no usable tokenizer in {model_dir}: {exc}") from None
 
 
-def eos_token_ids(model_dir: Path, tokenizer) -> frozenset[int]:
+def eos_token_ids(model_dir: Path, tokenizer: Tokenizer) -> frozenset[int]:
     """The tokenizer's EOS plus generation_config's (Llama-3 instruct ends turns with <|eot_id|>)."""
     ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
     path = model_dir / "generation_config.json"

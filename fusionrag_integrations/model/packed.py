@@ -50,7 +50,9 @@ class PackedAttention:
         for part, rows in zip(self.parts, self.slices):
             part.attention.write(layer, positions[rows], k[rows], v[rows])
 
-    def attend(self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def attend(
+        self, layer: int, q: torch.Tensor, positions: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+    ) -> torch.Tensor:
         parts = zip(self.parts, self.slices)
         return torch.cat([p.attention.attend(layer, q[r], positions[r], k[r], v[r]) for p, r in parts])
 

@@ -10,6 +10,7 @@ import torch
 
 from ..errors import ContextLengthError
 from ..model.attention import KVCache
+from ..model.config import Tokenizer
 from ..outputs import FinishReason, GenerationChunk, GenerationStats, TokenLogprob, Usage
 from ..request import SamplingParams
 from .decode_step import DecodeStep
@@ -38,7 +39,7 @@ class DecodeState:
         self,
         pre: Prefill,
         params: SamplingParams,
-        tokenizer,
+        tokenizer: Tokenizer,
         eos: frozenset[int],
         device: torch.device,
         t_start: float,

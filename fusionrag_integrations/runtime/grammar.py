@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import threading
+from typing import Any
 
 import torch
 
 from ..errors import InvalidSamplingError
 from ..lru import LRU
+from ..model.config import Tokenizer
 from ..request import SamplingParams
 from ..response_format import ResponseFormat
 
@@ -41,7 +43,7 @@ def apply_bitmask(logits: torch.Tensor, bitmask: torch.Tensor) -> torch.Tensor:
 class TokenConstraint:
     """One request's grammar state: the mask of what may come next, advanced by each sampled token."""
 
-    def __init__(self, matcher, kind: str) -> None:
+    def __init__(self, matcher: Any, kind: str) -> None:
         self.matcher, self.kind = matcher, kind
 
     def fill(self, bitmask: torch.Tensor, row: int) -> None:
@@ -62,9 +64,9 @@ class TokenConstraint:
 class Grammars:
     """The engine's grammar compiler: formats to matchers for its tokenizer and logits width."""
 
-    def __init__(self, tokenizer, vocab_size: int, eos: frozenset[int]) -> None:
+    def __init__(self, tokenizer: Tokenizer, vocab_size: int, eos: frozenset[int]) -> None:
         self.hf_tokenizer, self.vocab_size, self.eos = tokenizer, vocab_size, eos
-        self._lltokenizer = None
+        self._lltokenizer: Any = None  # llguidance's, made at the first grammar
         self._templates: LRU[ResponseFormat, object] = LRU(max_entries=TEMPLATES)
         self._lock = threading.Lock()  # callers' threads check, the loop's thread copies
 
@@ -83,7 +85,7 @@ class Grammars:
             return None
         return TokenConstraint(self._template(fmt).deep_copy(), fmt.kind)
 
-    def _template(self, fmt: ResponseFormat):
+    def _template(self, fmt: ResponseFormat) -> Any:
         with self._lock:
             template = self._templates.get(fmt)
             if template is None:
@@ -95,7 +97,7 @@ class Grammars:
                 self._templates.put(fmt, template)
             return template
 
-    def _tokenizer(self):
+    def _tokenizer(self) -> Any:
         if self._lltokenizer is None:
             import llguidance.hf
 
@@ -109,7 +111,7 @@ _SUBSCHEMAS = ("items", "additionalProperties", "not", "if", "then", "else", "co
 _SUBSCHEMA_LISTS = ("anyOf", "allOf", "oneOf", "prefixItems")
 
 
-def closed_objects(schema):
+def closed_objects(schema: Any) -> Any:
     """The schema with every object that lists its properties and says nothing of others closed to others
     (`additionalProperties: false`), as OpenAI's strict mode and xgrammar read schemas: a pydantic model's
     schema then admits exactly its fields. An explicit `additionalProperties` is kept."""
@@ -148,10 +150,11 @@ def _grammar(fmt: ResponseFormat) -> str:
 def constrain(logits: torch.Tensor, constraints: list[TokenConstraint | None]) -> torch.Tensor:
     """The batch's logits [B, V] masked by each row's grammar (a new tensor; `logits` is left as it was,
     raw logits are what logprobs report). Rows without a constraint keep every token and cost nothing."""
-    rows = [i for i, c in enumerate(constraints) if c is not None]
+    present = [(i, c) for i, c in enumerate(constraints) if c is not None]
+    rows = [i for i, _ in present]
     bitmask = torch.empty((len(rows), (logits.shape[-1] + 31) // 32), dtype=torch.int32)
-    for at, row in enumerate(rows):
-        constraints[row].fill(bitmask, at)  # type: ignore[union-attr]
+    for at, (_, constraint) in enumerate(present):
+        constraint.fill(bitmask, at)
     bitmask = bitmask.to(logits.device)  # a few KB a row; sampling reads the device right after anyway
     masked = logits.float().clone()
     if len(rows) == len(constraints):

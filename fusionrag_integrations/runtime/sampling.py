@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ..model.config import Tokenizer
 from ..outputs import TokenLogprob
 from ..request import SamplingParams
 from .penalties import Penalties
@@ -79,7 +80,7 @@ class TextStream:
     Text that could still grow into a stop string is held back until it cannot.
     """
 
-    def __init__(self, tokenizer, stop: tuple[str, ...]) -> None:
+    def __init__(self, tokenizer: Tokenizer, stop: tuple[str, ...]) -> None:
         self.tokenizer = tokenizer
         self.stop = stop
         self.ids: list[int] = []

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import queue
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import TYPE_CHECKING, Any
@@ -127,7 +127,7 @@ class SeqState:
 class SequenceStream(Iterator[GenerationChunk]):
     """What a caller iterates: pieces as the loop produces them; close() cancels at the next step."""
 
-    def __init__(self, seq: SeqState, wake) -> None:
+    def __init__(self, seq: SeqState, wake: Callable[[], None]) -> None:
         self.seq, self._wake = seq, wake
 
     def __iter__(self) -> SequenceStream:

@@ -74,7 +74,7 @@ def chunk_key(
 @dataclass
 class ChunkKV:
     key: str
-    token_ids: torch.Tensor  # [T] int64
+    token_ids: torch.Tensor  # [T] int64, in host memory (device_tensors: what moves with the KV)
     k: torch.Tensor  # [L, T, Hkv, D], post-RoPE at positions start .. start+T-1 (codes if kv_format is compact)
     v: torch.Tensor  # [L, T, Hkv, D]
     start: int  # absolute position of the first chunk token when it was computed
@@ -105,14 +105,12 @@ class ChunkKV:
         if self.ready is not None and self.k.device.type == "cuda":  # a side-stream copy: read it once landed
             torch.cuda.current_stream(self.k.device).wait_event(self.ready)
         pinned = pin and device.type == "cpu" and torch.cuda.is_available()
-        moved = {name: _moved(t, device, pinned) for name, t in self.tensors().items()}
+        moved = {name: _moved(t, device, pinned) for name, t in self.device_tensors().items()}
         ready = None
         if pinned and self.k.device.type == "cuda":
             ready = torch.cuda.Event()
             ready.record()
-        return replace(
-            self, k=moved.pop("k"), v=moved.pop("v"), token_ids=moved.pop("token_ids"), scales=moved, ready=ready
-        )
+        return replace(self, k=moved.pop("k"), v=moved.pop("v"), scales=moved, ready=ready)
 
     def wait(self) -> ChunkKV:
         """Host code reads the bytes of an asynchronously copied entry only after the copy finished."""
@@ -126,12 +124,10 @@ class ChunkKV:
         with torch.cuda.stream(stream):
             if self.ready is not None:  # a host copy still landing (a demotion): the GPU side waits for it
                 stream.wait_event(self.ready)
-            moved = {name: t.to(device, non_blocking=True) for name, t in self.tensors().items()}
+            moved = {name: t.to(device, non_blocking=True) for name, t in self.device_tensors().items()}
             ready = torch.cuda.Event()
             ready.record(stream)
-        return replace(
-            self, k=moved.pop("k"), v=moved.pop("v"), token_ids=moved.pop("token_ids"), scales=moved, ready=ready
-        )
+        return replace(self, k=moved.pop("k"), v=moved.pop("v"), scales=moved, ready=ready)
 
     def for_compute(self) -> ChunkKV:
         """Before the compute stream reads a GPU entry copied on a side stream: it waits for the copy (on the
@@ -139,7 +135,7 @@ class ChunkKV:
         if self.ready is not None and self.k.device.type == "cuda":
             current = torch.cuda.current_stream(self.k.device)
             current.wait_event(self.ready)
-            for t in self.tensors().values():
+            for t in self.device_tensors().values():
                 t.record_stream(current)
         return self
 
@@ -155,6 +151,11 @@ class ChunkKV:
     def tensors(self) -> dict[str, torch.Tensor]:
         """Everything stored: token ids, K and V (codes), scales."""
         return {"token_ids": self.token_ids, "k": self.k, "v": self.v, **self.scales}
+
+    def device_tensors(self) -> dict[str, torch.Tensor]:
+        """What moves between tiers: K and V (codes) and scales. The token ids stay in host memory wherever
+        the KV lives: the layout reads them on the host (a device copy would cost a sync per chunk)."""
+        return {"k": self.k, "v": self.v, **self.scales}
 
 
 def _moved(t: torch.Tensor, device: torch.device, pinned: bool) -> torch.Tensor:

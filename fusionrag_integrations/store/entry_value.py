@@ -25,7 +25,7 @@ class _Parts:
     def __init__(self) -> None:
         self.parts: list = []
 
-    def write(self, part) -> None:
+    def write(self, part: bytes | memoryview) -> None:
         self.parts.append(part)
 
 

@@ -16,6 +16,9 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import redis
 
@@ -43,7 +46,7 @@ class RedisCatalog:
         epoch = self.redis.get(self.epoch_name)
         return epoch.encode() if isinstance(epoch, str) else epoch
 
-    def _try(self, what: str, call, default):
+    def _try(self, what: str, call: Callable[[], Any], default: Any) -> Any:
         """Redis down (or within a second of failing): the default, and this engine's own index serves."""
         if time.monotonic() < self._down_until:
             self.write_failures += what == "write"
@@ -111,17 +114,14 @@ class RedisCatalog:
     def record(self, sizes: list[tuple[str, int]], replace: bool = True) -> None:
         now, setter = time.time(), self.redis.hset if replace else self.redis.hsetnx
         for key, n in sizes:
-            self._try("write", lambda k=key, n=n: setter(self.usage_name, k, f"{n} {now}"), 0)
+            self._try("write", partial(setter, self.usage_name, key, f"{n} {now}"), 0)
 
     def touch(self, keys: list[str]) -> None:
         now = time.time()
         for key, value in zip(keys, self._try("read", lambda: self.redis.hmget(self.usage_name, keys), [])):
             if value is not None:
-                self._try(
-                    "write",
-                    lambda k=key, v=value: self.redis.hset(self.usage_name, k, f"{v.split()[0].decode()} {now}"),
-                    0,
-                )
+                used = f"{value.split()[0].decode()} {now}"
+                self._try("write", partial(self.redis.hset, self.usage_name, key, used), 0)
 
     def least_recent(self) -> list[tuple[str, int, float]]:
         rows = self._try("read", lambda: self.redis.hgetall(self.usage_name), {})

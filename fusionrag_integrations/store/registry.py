@@ -19,11 +19,12 @@ from pathlib import Path
 
 import torch
 
+from ..config import EngineConfig
 from ..integrity import cache_secret, is_valid_key
 from .catalog import ChunkRef, SqliteCatalog
 from .catalog_protocol import Catalog
 from .chunk_kv import ChunkKV, is_standalone
-from .detect import Match
+from .detect import ChunkIndex, Match
 from .name_index import NameIndex
 from .persister import Persister
 from .tiers import ChunkStore
@@ -67,7 +68,9 @@ class ChunkRegistry:
             self.adopt_orphans()
 
     @classmethod
-    def from_config(cls, config, namespace: str, model_fingerprint: str, device: torch.device) -> ChunkRegistry:
+    def from_config(
+        cls, config: EngineConfig, namespace: str, model_fingerprint: str, device: torch.device
+    ) -> ChunkRegistry:
         """The registry of an engine (EngineConfig): its tiers' budgets, its folder under cache_dir/kv."""
         directory = config.cache_dir / "kv" / namespace if config.persist else None
         budgets = (config.gpu_cache_bytes, config.cpu_cache_bytes)
@@ -75,7 +78,7 @@ class ChunkRegistry:
                    cache_secret(), config.kv_format, config.disk_cache_bytes, config.kv_backend)  # fmt: skip
 
     @property
-    def index(self):
+    def index(self) -> ChunkIndex:
         """The detection index over every known text (detect.ChunkIndex)."""
         return self.names.index
 

@@ -61,3 +61,17 @@ def test_a_header_that_lies_about_its_tensors_is_unreadable(lie):
         value[:8] + raw + value[8 + n :]  # fmt: skip
     with pytest.raises(CorruptEntryError):
         entry_from_bytes(bytes(forged), f"{2:064x}", "fp", SECRET)
+
+
+def test_token_ids_stay_in_host_memory_wherever_the_kv_moves():
+    """The layout reads an entry's token ids on the host for every request: they never move with its KV
+    (on a GPU each chunk's ids would cost a device sync)."""
+    import random
+
+    n = random.randint(4, 40)
+    entry = ChunkKV("k" * 64, torch.randint(0, 1000, (n,)), torch.randn(2, n, 2, 8), torch.randn(2, n, 2, 8), 1,
+                    "model", "standalone", "text")  # fmt: skip
+    moved = entry.to(torch.device("meta"))
+    assert moved.k.device.type == moved.v.device.type == "meta"
+    assert moved.token_ids.device.type == "cpu" and torch.equal(moved.token_ids, entry.token_ids)
+    assert set(entry.device_tensors()) == set(entry.tensors()) - {"token_ids"}
