@@ -142,8 +142,8 @@ class GraphCache:
         if not self.recompute or int(positions.numel()) > RECOMPUTE_MAX:
             return None
 
-        def run(captured: Captured) -> torch.Tensor:
-            h, _ = self.run_to_capacity(cache, captured.ids, captured.positions, last_row_only=True)
+        def run(captured: Captured) -> torch.Tensor:  # every row to the end: attend_last reads to max_position
+            h, _ = self.run_to_capacity(cache, captured.ids, captured.positions)
             return h[-1:]
 
         return self._replayed(("recompute",), cache, ids, positions, run, "recompute pass")

@@ -241,3 +241,28 @@ def test_fresh_text_tokenised_in_one_batch_equals_piece_by_piece(smol):
         assert [f.ids for f in fresh] == [encode_text(smol.tokenizer, p, i == 0) for i, (p, _) in enumerate(parts)]
         assert [f.learnable for f in fresh] == [p if lrn else None for p, lrn in parts]
         assert any(f.learnable for f in fresh) == learn
+
+
+def test_a_recompute_run_to_the_caches_end_reads_no_row_past_each_query(smol):
+    """What a graphed recompute runs (model/graphs.py: attention to the cache's capacity, each query stopped
+    at its own position) equals the eager pass, with random garbage in every row past the prompt."""
+    from fusionrag_integrations.fusion.placement import active_positions, build_context, place_chunks
+    from fusionrag_integrations.fusion.recompute import pass_over
+    from fusionrag_integrations.model.graphs import BUCKET, GraphCache
+
+    smol.precompute(DOCS)
+    ref = smol.fusion_context(rag_messages(DOCS))
+    n, model = ref.num_positions, smol.model
+    chosen = ref.chunk_positions[torch.randperm(ref.chunk_positions.numel())[:23]].sort().values
+    positions = active_positions(ref, chosen)
+    expected = pass_over(ref, positions)
+    cache = model.new_cache(n + 3 * BUCKET)
+    cache.k.normal_(0, 1e3), cache.v.normal_(0, 1e3)  # rows past the prompt: never read
+    place_chunks(model, cache, ref.chunks, ref.backend)
+    ctx = build_context(model, cache, ref.token_ids, ref.chunks, 0, ref.backend)
+    pad = -len(positions) % BUCKET or BUCKET  # padded as a graph's inputs are: the last token repeated
+    ids = torch.cat((ctx.token_ids[positions], ctx.token_ids[positions[-1:]].repeat(pad)))
+    padded = torch.cat((positions, positions[-1:].repeat(pad)))
+    h, _ = GraphCache(model, ref.backend, False, False, False).run_to_capacity(cache, ids, padded)
+    got = model.logits(h[-1:])
+    assert (got - expected).norm() / expected.norm() < 1e-5
