@@ -295,6 +295,6 @@ class EngineConfig(_Settings):
 
     cuda_graph_probe: bool = Field(
         True,
-        description="On CUDA, replay a fused prefill's launch-bound passes (the selection probe, a recompute of at "
-        "most 256 positions) from CUDA graphs once a prompt layout recurs (model/graphs.py).",
+        description="On CUDA, replay the FusionRAG/QCFuse selection probe from a CUDA graph once a prompt layout "
+        "(fresh-token count rounded up to 16, cache size) recurs; the probe is launch-bound without.",
     )

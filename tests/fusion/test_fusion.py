@@ -243,9 +243,11 @@ def test_fresh_text_tokenised_in_one_batch_equals_piece_by_piece(smol):
         assert any(f.learnable for f in fresh) == learn
 
 
-def test_a_recompute_run_to_the_caches_end_reads_no_row_past_each_query(smol):
-    """What a graphed recompute runs (model/graphs.py: attention to the cache's capacity, each query stopped
-    at its own position) equals the eager pass, with random garbage in every row past the prompt."""
+def test_a_pass_run_to_the_caches_end_reads_no_row_past_each_query(smol):
+    """A pass as CUDA graphs record it (model/graphs.py: attention to the cache's capacity, each query stopped
+    at its own position read from the device, inputs padded by repeating the last token) equals the eager
+    pass, with random garbage in every row past the prompt. (Its last layer runs every row: `attend_last`
+    reads keys up to max_position, which such a pass sets to the cache's end.)"""
     from fusionrag_integrations.fusion.placement import active_positions, build_context, place_chunks
     from fusionrag_integrations.fusion.recompute import pass_over
     from fusionrag_integrations.model.graphs import BUCKET, GraphCache
@@ -263,6 +265,6 @@ def test_a_recompute_run_to_the_caches_end_reads_no_row_past_each_query(smol):
     pad = -len(positions) % BUCKET or BUCKET  # padded as a graph's inputs are: the last token repeated
     ids = torch.cat((ctx.token_ids[positions], ctx.token_ids[positions[-1:]].repeat(pad)))
     padded = torch.cat((positions, positions[-1:].repeat(pad)))
-    h, _ = GraphCache(model, ref.backend, False, False, False).run_to_capacity(cache, ids, padded)
+    h, _ = GraphCache(model, ref.backend, False, False).run_to_capacity(cache, ids, padded)
     got = model.logits(h[-1:])
     assert (got - expected).norm() / expected.norm() < 1e-5
