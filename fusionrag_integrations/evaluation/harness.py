@@ -14,6 +14,7 @@ import statistics
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 from tqdm.auto import tqdm
 
@@ -49,7 +50,7 @@ class NearestPassages:
 
     def __init__(self, pool: list[str] | None = None) -> None:
         self.pool = list(dict.fromkeys(pool)) if pool is not None else None
-        self._pool_embeddings = None
+        self._pool_embeddings: Any = None  # a torch tensor once the pool is encoded (torch imported lazily)
 
     def __call__(self, passages: list[str], k: int) -> list[list[str]]:
         import torch

@@ -145,7 +145,7 @@ class PromptLayout:
         key = self.key(ids, self.prefix_ids + context_ids, context_id)
         return PrecomputeJob(key, text.strip(), context_ids, ids, context_id)
 
-    def jobs(self, texts: list[str], contexts: list[Sequence[str]], tenant: str = "") -> list[PrecomputeJob]:
+    def jobs(self, texts: list[str], contexts: Sequence[Sequence[str]], tenant: str = "") -> list[PrecomputeJob]:
         """A precompute job per text (its neighbours from `contexts`), after other processes' new rows."""
         self.registry.sync()
         return [self.job(text, nbrs, tenant) for text, nbrs in zip(texts, contexts)]

@@ -48,6 +48,7 @@ def select_and_recompute(ctx: FusionContext, selector: Selector, budget: int) ->
     if in_pass is not None:  # every token runs until the selector has decided, then only its picks go on
         everything = torch.arange(ctx.reused_prefix, ctx.num_positions, device=ctx.chunk_positions.device)
         logits = pass_over(ctx, everything, before_write=in_pass.before_write)
+        assert in_pass.selected is not None, "an in-pass selector decides during the pass"
         return logits, in_pass.selected
     if budget == n_chunk:
         selected = ctx.chunk_positions

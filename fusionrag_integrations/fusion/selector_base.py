@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import torch
 
+from ..model.forward import BeforeWrite
 from .placement import FusionContext
 
 
@@ -71,7 +72,7 @@ class InPassSelection:
     """A selection made inside the recompute pass: `before_write` (see model.forward.BeforeWrite)
     decides at some layer and narrows the pass; `selected` holds its picks once the pass has run."""
 
-    before_write: object
+    before_write: BeforeWrite
     selected: torch.Tensor | None = None
 
 

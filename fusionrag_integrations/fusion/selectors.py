@@ -78,7 +78,6 @@ class CacheBlendSelector(Selector):
 
     def in_pass(self, ctx: FusionContext, budget: int) -> InPassSelection:
         check = min(self.check_layer, ctx.model.config.num_layers - 1)
-        selection = InPassSelection(None)
 
         def before_write(
             layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor
@@ -95,7 +94,7 @@ class CacheBlendSelector(Selector):
             keep[active_positions(ctx, selection.selected)] = True
             return keep[ctx.reused_prefix :]
 
-        selection.before_write = before_write
+        selection = InPassSelection(before_write)
         return selection
 
 

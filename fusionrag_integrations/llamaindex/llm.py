@@ -9,7 +9,7 @@ TokenCountingHandler reads it) with the fusion stats beside it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from typing import Any
 
 from llama_index.core.base.llms.types import (
@@ -264,7 +264,7 @@ class FusionRAGLLM(FunctionCallingLLM):
     async def astream_complete(self, prompt: str, formatted: bool = False, **kwargs: Any) -> CompletionResponseAsyncGen:
         source = self._completions(self._prompt(prompt, formatted), kwargs)
 
-        async def gen() -> AsyncIterator[CompletionResponse]:
+        async def gen() -> AsyncGenerator[CompletionResponse, None]:
             async for r in iterate_in_thread(source):
                 yield r
 
@@ -286,7 +286,7 @@ class FusionRAGLLM(FunctionCallingLLM):
     async def _astream_chat(self, messages: Sequence[ChatMessage], **kwargs: Any) -> ChatResponseAsyncGen:
         source = self._completions(self._chat_prompt(messages, kwargs), kwargs)
 
-        async def gen() -> AsyncIterator[ChatResponse]:
+        async def gen() -> AsyncGenerator[ChatResponse, None]:
             async for r in iterate_in_thread(source):
                 yield self._with_tool_calls(self._to_chat(r), kwargs) if r.raw else self._to_chat(r)
 

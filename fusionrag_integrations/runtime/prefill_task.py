@@ -46,6 +46,7 @@ class PrefillTask:
         self.ids = torch.tensor(layout.token_ids, device=model.device)
         self.n = len(layout.token_ids)
         self.selected: torch.Tensor | None = None
+        self.positions: torch.Tensor | None = None  # the active positions in order (None: every one)
         self.n_chunk, self.prefix_tokens, self.seconds = 0, 0, 0.0
         self.done = 0  # active positions computed so far
         self.whole: tuple | None = None  # an in-pass selection: (logits, selected) from one pass
@@ -125,6 +126,7 @@ class PrefillTask:
             mode = AttentionMode.CAUSAL_FROM_ZERO if start == 0 else AttentionMode.BY_POSITION
             attention = CacheAttention(self.cache, mode, end - 1, self.backend)
         else:
+            assert self.positions is not None  # not plain: a fused pass's active positions
             positions = self.positions[start:end]
             ids = self.ids[positions]
             attention = CacheAttention(self.cache, AttentionMode.BY_POSITION, self.n - 1, self.backend)

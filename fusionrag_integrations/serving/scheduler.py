@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 class Capacity(Protocol):
     """What the limits ask of the device's owner (the runner): where it runs, the KV budget, free memory."""
 
-    on_gpu: bool
+    @property
+    def on_gpu(self) -> bool: ...
 
     def kv_token_budget(self, running_kv_bytes: int | None) -> int: ...
 

@@ -26,9 +26,10 @@ class FetchCost:
             self.compute_tokens_per_s = _ema(self.compute_tokens_per_s, tokens / seconds)
 
     def compute_is_faster(self, tokens: int) -> bool:
-        if None in (self.read_bytes_per_s, self.bytes_per_token, self.compute_tokens_per_s):
+        read, size, compute = self.read_bytes_per_s, self.bytes_per_token, self.compute_tokens_per_s
+        if read is None or size is None or compute is None:
             return False
-        return tokens * self.bytes_per_token / self.read_bytes_per_s > tokens / self.compute_tokens_per_s
+        return tokens * size / read > tokens / compute
 
 
 def _ema(old: float | None, new: float) -> float:
