@@ -53,15 +53,14 @@ class _Powers:
     """BASE**i and BASE**-i modulo 2**64 for i < capacity, grown by doubling (shared, read-only arrays)."""
 
     def __init__(self) -> None:
-        self.up = self.down = np.ones(0, dtype=np.uint64)
+        self.pair = (np.ones(0, dtype=np.uint64), np.ones(0, dtype=np.uint64))  # replaced whole: one consistent read
 
     def upto(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        up, down = self.up, self.down  # one consistent pair, whatever another thread assigns meanwhile
-        if up.shape[0] < n:
-            size = max(n, 2 * up.shape[0], 1024)
-            up, down = _geometric(_BASE, size), _geometric(_INVERSE, size)
-            self.up, self.down = up, down
-        return up, down
+        pair = self.pair
+        if pair[0].shape[0] < n:
+            size = max(n, 2 * pair[0].shape[0], 1024)
+            pair = self.pair = (_geometric(_BASE, size), _geometric(_INVERSE, size))
+        return pair
 
 
 def _geometric(ratio: np.uint64, size: int) -> np.ndarray:
