@@ -81,6 +81,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if not args.json:
             print(piece.text, end="", flush=True)
         last = piece
+    # the stream's last piece always carries finish_reason, usage and stats
+    assert last is not None and last.usage is not None and last.stats is not None
     if args.json:
         print(
             json.dumps(

@@ -24,6 +24,7 @@ import secrets
 import threading
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TypeGuard
 
 import blake3
 
@@ -34,7 +35,7 @@ _lock = threading.Lock()
 _cached: dict[Path, bytes] = {}
 
 
-def is_valid_key(key: object) -> bool:
+def is_valid_key(key: object) -> TypeGuard[str]:
     """A content key as chunk_key() makes them: exactly 64 lowercase hex digits."""
     return isinstance(key, str) and _KEY.fullmatch(key) is not None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -22,6 +23,9 @@ from ..model.transformer import TransformerModel
 from ..outputs import FidelitySample, GenerationStats
 from ..store.chunk_kv import is_standalone
 from .measures import kl_divergence, teacher_forced_agreement, top1_agreement
+
+if TYPE_CHECKING:
+    from ..fusion.layout import Layout
 
 
 @dataclass
@@ -41,7 +45,7 @@ class ShadowCapture:
     score: float | None = None
     weight: float = 1.0
 
-    def take_prefill(self, logits: torch.Tensor, token_ids: list[int], layout, stats) -> bool:
+    def take_prefill(self, logits: torch.Tensor, token_ids: list[int], layout: Layout, stats: GenerationStats) -> bool:
         """Keep what the comparison needs; False when nothing was fused (no chunk KV kept: nothing to judge)."""
         if not layout.chunks or stats.tokens_reused == 0:
             return False
@@ -68,8 +72,9 @@ class ShadowJob:
         self.capture, self.answer, self.model, self.backend = capture, list(answer), model, backend
         self.n = len(capture.token_ids)
         self.total = self.n + max(len(self.answer) - 1, 0)  # the last returned token is never fed back
-        self._new_cache, self.cache = new_cache, None
-        self.done, self.rows = 0, []
+        self._new_cache = new_cache
+        self.cache: KVCache | None = None
+        self.done, self.rows = 0, list[torch.Tensor]()
 
     @property
     def remaining(self) -> int:
@@ -80,12 +85,13 @@ class ShadowJob:
         """Compute the next `budget` positions (at least one); the sample once all are computed."""
         if self.cache is None:
             self.cache = self._new_cache(self.total)
+        cache = self.cache
         start, end = self.done, min(self.total, self.done + max(budget, 1))
         device = self.model.device
         sequence = torch.tensor((self.capture.token_ids + self.answer)[start:end], device=device)
         positions = torch.arange(start, end, device=device)
         mode = AttentionMode.CAUSAL_FROM_ZERO if start == 0 else AttentionMode.BY_POSITION
-        h, _ = run_layers(self.model, sequence, positions, CacheAttention(self.cache, mode, end - 1, self.backend))
+        h, _ = run_layers(self.model, sequence, positions, CacheAttention(cache, mode, end - 1, self.backend))
         first_judged = max(self.n - 1 - start, 0)  # rows from the last prompt position on are read
         if first_judged < end - start:
             self.rows.append(self.model.logits(h[first_judged:]).cpu())
@@ -96,6 +102,7 @@ class ShadowJob:
         self.cache = None  # its memory goes back now
         full = torch.cat(self.rows)
         c = self.capture
+        assert c.fused_logits is not None  # taken at the first token, before the job exists
         top1 = top1_agreement(full[0], c.fused_logits)
         agreement = teacher_forced_agreement(full, self.answer) if self.answer else top1  # no token: the first
         return FidelitySample(

@@ -117,6 +117,10 @@ class ChatFusionRAG(BaseChatModel):
             self.model_name = self.engine.model_name
         return self
 
+    def _engine(self) -> FusionEngine:
+        assert self.engine is not None  # loaded by the validator when not given
+        return self.engine
+
     @property
     def _llm_type(self) -> str:
         return "fusionrag"
@@ -128,7 +132,7 @@ class ChatFusionRAG(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         return LangSmithParams(
             ls_provider="fusionrag",
-            ls_model_name=kwargs.get("model", self.model_name),
+            ls_model_name=kwargs.get("model", self.model_name) or "",
             ls_model_type="chat",
             ls_temperature=kwargs.get("temperature", self.temperature),
             ls_max_tokens=kwargs.get("max_tokens", self.max_tokens),
@@ -179,7 +183,7 @@ class ChatFusionRAG(BaseChatModel):
         return structured_output(self, schema, method, include_raw, strict, kwargs)
 
     def _pieces(self, messages: list[BaseMessage], stop: list[str] | None, kwargs: dict) -> Iterator[GenerationChunk]:
-        native = template_supports_tools(self.engine.tokenizer)
+        native = template_supports_tools(self._engine().tokenizer)
         tools, choice = kwargs.get("tools"), kwargs.get("tool_choice")
         prompt, template_tools = prompt_with_tools(
             to_engine_messages(messages, native_tools=native), tools, choice, native
@@ -187,10 +191,11 @@ class ChatFusionRAG(BaseChatModel):
         if kwargs.get("response_format") is None:  # a required call is constrained to the tools' schemas
             kwargs["response_format"] = tool_call_format(tools, choice, native)
         settings = self._engine_settings(stop, kwargs)
-        return retrying(lambda: self.engine.stream(prompt, tools=template_tools, **settings), self.max_retries)
+        engine = self._engine()
+        return retrying(lambda: engine.stream(prompt, tools=template_tools, **settings), self.max_retries)
 
     def _logprobs_json(self, pieces: list[GenerationChunk]) -> dict[str, Any] | None:
-        decode = self.engine.tokenizer.decode
+        decode = self._engine().tokenizer.decode
         lps = [lp for p in pieces for lp in p.logprobs]
         return chat_logprobs(lps, lambda t: decode([t])) if lps else None
 
@@ -203,7 +208,7 @@ class ChatFusionRAG(BaseChatModel):
 
     def _to_chunk(self, piece: GenerationChunk) -> ChatGenerationChunk:
         message = final_chunk(piece, self.model_name) if piece.finish_reason else AIMessageChunk(content=piece.text)
-        info = {"finish_reason": piece.finish_reason} if piece.finish_reason else {}
+        info: dict[str, Any] = {"finish_reason": piece.finish_reason} if piece.finish_reason else {}
         if piece.logprobs:
             info["logprobs"] = self._logprobs_json([piece])
         return ChatGenerationChunk(message=message, generation_info=info or None)
@@ -236,7 +241,7 @@ class ChatFusionRAG(BaseChatModel):
         last = pieces[-1]
         final = final_chunk(last, self.model_name)
         content, calls = self._with_tool_calls("".join(p.text for p in pieces), kwargs)
-        metadata, info = dict(final.response_metadata), {"finish_reason": last.finish_reason}
+        metadata, info = dict(final.response_metadata), dict[str, Any](finish_reason=last.finish_reason)
         if (logprobs := self._logprobs_json(pieces)) is not None:
             metadata["logprobs"] = info["logprobs"] = logprobs
         message = AIMessage(

@@ -53,12 +53,12 @@ class FusionRAGChroma(Chroma):
         insert) or "standalone" (each chunk alone: the cheapest ingest).
         server: a `fusionrag serve` URL to precompute through instead of a local engine (api_key: its key,
         default $FUSIONRAG_API_KEY)."""
-        engine = store_engine(engine, server, api_key, "FusionRAGChroma", "ChatFusionRAG")
-        check_precompute_mode(precompute, engine, "FusionRAGChroma", "ChatFusionRAG")
+        keeper = store_engine(engine, server, api_key, "FusionRAGChroma", "ChatFusionRAG")
+        check_precompute_mode(precompute, keeper, "FusionRAGChroma", "ChatFusionRAG")
         if isinstance(kwargs.get("persist_directory"), (str, os.PathLike)):  # '~' expanded, as everywhere
             kwargs["persist_directory"] = os.path.expanduser(kwargs["persist_directory"])
         super().__init__(**kwargs)
-        self.engine: ChunkKeeper = engine
+        self.engine: ChunkKeeper = keeper
         self.precompute_mode, self.neighbors = precompute, neighbors
         self.show_progress = show_progress
 
@@ -84,12 +84,16 @@ class FusionRAGChroma(Chroma):
         """For each stored id: the texts of its `neighbors` nearest documents by the collection's own
         metric (itself excluded), ordered farthest to nearest, so the nearest sits right before it."""
         got = self._collection.get(ids=ids, include=["embeddings"])
-        embedding = dict(zip(got["ids"], got["embeddings"]))
+        vectors, found = got["embeddings"], got["ids"]  # a numpy array: compared with None, never tested for truth
+        assert vectors is not None  # `include` asked for them
+        embedding = dict(zip(found, vectors))
         n = min(self.neighbors + 1, self._collection.count())
         res = self._collection.query(query_embeddings=[embedding[i] for i in ids], n_results=n, include=["documents"])
+        documents = res["documents"]
+        assert documents is not None  # `include` asked for them
         return [
             [doc for hit, doc in zip(hits, docs) if hit != own][: self.neighbors][::-1]
-            for own, hits, docs in zip(ids, res["ids"], res["documents"])
+            for own, hits, docs in zip(ids, res["ids"], documents)
         ]
 
     def delete(self, ids: list[str] | None = None, **kwargs: Any) -> None:

@@ -60,12 +60,12 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
         insert) or "standalone" (each node alone: the cheapest ingest).
         server: a `fusionrag serve` URL to precompute through instead of a local engine (api_key: its key,
         default $FUSIONRAG_API_KEY)."""
-        engine = store_engine(engine, server, api_key, "FusionRAGChromaVectorStore", "FusionRAGLLM")
-        check_precompute_mode(precompute, engine, "FusionRAGChromaVectorStore", "FusionRAGLLM")
+        keeper = store_engine(engine, server, api_key, "FusionRAGChromaVectorStore", "FusionRAGLLM")
+        check_precompute_mode(precompute, keeper, "FusionRAGChromaVectorStore", "FusionRAGLLM")
         if isinstance(kwargs.get("persist_dir"), (str, os.PathLike)):  # '~' expanded, as everywhere
             kwargs["persist_dir"] = os.path.expanduser(kwargs["persist_dir"])
         super().__init__(**kwargs)
-        self._engine = engine
+        self._engine = keeper
         self._show_progress = show_progress
         self._precompute, self._neighbors = precompute, neighbors
 
@@ -92,7 +92,7 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
         """The prompt texts of the node's `neighbors` nearest nodes by the store's own query (itself
         excluded), ordered farthest to nearest, so the nearest sits right before it."""
         query = VectorStoreQuery(query_embedding=node.get_embedding(), similarity_top_k=self._neighbors + 1)
-        hits = [n for n in self.query(query).nodes if n.node_id != node.node_id][: self._neighbors]
+        hits = [n for n in self.query(query).nodes or [] if n.node_id != node.node_id][: self._neighbors]
         return [prompt_text(n) for n in hits][::-1]
 
     def _forget(self, nodes: Sequence[BaseNode]) -> None:
@@ -101,20 +101,25 @@ class FusionRAGChromaVectorStore(ChromaVectorStore):
             self._engine.forget(self._engine.keys_for(texts))
 
     def delete(self, ref_doc_id: str, **delete_kwargs: Any) -> None:
-        self._forget(self._get(None, where={"document_id": ref_doc_id}).nodes)
+        self._forget(self._get(None, where={"document_id": ref_doc_id}).nodes or [])
         super().delete(ref_doc_id, **delete_kwargs)
 
-    def delete_nodes(
+    # llama-index's vector store interface takes one MetadataFilters; its Chroma store annotates a list
+    # but reads one (hence the override note and the Any below)
+    def delete_nodes(  # type: ignore[override]
         self, node_ids: list[str] | None = None, filters: MetadataFilters | None = None, **delete_kwargs: Any
     ) -> None:
         if not node_ids and not filters:
             return
-        self._forget(self.get_nodes(node_ids, filters))
+        as_chroma_reads: Any = filters
+        self._forget(self.get_nodes(node_ids, as_chroma_reads))
         if not node_ids:  # the base sends ids=[] with the filter, which chromadb >= 1.0 rejects
+            assert filters is not None
             self._collection.delete(where=_to_chroma_filter(filters))
             return
-        super().delete_nodes(node_ids, filters)
+        super().delete_nodes(node_ids, as_chroma_reads)
 
     def clear(self) -> None:
-        self._forget(self._get(None, where=None).nodes)
+        everything: Any = None  # chromadb's own get() without a filter (annotated as a dict)
+        self._forget(self._get(None, where=everything).nodes or [])
         super().clear()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -103,7 +104,7 @@ class GraphCache:
             return key in self._graphs
 
     def run_to_capacity(
-        self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, **loop
+        self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor, **loop: Any
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The loop as graphs record it: positions from device memory, keys read to the cache's end."""
         attention = CacheAttention(cache, AttentionMode.BY_POSITION, cache.capacity - 1, self.backend)
@@ -121,10 +122,10 @@ class GraphCache:
         if not self.seen(key):
             self.put(key, None)
             return None
-        captured = self.get(key)
-        first_time = captured is None
+        found = self.get(key)
+        first_time = found is None
+        captured = found or Captured(None, ids.new_empty(bucket), positions.new_empty(bucket))
         if first_time:
-            captured = Captured(None, ids.new_empty(bucket), positions.new_empty(bucket))
             self.put(key, captured)
         captured.ids[:n], captured.positions[:n] = ids, positions
         captured.ids[n:], captured.positions[n:] = ids[-1:], positions[-1:]
@@ -143,4 +144,5 @@ class GraphCache:
         if captured.graph is None:
             return run()[:n]
         captured.graph.replay()
+        assert captured.output is not None  # recorded with its graph
         return captured.output[:n]

@@ -19,7 +19,7 @@ import json
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
@@ -32,6 +32,10 @@ from ..server import errors
 from ..server.command import engine_flags
 from .affinity import routing_tokens
 from .asgi_call import call_asgi
+
+if TYPE_CHECKING:
+    from ..store.detect import ChunkIndex
+    from ..store.redis_catalog import RedisCatalog
 
 log = logging.getLogger(__name__)
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "host"}
@@ -105,7 +109,8 @@ gateway_app = FastAPI(title="fusionrag", docs_url=None, redoc_url=None)
 class Gateway:
     def __init__(self, engine, settings: ReplicaSettings) -> None:
         self.engine, self.settings = engine, settings
-        self.catalog = self.index = None
+        self.catalog: RedisCatalog | None = None
+        self.index: ChunkIndex | None = None
         self._seen, self._checked = 0, 0.0
 
     async def _follow_catalog(self) -> None:
@@ -128,6 +133,7 @@ class Gateway:
                 client = redis.Redis.from_url(where["kv_backend"], socket_timeout=0.5, socket_connect_timeout=0.5)
                 self.catalog = RedisCatalog(client, where["namespace"])  # a hung Redis costs 0.5 s, not the loop
                 self.index = ChunkIndex()
+            assert self.index is not None  # set with the catalog
             if self.catalog.changed():
                 refs, self._seen = self.catalog.refs_since(self._seen)
                 for ref in refs:
@@ -137,15 +143,15 @@ class Gateway:
 
     @gateway_app.api_route("/{path:path}", methods=["GET", "POST", "DELETE"])
     async def forward(self, path: str, request: Request):
-        limit, body = self.settings.max_body_bytes, bytearray()
+        limit, received = self.settings.max_body_bytes, bytearray()
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
             return errors.error_response(413, f"request body over {limit} bytes", "body_too_large")
         async for part in request.stream():  # a chunked body is counted as it arrives
-            body += part
-            if len(body) > limit:
+            received += part
+            if len(received) > limit:
                 return errors.error_response(413, f"request body over {limit} bytes", "body_too_large")
-        body = bytes(body)
+        body = bytes(received)
         affinity = []
         if request.method == "POST" and body:
             await self._follow_catalog()
@@ -178,13 +184,18 @@ def build(settings: ReplicaSettings):
     """The Ray Serve application: the gateway bound to N engine replicas behind the chosen router."""
     from .routing import ROUTERS
 
-    replica = EngineReplica.options(
+    # serve.deployment turns both classes into Deployments, which mypy cannot see through the decorator; Ray
+    # declares the router field through its pydantic-compat layer, which mypy reads as a dict
+    engine_replica: Any = EngineReplica
+    gateway: Any = Gateway
+    router: Any = ROUTERS[settings.routing]
+    replica = engine_replica.options(
         num_replicas=settings.replicas,
         max_ongoing_requests=settings.max_ongoing_requests,
         ray_actor_options={"num_cpus": settings.replica_cpus, "num_gpus": settings.replica_gpus},
-        request_router_config=RequestRouterConfig(request_router_class=ROUTERS[settings.routing]),
+        request_router_config=RequestRouterConfig(request_router_class=router),
     )
-    return Gateway.bind(replica.bind(settings), settings)
+    return gateway.bind(replica.bind(settings), settings)
 
 
 def build_app(args: dict[str, Any]):

@@ -65,6 +65,7 @@ class BatchDecodeStep:
         self._fill(captured, caches, tokens, positions)
         captured.graph.replay()
         self.replays += 1
+        assert captured.output is not None  # recorded with its graph
         return captured.output[: len(tokens)]
 
     def _eager(self, caches: list[KVCache], tokens: list[int], positions: list[int]) -> torch.Tensor:
@@ -75,18 +76,24 @@ class BatchDecodeStep:
         return self.model.logits(h)
 
     def _fill(self, captured: BatchCaptured, caches: list[KVCache], tokens: list[int], positions: list[int]) -> None:
-        pad = captured.ids.numel() - len(tokens)
-        k = [c.k for c in caches] + [self.scratch.k] * pad
-        v = [c.v for c in caches] + [self.scratch.v] * pad
+        pad, scratch = captured.ids.numel() - len(tokens), self._scratch()
+        k = [c.k for c in caches] + [scratch.k] * pad
+        v = [c.v for c in caches] + [scratch.v] * pad
         captured.table.fill(k, v, positions + [0] * pad)
         captured.ids.copy_(torch.tensor(tokens + [0] * pad))
 
-    def _capture(self, rows: int, keys: int, caches, tokens, positions) -> torch.Tensor:
+    def _scratch(self) -> KVCache:
+        assert self.scratch is not None  # exists whenever steps are graphed
+        return self.scratch
+
+    def _capture(
+        self, rows: int, keys: int, caches: list[KVCache], tokens: list[int], positions: list[int]
+    ) -> torch.Tensor:
         """The first step of this shape runs eagerly over the static inputs (its answer), then is recorded."""
         from ..kernels.batch_decode_triton import _sm_count, plan_splits
 
         c, device = self.model.config, self.model.device
-        table = CacheTable(self.scratch.k, c.num_layers, rows)
+        table = CacheTable(self._scratch().k, c.num_layers, rows)
         table.max_keys = keys
         table.keys_per_split = plan_splits(rows, c.num_kv_heads, keys, _sm_count(device), 64)
         captured = BatchCaptured(None, table, torch.zeros(rows, dtype=torch.int64, device=device), None)

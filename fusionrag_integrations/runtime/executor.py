@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
@@ -55,10 +57,10 @@ class StepExecutor:
     def execute(self, plan: StepPlan) -> StepOutcome:
         out, started = StepOutcome(), time.perf_counter()
         for seq in plan.lay_out:
-            self._guarded(out, seq, lambda s=seq: self.lay_out(s))
+            self._guarded(out, seq, partial(self.lay_out, seq))
         running = bool(plan.decode) or any(s.phase is Phase.PREFILL and s not in plan.admit for s, _ in plan.prefill)
         for seq in plan.admit:
-            self._guarded(out, seq, lambda s=seq: self._start(s), requeue=running or len(plan.admit) > 1)
+            self._guarded(out, seq, partial(self._start, seq), requeue=running or len(plan.admit) > 1)
         slices = [(s, n) for s, n in plan.prefill if s.prefill is not None and s.phase is Phase.PREFILL]
         rows = [s for s in plan.decode if s.phase is Phase.DECODE]
         if not (self._mixes(slices, rows) and self._mixed(slices, rows, out)):
@@ -80,7 +82,7 @@ class StepExecutor:
 
     def _slices(self, slices: list[tuple[SeqState, int]], out: StepOutcome, running: bool) -> None:
         """The step's prefill slices, one forward each (a request's error or lack of memory is its own)."""
-        t0, finished = time.perf_counter(), []
+        t0, finished = time.perf_counter(), list[tuple[SeqState, torch.Tensor | None]]()
         for seq, tokens in slices:
             work = lambda s=seq, n=tokens: finished.append(self._slice(s, n, out))  # noqa: E731
             self._guarded(out, seq, work, requeue=running)
@@ -92,15 +94,18 @@ class StepExecutor:
     def _mixes(self, slices: list[tuple[SeqState, int]], rows: list[SeqState]) -> bool:
         if not self.runner.config.mixed_steps or not slices or (not rows and len(slices) == 1):
             return False
-        return all(seq.prefill.sliceable for seq, _ in slices)
+        return all(seq.prefilling.sliceable for seq, _ in slices)
 
     def _mixed(self, slices: list[tuple[SeqState, int]], rows: list[SeqState], out: StepOutcome) -> bool:
         """The step's slices and decode rows in one forward (runtime/packed_step.py); False when it failed
         (out of memory, or a request's own error): nothing changed, the caller runs the parts apart."""
-        t0, done = time.perf_counter(), sum(seq.prefill.done for seq, _ in slices)
+        t0, done = time.perf_counter(), sum(seq.prefilling.done for seq, _ in slices)
         try:
             result = packed_step(
-                self.runner.model, [(s.prefill, n) for s, n in slices], [s.decode for s in rows], self.runner.backend
+                self.runner.model,
+                [(s.prefilling, n) for s, n in slices],
+                [s.decoding for s in rows],
+                self.runner.backend,
             )
             self.runner.sync()
         except Exception:  # noqa: BLE001 - each part again on its own, its error its own
@@ -108,23 +113,30 @@ class StepExecutor:
             return False
         out.mixed, out.prefill_s = True, time.perf_counter() - t0
         self.counters["mixed_steps"] += 1
-        out.prefill_tokens += sum(seq.prefill.done for seq, _ in slices) - done
+        out.prefill_tokens += sum(seq.prefilling.done for seq, _ in slices) - done
         self._first_tokens(slices, list(zip([s for s, _ in slices], result.first_logits)), out.prefill_s, out)
         if rows:
+            assert result.decode_logits is not None  # rows were decoded
             self._sample(rows, result.decode_logits, out)
             out.decode_rows, out.decode_s = len(rows), out.prefill_s
         return True
 
-    def _first_tokens(self, slices, finished, seconds: float, out: StepOutcome) -> None:
+    def _first_tokens(
+        self,
+        slices: list[tuple[SeqState, int]],
+        finished: Sequence[tuple[SeqState, torch.Tensor | None]],
+        seconds: float,
+        out: StepOutcome,
+    ) -> None:
         for seq, _ in slices:
             if seq.prefill is not None:
                 seq.prefill.seconds += seconds
         for seq, logits in finished:
             if logits is not None:
-                self._guarded(out, seq, lambda s=seq, x=logits: self._first_token(s, x, out))
+                self._guarded(out, seq, partial(self._first_token, seq, logits, out))
 
     @staticmethod
-    def _guarded(out: StepOutcome, seq: SeqState, work, requeue: bool = False) -> None:
+    def _guarded(out: StepOutcome, seq: SeqState, work: Callable[[], object], requeue: bool = False) -> None:
         try:
             work()
         except torch.OutOfMemoryError:
@@ -168,6 +180,7 @@ class StepExecutor:
     def _start(self, seq: SeqState) -> None:
         """READY -> PREFILL: the cache allocated, chunks placed, tokens selected."""
         t0 = time.perf_counter()
+        assert seq.layout is not None  # laid out when READY
         seq.prefill = self.start_prefill(seq.request, seq.layout)
         seq.prefill.seconds += time.perf_counter() - t0  # launched here, finished by its first slice's sync
 
@@ -187,14 +200,16 @@ class StepExecutor:
         t0 = time.perf_counter()
         task = self.start_prefill(request, layout)
         logits = task.run(task.remaining)
+        assert logits is not None  # every position ran
         self.runner.sync()
         task.seconds = time.perf_counter() - t0
         return self.finish_prefill(task, request, logits)
 
     def _slice(self, seq: SeqState, tokens: int, out: StepOutcome) -> tuple[SeqState, torch.Tensor | None]:
-        before = seq.prefill.done
-        logits = seq.prefill.run(tokens)
-        out.prefill_tokens += seq.prefill.done - before
+        task = seq.prefilling
+        before = task.done
+        logits = task.run(tokens)
+        out.prefill_tokens += task.done - before
         return seq, logits
 
     def _first_token(self, seq: SeqState, logits: torch.Tensor, out: StepOutcome) -> None:
@@ -203,16 +218,17 @@ class StepExecutor:
         request = seq.request
         if self._escalated(seq, logits):
             return
-        pre = self.finish_prefill(seq.prefill, request, logits)
+        task = seq.prefilling
+        pre = self.finish_prefill(task, request, logits)
         if request.shadow is not None and not request.shadow.take_prefill(
-            pre.logits, pre.token_ids, seq.prefill.layout, pre.stats
+            pre.logits, pre.token_ids, task.layout, pre.stats
         ):
             request.shadow = None  # nothing was fused: nothing to measure
         seq.prefill, seq.layout, seq.phase = None, None, Phase.DECODE  # a tier may evict the chunks now
         seq.decode = self.runner.decode_state(pre, request)
         out.pieces[id(seq)] = seq.decode.start()
         for fork in (f for f in seq.forks if not f.cancelled):  # more answers: from a copy of this cache
-            self._guarded(out, fork, lambda f=fork: self._fork(f, pre, out))
+            self._guarded(out, fork, partial(self._fork, fork, pre, out))
         if request.shadow is not None:
             self._finished(seq)
 
@@ -223,7 +239,7 @@ class StepExecutor:
     def _escalated(self, seq: SeqState, logits: torch.Tensor) -> bool:
         """The fidelity guard on a finished fused prefill (guarded or sampled requests: the shadow keeps the
         signals): True when it starts a full prefill of the request in the same cache instead."""
-        task, request = seq.prefill, seq.request
+        task, request = seq.prefilling, seq.request
         guarded = self.fidelity.guards(request.fusion)
         if task.ctx is None or task.selected is None or (not guarded and request.shadow is None):
             return False
@@ -259,7 +275,7 @@ class StepExecutor:
     def _decode(self, rows: list[SeqState], out: StepOutcome) -> None:
         t0 = time.perf_counter()
         try:
-            logits = self.runner.decode_batch([s.decode for s in rows])
+            logits = self.runner.decode_batch([s.decoding for s in rows])
         except torch.OutOfMemoryError:  # the batch's own size: its requests fail, the loop goes on
             out.failed += [(s, OutOfMemoryError("the decode step ran out of device memory")) for s in rows]
             return
@@ -268,11 +284,11 @@ class StepExecutor:
 
     def _sample(self, rows: list[SeqState], logits: torch.Tensor, out: StepOutcome) -> None:
         """Each decode row's next token from its logits row (the grammar rows masked together)."""
-        constraints = [s.decode.constraint for s in rows]
+        constraints = [s.decoding.constraint for s in rows]
         masked = constrain(logits, constraints) if any(constraints) else [None] * len(rows)
         for seq, row, masked_row in zip(rows, logits, masked):
             try:
-                out.pieces[id(seq)] = seq.decode.feed(row, masked_row)
+                out.pieces[id(seq)] = seq.decoding.feed(row, masked_row)
             except Exception as exc:  # noqa: BLE001 - this request's sampling or detokenising: its own error
                 out.failed.append((seq, exc))
             if seq.request.shadow is not None:
@@ -280,9 +296,10 @@ class StepExecutor:
 
     def _finished(self, seq: SeqState) -> None:
         """A sampled request that just returned its answer: its fidelity shadow is queued."""
-        if seq.decode.done:
+        shadow, decoding = seq.request.shadow, seq.decoding
+        if shadow is not None and decoding.done:
             r = self.runner
-            self.fidelity.finished(seq.request.shadow, seq.decode.generated, r.model, r.new_cache, r.backend)
+            self.fidelity.finished(shadow, decoding.generated, r.model, r.new_cache, r.backend)
             seq.request.shadow = None
 
 

@@ -137,18 +137,20 @@ class ModelRunner:
             self.backend,
             self.graphs,
         )
-        task.selector_name, task.ratio = selector.name, ratio
+        task.selector_name = selector.name
         return task
 
     def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
         """The finished task as a Prefill, with what fusion did in the request's stats."""
         layout, stats = task.layout, request.stats
         if layout.chunks:
+            selected = task.selected
+            assert selected is not None  # a layout with chunks always runs its selection
             stats.prefix_tokens_reused = task.prefix_tokens
             stats.selector, stats.recompute_ratio = task.selector_name, task.ratio
-            stats.tokens_recomputed = int(task.selected.numel())
+            stats.tokens_recomputed = int(selected.numel())
             stats.tokens_reused = task.n_chunk - stats.tokens_recomputed
-            count_reuse(layout, stats, task.selected)
+            count_reuse(layout, stats, selected)
         stats.prefill_ms = task.seconds * 1e3
         stats.ttft_ms = (time.perf_counter() - request.t_start) * 1e3  # to the logits; decoding adds the sampling
         return Prefill(logits[-1], layout.token_ids, task.cache, stats, task.selected)

@@ -97,6 +97,18 @@ class SeqState:
     forks: list[SeqState] = field(default_factory=list)  # more answers to this prompt: they decode from a
     # copy of this one's cache once its prefill is done (n > 1 shares one prefill)
 
+    @property
+    def prefilling(self) -> PrefillTask:
+        """The prefill in progress (a request in its PREFILL phase holds one)."""
+        assert self.prefill is not None, "no prefill in progress"
+        return self.prefill
+
+    @property
+    def decoding(self) -> DecodeState:
+        """The decode state (a request in its DECODE phase holds one)."""
+        assert self.decode is not None, "not decoding"
+        return self.decode
+
     def deliver(self, pieces: list[GenerationChunk]) -> None:
         for piece in pieces:
             self.out.put(piece)

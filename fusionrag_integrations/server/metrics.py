@@ -7,7 +7,7 @@ FusionEngine.status()."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -43,12 +43,16 @@ class Metrics:
         self.chunks = Counter(
             "fusionrag_chunks", "Chunks found in prompts, and how they were served", ["kind"], registry=r
         )
+
+        def store_count(name: str) -> Callable[[], float]:
+            return lambda: float(engine.status().store.get(name, 0))
+
         store_hits = Gauge("fusionrag_store_lookups", "Chunk-KV store lookups by tier (or miss)", ["tier"], registry=r)
         for tier in ("gpu", "cpu", "disk", "redis", "miss"):
-            store_hits.labels(tier).set_function(lambda tier=tier: engine.status().store.get(tier, 0))
+            store_hits.labels(tier).set_function(store_count(tier))
         events = Gauge("fusionrag_store_events", "Chunk store events since start", ["event"], registry=r)
         for event in STORE_EVENTS:
-            events.labels(event).set_function(lambda event=event: engine.status().store.get(event, 0))
+            events.labels(event).set_function(store_count(event))
         Gauge("fusionrag_healthy", "1 while the engine's step loop runs", registry=r).set_function(
             lambda: float(engine.status().healthy)
         )

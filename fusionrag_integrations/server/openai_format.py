@@ -84,7 +84,8 @@ def completion_prompt(body: CompletionRequest) -> tuple[str, dict[str, Any]]:
     return body.text(), {**settings, "response_format": requested_format(body)}
 
 
-def usage_json(usage: Usage) -> dict[str, Any]:
+def usage_json(usage: Usage | None) -> dict[str, Any]:
+    assert usage is not None  # a finished generation's last piece carries its usage
     return {
         "prompt_tokens": usage.prompt_tokens,
         "completion_tokens": usage.completion_tokens,
@@ -115,7 +116,7 @@ def chat_response(
     decode: Decode | None = None,
 ) -> dict:
     message: dict[str, Any] = {"role": "assistant", "content": text}
-    finish = last.finish_reason
+    finish: str | None = last.finish_reason
     if tools:
         parsed = parse_tool_calls(text, {t.get("function", {}).get("name") for t in tools})
         if parsed.tool_calls:

@@ -132,6 +132,10 @@ class _Generation(_Body):
     def stops(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
+    def logprob_count(self) -> int | None:
+        """Alternatives to report per token (None: no logprobs); each endpoint spells the field its way."""
+        raise NotImplementedError
+
 
 class ChatCompletionRequest(_Generation):
     messages: list[ChatMessage] = Field(min_length=1)

@@ -72,6 +72,7 @@ def register(app: FastAPI, engine: FusionEngine, model_name: str, settings: Serv
                 raise APIError(400, f"messages: {err}", "invalid_value", "messages") from None
             text, special = render_prompt(tokenizer, messages, extra.get("tools"))
         else:
+            assert body.prompt is not None  # exactly one of the two (the validator)
             text, special = render_prompt(tokenizer, body.prompt)
         ids = encode_text(tokenizer, text, special)
         return {"tokens": ids, "count": len(ids), "max_model_len": engine.context_window}

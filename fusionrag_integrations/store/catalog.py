@@ -21,13 +21,15 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from ..integrity import is_valid_key
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 _COLUMNS = "key, text, context_id, num_tokens"
 _DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
 
@@ -118,7 +120,7 @@ class SqliteCatalog:
         self._inode = _inode(path)
         self._data_version = self._version()
 
-    def _guarded(self, what: str, call: Callable[[sqlite3.Connection], object], default: object) -> object:
+    def _guarded(self, what: str, call: Callable[[sqlite3.Connection], T], default: T) -> T:
         """call(db) under the lock. Damage found here: the file is set aside and a new one opened
         (unless another process did that already), and the call answers `default`."""
         with self._lock:
@@ -183,6 +185,7 @@ class SqliteCatalog:
         """Another process may have set the damaged file aside already: then the file now at the path is
         its new catalog, opened as it is; else this one sets it aside."""
         path = self.path
+        assert path is not None  # an in-memory catalog is never damaged on disk
         if _inode(path) not in (None, damaged_inode):
             try:
                 return _open_writable(path)
@@ -255,7 +258,7 @@ class SqliteCatalog:
     def least_recent(self) -> list[tuple[str, int, float]]:
         """(key, bytes, last use) of every entry on disk, least recently used first."""
         sql = "SELECT key, bytes, used FROM usage WHERE model_fp = ? ORDER BY used, rowid"
-        rows = self._guarded("read", lambda db: db.execute(sql, (self.model_fp,)).fetchall(), [])
+        rows: list[tuple] = self._guarded("read", lambda db: db.execute(sql, (self.model_fp,)).fetchall(), [])
         return [(k, int(n), float(t)) for k, n, t in rows if is_valid_key(k)]
 
     def close(self) -> None:
@@ -273,7 +276,7 @@ class SqliteCatalog:
         chunks reach this one. Rows with a key that is not a key are skipped (never used as a path)."""
         sql = f"SELECT rowid, {_COLUMNS} FROM chunks WHERE model_fp = ? AND rowid > ? ORDER BY rowid"
         generation = self.generation
-        rows = self._guarded("read", lambda db: db.execute(sql, (self.model_fp, rowid)).fetchall(), [])
+        rows: list[tuple] = self._guarded("read", lambda db: db.execute(sql, (self.model_fp, rowid)).fetchall(), [])
         if self.generation != generation:
             return [], 0  # a new file: its rows start again from the beginning
         last = max((r[0] for r in rows), default=rowid)
@@ -281,7 +284,7 @@ class SqliteCatalog:
 
     def _select(self, where: str, args: tuple) -> list[ChunkRef]:
         sql = f"SELECT {_COLUMNS} FROM chunks WHERE model_fp = ? AND {where}"
-        rows = self._guarded("read", lambda db: db.execute(sql, (self.model_fp, *args)).fetchall(), [])
+        rows: list[tuple] = self._guarded("read", lambda db: db.execute(sql, (self.model_fp, *args)).fetchall(), [])
         return [ref for row in rows if (ref := _ref(row)) is not None]
 
 
@@ -292,7 +295,7 @@ def _inode(path: Path | None) -> int | None:
         return None
 
 
-def _ref(row: tuple) -> ChunkRef | None:
+def _ref(row: Sequence[object]) -> ChunkRef | None:
     key, text, context_id, num_tokens = row
     if not (is_valid_key(key) and isinstance(text, str) and isinstance(context_id, str)):
         log.warning("ignoring a chunk catalog row with a malformed key or text: %.80r", key)
