@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from ..errors import InvalidArgumentError, InvalidConfigError, ModelNotFoundError, UnsupportedModelError
 from .config import ModelConfig, Tokenizer
 from .files import verified_directory
+from .gguf_once import gguf_read_once
 from .identity import model_fingerprint, tokenizer_fingerprint
 from .rope import SUPPORTED_ROPE_TYPES, RotaryEmbedding
 from .transformer import TransformerModel
@@ -162,11 +163,12 @@ def convert_gguf(path: Path, models_dir: Path) -> Path:
 def _convert_into(tmp: Path, path: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s to safetensors once (about 20 s for a 135M model; later loads take ~1 s)", path.name)
+    log.info("converting %s to safetensors once (seconds to a minute; later loads read the result)", path.name)
     kwargs = dict(gguf_file=path.name, local_files_only=True)
     try:
-        hf = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
+        with gguf_read_once():
+            hf = AutoModelForCausalLM.from_pretrained(path.parent, dtype=torch.float32, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, **kwargs)
     except ValueError as exc:  # transformers names the GGUF architecture it cannot read
         raise UnsupportedModelError(f"cannot load GGUF {path.name}: {exc}") from None
     _check_architecture(hf.config)

@@ -1,12 +1,10 @@
 """The executor: the model work a step plan names (runtime/plan.py), in order, for the step loop.
 
-Lay out (find each admitted-soon request's chunk entries; compute the missing ones and store them),
-start the admitted prefills (cache, placement, selection: the selector fully configured first,
-QCFuse's layer profiled once as an explicit step), run the prefill slices, then one batched decode
-forward, then a step of bulk work. A fused request that the fidelity guard flags when its prefill
-ends goes back to a full prefill (fidelity/guard.py). Sampling happens here too (first tokens and
-decode rows), so the outcome carries the text pieces. A request whose own work fails is reported
-failed (the others go on); running out of device memory while others run sends a request back to wait.
+Lay out (find each request's chunk entries, computing the missing ones), start the admitted prefills
+(cache, placement, selection; QCFuse's layer profiled once as an explicit step), run the prefill
+slices, one batched decode forward, a step of bulk work. The fidelity guard may send a fused prefill
+back to a full one. Sampling happens here too, so the outcome carries the text pieces. A request whose
+own work fails is reported failed (the others go on); out of device memory while others run, it waits.
 """
 
 from __future__ import annotations
@@ -34,6 +32,9 @@ from .plan import StepOutcome, StepPlan
 from .prefill_task import PrefillTask
 from .runner import ModelRunner
 from .state import Phase, Request, SeqState
+
+Slices = list[tuple[SeqState, int]]  # a step's prefill slices: (request, positions to compute)
+Finished = tuple[SeqState, torch.Tensor | None]  # a slice's request and its last logits once its prefill ends
 
 
 class StepExecutor:
@@ -80,9 +81,9 @@ class StepExecutor:
         out.background = self.fidelity.pending
         return out
 
-    def _slices(self, slices: list[tuple[SeqState, int]], out: StepOutcome, running: bool) -> None:
+    def _slices(self, slices: Slices, out: StepOutcome, running: bool) -> None:
         """The step's prefill slices, one forward each (a request's error or lack of memory is its own)."""
-        t0, finished = time.perf_counter(), list[tuple[SeqState, torch.Tensor | None]]()
+        t0, finished = time.perf_counter(), list[Finished]()
         for seq, tokens in slices:
             work = lambda s=seq, n=tokens: finished.append(self._slice(s, n, out))  # noqa: E731
             self._guarded(out, seq, work, requeue=running)
@@ -91,22 +92,18 @@ class StepExecutor:
             out.prefill_s = time.perf_counter() - t0
             self._first_tokens(slices, finished, out.prefill_s, out)
 
-    def _mixes(self, slices: list[tuple[SeqState, int]], rows: list[SeqState]) -> bool:
+    def _mixes(self, slices: Slices, rows: list[SeqState]) -> bool:
         if not self.runner.config.mixed_steps or not slices or (not rows and len(slices) == 1):
             return False
         return all(seq.prefilling.sliceable for seq, _ in slices)
 
-    def _mixed(self, slices: list[tuple[SeqState, int]], rows: list[SeqState], out: StepOutcome) -> bool:
+    def _mixed(self, slices: Slices, rows: list[SeqState], out: StepOutcome) -> bool:
         """The step's slices and decode rows in one forward (runtime/packed_step.py); False when it failed
         (out of memory, or a request's own error): nothing changed, the caller runs the parts apart."""
         t0, done = time.perf_counter(), sum(seq.prefilling.done for seq, _ in slices)
         try:
-            result = packed_step(
-                self.runner.model,
-                [(s.prefilling, n) for s, n in slices],
-                [s.decoding for s in rows],
-                self.runner.backend,
-            )
+            tasks, states = [(s.prefilling, n) for s, n in slices], [s.decoding for s in rows]
+            result = packed_step(self.runner.model, tasks, states, self.runner.backend)
             self.runner.sync()
         except Exception:  # noqa: BLE001 - each part again on its own, its error its own
             self.counters["mixed_step_fallbacks"] += 1
@@ -121,13 +118,7 @@ class StepExecutor:
             out.decode_rows, out.decode_s = len(rows), out.prefill_s
         return True
 
-    def _first_tokens(
-        self,
-        slices: list[tuple[SeqState, int]],
-        finished: Sequence[tuple[SeqState, torch.Tensor | None]],
-        seconds: float,
-        out: StepOutcome,
-    ) -> None:
+    def _first_tokens(self, slices: Slices, finished: Sequence[Finished], seconds: float, out: StepOutcome) -> None:
         for seq, _ in slices:
             if seq.prefill is not None:
                 seq.prefill.seconds += seconds
@@ -156,19 +147,17 @@ class StepExecutor:
         """WAITING -> READY: chunk entries found (missing ones computed and stored), sizes known."""
         request = seq.request
         layout = self.layout_of(request)
-        n = len(layout.token_ids)
+        n, n_chunk = len(layout.token_ids), sum(c.entry.num_tokens for c in layout.chunks)
         check_length(n, request.sampling.max_new_tokens, self.layout.context_window)
         selector, ratio = self.selection(request)
         share = ratio if selector.fixed_share is None else selector.fixed_share
-        n_chunk = sum(c.entry.num_tokens for c in layout.chunks)
         seq.layout = layout  # its forks (more answers) each hold a copy of its cache: their room is reserved too
         seq.kv_tokens = (n + request.sampling.max_new_tokens) * (1 + len(seq.forks))
         seq.prefill_tokens = n - n_chunk + round(share * n_chunk)
         seq.phase = Phase.READY
 
     def layout_of(self, request: Request) -> Layout:
-        draft = request.draft if request.draft is not None else prepare(self.layout, request)
-        request.draft = None
+        draft, request.draft = request.draft if request.draft is not None else prepare(self.layout, request), None
         computed = {e.text for e in self.chunk_compute.compute(self.layout.missing(draft))}
         for _ in range(3):  # an entry found missing while building (evicted meanwhile): compute it, build again
             layout, jobs = self.layout.build(draft, request.stats, computed)
@@ -180,8 +169,7 @@ class StepExecutor:
     def _start(self, seq: SeqState) -> None:
         """READY -> PREFILL: the cache allocated, chunks placed, tokens selected."""
         t0 = time.perf_counter()
-        assert seq.layout is not None  # laid out when READY
-        seq.prefill = self.start_prefill(seq.request, seq.layout)
+        seq.prefill = self.start_prefill(seq.request, seq.laid_out)
         seq.prefill.seconds += time.perf_counter() - t0  # launched here, finished by its first slice's sync
 
     def start_prefill(self, request: Request, layout: Layout) -> PrefillTask:
@@ -259,9 +247,8 @@ class StepExecutor:
             return False
         request.stats.escalated, request.shadow = True, None  # full attention answers: nothing to measure
         full, _ = self.selectors(FusionParams(selector="full"))
-        again = self.runner.start_prefill(task.layout, full, 1.0, request.sampling.max_new_tokens, task.cache)
-        again.seconds = task.seconds
-        seq.prefill = again
+        seq.prefill = self.runner.start_prefill(task.layout, full, 1.0, request.sampling.max_new_tokens, task.cache)
+        seq.prefill.seconds = task.seconds
         return True
 
     def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
@@ -296,9 +283,8 @@ class StepExecutor:
 
     def _finished(self, seq: SeqState) -> None:
         """A sampled request that just returned its answer: its fidelity shadow is queued."""
-        shadow, decoding = seq.request.shadow, seq.decoding
+        shadow, decoding, r = seq.request.shadow, seq.decoding, self.runner
         if shadow is not None and decoding.done:
-            r = self.runner
             self.fidelity.finished(shadow, decoding.generated, r.model, r.new_cache, r.backend)
             seq.request.shadow = None
 

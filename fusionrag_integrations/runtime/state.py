@@ -98,6 +98,12 @@ class SeqState:
     # copy of this one's cache once its prefill is done (n > 1 shares one prefill)
 
     @property
+    def laid_out(self) -> Layout:
+        """The prompt's layout (a request holds one from READY until its prefill ends)."""
+        assert self.layout is not None, "not laid out"
+        return self.layout
+
+    @property
     def prefilling(self) -> PrefillTask:
         """The prefill in progress (a request in its PREFILL phase holds one)."""
         assert self.prefill is not None, "no prefill in progress"

@@ -27,29 +27,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from ..integrity import is_valid_key
+from .sqlite_file import file_inode, is_damage, open_read_only, open_writable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 _COLUMNS = "key, text, context_id, num_tokens"
-_DAMAGED = {11, 26}  # SQLITE_CORRUPT, SQLITE_NOTADB
-
-
-class CatalogDamagedError(sqlite3.DatabaseError):
-    """The catalog file's pages are not a sound database (found by quick_check or by a read)."""
-
-
-def is_damage(err: sqlite3.Error) -> bool:
-    """Damage to the file (never a lock, a read-only file or a full disk: those keep the file)."""
-    if isinstance(err, CatalogDamagedError) or getattr(err, "sqlite_errorcode", None) in _DAMAGED:
-        return True
-    text = str(err)
-    return "malformed" in text or "not a database" in text
-
-
-def _check_pages(db: sqlite3.Connection) -> None:
-    problems = [row[0] for row in db.execute("PRAGMA quick_check").fetchall()]
-    if problems != ["ok"]:
-        raise CatalogDamagedError(f"quick_check: {'; '.join(map(str, problems[:3]))}")
 
 
 @dataclass(frozen=True)
@@ -60,55 +42,6 @@ class ChunkRef:
     num_tokens: int
 
 
-def _use_wal(db: sqlite3.Connection, patience_s: float = 30.0) -> None:
-    """WAL mode: readers never block the one writer. The switch needs an exclusive lock, and when
-    several processes open a new catalog at once SQLite answers "database is locked" at once
-    (breaking the deadlock) instead of waiting on the busy timeout: retry until one has switched."""
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            db.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as err:
-            if "locked" not in str(err) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.02)
-
-
-def _open_writable(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(str(path), timeout=30.0, check_same_thread=False)
-    try:
-        _use_wal(db)
-        with db:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS chunks (model_fp TEXT NOT NULL, key TEXT NOT NULL, text TEXT NOT NULL, "
-                "context_id TEXT NOT NULL, num_tokens INTEGER NOT NULL, created REAL NOT NULL, "
-                "PRIMARY KEY (model_fp, key))"
-            )
-            db.execute(  # the disk budget's bookkeeping: bytes on disk and last use of each entry
-                "CREATE TABLE IF NOT EXISTS usage (model_fp TEXT NOT NULL, key TEXT NOT NULL, bytes INTEGER NOT NULL, "
-                "used REAL NOT NULL, PRIMARY KEY (model_fp, key))"
-            )
-        _check_pages(db)  # every page of the file: damage anywhere fails here, not at a later read
-    except BaseException:
-        db.close()
-        raise
-    return db
-
-
-def _open_read_only(path: Path) -> sqlite3.Connection:
-    """A catalog in a directory we may not write: mode=ro, or immutable when WAL's shared memory
-    file cannot be created either."""
-    for flags in ("mode=ro", "immutable=1"):
-        db = sqlite3.connect(f"file:{path}?{flags}", uri=True, timeout=30.0, check_same_thread=False)
-        try:
-            db.execute("SELECT count(*) FROM chunks").fetchone()
-            return db
-        except sqlite3.Error:
-            db.close()
-    raise sqlite3.OperationalError("cannot open the catalog read-only")
-
-
 class SqliteCatalog:
     def __init__(self, path: Path | None, model_fingerprint: str) -> None:
         self.model_fp, self.path = model_fingerprint, path
@@ -117,7 +50,7 @@ class SqliteCatalog:
         self.generation = 0  # bumped when a damaged file was replaced: its rows must be rebuilt
         self._lock = threading.Lock()
         self._db = self._open(path)
-        self._inode = _inode(path)
+        self._inode = file_inode(path)
         self._data_version = self._version()
 
     def _guarded(self, what: str, call: Callable[[sqlite3.Connection], T], default: T) -> T:
@@ -141,21 +74,21 @@ class SqliteCatalog:
         path = self.path
         if self.read_only:
             log.warning("chunk catalog %s is damaged (%s, on %s) and read-only: indexing in memory", path, err, what)
-            self._db = _open_writable(Path(":memory:"))
+            self._db = open_writable(Path(":memory:"))
         else:
             log.warning("chunk catalog %s is damaged (%s, found on %s)", path, err, what)
             self._db = self._reopen_after_damage(err, self._inode)
-            self._inode = _inode(path)
+            self._inode = file_inode(path)
 
     def _open(self, path: Path | None) -> sqlite3.Connection:
         if path is None:
-            return _open_writable(Path(":memory:"))
+            return open_writable(Path(":memory:"))
         existed = path.is_file() and path.stat().st_size > 0
         if existed and not os.access(path.parent, os.W_OK):  # read-only mount or permissions: never write
             return self._open_read_only(path, PermissionError("the cache directory is not writable"))
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            return _open_writable(path)
+            return open_writable(path)
         except sqlite3.DatabaseError as err:
             if "readonly" in str(err) or "unable to open" in str(err):
                 return self._open_read_only(path, err)
@@ -166,10 +99,10 @@ class SqliteCatalog:
     def _open_read_only(self, path: Path, err: Exception) -> sqlite3.Connection:
         self.read_only = True
         try:
-            return _open_read_only(path)
+            return open_read_only(path)
         except sqlite3.Error:
             log.warning("chunk catalog %s is not writable (%s) nor readable: indexing in memory", path, err)
-            return _open_writable(Path(":memory:"))
+            return open_writable(Path(":memory:"))
 
     def _set_aside(self, path: Path, err: Exception) -> sqlite3.Connection:
         """A garbled catalog file: move it (and its WAL files) aside and start a new one."""
@@ -179,16 +112,16 @@ class SqliteCatalog:
             old = path.with_name(path.name + suffix)
             if old.exists():
                 old.replace(path.with_name(f"{path.name}.corrupt-{stamp}{suffix}"))
-        return _open_writable(path)
+        return open_writable(path)
 
     def _reopen_after_damage(self, err: Exception, damaged_inode: int | None) -> sqlite3.Connection:
         """Another process may have set the damaged file aside already: then the file now at the path is
         its new catalog, opened as it is; else this one sets it aside."""
         path = self.path
         assert path is not None  # an in-memory catalog is never damaged on disk
-        if _inode(path) not in (None, damaged_inode):
+        if file_inode(path) not in (None, damaged_inode):
             try:
-                return _open_writable(path)
+                return open_writable(path)
             except sqlite3.DatabaseError as again:
                 if not is_damage(again):
                     raise
@@ -201,12 +134,12 @@ class SqliteCatalog:
     def changed(self) -> bool:
         """Whether another connection (another process) committed since the last call: one cheap pragma
         (and one stat: when another process replaced a damaged file, this one opens the new file too)."""
-        if self.path is not None and not self.read_only and _inode(self.path) != self._inode:
+        if self.path is not None and not self.read_only and file_inode(self.path) != self._inode:
             with self._lock:
                 self._db.close()
                 self.generation += 1
                 self._db = self._open(self.path)
-                self._inode = _inode(self.path)
+                self._inode = file_inode(self.path)
         version = self._version()
         changed, self._data_version = version != self._data_version, version
         return changed
@@ -286,13 +219,6 @@ class SqliteCatalog:
         sql = f"SELECT {_COLUMNS} FROM chunks WHERE model_fp = ? AND {where}"
         rows: list[tuple] = self._guarded("read", lambda db: db.execute(sql, (self.model_fp, *args)).fetchall(), [])
         return [ref for row in rows if (ref := _ref(row)) is not None]
-
-
-def _inode(path: Path | None) -> int | None:
-    try:
-        return os.stat(path).st_ino if path is not None else None
-    except OSError:
-        return None
 
 
 def _ref(row: Sequence[object]) -> ChunkRef | None:
