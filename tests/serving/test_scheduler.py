@@ -44,6 +44,19 @@ def engines(smol_engine, tmp_path):
     return alone, batched
 
 
+_ALONE: dict[str, object] = {}
+
+
+def each_alone(alone, work) -> list:
+    """Each request's answer from the engine that serves one at a time (greedy, so each is computed once
+    per module: several tests compare against the same requests)."""
+    for prompt, settings in work:
+        key = repr((prompt, sorted(settings.items())))
+        if key not in _ALONE:
+            _ALONE[key] = alone.generate(prompt, **settings)
+    return [_ALONE[repr((p, sorted(s.items())))] for p, s in work]
+
+
 def run_concurrently(engine, work) -> list:
     results: list = [None] * len(work)
 
@@ -65,7 +78,7 @@ def run_concurrently(engine, work) -> list:
 def test_eight_concurrent_requests_equal_each_alone(engines):
     alone, batched = engines
     work = requests()
-    reference = [alone.generate(prompt, **settings) for prompt, settings in work]
+    reference = each_alone(alone, work)
     together = run_concurrently(batched, work)
     for ref, got in zip(reference, together, strict=True):
         assert got.token_ids == ref.token_ids and got.text == ref.text and got.finish_reason == ref.finish_reason
@@ -88,7 +101,7 @@ def test_a_failed_mixed_step_runs_its_parts_apart(engines, monkeypatch):
     monkeypatch.setattr(executor, "packed_step", fail)
     alone, batched = engines
     work = requests()[:4]
-    reference = [alone.generate(prompt, **settings) for prompt, settings in work]
+    reference = each_alone(alone, work)
     together = run_concurrently(batched, work)
     assert [g.token_ids for g in together] == [r.token_ids for r in reference]
     assert batched.counters["mixed_step_fallbacks"] > 0 and not batched.counters["mixed_steps"]
@@ -97,7 +110,7 @@ def test_a_failed_mixed_step_runs_its_parts_apart(engines, monkeypatch):
 def test_a_cancelled_stream_does_not_disturb_the_others(engines):
     alone, batched = engines
     work = requests()[:3]
-    reference = [alone.generate(prompt, **{**settings, "stop": None}) for prompt, settings in work]
+    reference = each_alone(alone, [(p, {**s, "stop": None}) for p, s in work])
     dropped = batched.stream(work[0][0], max_new_tokens=40)
     first = [next(dropped), next(dropped)]
     others = run_concurrently(batched, [(p, {**s, "stop": None}) for p, s in work[1:]])
@@ -140,7 +153,7 @@ def test_a_request_that_does_not_fit_the_kv_budget_waits(smol_engine, tmp_path):
     budget = (need + 10) * per_token
     tight = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8, running_kv_bytes=budget)
     together = run_concurrently(tight, work)
-    assert [r.token_ids for r in together] == [alone.generate(p, **s).token_ids for p, s in work]
+    assert [r.token_ids for r in together] == [r.token_ids for r in each_alone(alone, work)]
     assert tight.scheduler.peak_running == 1
 
 
@@ -150,7 +163,7 @@ def test_long_prefills_run_in_pieces_between_decode_steps(engines, smol_engine, 
     alone, _ = engines
     paced = engine_on(smol_engine.loaded, tmp_path / "c", max_running_requests=8, max_prefill_tokens=32)
     work = requests()[:6] + [("A plain prompt without any chunk, long enough to be split. " * 4, {"max_new_tokens": 8})]
-    reference = [alone.generate(prompt, **settings).token_ids for prompt, settings in work]
+    reference = [r.token_ids for r in each_alone(alone, work)]
     slices = []
     next_slice = PrefillTask.next_slice
 
