@@ -12,9 +12,10 @@ price it alone:
   deviation), not its length: a chunk whose KV was computed in a context like this one needs little.
 - sink tokens: each chunk's first `sink_tokens` are recomputed inside its share (EPIC, CacheClip).
   sink_scope="context" (default) does so only for chunks whose KV was computed after other text
-  (similarity-guided or seen in a prompt): there recomputing 4 of them helped (MuSiQue KL 0.191 ->
-  0.152 of standalone none's, synthetic 0.231 -> 0.074); over standalone KV it hurt (MuSiQue 0.521 ->
-  0.645), so QCFuse's rule is left unchanged for those chunks (benchmarks/RESULTS.md, issue 21).
+  (similarity-guided or seen in a prompt): there the first tokens carry the chunk's start-of-text
+  attention pattern that its new context changes most, and recomputing them helped; over standalone
+  KV it hurt (the budget is better spent where the question reads), so QCFuse's rule is left unchanged
+  for those chunks (benchmarks/RESULTS.md, "Quality defaults").
 - adaptive ratio: the request's budget follows where its deviation ranks among recent requests
   (DeviationReference), from ratio / 2 for the easiest to 1.5 ratio for the hardest: easy prompts
   recompute less, hard ones more, and the mean over a stream of requests stays at ratio.
