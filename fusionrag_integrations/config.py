@@ -275,6 +275,11 @@ class EngineConfig(_Settings):
         "on the first token of the first request of each cache layout and shared by later ones; needs the Triton "
         "kernel (head_dim 64 or 128).",
     )
+    cuda_graph_probe: bool = Field(
+        True,
+        description="On CUDA, replay a fused prefill's launch-bound passes (the selection probe, a recompute of at "
+        "most 256 positions) from CUDA graphs once a prompt layout recurs (model/graphs.py).",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -289,12 +294,5 @@ class EngineConfig(_Settings):
     @model_validator(mode="after")
     def _target_needs_samples(self) -> EngineConfig:
         if self.fusion.fidelity_target is not None and self.fidelity_sample_rate <= 0.0:
-            raise ValueError("fusion.fidelity_target needs fidelity_sample_rate > 0: the controller steers by the "
-                             "shadow samples")  # fmt: skip
+            raise ValueError("fusion.fidelity_target needs fidelity_sample_rate > 0 (the controller steers by it)")
         return self
-
-    cuda_graph_probe: bool = Field(
-        True,
-        description="On CUDA, replay the FusionRAG/QCFuse selection probe from a CUDA graph once a prompt layout "
-        "(fresh-token count rounded up to 16, cache size) recurs; the probe is launch-bound without.",
-    )

@@ -1,24 +1,28 @@
-"""CUDA graphs of the launch-bound passes: the decode step and the selection probe.
+"""CUDA graphs of the launch-bound passes: the decode step, the selection probe and a short recompute.
 
-Decoding one token or probing ~80 question tokens is little GPU work but ~11-25 small kernel
-launches a layer, so eager they run at the host's pace (benchmarks/launch_overhead.py); a graph
-replays the whole pass with one launch. A graph replays fixed shapes and addresses, so a graphed
-pass differs from the eager one:
-- its inputs live in device buffers overwritten before each replay (the probe's tokens padded to a
-  multiple of BUCKET by repeating the last one: same token, same position, same K/V row);
+Decoding one token, probing ~80 question tokens or recomputing a few hundred positions (a fused
+prefill that keeps most chunk tokens) is little GPU work but ~11-25 small kernel launches a layer,
+so eager they run at the host's pace (benchmarks/launch_overhead.py); a graph replays the whole pass
+with one launch. A graph replays fixed shapes and addresses, so a graphed pass differs from the eager one:
+- its inputs live in device buffers overwritten before each replay (the probe's and the recompute's
+  tokens padded to a multiple of BUCKET by repeating the last one: same token, same position, same
+  K/V row, the same output for the last row);
 - attention reads the cache at its full capacity through the sparse-query kernel, which stops at
   each query's position read from device memory (rows past the prompt are never touched);
 - a graph is recorded over one cache's buffers and serves every cache with the same layout
   (`KVCache.layout`), which the caching allocator gives each same-sized request; the runner rounds
   cache sizes up to CACHE_GRANULE tokens so that prompts of similar length share one.
 A decode layout is captured on its first request (its first step runs eagerly: the warm-up, and
-its answer); a probe layout on its second sighting (a one-off prompt never pays for a capture).
+its answer); a probe or recompute layout on its second sighting (a one-off prompt never pays for a
+capture). A recompute is graphed up to RECOMPUTE_MAX positions: beyond, its GEMMs keep the GPU busy
+and launches cost nothing.
 Each runner owns its graphs (no process-wide registry); the MAX_GRAPHS most recent per kind stay.
 """
 
 from __future__ import annotations
 
 import threading
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +39,7 @@ from .transformer import TransformerModel
 BUCKET = 16
 CACHE_GRANULE = 1024  # tokens; at most ~130 MB of extra KV a request for an 8B model
 MAX_GRAPHS = 4  # per kind: the most recently used layouts
+RECOMPUTE_MAX = 256  # positions: a longer recompute pass is GPU-bound
 
 
 def graph_friendly_capacity(needed: int, limit: int) -> int:
@@ -79,7 +84,9 @@ class Captured:
 class GraphCache:
     """One runner's graphs, by (kind, layout). `decode` / `probe`: whether that pass is graphed."""
 
-    def __init__(self, model: TransformerModel, backend: str, decode: bool, probe: bool) -> None:
+    def __init__(
+        self, model: TransformerModel, backend: str, decode: bool, probe: bool, recompute: bool = True
+    ) -> None:
         self.model, self.backend = model, backend
         possible = (
             model.device.type == "cuda"
@@ -87,9 +94,10 @@ class GraphCache:
             and backend != "never"
             and _dispatch.triton_available()
         )
-        self.decode, self.probe = possible and decode, possible and probe
-        self._graphs: LRU[tuple, Captured | None] = LRU(max_entries=2 * MAX_GRAPHS)
+        self.decode, self.probe, self.recompute = possible and decode, possible and probe, possible and recompute
+        self._graphs: LRU[tuple, Captured | None] = LRU(max_entries=3 * MAX_GRAPHS)
         self._lock = threading.Lock()
+        self.replays: Counter[str] = Counter()  # per kind: passes served from a graph
 
     def get(self, key: tuple) -> Captured | None:
         with self._lock:
@@ -116,9 +124,45 @@ class GraphCache:
     ) -> torch.Tensor | None:
         """The queries of layer num_layers - 1 for tokens `ids` at sorted `positions` ([n, Hq, D]),
         their K/V written into `cache` at every layer below; None: run the probe eagerly this time."""
+
+        def run(captured: Captured) -> torch.Tensor:
+            out: list[torch.Tensor] = []
+            keep = lambda layer, q, _: out.append(q) if layer == num_layers - 1 else None  # noqa: E731
+            self.run_to_capacity(
+                cache, captured.ids, captured.positions, after_write=keep, num_layers=num_layers, finish_last=False
+            )
+            return out[0]
+
+        out = self._replayed(("probe", num_layers), cache, ids, positions, run, "selection probe")
+        return None if out is None else out[: int(positions.numel())]
+
+    @torch.inference_mode()
+    def recompute_last(self, cache: KVCache, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor | None:
+        """The final hidden state [1, hidden] of the last of tokens `ids` at sorted `positions` after a pass
+        through every layer over `cache` (every token's K/V written); None: run the pass eagerly."""
+        if not self.recompute or int(positions.numel()) > RECOMPUTE_MAX:
+            return None
+
+        def run(captured: Captured) -> torch.Tensor:  # every row to the end: attend_last reads to max_position
+            h, _ = self.run_to_capacity(cache, captured.ids, captured.positions)
+            return h[-1:]
+
+        return self._replayed(("recompute",), cache, ids, positions, run, "recompute pass")
+
+    def _replayed(
+        self,
+        kind: tuple,
+        cache: KVCache,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        run: Callable[[Captured], torch.Tensor],
+        what: str,
+    ) -> torch.Tensor | None:
+        """`run` over the tokens padded to a BUCKET multiple (the last one repeated): replayed from the graph
+        of this layout, captured now on its second sighting, or None on its first."""
         n = int(positions.numel())
         bucket = -(-n // BUCKET) * BUCKET
-        key = ("probe", bucket, num_layers, *cache.layout())
+        key = (*kind, bucket, *cache.layout())
         if not self.seen(key):
             self.put(key, None)
             return None
@@ -129,20 +173,11 @@ class GraphCache:
             self.put(key, captured)
         captured.ids[:n], captured.positions[:n] = ids, positions
         captured.ids[n:], captured.positions[n:] = ids[-1:], positions[-1:]
-
-        def run() -> torch.Tensor:
-            out: list[torch.Tensor] = []
-            keep = lambda layer, q, _: out.append(q) if layer == num_layers - 1 else None  # noqa: E731
-            self.run_to_capacity(
-                cache, captured.ids, captured.positions, after_write=keep, num_layers=num_layers, finish_last=False
-            )
-            return out[0]
-
         if first_time:
-            first, captured.graph, captured.output = warm_up_and_capture(run, self.model.device, "selection probe")
-            return first[:n]
-        if captured.graph is None:
-            return run()[:n]
+            first, captured.graph, captured.output = warm_up_and_capture(lambda: run(captured), self.model.device, what)
+            return first
+        if captured.graph is None or captured.output is None:
+            return run(captured)
         captured.graph.replay()
-        assert captured.output is not None  # recorded with its graph
-        return captured.output[:n]
+        self.replays[kind[0]] += 1
+        return captured.output

@@ -42,7 +42,7 @@ class PrefillTask:
         graphs: GraphCache | None,
     ) -> None:
         """Places the chunks and runs the selection (model work: a step's first slice of this request)."""
-        self.model, self.cache, self.layout, self.backend = model, cache, layout, backend
+        self.model, self.cache, self.layout, self.backend, self.graphs = model, cache, layout, backend, graphs
         self.ids = torch.tensor(layout.token_ids, device=model.device)
         self.n = len(layout.token_ids)
         self.selected: torch.Tensor | None = None
@@ -114,8 +114,14 @@ class PrefillTask:
             self._remember_prefix()
             return self.whole[0]
         piece = self.next_slice(budget)
-        h, _ = run_layers(self.model, piece.ids, piece.positions, piece.attention, last_row_only=True)
+        h = self._graphed(piece) if piece.final and not self.plain and self.done == 0 else None
+        if h is None:
+            h, _ = run_layers(self.model, piece.ids, piece.positions, piece.attention, last_row_only=True)
         return self.finish_slice(piece, h[-1:])
+
+    def _graphed(self, piece: Slice) -> torch.Tensor | None:
+        """A whole short recompute replayed from a CUDA graph (launch-bound eager); None where not graphed."""
+        return None if self.graphs is None else self.graphs.recompute_last(self.cache, piece.ids, piece.positions)
 
     def next_slice(self, budget: int) -> Slice:
         """The next `budget` positions (at least one) as a pass to run, alone or packed with other work;

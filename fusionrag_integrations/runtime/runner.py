@@ -52,7 +52,8 @@ class ModelRunner:
         self.model, self.tokenizer, self.eos = loaded.model, loaded.tokenizer, loaded.eos_token_ids
         self.config, self.fingerprint, self.profiles = config, loaded.model_fingerprint, profiles
         self.backend = resolve_kernels(config.use_triton, self.model.device)
-        self.graphs = GraphCache(self.model, self.backend, config.cuda_graph_decode, config.cuda_graph_probe)
+        graph_fusion = config.cuda_graph_probe  # the probe and a short recompute pass
+        self.graphs = GraphCache(self.model, self.backend, config.cuda_graph_decode, graph_fusion, graph_fusion)
         self.batch_step = BatchDecodeStep(self.model, self.graphs, self.backend)
         self.prefixes = PrefixCache(config.prefix_cache_entries)
         self.grammars = Grammars(self.tokenizer, self.model.config.vocab_size, self.eos)

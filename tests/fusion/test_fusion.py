@@ -265,6 +265,6 @@ def test_a_pass_run_to_the_caches_end_reads_no_row_past_each_query(smol):
     pad = -len(positions) % BUCKET or BUCKET  # padded as a graph's inputs are: the last token repeated
     ids = torch.cat((ctx.token_ids[positions], ctx.token_ids[positions[-1:]].repeat(pad)))
     padded = torch.cat((positions, positions[-1:].repeat(pad)))
-    h, _ = GraphCache(model, ref.backend, False, False).run_to_capacity(cache, ids, padded)
+    h, _ = GraphCache(model, ref.backend, False, False, False).run_to_capacity(cache, ids, padded)
     got = model.logits(h[-1:])
     assert (got - expected).norm() / expected.norm() < 1e-5
