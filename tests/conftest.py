@@ -32,7 +32,7 @@ from fusionrag_integrations import EngineConfig, FusionEngine, default_model_pat
 from fusionrag_integrations.config import default_model_cache_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-# Converted models live in the one shared model cache (the GGUF conversion takes ~20 s, once per
+# Converted models live in the one shared model cache (the GGUF conversion takes ~12 s, once per
 # user); chunk KV for tests goes to temporary directories, or to .cache/test for shared engines.
 MODELS = default_model_cache_dir()
 TEST_CACHE = Path(os.environ.get("FUSIONRAG_TEST_CACHE", REPO / ".cache" / "test"))

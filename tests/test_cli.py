@@ -14,7 +14,7 @@ from tests.conftest import DOCS, MODELS
 
 def test_generate_and_precompute(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FUSIONRAG_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("FUSIONRAG_MODEL_CACHE", str(MODELS))  # the shared conversion, not one per test (20 s)
+    monkeypatch.setenv("FUSIONRAG_MODEL_CACHE", str(MODELS))  # the shared conversion, not one per test (~12 s)
     doc = tmp_path / "doc.txt"
     doc.write_text("\n\n".join(DOCS))
     assert cli.main(["precompute", str(doc), "--device", "cpu"]) == 0
@@ -50,7 +50,7 @@ def test_every_option_has_help():
 )
 def test_user_errors_are_one_line_with_exit_code_2(argv, needle, capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("FUSIONRAG_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("FUSIONRAG_MODEL_CACHE", str(MODELS))  # the shared conversion, not one per test (20 s)
+    monkeypatch.setenv("FUSIONRAG_MODEL_CACHE", str(MODELS))  # the shared conversion, not one per test (~12 s)
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("fusionrag: error:") and needle in err and "Traceback" not in err
@@ -74,7 +74,7 @@ def test_debug_shows_the_traceback():
 
 def test_stats_as_a_table_and_as_json(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("FUSIONRAG_CACHE_DIR", str(tmp_path))
-    monkeypatch.setenv("FUSIONRAG_MODEL_CACHE", str(MODELS))  # the shared conversion, not one per test (20 s)
+    monkeypatch.setenv("FUSIONRAG_MODEL_CACHE", str(MODELS))  # the shared conversion, not one per test (~12 s)
     assert cli.main(["generate", "Hi", "--max-new-tokens", "3", "--device", "cpu", "--stats"]) == 0
     err = capsys.readouterr().err
     assert re.search(r"^ttft_ms\s+[\d.]+$", err, re.M) and re.search(r"^completion_tokens\s+3$", err, re.M)

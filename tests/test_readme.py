@@ -1,7 +1,7 @@
 """Every ```python block of README.md runs as written, each in a fresh process, on the bundled model.
 
 Each block runs in its own temporary directory with its own HOME (so "~/.cache/fusionrag" and
-"./chroma" land there), sharing only the converted-model cache (no 20 s conversion per block).
+"./chroma" land there), sharing only the converted-model cache (no conversion per block).
 """
 
 from __future__ import annotations
