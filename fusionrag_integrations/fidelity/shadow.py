@@ -74,7 +74,8 @@ class ShadowJob:
         self.total = self.n + max(len(self.answer) - 1, 0)  # the last returned token is never fed back
         self._new_cache = new_cache
         self.cache: KVCache | None = None
-        self.done, self.rows = 0, list[torch.Tensor]()
+        self.done = 0
+        self.rows: list[torch.Tensor] = []
 
     @property
     def remaining(self) -> int:

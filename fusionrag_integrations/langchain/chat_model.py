@@ -241,7 +241,8 @@ class ChatFusionRAG(BaseChatModel):
         last = pieces[-1]
         final = final_chunk(last, self.model_name)
         content, calls = self._with_tool_calls("".join(p.text for p in pieces), kwargs)
-        metadata, info = dict(final.response_metadata), dict[str, Any](finish_reason=last.finish_reason)
+        metadata = dict(final.response_metadata)
+        info: dict[str, Any] = {"finish_reason": last.finish_reason}
         if (logprobs := self._logprobs_json(pieces)) is not None:
             metadata["logprobs"] = info["logprobs"] = logprobs
         message = AIMessage(

@@ -83,7 +83,8 @@ class StepExecutor:
 
     def _slices(self, slices: Slices, out: StepOutcome, running: bool) -> None:
         """The step's prefill slices, one forward each (a request's error or lack of memory is its own)."""
-        t0, finished = time.perf_counter(), list[Finished]()
+        t0 = time.perf_counter()
+        finished: list[Finished] = []
         for seq, tokens in slices:
             work = lambda s=seq, n=tokens: finished.append(self._slice(s, n, out))  # noqa: E731
             self._guarded(out, seq, work, requeue=running)

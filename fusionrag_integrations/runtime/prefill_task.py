@@ -46,7 +46,7 @@ class PrefillTask:
         self.ids = torch.tensor(layout.token_ids, device=model.device)
         self.n = len(layout.token_ids)
         self.selected: torch.Tensor | None = None
-        self.selector_name, self.ratio = "", ratio  # what the request's stats report (set by the runner)
+        self.selector_name, self.ratio = (selector.name if selector is not None else ""), ratio  # what the stats report
         self.positions: torch.Tensor | None = None  # the active positions in order (None: every one)
         self.n_chunk, self.prefix_tokens, self.seconds = 0, 0, 0.0
         self.done = 0  # active positions computed so far

@@ -128,7 +128,7 @@ class ModelRunner:
         """A prefill's cache (room for max_new_tokens more; or `cache`, reused), its chunks placed and tokens
         selected; the task then computes its positions a slice at a time (PrefillTask.run)."""
         cache = cache or self.new_cache(len(layout.token_ids) + max_new_tokens)
-        task = PrefillTask(
+        return PrefillTask(
             self.model,
             cache,
             layout,
@@ -138,8 +138,6 @@ class ModelRunner:
             self.backend,
             self.graphs,
         )
-        task.selector_name = selector.name
-        return task
 
     def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
         """The finished task as a Prefill, with what fusion did in the request's stats."""
