@@ -35,7 +35,10 @@ REPO = Path(__file__).resolve().parents[1]
 # Converted models live in the one shared model cache (the GGUF conversion takes ~12 s, once per
 # user); chunk KV for tests goes to temporary directories, or to .cache/test for shared engines.
 MODELS = default_model_cache_dir()
-TEST_CACHE = Path(os.environ.get("FUSIONRAG_TEST_CACHE", REPO / ".cache" / "test"))
+# Under pytest-xdist each worker process gets its own KV folder: tests on the shared engines count what
+# their store computed and loaded, and a second process writing into the same folder would change the counts.
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+TEST_CACHE = Path(os.environ.get("FUSIONRAG_TEST_CACHE", REPO / ".cache" / "test")) / _WORKER
 
 
 def shared_config(**settings) -> EngineConfig:

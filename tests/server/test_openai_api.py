@@ -36,10 +36,12 @@ def test_streaming_has_exactly_one_usage_chunk(client):
 
 def test_ingested_chunks_are_reused_and_full_equals_in_process(client, server, smol_engine, tmp_path):
     headers = {"Authorization": f"Bearer {API_KEY}"}
-    first = httpx.post(f"{server}/v1/chunks", json={"texts": DOCS}, headers=headers, timeout=300).json()
-    again = httpx.post(f"{server}/v1/chunks", json={"texts": DOCS}, headers=headers, timeout=300).json()
-    assert first["computed"] == len(DOCS) and again == {**first, "computed": 0, "cached": len(DOCS)}
-    messages = rag_messages(DOCS[:3], "Who founded the Varn Institute?")
+    # texts no other test sends: the session's server is shared, and the first ingest must compute them all
+    docs = [f"{doc} (Ingested over HTTP.)" for doc in DOCS]
+    first = httpx.post(f"{server}/v1/chunks", json={"texts": docs}, headers=headers, timeout=300).json()
+    again = httpx.post(f"{server}/v1/chunks", json={"texts": docs}, headers=headers, timeout=300).json()
+    assert first["computed"] == len(docs) and again == {**first, "computed": 0, "cached": len(docs)}
+    messages = rag_messages(docs[:3], "Who founded the Varn Institute?")
     out = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=12, temperature=0)
     stats = out.model_extra["fusionrag"]
     assert stats["chunks_found"] == 3 and stats["chunks_reused"] == 3
