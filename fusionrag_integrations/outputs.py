@@ -70,6 +70,50 @@ class GenerationStats:
     guard_score: float | None = None  # the fidelity guard's P(diverged) for this request (fidelity='guarded')
     escalated: bool = False  # the guard had it prefilled again in full: the answer is full attention's
 
+    # Each stage of a request's path reports what it did through one of these, so every field has one
+    # writer, named here: the layout, the finished prefill, the guard, the first token, the last token,
+    # the fidelity shadow.
+
+    def count_chunks(self, found: int, computed: int, hot: int) -> None:
+        """The prompt's layout: chunks located, of those computed now, and served by a memory tier."""
+        self.chunks_found += found
+        self.chunks_computed += computed
+        self.chunks_hot += hot
+
+    def count_fusion(
+        self,
+        selector: str,
+        ratio: float,
+        prefix_tokens: int,
+        chunk_tokens: int,
+        recomputed: int,
+        chunks_recomputed: int,
+        chunks_reused: int,
+    ) -> None:
+        """What the fused prefill kept and recomputed (a prompt with chunks)."""
+        self.selector, self.recompute_ratio, self.prefix_tokens_reused = selector, ratio, prefix_tokens
+        self.tokens_recomputed, self.tokens_reused = recomputed, chunk_tokens - recomputed
+        self.chunks_recomputed += chunks_recomputed
+        self.chunks_reused += chunks_reused
+
+    def prefill_done(self, prefill_s: float, since_start_s: float) -> None:
+        """The prompt's model work and the time to its logits (the first token's sampling adds to it)."""
+        self.prefill_ms, self.ttft_ms = prefill_s * 1e3, since_start_s * 1e3
+
+    def guard_decided(self, score: float, escalated: bool) -> None:
+        self.guard_score = score
+        self.escalated = self.escalated or escalated
+
+    def first_token(self, since_start_s: float) -> None:
+        self.ttft_ms = since_start_s * 1e3
+
+    def decode_done(self, since_first_s: float) -> None:
+        self.decode_ms = since_first_s * 1e3
+
+    def measured(self, sample: FidelitySample) -> None:
+        """The fidelity shadow's figures (after the answer, for most requests)."""
+        self.fidelity = sample
+
     def to_dict(self) -> dict:
         return asdict(self)
 

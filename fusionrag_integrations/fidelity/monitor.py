@@ -143,7 +143,7 @@ class FidelityMonitor:
 
     def record(self, sample: FidelitySample, capture: ShadowCapture | None = None) -> None:
         if capture is not None and capture.stats is not None:  # first: a reader of the report finds it set
-            capture.stats.fidelity = sample  # the request's stats object, shared with its caller
+            capture.stats.measured(sample)  # the request's stats object, shared with its caller
         self.estimates.add(sample)
         self.guard.observe(sample)
 

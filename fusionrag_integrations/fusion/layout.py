@@ -270,7 +270,5 @@ class PromptLayout:
             layout.loaded.append(segment not in computed)
         if jobs:
             return None, jobs
-        stats.chunks_found += len(layout.chunks)
-        stats.chunks_computed += sum(not loaded for loaded in layout.loaded)
-        stats.chunks_hot += hot
+        stats.count_chunks(len(layout.chunks), sum(not loaded for loaded in layout.loaded), hot)
         return layout, []

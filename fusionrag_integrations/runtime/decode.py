@@ -65,7 +65,7 @@ class DecodeState:
         """Sample the first token from the prefill's logits."""
         choice = self._choose(self.pre.logits, None)
         self.t_first = time.perf_counter()
-        self.pre.stats.ttft_ms = (self.t_first - self.t_start) * 1e3
+        self.pre.stats.first_token(self.t_first - self.t_start)
         self.text = TextStream(self.tokenizer, self.params.stop)
         return self._accept(*choice)
 
@@ -103,7 +103,7 @@ class DecodeState:
         if reason == "stop" and not self.text.stopped and (tail := self.text.flush()):
             pieces.append(GenerationChunk(tail, []))
         stats = self.pre.stats
-        stats.decode_ms = (time.perf_counter() - self.t_first) * 1e3
+        stats.decode_done(time.perf_counter() - self.t_first)
         usage = Usage(len(self.pre.token_ids), len(self.generated), stats.tokens_reused + stats.prefix_tokens_reused)
         self.done = True
         return [*pieces, GenerationChunk("", [], reason, usage, stats)]

@@ -62,7 +62,7 @@ class StepExecutor:
         running = bool(plan.decode) or any(s.phase is Phase.PREFILL and s not in plan.admit for s, _ in plan.prefill)
         for seq in plan.admit:
             self._guarded(out, seq, partial(self._start, seq), requeue=running or len(plan.admit) > 1)
-        slices = [(s, n) for s, n in plan.prefill if s.prefill is not None and s.phase is Phase.PREFILL]
+        slices = [(s, n) for s, n in plan.prefill if s.prefill_task is not None and s.phase is Phase.PREFILL]
         rows = [s for s in plan.decode if s.phase is Phase.DECODE]
         if not (self._mixes(slices, rows) and self._mixed(slices, rows, out)):
             self._slices(slices, out, running)
@@ -121,8 +121,8 @@ class StepExecutor:
 
     def _first_tokens(self, slices: Slices, finished: Sequence[Finished], seconds: float, out: StepOutcome) -> None:
         for seq, _ in slices:
-            if seq.prefill is not None:
-                seq.prefill.seconds += seconds
+            if seq.prefill_task is not None:
+                seq.prefill_task.seconds += seconds
         for seq, logits in finished:
             if logits is not None:
                 self._guarded(out, seq, partial(self._first_token, seq, logits, out))
@@ -133,7 +133,7 @@ class StepExecutor:
             work()
         except torch.OutOfMemoryError:
             if requeue:  # memory frees as running requests finish: it goes first then
-                seq.prefill = None
+                seq.prefill_task = None
                 out.requeue.append(seq)
             else:
                 out.failed.append(
@@ -170,8 +170,8 @@ class StepExecutor:
     def _start(self, seq: SeqState) -> None:
         """READY -> PREFILL: the cache allocated, chunks placed, tokens selected."""
         t0 = time.perf_counter()
-        seq.prefill = self.start_prefill(seq.request, seq.laid_out)
-        seq.prefill.seconds += time.perf_counter() - t0  # launched here, finished by its first slice's sync
+        seq.prefill_task = self.start_prefill(seq.request, seq.laid_out)
+        seq.prefill_task.seconds += time.perf_counter() - t0  # launched here, finished by its first slice's sync
 
     def start_prefill(self, request: Request, layout: Layout) -> PrefillTask:
         if layout.chunks and self.selectors.needs_profile(request.fusion):
@@ -213,17 +213,17 @@ class StepExecutor:
             pre.logits, pre.token_ids, task.layout, pre.stats
         ):
             request.shadow = None  # nothing was fused: nothing to measure
-        seq.prefill, seq.layout, seq.phase = None, None, Phase.DECODE  # a tier may evict the chunks now
-        seq.decode = self.runner.decode_state(pre, request)
-        out.pieces[id(seq)] = seq.decode.start()
+        seq.prefill_task, seq.layout, seq.phase = None, None, Phase.DECODE  # a tier may evict the chunks now
+        seq.decode_state = self.runner.decode_state(pre, request)
+        out.pieces[id(seq)] = seq.decode_state.start()
         for fork in (f for f in seq.forks if not f.cancelled):  # more answers: from a copy of this cache
             self._guarded(out, fork, partial(self._fork, fork, pre, out))
         if request.shadow is not None:
             self._finished(seq)
 
     def _fork(self, fork: SeqState, pre: Prefill, out: StepOutcome) -> None:
-        fork.decode, fork.phase = self.runner.fork_decode(pre, fork.request), Phase.DECODE
-        out.pieces[id(fork)] = fork.decode.start()
+        fork.decode_state, fork.phase = self.runner.fork_decode(pre, fork.request), Phase.DECODE
+        out.pieces[id(fork)] = fork.decode_state.start()
 
     def _escalated(self, seq: SeqState, logits: torch.Tensor) -> bool:
         """The fidelity guard on a finished fused prefill (guarded or sampled requests: the shadow keeps the
@@ -241,15 +241,15 @@ class StepExecutor:
         if not guarded:
             return False
         decision = self.fidelity.guard.decide(signals, sampled=request.shadow is not None)
-        request.stats.guard_score = decision.score
+        request.stats.guard_decided(decision.score, decision.escalate)
         if request.shadow is not None:
             request.shadow.score, request.shadow.weight = decision.score, decision.weight
         if not decision.escalate:
             return False
-        request.stats.escalated, request.shadow = True, None  # full attention answers: nothing to measure
+        request.shadow = None  # full attention answers: nothing to measure
         full, _ = self.selectors(FusionParams(selector="full"))
-        seq.prefill = self.runner.start_prefill(task.layout, full, 1.0, request.sampling.max_new_tokens, task.cache)
-        seq.prefill.seconds = task.seconds
+        restart = self.runner.start_prefill(task.layout, full, 1.0, request.sampling.max_new_tokens, task.cache)
+        restart.seconds, seq.prefill_task = task.seconds, restart
         return True
 
     def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:

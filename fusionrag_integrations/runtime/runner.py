@@ -24,7 +24,7 @@ from ..fusion.selectors import Selector
 from ..model.attention import KVCache, resolve_kernels
 from ..model.graphs import GraphCache, graph_friendly_capacity
 from ..model.loader import LoadedModel
-from ..outputs import GenerationChunk, GenerationStats
+from ..outputs import GenerationChunk
 from ..store.prefix_cache import PrefixCache
 from .batch_step import BatchDecodeStep
 from .decode import DecodeState, Prefill, decode_loop
@@ -145,13 +145,17 @@ class ModelRunner:
         if layout.chunks:
             selected = task.selected
             assert selected is not None  # a layout with chunks always runs its selection
-            stats.prefix_tokens_reused = task.prefix_tokens
-            stats.selector, stats.recompute_ratio = task.selector_name, task.ratio
-            stats.tokens_recomputed = int(selected.numel())
-            stats.tokens_reused = task.n_chunk - stats.tokens_recomputed
-            count_reuse(layout, stats, selected)
-        stats.prefill_ms = task.seconds * 1e3
-        stats.ttft_ms = (time.perf_counter() - request.t_start) * 1e3  # to the logits; decoding adds the sampling
+            recomputed, reused = count_reuse(layout, selected)
+            stats.count_fusion(
+                task.selector_name,
+                task.ratio,
+                task.prefix_tokens,
+                task.n_chunk,
+                int(selected.numel()),
+                recomputed,
+                reused,
+            )
+        stats.prefill_done(task.seconds, time.perf_counter() - request.t_start)
         return Prefill(logits[-1], layout.token_ids, task.cache, stats, task.selected)
 
     def sync(self) -> None:
@@ -202,12 +206,14 @@ class ModelRunner:
         yield from decode_loop(self.decode_state(pre, request), step)
 
 
-def count_reuse(layout: Layout, stats: GenerationStats, selected: torch.Tensor) -> None:
-    """chunks_recomputed: chunks whose every token the selector recomputed (their cached KV served
-    nothing); chunks_reused: chunks loaded from the store whose KV was at least partly kept."""
+def count_reuse(layout: Layout, selected: torch.Tensor) -> tuple[int, int]:
+    """(recomputed, reused): chunks whose every token the selector recomputed (their cached KV served
+    nothing), and chunks loaded from the store whose KV was at least partly kept."""
     positions = sorted(selected.tolist())
+    recomputed = reused = 0
     for chunk, loaded in zip(layout.chunks, layout.loaded):
         n = chunk.entry.num_tokens
         fully = bisect.bisect_left(positions, chunk.start + n) - bisect.bisect_left(positions, chunk.start) == n
-        stats.chunks_recomputed += fully
-        stats.chunks_reused += loaded and not fully
+        recomputed += fully
+        reused += loaded and not fully
+    return recomputed, reused

@@ -91,8 +91,8 @@ class SeqState:
     layout: Layout | None = None
     kv_tokens: int = 0  # KV positions it holds while it runs (prompt + max_new_tokens)
     prefill_tokens: int = 0  # positions its prefill computes (fresh + the recomputed share of chunk tokens)
-    prefill: PrefillTask | None = None
-    decode: DecodeState | None = None
+    prefill_task: PrefillTask | None = None  # its prefill in progress (PREFILL phase)
+    decode_state: DecodeState | None = None  # its sampler and stream (DECODE phase)
     cancelled: bool = False
     forks: list[SeqState] = field(default_factory=list)  # more answers to this prompt: they decode from a
     # copy of this one's cache once its prefill is done (n > 1 shares one prefill)
@@ -106,19 +106,19 @@ class SeqState:
     @property
     def prefilling(self) -> PrefillTask:
         """The prefill in progress (a request in its PREFILL phase holds one)."""
-        assert self.prefill is not None, "no prefill in progress"
-        return self.prefill
+        assert self.prefill_task is not None, "no prefill in progress"
+        return self.prefill_task
 
     @property
     def decoding(self) -> DecodeState:
         """The decode state (a request in its DECODE phase holds one)."""
-        assert self.decode is not None, "not decoding"
-        return self.decode
+        assert self.decode_state is not None, "not decoding"
+        return self.decode_state
 
     def deliver(self, pieces: list[GenerationChunk]) -> None:
         for piece in pieces:
             self.out.put(piece)
-        if self.decode is not None and self.decode.done:
+        if self.decode_state is not None and self.decode_state.done:
             self.phase = Phase.FINISHED
             self.out.put(DONE)
 
@@ -136,7 +136,7 @@ class SeqState:
         if not live:
             return None
         heir, self.forks = live[0], []
-        heir.phase, heir.layout, heir.prefill, heir.forks = self.phase, self.layout, self.prefill, live[1:]
+        heir.phase, heir.layout, heir.prefill_task, heir.forks = self.phase, self.layout, self.prefill_task, live[1:]
         heir.kv_tokens, heir.prefill_tokens = self.kv_tokens, self.prefill_tokens
         heir.request.draft, heir.request.shadow = self.request.draft, None
         return heir

@@ -110,7 +110,7 @@ class Scheduler:
         for seq in prefilling + plan.admit:
             if budget <= 0:
                 break
-            left = seq.prefill.remaining if seq.prefill is not None else seq.prefill_tokens
+            left = seq.prefill_task.remaining if seq.prefill_task is not None else seq.prefill_tokens
             take = min(max(left, 1), budget)
             plan.prefill.append((seq, take))
             budget -= take
@@ -163,7 +163,7 @@ class Scheduler:
         for seq in reversed(outcome.requeue):  # out of memory while others run: first in line, once memory frees
             self.requeued += 1
             self._memory_freed_since = self.finished
-            seq.phase, seq.prefill = Phase.READY, None
+            seq.phase, seq.prefill_task = Phase.READY, None
             self.waiting.appendleft(seq)
         for seq in plan.lay_out:
             if id(seq) in failed and seq in self.waiting:

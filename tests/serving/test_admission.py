@@ -86,14 +86,14 @@ class FakeExecutor(StepExecutor):
     def _start(self, seq) -> None:
         if seq.request.start is not None:
             seq.request.start()
-        seq.prefill = FakeTask()
+        seq.prefill_task = FakeTask()
 
     def _slice(self, seq, tokens, out):
         return seq, torch.zeros(1, 4)  # the whole prefill in one slice
 
     def _first_token(self, seq, logits, out) -> None:
-        seq.prefill, seq.phase, seq.decode = None, Phase.DECODE, FakeDecode(seq.request)
-        out.pieces[id(seq)] = seq.decode.start()
+        seq.prefill_task, seq.phase, seq.decode_state = None, Phase.DECODE, FakeDecode(seq.request)
+        out.pieces[id(seq)] = seq.decode_state.start()
 
 
 def make_loop(**limits) -> tuple[StepLoop, FakeExecutor]:
