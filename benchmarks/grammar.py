@@ -134,6 +134,50 @@ def engine_rows(device: torch.device, rows: int, vocab: int, repeats: int = 5) -
     return out
 
 
+def batch_fill_rows(tokenizer, vocab: int, rows: int, steps: int = 32, seed: int = 0) -> list[dict]:
+    """A decode step's mask fill for `rows` requests answering {"answer": <string>}, each walked by tokens
+    drawn at random from its own mask (what random weights sample): one row after another (the reference)
+    vs all rows at once on llguidance's threads (its LLExecutor, as vLLM fills a batch), on the same states."""
+    from llguidance import LLExecutor
+    from llguidance.torch import fill_next_token_bitmask_par
+
+    from fusionrag_integrations.request import SamplingParams
+    from fusionrag_integrations.response_format import ResponseFormat
+    from fusionrag_integrations.runtime.grammar import Grammars, apply_bitmask
+
+    fmt = ResponseFormat.json_schema({"type": "object", "properties": {"answer": {"type": "string"}}})
+    grammars = Grammars(tokenizer, vocab, frozenset({tokenizer.eos_token_id}))
+    constraints = [grammars.constraint(SamplingParams(response_format=fmt)) for _ in range(rows)]
+    executor, gen, words = LLExecutor(), torch.Generator().manual_seed(seed), (vocab + 31) // 32
+    serial, parallel = [], []
+    for _ in range(steps):
+        live = [c for c in constraints if not c.done]
+        one = torch.empty((len(live), words), dtype=torch.int32)
+        t0 = time.perf_counter()
+        for i, c in enumerate(live):
+            c.fill(one, i)
+        t1 = time.perf_counter()
+        together = torch.empty((len(live), words), dtype=torch.int32)
+        fill_next_token_bitmask_par(executor, [(c.matcher, i) for i, c in enumerate(live)], together)
+        t2 = time.perf_counter()
+        assert torch.equal(one, together), "the parallel fill differs from the reference"
+        serial.append((t1 - t0) * 1e3)
+        parallel.append((t2 - t1) * 1e3)
+        allowed = apply_bitmask(torch.zeros(len(live), vocab), one).isfinite()
+        allowed[:, tokenizer.eos_token_id] = False
+        for c, row in zip(live, allowed):
+            choices = row.nonzero()[:, 0]
+            if choices.numel():
+                c.accept(int(choices[torch.randint(0, choices.numel(), (1,), generator=gen)]))
+
+    def q(times: list[float], p: float) -> float:
+        return sorted(times)[min(len(times) - 1, int(p * len(times)))]
+
+    ways = (("one row after another", serial), ("llguidance's threads", parallel))
+    label = f"mask fill, {rows} rows, %s, ms a step p50 / p99"
+    return [{"what": label % name, "ms": f"{q(t, 0.5):.3f} / {q(t, 0.99):.3f}"} for name, t in ways]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokenizer", required=True)
@@ -172,7 +216,9 @@ def main() -> None:
             })  # fmt: skip
     print(f"# {device_name(device)}, vocab {vocab}, {args.rows} rows per mask apply")
     print(markdown_table(rows, list(rows[0])))
-    extra = engine_rows(device, args.rows, vocab) if args.engine else []
+    extra = batch_fill_rows(tokenizer, vocab, args.rows) + (
+        engine_rows(device, args.rows, vocab) if args.engine else []
+    )
     if extra:
         print(markdown_table(extra, ["what", "ms"]))
     out = Path(args.out or Path(__file__).parent / f"results/grammar_{device.type}.json")
