@@ -147,13 +147,13 @@ class ModelRunner:
             assert selected is not None  # a layout with chunks always runs its selection
             recomputed, reused = count_reuse(layout, selected)
             stats.count_fusion(
-                task.selector_name,
-                task.ratio,
-                task.prefix_tokens,
-                task.n_chunk,
-                int(selected.numel()),
-                recomputed,
-                reused,
+                selector=task.selector_name,
+                ratio=task.ratio,
+                prefix_tokens=task.prefix_tokens,
+                chunk_tokens=task.n_chunk,
+                recomputed=int(selected.numel()),
+                chunks_recomputed=recomputed,
+                chunks_reused=reused,
             )
         stats.prefill_done(task.seconds, time.perf_counter() - request.t_start)
         return Prefill(logits[-1], layout.token_ids, task.cache, stats, task.selected)
