@@ -116,8 +116,8 @@ class FusionConfig(_Settings):
         0.1,
         gt=0.0,
         le=1.0,
-        description="Share of flagged requests that the shadow samples which are answered fused anyway, so the "
-        "measurement keeps covering what the guard escalates (only sampled requests: fidelity_sample_rate).",
+        description="Share of flagged requests that the shadow samples which are answered fused anyway, so some "
+        "flagged requests are judged on their own fused answers (an escalated one is judged on full attention's).",
     )
     fidelity_target: float | None = Field(
         None,

@@ -27,6 +27,7 @@ class FidelitySample:
     signals: dict[str, float] = field(default_factory=dict)  # the guard's signals (signals.py)
     score: float | None = None  # the guard's P(diverged); None when no guard looked
     weight: float = 1.0  # 1 / its chance of being measured fused (a flagged request the guard explored)
+    escalated: bool = False  # the guard escalated it: full attention answered, the fused prefill was judged on that
 
     @property
     def group(self) -> tuple[str, str, float, str, str]:

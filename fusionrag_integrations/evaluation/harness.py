@@ -137,16 +137,17 @@ def evaluate(
     return [json.loads(line) for line in out_path.read_text().splitlines() if line.strip()]
 
 
-def teacher_forced(engine: FusionEngine, messages, answer: list[int], first_logits=None) -> float:
+def teacher_forced(engine: FusionEngine, messages, answer: list[int], first_logits=None, judge=None) -> float:
     """Teacher-forced agreement of `answer` with full attention: a full prefill, then the answer fed back
     one decode step at a time (the path the serving shadow does not take: its check). An empty answer is
-    judged on its first token: full attention's likeliest against `first_logits` (the fused one's)."""
+    judged on its first token: full attention's likeliest against `first_logits` (the fused one's).
+    `judge`: the prefill's arguments when another prefill judges (an escalated request's fused one)."""
     import torch
 
     from ..model.attention import resolve_kernels
     from ..runtime.decode_step import make_decode_step
 
-    pre = engine.prefill(messages, selector="full", max_new_tokens=max(len(answer), 1))
+    pre = engine.prefill(messages, **(judge or {"selector": "full"}), max_new_tokens=max(len(answer), 1))
     if not answer:
         return float(int(pre.logits.argmax()) == int(first_logits.argmax()))
     step = make_decode_step(engine.model, pre.cache, None, resolve_kernels(engine.config.use_triton, engine.device))

@@ -2,10 +2,11 @@
 attention, that request is prefilled again in full before its first token goes out.
 
 Its score is P(diverged) from the prefill's signals (signals.py, predictor.py); at or above the
-threshold the request escalates. A sampled request (one the shadow will measure) that is flagged is
-answered fused anyway with probability `explore`, so shadow samples keep covering the requests the
-guard escalates; otherwise the shipped calibration could never be checked, nor refitted, where it
-matters most. The guard refits its predictor on the engine's own samples as they come in.
+threshold the request escalates. A sampled request (one the shadow will measure) is measured either
+way: escalated, its fused prefill is judged on full attention's answer (shadow.py). A flagged sampled
+request is still answered fused with probability `explore`, so some of the requests the guard flags
+are judged on their own fused answers too, the figure the escalated ones stand in for. The guard
+refits its predictor on the engine's own samples as they come in.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ KEEP = 2000  # samples kept for refits
 class GuardDecision:
     score: float  # P(diverged)
     escalate: bool
-    weight: float  # 1 / the chance that a request like this one is measured fused (see controller.py)
+    weight: float  # 1 / the chance that a sampled request like this one is measured (see controller.py)
 
 
 class FidelityGuard:
@@ -62,7 +63,7 @@ class FidelityGuard:
             self.guarded += 1
             self.escalated += flagged and not explore
             self.explored += explore
-        return GuardDecision(score, flagged and not explore, 1.0 / self.explore if explore else 1.0)
+        return GuardDecision(score, flagged and not explore, 1.0)  # escalated or not, a sampled request is measured
 
     def observe(self, sample: FidelitySample) -> None:
         """A shadow sample came in: the controller's evidence, and the refit's."""

@@ -22,7 +22,7 @@ from .calibrated import shipped_predictor
 from .controller import NEVER, FidelityController
 from .guard import FidelityGuard
 from .report import FidelityEstimates, FidelityReport
-from .shadow import FidelitySample, ShadowCapture, ShadowJob
+from .shadow import EscalatedJob, FidelitySample, ShadowCapture, ShadowJob
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +48,7 @@ class FidelityMonitor:
         self.guard = guard or FidelityGuard(shipped_predictor(), NEVER, 0.1, seed=seed)  # judges when asked only
         self.guarded_by_default = guarded_by_default
         self.estimates = FidelityEstimates(path)
-        self.jobs: deque[ShadowJob] = deque()
+        self.jobs: deque[ShadowJob | EscalatedJob] = deque()
         self.dropped = 0
         self._random = random.Random(seed)
 
@@ -67,12 +67,16 @@ class FidelityMonitor:
         backend: str,
     ) -> None:
         """The sampled request returned `answer`: queue its shadow (on the loop's thread)."""
-        if capture.fused_logits is None:
-            return  # nothing was fused: no shadow
+        if capture.fused_logits is None or (capture.escalated and capture.full_logits is None):
+            return  # nothing was fused (or the full prefill never finished): no shadow
         if len(self.jobs) >= MAX_PENDING:
             self.dropped += 1
+            capture.fused_cache = None
             return
-        self.jobs.append(ShadowJob(capture, answer, model, new_cache, backend))
+        if capture.escalated:
+            self.jobs.append(EscalatedJob(capture, answer, model, backend))
+        else:
+            self.jobs.append(ShadowJob(capture, answer, model, new_cache, backend))
 
     @classmethod
     def of(cls, config: EngineConfig, model_name: str) -> FidelityMonitor:

@@ -7,6 +7,14 @@ then prefills prompt + returned tokens (but the last) with plain causal attentio
 logits from the last prompt position on: the first row is full attention's first-token
 distribution, each later row its choice for the next returned token (teacher forcing). The
 answer was delivered before any of this runs: a shadow never holds a response back.
+
+A request the guard escalates is answered by full attention, yet its fused prefill ran too: the
+capture keeps that prefill's cache and first-token logits, takes full attention's from the second
+prefill, and the job then feeds the returned (full attention's) tokens to the fused cache. The
+comparison is the same one with the roles of the prefixes swapped: both answers agree up to their
+first difference, which either way counts as one disagreement; only the tokens after it are judged
+after another prefix. So the requests the guard escalates are measured too, not only the few it
+explores, and the controller keeps getting evidence when it escalates most.
 """
 
 from __future__ import annotations
@@ -44,18 +52,64 @@ class ShadowCapture:
     signals: dict[str, float] = field(default_factory=dict)
     score: float | None = None
     weight: float = 1.0
+    fused_cache: KVCache | None = None  # an escalated request's fused prefill, kept for the comparison
+    full_logits: torch.Tensor | None = None  # [V] float32: an escalated request's full first-token logits
+
+    @property
+    def escalated(self) -> bool:
+        return self.fused_cache is not None
 
     def take_prefill(self, logits: torch.Tensor, token_ids: list[int], layout: Layout, stats: GenerationStats) -> bool:
-        """Keep what the comparison needs; False when nothing was fused (no chunk KV kept: nothing to judge)."""
+        """Keep what the comparison needs; False when nothing was fused (no chunk KV kept: nothing to judge).
+        For an escalated request this is full attention's prefill: the fused one was kept at `escalate`."""
+        self.token_ids, self.stats = list(token_ids), stats
+        if self.escalated:
+            self.full_logits = _host(logits)
+            return True
         if not layout.chunks or stats.tokens_reused == 0:
             return False
-        self.fused_logits = logits.detach().float().cpu().clone()
-        self.token_ids, self.stats = list(token_ids), stats
-        self.selector, self.ratio = stats.selector or "", float(stats.recompute_ratio or 0.0)
-        self.recompute_share = stats.tokens_recomputed / max(stats.tokens_recomputed + stats.tokens_reused, 1)
+        self.fused_logits = _host(logits)
+        share = stats.tokens_recomputed / max(stats.tokens_recomputed + stats.tokens_reused, 1)
+        self._describe(layout, stats.selector or "", float(stats.recompute_ratio or 0.0), share)
+        return True
+
+    def escalate(self, logits: torch.Tensor, cache: KVCache, layout: Layout, selector: str, ratio: float,
+                 share: float) -> None:  # fmt: skip
+        """The guard escalated this request after its fused prefill: keep that prefill's cache and last
+        logits, and what it was (full attention's prefill runs in a cache of its own)."""
+        self.fused_logits, self.fused_cache = _host(logits), cache
+        self._describe(layout, selector, ratio, share)
+
+    def _describe(self, layout: Layout, selector: str, ratio: float, share: float) -> None:
+        self.selector, self.ratio, self.recompute_share = selector, ratio, share
         standalone = {is_standalone(c.entry.context_id) for c in layout.chunks}
         self.precompute = "mixed" if len(standalone) > 1 else ("standalone" if standalone.pop() else "similar")
-        return True
+
+    def sample(self, reference_first: torch.Tensor, judge_rows: torch.Tensor, answer: list[int]) -> FidelitySample:
+        """The sample: first-token figures from full attention's and the fused logits; teacher-forced
+        agreement from `judge_rows` (the distribution for each returned token, after the tokens before)."""
+        assert self.fused_logits is not None  # taken at the first token, before any job exists
+        top1 = top1_agreement(reference_first, self.fused_logits)
+        return FidelitySample(
+            kl=kl_divergence(reference_first, self.fused_logits),
+            top1=top1,
+            agreement=teacher_forced_agreement(judge_rows, answer) if answer else top1,  # no token: the first
+            tokens=len(answer),
+            selector=self.selector,
+            ratio=self.ratio,
+            recompute_share=self.recompute_share,
+            kv_format=self.kv_format,
+            precompute=self.precompute,
+            model=self.model,
+            signals=dict(self.signals),
+            score=self.score,
+            weight=self.weight,
+            escalated=self.escalated,
+        )
+
+
+def _host(logits: torch.Tensor) -> torch.Tensor:
+    return logits.detach().float().cpu().clone()
 
 
 class ShadowJob:
@@ -102,22 +156,33 @@ class ShadowJob:
     def _sample(self) -> FidelitySample:
         self.cache = None  # its memory goes back now
         full = torch.cat(self.rows)
+        return self.capture.sample(full[0], full, self.answer)
+
+
+class EscalatedJob:
+    """An escalated request's measurement: its returned tokens (full attention's answer, but the last)
+    run on top of its kept fused cache, teacher-forced; a few positions, computed at once."""
+
+    def __init__(self, capture: ShadowCapture, answer: list[int], model: TransformerModel, backend: str) -> None:
+        self.capture, self.answer, self.model, self.backend = capture, list(answer), model, backend
+        self.n = len(capture.token_ids)
+        self.remaining = max(len(self.answer) - 1, 0) + 1  # the fed tokens, and at least one step to finish
+
+    @torch.inference_mode()
+    def run(self, budget: int) -> FidelitySample:
         c = self.capture
-        assert c.fused_logits is not None  # taken at the first token, before the job exists
-        top1 = top1_agreement(full[0], c.fused_logits)
-        agreement = teacher_forced_agreement(full, self.answer) if self.answer else top1  # no token: the first
-        return FidelitySample(
-            kl=kl_divergence(full[0], c.fused_logits),
-            top1=top1,
-            agreement=agreement,
-            tokens=len(self.answer),
-            selector=c.selector,
-            ratio=c.ratio,
-            recompute_share=c.recompute_share,
-            kv_format=c.kv_format,
-            precompute=c.precompute,
-            model=c.model,
-            signals=dict(c.signals),
-            score=c.score,
-            weight=c.weight,
-        )
+        cache, fused_first, full_first = c.fused_cache, c.fused_logits, c.full_logits
+        assert cache is not None and fused_first is not None and full_first is not None  # set by the executor
+        rows = [fused_first[None]]
+        fed = self.answer[:-1]
+        if fed:
+            device = self.model.device
+            end = self.n + len(fed)
+            ids = torch.tensor(fed, device=device)
+            positions = torch.arange(self.n, end, device=device)
+            attention = CacheAttention(cache, AttentionMode.BY_POSITION, end - 1, self.backend)
+            h, _ = run_layers(self.model, ids, positions, attention)
+            rows.append(self.model.logits(h).float().cpu())
+        sample = c.sample(full_first, torch.cat(rows), self.answer)
+        c.fused_cache, self.remaining = None, 0  # its memory goes back now
+        return sample

@@ -22,6 +22,7 @@ from ..fidelity.signals import guard_signals
 from ..fusion.layout import Draft, Layout, PromptLayout
 from ..fusion.selectors import Selector, SelectorFactory
 from ..inputs import check_length
+from ..model.attention import KVCache
 from ..request import FusionParams
 from ..store.chunk_kv import tenant_of
 from .chunk_compute import ChunkCompute
@@ -246,11 +247,25 @@ class StepExecutor:
             request.shadow.score, request.shadow.weight = decision.score, decision.weight
         if not decision.escalate:
             return False
-        request.shadow = None  # full attention answers: nothing to measure
         full, _ = self.selectors(FusionParams(selector="full"))
-        restart = self.runner.start_prefill(task.layout, full, 1.0, request.sampling.max_new_tokens, task.cache)
+        cache = self._keep_fused(request, task, logits[-1], recomputed)
+        restart = self.runner.start_prefill(task.layout, full, 1.0, request.sampling.max_new_tokens, cache)
         restart.seconds, seq.prefill_task = task.seconds, restart
         return True
+
+    def _keep_fused(self, request: Request, task: PrefillTask, logits: torch.Tensor, recomputed: int) -> KVCache:
+        """The cache an escalated request's full prefill runs in: the fused one's own, unless the shadow
+        samples the request; then a new one, and the fused prefill stays to be judged on full's answer."""
+        shadow = request.shadow
+        if shadow is None:
+            return task.cache
+        try:
+            cache = self.runner.new_cache(task.cache.capacity)
+        except torch.OutOfMemoryError:  # no room for both: answer in place, measure nothing
+            request.shadow = None
+            return task.cache
+        shadow.escalate(logits, task.cache, task.layout, task.selector_name, task.ratio, recomputed / task.n_chunk)
+        return cache
 
     def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
         pre = self.runner.finish_prefill(task, request, logits)

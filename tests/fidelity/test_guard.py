@@ -10,6 +10,8 @@ import pytest
 
 from fusionrag_integrations.config import EngineConfig, FusionConfig
 from fusionrag_integrations.errors import InvalidArgumentError, InvalidConfigError
+from fusionrag_integrations.evaluation.harness import teacher_forced
+from fusionrag_integrations.evaluation.metrics import kl_divergence
 from fusionrag_integrations.fidelity.controller import NEVER, FidelityController, plan_threshold
 from fusionrag_integrations.fidelity.predictor import fit_predictor, roc_auc
 from fusionrag_integrations.fidelity.signals import SIGNALS
@@ -50,7 +52,7 @@ def test_an_unflagged_request_answers_as_without_the_guard(smol_engine, tmp_path
 
 
 def test_a_sampled_flagged_request_is_explored_and_carries_its_signals(smol_engine, tmp_path):
-    """explore=1: a flagged request that the shadow samples is answered fused and measured, weighted."""
+    """explore=1: a flagged request that the shadow samples is answered fused and measured."""
     engine = guarded_engine(smol_engine, tmp_path, threshold=0.0, fidelity_sample_rate=1.0,
                             fusion={"guard_explore": 1.0})  # fmt: skip
     gen = engine.generate(rag_messages(DOCS, QUESTION), max_new_tokens=8, temperature=0.0)
@@ -59,6 +61,33 @@ def test_a_sampled_flagged_request_is_explored_and_carries_its_signals(smol_engi
     assert set(sample.signals) == set(SIGNALS)
     assert 0.0 <= sample.signals["missed_attention"] <= 1.0 and sample.signals["standalone"] == 1.0
     assert sample.signals["recompute_share"] == pytest.approx(sample.recompute_share)
+
+
+def test_an_escalated_sampled_request_is_judged_on_full_attentions_answer(smol_engine, tmp_path):
+    """Escalated, the answer is full attention's; the fused prefill that ran first is kept and fed that
+    answer: its figures equal the harness's fused prefill judged by teacher forcing on the same tokens."""
+    engine = guarded_engine(smol_engine, tmp_path, threshold=0.0, fidelity_sample_rate=1.0,
+                            fusion={"guard_explore": 1e-9, "recompute_ratio": 0.15})  # fmt: skip
+    questions = (QUESTION, "What colour is the lighthouse?")
+    gens = [engine.generate(rag_messages(DOCS, q), max_new_tokens=10, temperature=0.0) for q in questions]
+    report = measured(engine, len(questions))
+    assert engine.fidelity_report().guard["escalated"] == len(questions)
+    for question, gen, sample in zip(questions, gens, report.samples):
+        messages = rag_messages(DOCS, question)
+        full = engine.prefill(messages, selector="full")
+        fused = engine.prefill(messages, recompute_ratio=0.15)
+        assert gen.stats.escalated and gen.token_ids == engine.generate(
+            messages, max_new_tokens=10, temperature=0.0, selector="full").token_ids  # fmt: skip
+        assert sample.escalated and sample.weight == 1.0 and sample.score == gen.stats.guard_score
+        assert sample.selector == fused.stats.selector != "full" and sample.ratio == 0.15
+        assert sample.recompute_share == pytest.approx(fused.stats.tokens_recomputed / (
+            fused.stats.tokens_recomputed + fused.stats.tokens_reused))  # fmt: skip
+        kl = kl_divergence(full.logits, fused.logits)
+        assert kl > 0 and abs(sample.kl - kl) / kl < 0.01
+        assert sample.top1 == float(full.logits.argmax() == fused.logits.argmax())
+        judged = teacher_forced(engine, messages, gen.token_ids, judge={"recompute_ratio": 0.15})
+        assert abs(sample.agreement - judged) < 1e-9 and sample.tokens == len(gen.token_ids)
+        assert gen.stats.fidelity == sample
 
 
 def test_the_controller_sets_the_base_ratio(smol_engine, tmp_path):
