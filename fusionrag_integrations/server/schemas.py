@@ -76,6 +76,9 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
     "web_search_options": (None,),
     "functions": (None,),
     "function_call": (None,),
+    "moderation": (None,),
+    "prompt_cache_options": (None,),  # our prefix and chunk caches are automatic, with no per-request options
+    "prompt_cache_retention": (None,),
 }
 
 
