@@ -7,9 +7,9 @@ answers served would agree on average
 
     served(t) = sum_i w_i (1 if score_i >= t else agreement_i) / sum_i w_i
 
-and t escalates the weighted share of samples scoring at least t. Samples are weighted by the inverse
-of their chance of being measured: the guard escalates a flagged request unless it explores (then it
-is answered fused and measured), so a flagged sample stands for 1 / explore requests.
+and t escalates the weighted share of samples scoring at least t. A sample's weight is the inverse of
+its chance of being measured; every sampled request is measured, the escalated ones included (their
+fused prefill is judged on full attention's answer: shadow.py), so the engine's samples weigh 1 each.
 
 The threshold is the highest whose served agreement's lower confidence bound (one-sided, at
 FusionConfig.fidelity_confidence) meets the target: the target holds with that confidence, not only
