@@ -28,7 +28,6 @@ class _Params:
         # integration tests that check the arguments cannot pass with it
         return False
 
-
     @property
     def supports_model_override(self) -> bool:
         return False  # one engine holds one model's weights; switching models per call would reload them
