@@ -26,7 +26,7 @@ class FidelitySample:
     time: float = field(default_factory=time.time)
     signals: dict[str, float] = field(default_factory=dict)  # the guard's signals (signals.py)
     score: float | None = None  # the guard's P(diverged); None when no guard looked
-    weight: float = 1.0  # 1 / its chance of being measured fused (a flagged request the guard explored)
+    weight: float = 1.0  # 1 / its chance of being measured, once sampled (the engine measures every one: 1)
     escalated: bool = False  # the guard escalated it: full attention answered, the fused prefill was judged on that
 
     @property

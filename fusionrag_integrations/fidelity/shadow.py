@@ -73,8 +73,9 @@ class ShadowCapture:
         self._describe(layout, stats.selector or "", float(stats.recompute_ratio or 0.0), share)
         return True
 
-    def escalate(self, logits: torch.Tensor, cache: KVCache, layout: Layout, selector: str, ratio: float,
-                 share: float) -> None:  # fmt: skip
+    def escalate(
+        self, logits: torch.Tensor, cache: KVCache, layout: Layout, selector: str, ratio: float, share: float
+    ) -> None:
         """The guard escalated this request after its fused prefill: keep that prefill's cache and last
         logits, and what it was (full attention's prefill runs in a cache of its own)."""
         self.fused_logits, self.fused_cache = _host(logits), cache
@@ -161,28 +162,36 @@ class ShadowJob:
 
 class EscalatedJob:
     """An escalated request's measurement: its returned tokens (full attention's answer, but the last)
-    run on top of its kept fused cache, teacher-forced; a few positions, computed at once."""
+    fed to its kept fused cache, `run(budget)` positions at a time, teacher-forced."""
 
     def __init__(self, capture: ShadowCapture, answer: list[int], model: TransformerModel, backend: str) -> None:
         self.capture, self.answer, self.model, self.backend = capture, list(answer), model, backend
         self.n = len(capture.token_ids)
-        self.remaining = max(len(self.answer) - 1, 0) + 1  # the fed tokens, and at least one step to finish
+        self.fed = self.answer[:-1]
+        self.done = 0
+        assert capture.fused_logits is not None  # kept when the guard escalated
+        self.rows: list[torch.Tensor] = [capture.fused_logits[None]]
+
+    @property
+    def remaining(self) -> int:
+        return len(self.fed) - self.done + 1  # at least one call: the one that returns the sample
 
     @torch.inference_mode()
-    def run(self, budget: int) -> FidelitySample:
+    def run(self, budget: int) -> FidelitySample | None:
+        """Feed the next `budget` returned tokens (at least one); the sample once all are fed."""
         c = self.capture
-        cache, fused_first, full_first = c.fused_cache, c.fused_logits, c.full_logits
-        assert cache is not None and fused_first is not None and full_first is not None  # set by the executor
-        rows = [fused_first[None]]
-        fed = self.answer[:-1]
-        if fed:
+        assert c.fused_cache is not None and c.full_logits is not None  # set by the executor
+        if self.done < len(self.fed):
+            start, end = self.done, min(len(self.fed), self.done + max(budget, 1))
             device = self.model.device
-            end = self.n + len(fed)
-            ids = torch.tensor(fed, device=device)
-            positions = torch.arange(self.n, end, device=device)
-            attention = CacheAttention(cache, AttentionMode.BY_POSITION, end - 1, self.backend)
+            ids = torch.tensor(self.fed[start:end], device=device)
+            positions = torch.arange(self.n + start, self.n + end, device=device)
+            attention = CacheAttention(c.fused_cache, AttentionMode.BY_POSITION, self.n + end - 1, self.backend)
             h, _ = run_layers(self.model, ids, positions, attention)
-            rows.append(self.model.logits(h).float().cpu())
-        sample = c.sample(full_first, torch.cat(rows), self.answer)
-        c.fused_cache, self.remaining = None, 0  # its memory goes back now
+            self.rows.append(self.model.logits(h).float().cpu())
+            self.done = end
+            if self.done < len(self.fed):
+                return None
+        sample = c.sample(c.full_logits, torch.cat(self.rows), self.answer)
+        c.fused_cache = None  # its memory goes back now
         return sample

@@ -65,8 +65,9 @@ def test_a_sampled_flagged_request_is_explored_and_carries_its_signals(smol_engi
 
 def test_an_escalated_sampled_request_is_judged_on_full_attentions_answer(smol_engine, tmp_path):
     """Escalated, the answer is full attention's; the fused prefill that ran first is kept and fed that
-    answer: its figures equal the harness's fused prefill judged by teacher forcing on the same tokens."""
-    engine = guarded_engine(smol_engine, tmp_path, threshold=0.0, fidelity_sample_rate=1.0,
+    answer (8 positions a step: the step's spare budget): its figures equal the harness's fused prefill
+    judged by teacher forcing on the same tokens."""
+    engine = guarded_engine(smol_engine, tmp_path, threshold=0.0, fidelity_sample_rate=1.0, max_prefill_tokens=8,
                             fusion={"guard_explore": 1e-9, "recompute_ratio": 0.15})  # fmt: skip
     questions = (QUESTION, "What colour is the lighthouse?")
     gens = [engine.generate(rag_messages(DOCS, q), max_new_tokens=10, temperature=0.0) for q in questions]
