@@ -1,10 +1,15 @@
-"""Helpers shared by the benchmark scripts: model shapes, random-weight models, timing."""
+"""Helpers shared by the benchmark scripts: model shapes, random-weight models, timing, a server to drive."""
 
 from __future__ import annotations
 
+import os
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -89,3 +94,33 @@ def _fmt(v: object) -> str:
     if isinstance(v, float):
         return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
     return str(v)
+
+
+def free_port() -> int:
+    """A free TCP port on loopback, for a server the benchmark starts."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(cache_dir: Path, *flags: str, log: Path | None = None) -> tuple[subprocess.Popen, int]:
+    """`fusionrag serve` (CPU, the bundled model, `flags` added) on a free loopback port, once /health
+    answers: (the process, its port). Its stderr goes to `log`, if given."""
+    import httpx
+
+    port = free_port()
+    cmd = [sys.executable, "-m", "fusionrag_integrations.cli", "serve", "--port", str(port), "--device", "cpu",
+           "--cache-dir", str(cache_dir), *flags]  # fmt: skip
+    repo = Path(__file__).resolve().parents[1]
+    stderr = open(log, "wb") if log is not None else subprocess.DEVNULL  # noqa: SIM115 - the child owns it
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=stderr, env={**os.environ, "PYTHONPATH": str(repo)})
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                return proc, port
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    proc.kill()
+    raise RuntimeError("the server did not start")

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import LLAMA31_8B, markdown_table  # noqa: E402
+from common import LLAMA31_8B, free_port, markdown_table  # noqa: E402
 
 from fusionrag_integrations.store.backends import LocalDirBackend  # noqa: E402
 from fusionrag_integrations.store.chunk_kv import ChunkKV  # noqa: E402
@@ -70,14 +70,6 @@ def redis_stores(entries: list, formats: list[str], binary: str, device: torch.d
             assert all(store.persist_many([e.to(torch.device("cpu")) for e in batch])), "a write to Redis failed"
         stores[fmt] = store
     return stores, server
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def random_entries(n: int, shape: dict, kv_format: str, seed: int = 0) -> list[ChunkKV]:

@@ -16,17 +16,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
+from common import start_server
 
 REPO = Path(__file__).resolve().parents[1]
 KEY = "bench-key-0123456789"
@@ -127,26 +124,6 @@ def run_kind(port: int, url: str, behaviour, count: int, requests: int) -> tuple
     return asyncio.run(main()), latencies
 
 
-def start_server(tmp: Path) -> tuple[subprocess.Popen, int]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "fusionrag_integrations.cli", "serve", "--port", str(port), "--device", "cpu",
-           "--cache-dir", str(tmp), "--served-model-name", "m", "--api-key", KEY,
-           "--timeout-header", str(LIMITS["header"]), "--timeout-body", str(LIMITS["body"]),
-           "--timeout-keep-alive", str(int(LIMITS["keep_alive"])), "--max-connections", "2000"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stderr=open(tmp / "server.log", "wb"), env={**os.environ, "PYTHONPATH": str(REPO)})
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return proc, port
-        except httpx.HTTPError:
-            time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--connections", type=int, default=200, help="bad connections per kind")
@@ -154,7 +131,10 @@ def main() -> None:
     parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "slow_clients_cpu.json"))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="fusionrag-slow-") as tmp:
-        proc, port = start_server(Path(tmp))
+        flags = ["--served-model-name", "m", "--api-key", KEY, "--timeout-header", str(LIMITS["header"]),
+                 "--timeout-body", str(LIMITS["body"]), "--timeout-keep-alive", str(int(LIMITS["keep_alive"])),
+                 "--max-connections", "2000"]  # fmt: skip
+        proc, port = start_server(Path(tmp), *flags, log=Path(tmp) / "server.log")
         url = f"http://127.0.0.1:{port}"
         try:
             normal_client(url, 5, [])  # warm-up

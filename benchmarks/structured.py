@@ -13,18 +13,16 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import socket
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 from pydantic import BaseModel
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from common import start_server  # noqa: E402
 
 from fusionrag_integrations import EngineConfig, FusionEngine, default_model_path  # noqa: E402
 
@@ -49,30 +47,6 @@ def prompts(n: int, seed: int = 20261207) -> list[tuple[str, str, int]]:
         text = f"{name} is a {age}-year-old {rng.choice(JOBS)} who lives in {rng.choice(CITIES)}."
         out.append((f"{text} Extract the person's name and age.", name, age))
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def serve(cache: Path) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "fusionrag_integrations.cli", "serve", "--port", str(port), "--device", "cpu",
-           "--cache-dir", str(cache), "--served-model-name", "smol"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return proc, url
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    proc.kill()
-    raise RuntimeError("the server did not come up")
 
 
 def score(results: list[object], cases: list[tuple[str, str, int]]) -> dict:
@@ -108,7 +82,8 @@ def main() -> None:
         from fusionrag_integrations.langchain import ChatFusionRAG
         from fusionrag_integrations.llamaindex import FusionRAGLLM
 
-        proc, url = serve(Path(tmp) / "server")
+        proc, port = start_server(Path(tmp) / "server", "--served-model-name", "smol")
+        url = f"http://127.0.0.1:{port}"
         try:
             client = OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=300)
 
