@@ -45,7 +45,10 @@ def main() -> None:
     p.add_argument("--hq", type=int, default=32)
     p.add_argument("--hkv", type=int, default=8)
     p.add_argument("--d", type=int, default=128)
+    p.add_argument("--sweep", action="store_true", help="every tile config, with and without descriptor loads")
     args = p.parse_args()
+    if args.sweep:
+        return sweep(args)
     dev, dtype = torch.device("cuda"), torch.bfloat16
     gen = torch.Generator().manual_seed(0)
     hq, hkv, d, skv = args.hq, args.hkv, args.d, args.skv
@@ -103,6 +106,54 @@ def main() -> None:
             )
     print(f"\n{device_name(dev)}, Skv={skv}, Hq={hq}, Hkv={hkv}, D={d}, bf16\n")
     print(markdown_table(rows, ["method", "sq", "ms", "useful_tflops", "vs_dense", "max_abs_err"]))
+
+
+def sweep(args) -> None:
+    """Each autotune config alone (no tuning), K/V by pointer and by tensor descriptor, per query count;
+    the dense case (every position a query) shows the tile's own speed against SDPA's."""
+    import triton
+
+    from fusionrag_integrations.kernels import sparse_attention_launch as launch
+    from fusionrag_integrations.kernels.sparse_attention_triton import _sparse_query_attn_fwd
+
+    dev, dtype, gen = torch.device("cuda"), torch.bfloat16, torch.Generator().manual_seed(0)
+    hq, hkv, d, skv = args.hq, args.hkv, args.d, args.skv
+    k = torch.randn(skv, hkv, d, device=dev, dtype=dtype)
+    v = torch.randn(skv, hkv, d, device=dev, dtype=dtype)
+    tuned, rows = launch._sparse_query_attn_fwd_tuned, []
+    extra = [(256, 128, 8, 2), (128, 128, 8, 4), (64, 128, 4, 3), (128, 32, 4, 3)]
+    configs = list(launch._GPU_CONFIGS) + [
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st, pre_hook=launch._descriptor_blocks)
+        for m, n, w, st in extra
+    ]
+    for sq in [*args.sq, skv]:
+        pos = selected_positions(sq, skv, gen).to(dev) if sq < skv else torch.arange(skv, device=dev)
+        q = torch.randn(sq, hq, d, device=dev, dtype=dtype)
+        useful = 4.0 * hq * d * float((pos + 1).sum())
+        ref = sparse_query_attention_ref(q.float(), k.float(), v.float(), pos) if sq < skv else None
+        for cfg in configs:
+            launch._sparse_query_attn_fwd_tuned = triton.autotune(configs=[cfg], key=["HEAD_DIM", "GROUP_PAD"])(
+                _sparse_query_attn_fwd
+            )
+            for tma in (False, True):
+                fn = lambda: sparse_query_attention_triton(q, k, v, pos, positions_sorted=True, num_splits=1, tma=tma)  # noqa: E731
+                try:
+                    out = fn()
+                    err = (out.float() - ref).abs().max().item() if ref is not None else float("nan")
+                    ms = bench_ms(fn)
+                except Exception as exc:  # a config the compiler rejects (shared memory) is reported, not fatal
+                    print(f"sq={sq} {cfg} tma={tma}: {type(exc).__name__}: {str(exc)[:120]}")
+                    continue
+                kw = cfg.kwargs
+                rows.append({"sq": sq, "block_m": kw["BLOCK_M"], "block_n": kw["BLOCK_N"], "warps": cfg.num_warps,
+                             "stages": cfg.num_stages, "tma": tma, "ms": ms, "useful_tflops": useful / ms / 1e9,
+                             "max_abs_err": err})  # fmt: skip
+        launch._sparse_query_attn_fwd_tuned = tuned
+        best = max((r for r in rows if r["sq"] == sq), key=lambda r: r["useful_tflops"], default=None)
+        print(f"sq={sq}: best {best}", flush=True)
+    print(f"\n{device_name(dev)}, Skv={skv}, Hq={hq}, Hkv={hkv}, D={d}, bf16, one config each\n")
+    columns = ["sq", "block_m", "block_n", "warps", "stages", "tma", "ms", "useful_tflops", "max_abs_err"]
+    print(markdown_table(rows, columns))
 
 
 def flex_attention_fn(q, k, v, pos):
