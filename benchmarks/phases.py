@@ -128,8 +128,9 @@ def kernel_table(engine: FusionEngine, head: str, questions, top: int, settings:
 
 
 def host_profile(engine: FusionEngine, call, setting: str, calls: int) -> None:
-    """cProfile of `calls` requests: the caller's thread, and the step loop's steps (enabled per step on the
-    loop's thread), top functions by own time; and the caching allocator's device mallocs and frees."""
+    """cProfile of `calls` requests, top functions by own time; and the caching allocator's device mallocs
+    and frees. Python 3.12's cProfile (sys.monitoring) sees every thread and allows one profiler at a time:
+    one profile covers the caller and the step loop's thread. Before 3.12 the loop's steps get their own."""
     import cProfile
     import io
     import pstats
@@ -137,6 +138,7 @@ def host_profile(engine: FusionEngine, call, setting: str, calls: int) -> None:
     from fusionrag_integrations.serving.loop import StepLoop
 
     caller, loop = cProfile.Profile(), cProfile.Profile()
+    one_profiler = sys.version_info >= (3, 12)
     original = StepLoop.step
 
     def profiled(self) -> None:
@@ -146,7 +148,8 @@ def host_profile(engine: FusionEngine, call, setting: str, calls: int) -> None:
         finally:
             loop.disable()
 
-    StepLoop.step = profiled
+    if not one_profiler:
+        StepLoop.step = profiled
     before = torch.cuda.memory_stats() if engine.device.type == "cuda" else {}
     try:
         for _ in range(calls):
@@ -158,11 +161,12 @@ def host_profile(engine: FusionEngine, call, setting: str, calls: int) -> None:
     after = torch.cuda.memory_stats() if engine.device.type == "cuda" else {}
     for name in ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams"):
         print(f"{setting}: {name} +{after.get(name, 0) - before.get(name, 0)} over {calls} calls")
-    for name, prof in (("caller", caller), ("loop", loop)):
+    profiles = [("all threads", caller)] if one_profiler else [("caller", caller), ("loop", loop)]
+    for name, prof in profiles:
         out = io.StringIO()
-        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(22)
-        print(f"--- {setting}: {name} thread, {calls} calls, by own time")
-        print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:6000])
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(30)
+        print(f"--- {setting}: {name}, {calls} calls, by own time")
+        print("\n".join(line for line in out.getvalue().splitlines() if line.strip())[:8000])
 
 
 def main() -> None:

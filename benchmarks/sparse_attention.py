@@ -45,7 +45,7 @@ def main() -> None:
     p.add_argument("--hq", type=int, default=32)
     p.add_argument("--hkv", type=int, default=8)
     p.add_argument("--d", type=int, default=128)
-    p.add_argument("--sweep", action="store_true", help="every tile config, with and without descriptor loads")
+    p.add_argument("--sweep", action="store_true", help="every tile config alone, per query count")
     args = p.parse_args()
     if args.sweep:
         return sweep(args)
@@ -109,8 +109,9 @@ def main() -> None:
 
 
 def sweep(args) -> None:
-    """Each autotune config alone (no tuning), K/V by pointer and by tensor descriptor, per query count;
-    the dense case (every position a query) shows the tile's own speed against SDPA's."""
+    """Each autotune config alone (no tuning) per query count; the dense case (every position a query)
+    shows the tile's own speed against SDPA's. (K/V loads through tensor descriptors were swept the same
+    way in commit b4dbbf1, results/sparse_attention_sweep_tma_h100.log: no gain, not kept.)"""
     import triton
 
     from fusionrag_integrations.kernels import sparse_attention_launch as launch
@@ -121,10 +122,9 @@ def sweep(args) -> None:
     k = torch.randn(skv, hkv, d, device=dev, dtype=dtype)
     v = torch.randn(skv, hkv, d, device=dev, dtype=dtype)
     tuned, rows = launch._sparse_query_attn_fwd_tuned, []
-    extra = [(256, 128, 8, 2), (128, 128, 8, 4), (64, 128, 4, 3), (128, 32, 4, 3)]
+    extra = [(256, 128, 8, 2), (128, 64, 8, 4), (64, 128, 4, 3), (128, 32, 4, 3)]
     configs = list(launch._GPU_CONFIGS) + [
-        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st, pre_hook=launch._descriptor_blocks)
-        for m, n, w, st in extra
+        triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st) for m, n, w, st in extra
     ]
     for sq in [*args.sq, skv]:
         pos = selected_positions(sq, skv, gen).to(dev) if sq < skv else torch.arange(skv, device=dev)
@@ -135,24 +135,23 @@ def sweep(args) -> None:
             launch._sparse_query_attn_fwd_tuned = triton.autotune(configs=[cfg], key=["HEAD_DIM", "GROUP_PAD"])(
                 _sparse_query_attn_fwd
             )
-            for tma in (False, True):
-                fn = lambda: sparse_query_attention_triton(q, k, v, pos, positions_sorted=True, num_splits=1, tma=tma)  # noqa: E731
-                try:
-                    out = fn()
-                    err = (out.float() - ref).abs().max().item() if ref is not None else float("nan")
-                    ms = bench_ms(fn)
-                except Exception as exc:  # a config the compiler rejects (shared memory) is reported, not fatal
-                    print(f"sq={sq} {cfg} tma={tma}: {type(exc).__name__}: {str(exc)[:120]}")
-                    continue
-                kw = cfg.kwargs
-                rows.append({"sq": sq, "block_m": kw["BLOCK_M"], "block_n": kw["BLOCK_N"], "warps": cfg.num_warps,
-                             "stages": cfg.num_stages, "tma": tma, "ms": ms, "useful_tflops": useful / ms / 1e9,
-                             "max_abs_err": err})  # fmt: skip
+            fn = lambda: sparse_query_attention_triton(q, k, v, pos, positions_sorted=True, num_splits=1)  # noqa: E731
+            try:
+                out = fn()
+                err = (out.float() - ref).abs().max().item() if ref is not None else float("nan")
+                ms = bench_ms(fn)
+            except Exception as exc:  # a config the compiler rejects (shared memory) is reported, not fatal
+                print(f"sq={sq} {cfg}: {type(exc).__name__}: {str(exc)[:120]}")
+                continue
+            kw = cfg.kwargs
+            rows.append({"sq": sq, "block_m": kw["BLOCK_M"], "block_n": kw["BLOCK_N"], "warps": cfg.num_warps,
+                         "stages": cfg.num_stages, "ms": ms, "useful_tflops": useful / ms / 1e9,
+                         "max_abs_err": err})  # fmt: skip
         launch._sparse_query_attn_fwd_tuned = tuned
         best = max((r for r in rows if r["sq"] == sq), key=lambda r: r["useful_tflops"], default=None)
         print(f"sq={sq}: best {best}", flush=True)
     print(f"\n{device_name(dev)}, Skv={skv}, Hq={hq}, Hkv={hkv}, D={d}, bf16, one config each\n")
-    columns = ["sq", "block_m", "block_n", "warps", "stages", "tma", "ms", "useful_tflops", "max_abs_err"]
+    columns = ["sq", "block_m", "block_n", "warps", "stages", "ms", "useful_tflops", "max_abs_err"]
     print(markdown_table(rows, columns))
 
 

@@ -11,21 +11,8 @@ import triton
 
 from .sparse_attention_triton import RCP_LN2, _combine_key_splits, _sparse_query_attn_fwd
 
-try:  # host-side tensor descriptors (Hopper's copy engine); absent from older Triton
-    from triton.tools.tensor_descriptor import TensorDescriptor
-except ImportError:  # pragma: no cover
-    TensorDescriptor = None
-
-
-def _descriptor_blocks(nargs: dict) -> None:
-    """Autotune pre-hook: a descriptor's block is the tile the config loads ([BLOCK_N, HEAD_DIM])."""
-    for name in ("K", "V"):
-        if TensorDescriptor is not None and isinstance(nargs[name], TensorDescriptor):
-            nargs[name].block_shape = [nargs["BLOCK_N"], nargs["HEAD_DIM"]]
-
-
 _GPU_CONFIGS = [
-    triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st, pre_hook=_descriptor_blocks)
+    triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=st)
     for m, n, w, st in [
         (128, 64, 8, 2),
         (128, 64, 8, 3),
@@ -35,13 +22,22 @@ _GPU_CONFIGS = [
         (64, 128, 4, 2),
         (256, 64, 8, 2),
         (128, 128, 8, 3),
-        (128, 64, 8, 4),
     ]
 ]
-# Tuned once per (head_dim, GQA group) on the GPU; the interpreter keeps one small tile shape.
-_sparse_query_attn_fwd_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["HEAD_DIM", "GROUP_PAD"])(
+# Tuned once per (head_dim, GQA group, query bucket) on the GPU; the interpreter keeps one small tile shape.
+_sparse_query_attn_fwd_tuned = triton.autotune(configs=_GPU_CONFIGS, key=["HEAD_DIM", "GROUP_PAD", "q_bucket"])(
     _sparse_query_attn_fwd
 )
+
+LARGE_QUERY_COUNT = 2048
+
+
+def query_bucket(n_queries: int) -> int:
+    """Which tuning a launch gets: few queries (a short recompute, a step's slice) favour small tiles
+    that fill the GPU; thousands (a whole fused prefill) favour the largest tile the shared memory takes.
+    On the H100 the best configs differ (benchmarks/sparse_attention.py --sweep) and the one tuned at the
+    first size seen cost the other size up to 9%. Two buckets: each tunes once."""
+    return int(n_queries >= LARGE_QUERY_COUNT)
 
 
 MIN_KEYS_PER_SPLIT = 512
@@ -61,17 +57,6 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-@functools.cache
-def _has_copy_engine(device: torch.device) -> bool:
-    return TensorDescriptor is not None and torch.cuda.get_device_capability(device)[0] >= 9
-
-
-def _as_descriptor(x: torch.Tensor, block_n: int) -> object:
-    """[S, H, D] with heads contiguous -> a descriptor over the 2-D view [S, H * D], one head's tile per load."""
-    S, H, D = x.shape
-    return TensorDescriptor(x, shape=[S, H * D], strides=[x.stride(0), 1], block_shape=[block_n, D])
-
-
 def _split_block_m(group_pad: int) -> int:
     return max(64, 16 * group_pad)  # at least 16 queries per tile (tl.dot's minimum M per head group)
 
@@ -85,12 +70,10 @@ def sparse_query_attention_triton(
     scale: float | None = None,
     positions_sorted: bool = False,
     num_splits: int | None = None,
-    tma: bool | None = None,
 ) -> torch.Tensor:
     """Same contract as sparse_query_attention_ref; D must be 64 or 128 (the dispatcher checks).
 
     num_splits: key ranges per tile (None: `plan_key_splits` on the GPU, 1 in the interpreter).
-    tma: load K/V through tensor descriptors (None: on a GPU that has the copy engine, Hopper on).
     """
     Sq, Hq, D = q.shape
     Skv, Hkv = k.shape[0], k.shape[1]
@@ -115,14 +98,10 @@ def sparse_query_attention_triton(
     else:
         target, lse = out, out  # Lse is never touched without splits
     scale = (D**-0.5) if scale is None else scale
-    if tma is None:
-        tma = not interpret and _has_copy_engine(q.device)
-    tma = tma and k.stride(1) == D and v.stride(1) == D
-    keys, values = (_as_descriptor(k, block_n), _as_descriptor(v, block_n)) if tma else (k, v)
     args = (
         q,
-        keys,
-        values,
+        k,
+        v,
         target,
         lse,
         q_pos,
@@ -140,6 +119,7 @@ def sparse_query_attention_triton(
         lse.stride(1) if num_splits > 1 else 0,  #
         Sq,
         scale * RCP_LN2,
+        query_bucket(Sq),
     )
     flags = dict(
         GROUP=group,
@@ -151,7 +131,6 @@ def sparse_query_attention_triton(
         DOT_F32=interpret and q.dtype == torch.bfloat16,
         SORTED=positions_sorted,
         KEYS_PER_SPLIT=keys_per_split,
-        TMA=tma,
     )
     if interpret:
         block_m = 16 * group_pad

@@ -43,15 +43,11 @@ def _attend_key_range(
     SPLIT: tl.constexpr,  # a row may see no key of its split yet: keep exp2 away from -inf - -inf
     IEEE: tl.constexpr,
     DOT_F32: tl.constexpr,
-    TMA: tl.constexpr,  # k_base / v_base are tensor descriptors over [keys, Hkv * D]; kv_col: this head's column
-    kv_col,
 ):
     """Online-softmax update of (acc, l_i, m_i) over the key blocks starting in [lo, hi)."""
     for start_n in range(lo, hi, BLOCK_N):
         keys = start_n + offs_n
-        if TMA:  # the copy engine fills rows past the descriptor's end with zeros; the causal mask covers the rest
-            k = k_base.load([start_n, kv_col])
-        elif MASKED:
+        if MASKED:
             k = tl.load(k_base + keys[:, None] * stride_ks + offs_d[None, :], mask=(keys < key_hi)[:, None], other=0.0)
         else:
             k = tl.load(k_base + keys[:, None] * stride_ks + offs_d[None, :])
@@ -71,9 +67,7 @@ def _attend_key_range(
         p = tl.math.exp2(qk - m_sub[:, None])
         alpha = tl.math.exp2(m_i - m_sub)
         l_i = l_i * alpha + tl.sum(p, axis=1)
-        if TMA:
-            v = v_base.load([start_n, kv_col])
-        elif MASKED:
+        if MASKED:
             v = tl.load(v_base + keys[:, None] * stride_vs + offs_d[None, :], mask=(keys < key_hi)[:, None], other=0.0)
         else:
             v = tl.load(v_base + keys[:, None] * stride_vs + offs_d[None, :])
@@ -109,7 +103,8 @@ def _sparse_query_attn_fwd(
     stride_lsplit,
     stride_lq,  #
     n_queries,
-    qk_scale,  #
+    qk_scale,
+    q_bucket,  # unused here: the autotuner's key (sparse_attention_launch.query_bucket)
     GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     BLOCK_M: tl.constexpr,
@@ -119,7 +114,6 @@ def _sparse_query_attn_fwd(
     DOT_F32: tl.constexpr,
     SORTED: tl.constexpr,
     KEYS_PER_SPLIT: tl.constexpr,  # 0: one program walks all keys; else a multiple of BLOCK_N
-    TMA: tl.constexpr = False,  # K and V come as tensor descriptors (Hopper's copy engine)
 ):
     BLOCK_Q: tl.constexpr = BLOCK_M // GROUP_PAD  # GROUP_PAD: the group size rounded up to a power of two
     # heaviest tiles (largest positions) first, so the last wave is not left with the longest ones
@@ -150,12 +144,8 @@ def _sparse_query_attn_fwd(
     lowest = tl.min(tl.where(row_valid, pos, 2147483647), axis=0)
     highest = tl.max(tl.where(row_valid, pos, 0), axis=0)
     offs_n = tl.arange(0, BLOCK_N)
-    if TMA:
-        k_base, v_base = K, V
-    else:
-        k_base = K + kv_head * stride_kh
-        v_base = V + kv_head * stride_vh
-    kv_col = kv_head * HEAD_DIM
+    k_base = K + kv_head * stride_kh
+    v_base = V + kv_head * stride_vh
     if KEYS_PER_SPLIT > 0:
         key_lo = tl.program_id(2) * KEYS_PER_SPLIT
         key_hi = tl.minimum(highest + 1, key_lo + KEYS_PER_SPLIT)
@@ -187,8 +177,6 @@ def _sparse_query_attn_fwd(
         KEYS_PER_SPLIT > 0,
         IEEE,
         DOT_F32,
-        TMA,
-        kv_col,
     )
     acc, l_i, m_i = _attend_key_range(
         acc,
@@ -211,8 +199,6 @@ def _sparse_query_attn_fwd(
         KEYS_PER_SPLIT > 0,
         IEEE,
         DOT_F32,
-        TMA,
-        kv_col,
     )
     # epilogue
     if KEYS_PER_SPLIT > 0:  # partial result of this split, and its log2-sum-exp2 for the combine
