@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 
-from fusionrag_integrations.kernels import _dispatch
+from fusionrag_integrations.kernels import _dispatch, sparse_attention_launch
 from fusionrag_integrations.kernels.sparse_attention import sparse_query_attention, sparse_query_attention_ref
 from fusionrag_integrations.kernels.sparse_attention_launch import plan_key_splits, sparse_query_attention_triton
 
@@ -174,3 +174,12 @@ def test_split_plan():
     assert plan_key_splits(64, 600, 8, 4, 132) == 1  # short cache: no split
     splits = plan_key_splits(64, 16384, 8, 4, 132)
     assert 2 <= splits <= 16384 // 512
+
+
+def test_short_and_long_launches_are_tuned_apart():
+    """A short recompute and a whole fused prefill want different tiles: the autotuner keys on the
+    query bucket, so the config tuned at one size is not reused at the other."""
+    bucket = sparse_attention_launch.query_bucket
+    assert bucket(1) == bucket(1000) == bucket(2047) == 0
+    assert bucket(2048) == bucket(2800) == bucket(33000) == 1
+    assert "q_bucket" in sparse_attention_launch._sparse_query_attn_fwd_tuned.keys
