@@ -35,8 +35,9 @@ LARGE_QUERY_COUNT = 2048
 def query_bucket(n_queries: int) -> int:
     """Which tuning a launch gets: few queries (a short recompute, a step's slice) favour small tiles
     that fill the GPU; thousands (a whole fused prefill) favour the largest tile the shared memory takes.
-    On the H100 the best configs differ (benchmarks/sparse_attention.py --sweep) and the one tuned at the
-    first size seen cost the other size up to 9%. Two buckets: each tunes once."""
+    Tuned once for every size, the autotuner kept whichever config won at the first size it saw, and
+    that config is measurably slower at the other (`benchmarks/sparse_attention.py --sweep`). Two
+    buckets, each tuned once: a new query count never tunes again."""
     return int(n_queries >= LARGE_QUERY_COUNT)
 
 
