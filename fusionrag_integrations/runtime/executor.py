@@ -228,7 +228,8 @@ class StepExecutor:
 
     def _escalated(self, seq: SeqState, logits: torch.Tensor) -> bool:
         """The fidelity guard on a finished fused prefill (guarded or sampled requests: the shadow keeps the
-        signals): True when it starts a full prefill of the request in the same cache instead."""
+        signals): True when it starts a full prefill of the request instead (in the same cache, or in a new
+        one when the shadow samples the request: `_keep_fused`)."""
         task, request = seq.prefilling, seq.request
         guarded = self.fidelity.guards(request.fusion)
         if task.ctx is None or task.selected is None or (not guarded and request.shadow is None):
