@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])  # the chunk length changes by chunk: one compile for all
 def _place_rotated_kernel(
     Dst,
     Src,
