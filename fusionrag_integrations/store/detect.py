@@ -136,10 +136,11 @@ class ChunkIndex:
             self._filter[:] = False
             self._filter[np.array(list(self._texts_by_anchor), dtype=np.uint64) >> _FILTER_SHIFT] = True
             self._dirty, self._packed = False, None
-        if self._packed is None:
-            self._packed = np.packbits(self._filter, bitorder="little")
+        packed = self._packed
+        if packed is None:
+            packed = self._packed = np.packbits(self._filter, bitorder="little")
         hashes = _rolling_hashes(_codes(prompt), self.window)
-        candidates = np.nonzero(_bits_set(self._packed, hashes >> _FILTER_SHIFT))[0]
+        candidates = np.nonzero(_bits_set(packed, hashes >> _FILTER_SHIFT))[0]
         matches: list[Match] = []
         next_free = 0
         for offset in candidates.tolist():
