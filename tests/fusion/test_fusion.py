@@ -286,3 +286,15 @@ def test_a_pass_run_to_the_caches_end_reads_no_row_past_each_query(smol):
     h, _ = GraphCache(model, ref.backend, False, False, False).run_to_capacity(cache, ids, padded)
     got = model.logits(h[-1:])
     assert (got - expected).norm() / expected.norm() < 1e-5
+
+
+def test_token_ids_reach_the_device_as_torch_tensor_puts_them():
+    """The prompt's ids go through numpy (the fast path): the same int64 values as torch.tensor of the list,
+    on fresh random ids up to the largest vocabularies, and for an empty list."""
+    from fusionrag_integrations.fusion.placement import ids_on_device
+
+    rng = random.Random()
+    for n in (0, 1, 17_000):
+        ids = [rng.randrange(0, 300_000) for _ in range(n)]
+        got = ids_on_device(ids, torch.device("cpu"))
+        assert got.dtype == torch.int64 and torch.equal(got, torch.tensor(ids, dtype=torch.int64))
