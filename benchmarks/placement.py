@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import markdown_table  # noqa: E402
 
 from fusionrag_integrations.kernels.rope_gather import rotation  # noqa: E402
