@@ -224,8 +224,8 @@ class EngineConfig(_Settings):
         None,
         gt=0,
         description="Time per output token the scheduler protects: while requests decode, a step takes only as "
-        "many prefill tokens as fit beside their forward within this target (measured as it runs; at least an "
-        "eighth of max_prefill_tokens, so prefills still finish). None: max_prefill_tokens every step, which "
+        "many prefill tokens as fit beside their forward within this target (measured as it runs; at least "
+        "15% of the target's time, so prefills still finish). None: max_prefill_tokens every step, which "
         "favours time to first token and throughput.",
     )
     mixed_steps: bool = Field(

@@ -32,7 +32,7 @@ from ..errors import InvalidArgumentError
 from ..model.attention import AttentionMode, CacheAttention
 from ..model.forward import run_layers
 from ..store.chunk_kv import is_standalone
-from .placement import FusionContext, to_device
+from .placement import FusionContext, ids_on_device, to_device
 from .probe import default_critical_layer, probe_attention
 from .selector_base import Selector, allocate_weighted, note_missed_attention
 
@@ -100,7 +100,7 @@ def chunk_deviation(ctx: FusionContext, layer: int = 1, stride: int = 8) -> list
     run_layers(
         ctx.model, ids, device_positions, attention, before_write=before_write, num_layers=layer + 1, finish_last=False
     )
-    owner_t = torch.tensor(owner, device=found["deviation"].device)
+    owner_t = ids_on_device(owner, found["deviation"].device)  # ids of chunks: the same conversion
     sums = torch.zeros(len(ctx.chunks), device=owner_t.device).index_add_(0, owner_t, found["deviation"])
     counts = torch.bincount(owner_t, minlength=len(ctx.chunks)).clamp_min(1)
     return (sums / counts).tolist()  # one sync: the budget split is decided on the host

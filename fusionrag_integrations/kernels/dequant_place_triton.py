@@ -56,7 +56,7 @@ def _load_pair(
     return x1, x2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])  # the chunk length changes by chunk: one compile for all
 def _place_compact_kernel(
     DstK,
     DstV,

@@ -6,8 +6,10 @@ import torch
 import triton
 import triton.language as tl
 
+PLACE_TILE = (64, 4)  # (key rows a program, warps) on the GPU
 
-@triton.jit
+
+@triton.jit(do_not_specialize=["n_rows"])  # the chunk length changes by chunk: one compile for all
 def _place_rotated_kernel(
     Dst,
     Src,
@@ -49,14 +51,16 @@ def place_rotated_triton(
     cos: torch.Tensor,
     sin: torch.Tensor,
     values: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tile: tuple[int, int] | None = None,
 ) -> None:
-    """dst, src (and values' dst, src): [L, T, H, D] with (T, H, D) dense inside each layer; cos, sin: [D/2] float32."""
+    """dst, src (and values' dst, src): [L, T, H, D] with (T, H, D) dense inside each layer; cos, sin: [D/2] float32.
+    tile: (rows a program, warps) instead of the default (benchmarks/placement.py sweeps them)."""
     L, T, H, D = src.shape
     dst_v, src_v = values if values is not None else (dst, src)  # unused without COPY_V
     for t in (dst, src, dst_v, src_v):
         assert t.stride(3) == 1 and t.stride(2) == D and t.stride(1) == H * D, "token rows must be dense"
     n_rows = T * H
-    block_rows = 16 if src.device.type == "cpu" else 64
+    block_rows, warps = tile or ((16, 4) if src.device.type == "cpu" else PLACE_TILE)
     grid = (triton.cdiv(n_rows, block_rows), L)
     _place_rotated_kernel[grid](
         dst,
@@ -73,4 +77,5 @@ def place_rotated_triton(
         HALF=D // 2,
         BLOCK_ROWS=block_rows,
         COPY_V=values is not None,
+        num_warps=warps,
     )

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_rows"])  # the token count changes by request: one compile for all
 def _rotate_inplace_kernel(
     X,
     Cos,

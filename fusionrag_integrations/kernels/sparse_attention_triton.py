@@ -82,7 +82,10 @@ def _attend_key_range(
     return acc, l_i, m_i
 
 
-@triton.jit
+# counts and position arrays change with every request: specialised on them, a serving engine would compile
+# the kernel again (about a second) the first time a request brings a count divisible by 16, or a slice of
+# positions starting at an odd index
+@triton.jit(do_not_specialize=["n_queries"], do_not_specialize_on_alignment=["QPos", "Order"])
 def _sparse_query_attn_fwd(
     Q,
     K,
@@ -220,7 +223,7 @@ def _sparse_query_attn_fwd(
     )
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _combine_key_splits(
     Part,
     Lse,

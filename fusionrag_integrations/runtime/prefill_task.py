@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from ..fusion.layout import Layout
-from ..fusion.placement import FusionContext, active_positions, build_context, place_chunks
+from ..fusion.placement import FusionContext, active_positions, build_context, ids_on_device, place_chunks
 from ..fusion.recompute import pass_over
 from ..fusion.selectors import Selector
 from ..model.attention import AttentionMode, CacheAttention, KVCache
@@ -43,7 +43,7 @@ class PrefillTask:
     ) -> None:
         """Places the chunks and runs the selection (model work: a step's first slice of this request)."""
         self.model, self.cache, self.layout, self.backend, self.graphs = model, cache, layout, backend, graphs
-        self.ids = torch.tensor(layout.token_ids, device=model.device)
+        self.ids = ids_on_device(layout.token_ids, model.device)
         self.n = len(layout.token_ids)
         self.selected: torch.Tensor | None = None
         self.selector_name, self.ratio = (selector.name if selector is not None else ""), ratio  # what the stats report

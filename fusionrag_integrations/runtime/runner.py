@@ -17,7 +17,7 @@ import torch
 
 from ..config import EngineConfig
 from ..fusion.layout import Layout
-from ..fusion.placement import FusionContext, build_context, place_chunks
+from ..fusion.placement import FusionContext, build_context, ids_on_device, place_chunks
 from ..fusion.probe import CriticalLayers
 from ..fusion.probe import profile_critical_layer as profile_layer
 from ..fusion.selectors import Selector
@@ -114,7 +114,7 @@ class ModelRunner:
         """The fused cache before any recompute (chunks placed, fresh rows empty)."""
         cache = cache or self.model.new_cache(len(layout.token_ids))
         place_chunks(self.model, cache, layout.chunks, self.backend)
-        ids = torch.tensor(layout.token_ids, device=self.model.device)
+        ids = ids_on_device(layout.token_ids, self.model.device)
         return build_context(self.model, cache, ids, layout.chunks, 0, self.backend, self.graphs)
 
     def start_prefill(

@@ -47,6 +47,10 @@ class Capacity(Protocol):
 EMA = 0.2  # weight of the newest measurement in the budget policy's running averages
 LOOKAHEAD = 1  # waiting requests laid out beyond the free slots (their chunks found and promoted early)
 BESIDE_DECODE = 8  # background work beside decoding requests takes this fraction (1/n) of the prefill budget
+# with a TPOT target and the decode forward alone near it, prefills still get this share of the target's time
+# (a floor in time, not in tokens: a fixed token floor at 16K cost ~35 ms a step by itself and kept steps
+# at 60-70 ms whatever the target)
+PREFILL_FLOOR_SHARE = 0.15
 
 
 @dataclass(frozen=True)
@@ -144,13 +148,14 @@ class Scheduler:
 
     def prefill_budget(self, decode_rows: int) -> int:
         """Prefill positions this step: the whole budget, or with requests decoding and a TPOT target,
-        what fits beside their forward (never less than an eighth of the budget: prefills still finish)."""
+        what fits beside their forward in the target's time, never less than PREFILL_FLOOR_SHARE of that
+        time (prefills still finish when the decode forward alone fills the target)."""
         cap, target = self.limits.prefill_tokens, self.limits.tpot_target_ms
         if not decode_rows or target is None or self._prefill_ms_per_token is None:
             return cap
         decode_ms = (self._decode_ms_per_row or 0.0) * decode_rows
-        fit = int((target - decode_ms) / max(self._prefill_ms_per_token, 1e-6))
-        return max(cap // 8, min(cap, fit))
+        spare_ms = max(target - decode_ms, PREFILL_FLOOR_SHARE * target)
+        return max(1, min(cap, int(spare_ms / max(self._prefill_ms_per_token, 1e-6))))
 
     # -- after the step ----------------------------------------------------------------------------
 

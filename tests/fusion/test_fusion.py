@@ -215,6 +215,24 @@ def test_active_positions_is_the_sorted_union_with_or_without_a_trailing_chunk(s
         assert active_positions(c, selected).tolist() == expected
 
 
+def test_repeated_fresh_pieces_are_tokenised_once_with_the_same_ids(smol, monkeypatch):
+    """Separators repeat between chunks: each distinct piece goes to the tokenizer once, and every piece,
+    repeated or not, gets the ids its own call gives (each its own list)."""
+    from fusionrag_integrations.fusion.prompt import encode_text, encode_texts
+
+    rng = random.Random()
+    pieces = [rng.choice(["\n\n", " -- ", "\n", "Question: who counted the gulls?"]) for _ in range(40)]
+    batches: list[list[str]] = []
+    tokenizer = smol.tokenizer
+    real_call = type(tokenizer).__call__
+    spy = lambda self, texts, **kw: batches.append(texts) or real_call(self, texts, **kw)  # noqa: E731
+    monkeypatch.setattr(type(tokenizer), "__call__", spy)
+    ids = encode_texts(tokenizer, pieces, False)
+    assert len(batches) == 1 and sorted(batches[0]) == sorted(set(pieces))
+    assert ids == [encode_text(smol.tokenizer, p, False) for p in pieces]
+    assert len({id(x) for x in ids}) == len(ids)
+
+
 def test_fresh_text_tokenised_in_one_batch_equals_piece_by_piece(smol):
     """The text between detected chunks is tokenised in one tokenizer call: each piece's ids equal its own
     call's (the BOS only on the first piece, which opens the prompt), paragraphs to learn included."""
@@ -268,3 +286,15 @@ def test_a_pass_run_to_the_caches_end_reads_no_row_past_each_query(smol):
     h, _ = GraphCache(model, ref.backend, False, False, False).run_to_capacity(cache, ids, padded)
     got = model.logits(h[-1:])
     assert (got - expected).norm() / expected.norm() < 1e-5
+
+
+def test_token_ids_reach_the_device_as_torch_tensor_puts_them():
+    """The prompt's ids go through numpy (the fast path): the same int64 values as torch.tensor of the list,
+    on fresh random ids up to the largest vocabularies, and for an empty list."""
+    from fusionrag_integrations.fusion.placement import ids_on_device
+
+    rng = random.Random()
+    for n in (0, 1, 17_000):
+        ids = [rng.randrange(0, 300_000) for _ in range(n)]
+        got = ids_on_device(ids, torch.device("cpu"))
+        assert got.dtype == torch.int64 and torch.equal(got, torch.tensor(ids, dtype=torch.int64))

@@ -262,10 +262,12 @@ def test_closing_a_stream_wakes_its_blocked_reader():
 
 def test_a_step_budget_spreads_a_long_prefill_and_tpot_target_narrows_it():
     """The admission policy: the whole prefill budget with nothing decoding; with requests decoding and a
-    TPOT target, what fits beside their forward (at least an eighth of the budget)."""
+    TPOT target, what fits beside their forward in the target's time (at least a share of that time)."""
     scheduler = Scheduler(Limits(8, 10**6, 4096, tpot_target_ms=40.0))
     assert scheduler.prefill_budget(0) == 4096 and scheduler.prefill_budget(16) == 4096  # nothing measured yet
     scheduler._prefill_ms_per_token, scheduler._decode_ms_per_row = 0.02, 1.5  # 16 rows: a 24 ms forward
     assert scheduler.prefill_budget(16) == 800  # (40 - 24) ms / 0.02 ms a token
-    assert scheduler.prefill_budget(30) == 512  # no room left: an eighth of the budget
+    assert scheduler.prefill_budget(30) == 300  # no room left: 15% of the target's time, 6 ms / 0.02 ms
+    scheduler._prefill_ms_per_token = 0.035  # a slice over 17K keys: ~1,000 tokens once fitted 35 ms alone
+    assert scheduler.prefill_budget(16) == 457  # (40 - 24) / 0.035: the step stays near the target
     assert Scheduler(Limits(8, 10**6, 4096)).prefill_budget(16) == 4096  # no target: the whole budget

@@ -69,3 +69,26 @@ def test_the_prefix_sum_hashes_equal_the_plain_definition(window):
         codes = rng.integers(0, 0x110000, max(n, 0)).astype(np.uint64)
         fast, plain = detect._rolling_hashes(codes, window), detect._window_hashes(codes, window)
         assert fast.shape == plain.shape and np.array_equal(fast, plain)
+
+
+def test_the_packed_filter_reads_as_the_byte_per_bit_one():
+    """The filter `find` reads (8 bits a byte) gives the same answer as the one adds maintain, at fresh random
+    offsets over a filter with fresh random bits set."""
+    rng = np.random.default_rng()
+    plain = np.zeros(1 << detect._FILTER_BITS, dtype=bool)
+    plain[rng.integers(0, plain.size, 20_000)] = True
+    packed = np.packbits(plain, bitorder="little")
+    index = rng.integers(0, plain.size, 100_000).astype(np.uint64)
+    assert np.array_equal(detect._bits_set(packed, index) != 0, plain[index])
+
+
+def test_a_text_added_after_a_search_is_found_by_the_next():
+    """The packed filter is rebuilt after adds and removes: nothing found before is missed or kept after."""
+    index = ChunkIndex(window=16)
+    index.add(A)
+    prompt = f"{A} and {B}"
+    assert [m.text for m in index.find(prompt)] == [A]
+    index.add(B)
+    assert [m.text for m in index.find(prompt)] == [A, B]
+    index.remove(A)
+    assert [m.text for m in index.find(prompt)] == [B]
