@@ -57,10 +57,13 @@ def test_values_that_change_by_request_are_not_specialised(kernel):
     assert pointers <= plain_pointers
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiles for the GPU")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(),
+    reason="reads the GPU compile cache of the tuned kernel (no such cache in the CPU interpreter); run on the device",
+)
 def test_new_counts_and_position_slices_compile_nothing():
-    """After one call per tuning bucket, queries counts of every kind (odd, a multiple of 16, one) and
-    position slices at odd and even offsets reuse the compiled kernel."""
+    """After one call (the small-query tuning bucket, where every count below is), query counts of every kind
+    (odd, a multiple of 16, one) and position slices at odd and even offsets reuse the compiled kernel."""
     from fusionrag_integrations.kernels.sparse_attention_launch import sparse_query_attention_triton
 
     def call(n_q: int, offset: int) -> None:
