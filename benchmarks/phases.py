@@ -8,12 +8,16 @@ Each phase is one function of the request's path, timed with the device synchron
 it, so a phase's figure is its own work (the synchronisation takes away the overlap the unsynchronised
 path has: the table also gives the plain end-to-end time of the same prompts):
 
-    prepare    render, size check, chunk detection, tokenising the text between chunks (caller's thread)
+    prepare    render, size check, splitting the text at the chunks (caller's thread; less the next two)
+    detect     finding the stored chunks in the prompt's text
+    tokenise   tokenising the text between chunks
     lookup     the layout: missing entries named, entries looked up, token ids laid out
     cache      the request's KV cache allocated
     place      chunks' KV copied into it, keys re-rotated
     context    positions of chunks, fresh text and question sent to the device
-    select     the selector (for hybrid: the probe to the critical layer, the deviation sample, the picks)
+    select     the selector's own work less the next two (for hybrid: key norms, the picks)
+    probe      the question run over the placed cache up to the critical layer, its attention read
+    deviation  hybrid's deviation sample: sampled chunk tokens through the first layers, one host sync
     recompute  the pass over fresh + selected tokens, the last token's logits
     first      the first token: sampling, stats, the decode state
     other      the rest of the wall time: queueing, the step loop's bookkeeping, thread hand-offs
@@ -44,13 +48,17 @@ from gate import build  # noqa: E402
 from serving import random_text  # noqa: E402
 
 from fusionrag_integrations import EngineConfig, FusionEngine  # noqa: E402
+from fusionrag_integrations.fusion import hybrid as hybrid_module  # noqa: E402
 from fusionrag_integrations.fusion import layout as layout_module  # noqa: E402
 from fusionrag_integrations.fusion.selector_base import Selector  # noqa: E402
 from fusionrag_integrations.runtime import executor as executor_module  # noqa: E402
 from fusionrag_integrations.runtime import prefill_task as task_module  # noqa: E402
 from fusionrag_integrations.runtime import runner as runner_module  # noqa: E402
+from fusionrag_integrations.store import registry as registry_module  # noqa: E402
 
-PHASES = ["prepare", "lookup", "cache", "place", "context", "select", "recompute", "first"]
+PHASES = ["prepare", "detect", "tokenise", "lookup", "cache", "place", "context", "select", "probe", "deviation"]
+PHASES += ["recompute", "first"]
+NESTED = {"detect": "prepare", "tokenise": "prepare", "probe": "select", "deviation": "select"}  # child: parent
 
 
 class PhaseTimer:
@@ -80,6 +88,9 @@ class PhaseTimer:
 
     def install(self) -> None:
         self.wrap(layout_module.PromptLayout, "prepare", "prepare")
+        self.wrap(registry_module.ChunkRegistry, "find", "detect")
+        self.wrap(layout_module, "encode_text", "tokenise")
+        self.wrap(layout_module, "encode_texts", "tokenise")
         self.wrap(layout_module.PromptLayout, "missing", "lookup")
         self.wrap(layout_module.PromptLayout, "build", "lookup")
         self.wrap(runner_module.ModelRunner, "new_cache", "cache")
@@ -88,6 +99,8 @@ class PhaseTimer:
         for cls in selector_classes():
             if "select" in vars(cls):
                 self.wrap(cls, "select", "select")
+        self.wrap(hybrid_module, "probe_attention", "probe")
+        self.wrap(hybrid_module, "chunk_deviation", "deviation")
         self.wrap(task_module.PrefillTask, "run", "recompute")
         self.wrap(executor_module.StepExecutor, "_first_token", "first")
 
@@ -223,6 +236,8 @@ def main() -> None:
                 timer.ms.clear()
                 wall, stats, usage = call(setting)
                 walls.append(wall)
+                for child, parent in NESTED.items():  # every phase exclusive: a parent less its children
+                    timer.ms[parent] -= timer.ms[child]
                 for phase in PHASES:
                     phases[phase].append(timer.ms[phase])
                 fresh = usage.prompt_tokens - stats.tokens_reused - stats.tokens_recomputed
