@@ -10,6 +10,7 @@ recomputed queries spread over them with a 64-token question at the end. The ver
 `--rounds` rounds (median of medians), so a drift of the GPU's clock hits both alike: a change of a few
 percent, which one end-to-end run across machines cannot resolve, shows here. Each row also gives the
 largest difference from the baseline's output (two correct kernels differ by bf16 rounding only).
+`--others` adds more versions (files), each timed like the tree's: several ideas in one device call.
 `--splits` also times the tree's kernel with the keys forced into that many ranges (flash-decoding) for
 query counts under LARGE_QUERY_COUNT, where the query tiles alone make about two unequal waves.
 Writes results/attention_ab_<gpu>.json.
@@ -38,8 +39,8 @@ from fusionrag_integrations.kernels import sparse_attention_launch as launch  # 
 
 
 def load_kernel(path: Path) -> tuple[Callable, Callable]:
-    """The baseline source's forward kernel, plain and wrapped in the launcher's autotuner."""
-    spec = importlib.util.spec_from_file_location("baseline_sparse_attention", path)
+    """A version's forward kernel, plain and wrapped in the launcher's autotuner (its own tuning)."""
+    spec = importlib.util.spec_from_file_location(f"sparse_attention_{path.stem}", path)
     assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -60,6 +61,7 @@ def main() -> None:
     p.add_argument("--baseline", type=Path, required=True, help="another version of sparse_attention_triton.py")
     p.add_argument("--shapes", nargs="+", default=["16943:1000", "16943:2700", "33787:1950", "33787:5450"],
                    help="keys:queries (16K and 32K prompts at ratios 0.05 and 0.15)")  # fmt: skip
+    p.add_argument("--others", type=Path, nargs="*", default=[], help="more versions, each timed like the tree's")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--splits", type=int, nargs="*", default=[2, 3])
     p.add_argument("--out-dir", default=str(HERE / "results"))
@@ -69,6 +71,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     tree = (launch._sparse_query_attn_fwd, launch._sparse_query_attn_fwd_tuned)
     versions = {"baseline": load_kernel(args.baseline), "tree": tree}
+    versions.update({path.name: load_kernel(path) for path in args.others})
     gen, rows = torch.Generator().manual_seed(0), []
     print(f"device: {device_name(device)}", flush=True)
     try:
