@@ -2,7 +2,7 @@
 
     git show main:fusionrag_integrations/kernels/sparse_attention_triton.py > /tmp/base_kernel.py
     python3 benchmarks/attention_ab.py --baseline /tmp/base_kernel.py          # GPU: the 8B shape's heads
-    TRITON_INTERPRET=1 python benchmarks/attention_ab.py --baseline FILE --shapes 300:40   # CPU smoke run
+    TRITON_INTERPRET=1 python benchmarks/attention_ab.py --baseline FILE --shapes 300:80   # CPU smoke run
 
 The kernel in the tree and the baseline's are launched through the same launcher (sorting, key splits,
 the autotuner's configs: each version tuned on its own), at a fused prefill's shapes: `skv` keys, `sq`
@@ -34,6 +34,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 import triton  # noqa: E402
 from common import device_name, markdown_table  # noqa: E402
+from sparse_attention import bench_ms, selected_positions  # noqa: E402
 
 from fusionrag_integrations.kernels import sparse_attention_launch as launch  # noqa: E402
 
@@ -50,7 +51,7 @@ def load_kernel(path: Path) -> tuple[Callable, Callable]:
 
 def timed_ms(fn: Callable[[], object], device: torch.device) -> float:
     if device.type == "cuda":
-        return triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median")
+        return bench_ms(fn)
     t0 = time.perf_counter()  # the interpreter: proves the script runs, times nothing of interest
     fn()
     return (time.perf_counter() - t0) * 1e3
@@ -79,9 +80,7 @@ def main() -> None:
             skv, sq = (int(x) for x in shape.split(":"))
             k, v = (torch.randn(skv, heads[1], dim, generator=gen).to(device, dtype) for _ in range(2))
             q = torch.randn(sq, heads[0], dim, generator=gen).to(device, dtype)
-            question = min(64, sq)
-            spread = torch.randperm(skv - question, generator=gen)[: sq - question]
-            pos = torch.sort(torch.cat((spread, torch.arange(skv - question, skv)))).values.to(device)
+            pos = selected_positions(sq, skv, gen).to(device)  # a 64-token question, the rest spread
             flops = 4.0 * heads[0] * dim * float((pos + 1).sum())
 
             def attend(q=q, k=k, v=v, pos=pos) -> torch.Tensor:  # whichever version is installed
