@@ -11,11 +11,10 @@ What it measures, all on one model (Llama-3.1-8B shape, the tokenizer's vocabula
 - end-to-end TTFT through `engine.generate` at 16K and 32K tokens (chunks in the GPU tier, a new
   48-token question per call, tokenising and detection included): the default selector at 0.15 and
   at 0.05, `full` and `none`, against transformers' `generate(max_new_tokens=1)` on the same weights
-  and text (tokenising included);
+  and text (tokenising included); with, as info, the share of graphable passes that replayed a graph;
 - serving: closed-loop clients at c=1 and c=16 (fusion, and `full` over an engine with no chunks), 32
   output tokens, over a pool of chunks at least 4x the GPU tier (8 GiB GPU tier, persist off);
 - ingest: chunks/s of 512-token chunks, native (the pool) and int4.
-
 Every row is `{"metric", "value", "unit", "baseline", "gated"}`; gated rows that fall more than 7%
 behind the baseline (in their direction: ratios and rates up, latencies down) fail the run (exit 1).
 Writes benchmarks/results/gate_<gpu>.json; the baseline is benchmarks/baselines/gate_<gpu>.json.
@@ -38,6 +37,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from common import LLAMA31_8B, device_name, random_hf_llama, sync  # noqa: E402
+from graph_counter import GraphCounter  # noqa: E402
 from load_clients import run_clients  # noqa: E402
 from serving import Workload, random_text, summarize  # noqa: E402
 
@@ -118,9 +118,12 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
             for _ in range(3):
                 fn()
         samples: dict[str, list[float]] = {name: [] for name in methods}
+        graphed = {name: GraphCounter() for name in methods}  # replayed graphs: a bimodal row's first suspect
         for _ in range(args.repeats):  # interleaved: a drift of the GPU's clocks hits every method alike
             for name, fn in methods.items():
+                graphed[name].install()
                 samples[name].append(fn())
+                graphed[name].uninstall()
         times = {name: statistics.median(values) for name, values in samples.items()}
         k = f"{context // 1024}k"
         print(f"{k}: {n_tokens} prompt tokens", flush=True)
@@ -128,6 +131,8 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
             gate.add(f"e2e_{k}_{name}_ms", ms, "ms", gated=False)
         for name in ("default", "r005", "full", "none"):
             gate.add(f"e2e_{k}_{name}_x_hf", times["hf"] / times[name], "x")
+        for name, share in ((n, c.replayed_share()) for n, c in graphed.items() if c.replayed_share() is not None):
+            gate.add(f"e2e_{k}_{name}_graph_replayed", share, "share", gated=False)
         gate.add(f"e2e_{k}_guard_cost", times["guarded"] / times["default"] - 1, "share", gated=False)
     engine.loop.stop()
 

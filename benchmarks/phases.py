@@ -24,7 +24,9 @@ path has: the table also gives the plain end-to-end time of the same prompts):
 
 For the model phases it gives the achieved TFLOP/s (recompute: 2 x non-embedding parameters per token
 plus attention over the keys before each token, and the lm head once) and GB/s (place: chunk KV read
-and written). Writes results/phases_<gpu>.json.
+and written), and the share of the graphable passes (the probe, a short recompute) that replayed a CUDA
+graph over the setting's calls (benchmarks/graph_counter.py: a miss runs eagerly or captures). Writes
+results/phases_<gpu>.json.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from common import device_name, markdown_table, sync  # noqa: E402
 from gate import build  # noqa: E402
+from graph_counter import GraphCounter  # noqa: E402
 from serving import random_text  # noqa: E402
 
 from fusionrag_integrations import EngineConfig, FusionEngine  # noqa: E402
@@ -228,6 +231,8 @@ def main() -> None:
         for setting in args.settings:
             for _ in range(3):  # warm-up: kernels, graphs, the critical layer's profile
                 call(setting)
+            graphs = GraphCounter()  # over the plain and the synchronised calls alike
+            graphs.install()
             plain = statistics.median(call(setting)[0] for _ in range(args.repeats))
             timer.install()
             timer.active, phases, walls = True, defaultdict(list), []
@@ -244,6 +249,7 @@ def main() -> None:
                 recomputed.append((stats.tokens_recomputed + fresh, usage.prompt_tokens))
             timer.active = False
             timer.uninstall()
+            graphs.uninstall()
             row = {"context": context, "setting": setting, "e2e_ms": round(plain, 2),
                    "synced_wall_ms": round(statistics.median(walls), 2)}  # fmt: skip
             for phase in PHASES:
@@ -256,12 +262,15 @@ def main() -> None:
             kv_bytes = engine.runner.kv_bytes_per_token() * (stats.tokens_reused + stats.tokens_recomputed)
             if row["place_ms"] > 0:
                 row["place_gb_s"] = round(2 * kv_bytes / row["place_ms"] / 1e6, 1)
+            share = graphs.replayed_share()
+            row["graph_replayed"] = "-" if share is None else round(share, 2)  # of the graphable passes
+            row["graphs"] = graphs.summary()
             rows.append(row)
             print(json.dumps(row), flush=True)
             if args.host_profile:
                 host_profile(engine, call, setting, args.host_profile)
     columns = ["context", "setting", "e2e_ms", "synced_wall_ms", *(f"{ph}_ms" for ph in PHASES), "other_ms",
-               "recomputed_tokens", "recompute_tflops", "place_gb_s"]  # fmt: skip
+               "recomputed_tokens", "recompute_tflops", "place_gb_s", "graph_replayed"]  # fmt: skip
     print(markdown_table(rows, columns))
     if args.kernels:
         kernel_table(engine, head, questions, args.kernels, settings[args.kernel_setting])
