@@ -133,6 +133,7 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
             gate.add(f"e2e_{k}_{name}_x_hf", times["hf"] / times[name], "x")
         for name, share in ((n, c.replayed_share()) for n, c in graphed.items() if c.replayed_share() is not None):
             gate.add(f"e2e_{k}_{name}_graph_replayed", share, "share", gated=False)
+            print(f"{k} {name} graphable passes: {graphed[name].summary()}", flush=True)  # misses by why
         gate.add(f"e2e_{k}_guard_cost", times["guarded"] / times["default"] - 1, "share", gated=False)
     engine.loop.stop()
 

@@ -8,8 +8,15 @@ a different replayed share before anyone guesses at its cause.
 
     counter = GraphCounter(); counter.install()
     ...                       # requests
-    counter.summary()         # {"probe": {"passes": 10, "replayed": 8, "captured": 1}, ...}
+    counter.summary()         # {"probe": {"passes": 10, "replayed": 8, "captured": 1, ...}, ...}
     counter.uninstall()
+
+A pass that did not replay is also counted by why, read from the graphs' keys (kind, token bucket, cache
+layout) before the pass: `second_sighting` (its key was seen once: this pass captures), `new_layout` (a
+key of this kind and bucket is held, over other buffers: the allocator moved the cache), `new_bucket` (one
+over these buffers is held, for another token count: the prompt's fresh tokens crossed a bucket),
+`evicted` (this key was seen before, by any counter, and has left the graphs' LRU), `first` (none of
+these: a shape never seen).
 
 On a CPU no pass is graphable and the summary is empty.
 """
@@ -19,6 +26,23 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 
 from fusionrag_integrations.model import graphs as graphs_module
+
+MISSES = ("second_sighting", "new_layout", "new_bucket", "evicted", "first")
+_ever_seen: set[tuple] = set()  # graph keys any counter saw, across counters and installs
+
+
+def miss_reason(graph_cache, key: tuple) -> str:
+    """Why a pass with graph key `key` = (kind..., bucket, layout...) found no graph to replay."""
+    kind_len = len(key) - 5  # the layout is four fields (two addresses, shape, dtype), the bucket one
+    kind, bucket, layout = key[:kind_len], key[kind_len], key[kind_len + 1 :]
+    held = list(graph_cache._graphs)
+    if key in held:  # seen once, not captured yet: this pass captures
+        return "second_sighting"
+    if any(k[:kind_len] == kind and k[kind_len] == bucket and k[kind_len + 1 :] != layout for k in held):
+        return "new_layout"
+    if any(k[:kind_len] == kind and k[kind_len] != bucket and k[kind_len + 1 :] == layout for k in held):
+        return "new_bucket"
+    return "evicted" if key in _ever_seen else "first"
 
 
 class GraphCounter:
@@ -37,13 +61,20 @@ class GraphCounter:
             captures["now"] += 1
             return capture(*args, **kwargs)
 
-        def counting_replayed(cache, kind, *args, **kwargs):
-            before, captures["now"] = cache.replays[kind[0]], 0
-            out = replayed(cache, kind, *args, **kwargs)
+        def counting_replayed(graph_cache, kind, kv_cache, ids, positions, *args, **kwargs):
+            bucket = -(-int(positions.numel()) // graphs_module.BUCKET) * graphs_module.BUCKET
+            key = (*kind, bucket, *kv_cache.layout())
+            had_graph = graph_cache._graphs.peek(key) is not None  # peek: the LRU's order stays
+            reason = None if had_graph else miss_reason(graph_cache, key)
+            before, captures["now"] = graph_cache.replays[kind[0]], 0
+            out = replayed(graph_cache, kind, kv_cache, ids, positions, *args, **kwargs)
+            _ever_seen.add(key)
             counts = self.counts[kind[0]]
             counts["passes"] += 1
-            counts["replayed"] += cache.replays[kind[0]] - before
+            counts["replayed"] += graph_cache.replays[kind[0]] - before
             counts["captured"] += captures["now"]
+            if reason is not None:
+                counts[reason] += 1
             return out
 
         graphs_module.GraphCache._replayed = counting_replayed
@@ -58,7 +89,9 @@ class GraphCounter:
         self.counts.clear()
 
     def summary(self) -> dict[str, dict[str, int]]:
-        return {kind: {k: c[k] for k in ("passes", "replayed", "captured")} for kind, c in sorted(self.counts.items())}
+        keys = ("passes", "replayed", "captured", *MISSES)
+        return {kind: {k: c[k] for k in keys if k in c or k in ("passes", "replayed", "captured")}
+                for kind, c in sorted(self.counts.items())}  # fmt: skip
 
     def replayed_share(self) -> float | None:
         """Replayed passes over graphable passes, all kinds together (None: no graphable pass)."""
