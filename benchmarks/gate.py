@@ -5,6 +5,7 @@ call, under 8 minutes on an H100), and quote its table:
 
     python3 benchmarks/gate.py --tokenizer DIR             # 8B shape, random bf16 weights
     python3 benchmarks/gate.py --tokenizer DIR --update-baseline   # only in a commit that says why
+    python3 benchmarks/gate.py --tokenizer DIR --against /tmp/main.json  # vs main's run on this machine
     python benchmarks/gate.py --shape tiny                 # CPU smoke run of the script itself
 
 What it measures, all on one model (Llama-3.1-8B shape, the tokenizer's vocabulary):
@@ -245,10 +246,16 @@ def main() -> None:
     p.add_argument("--sections", nargs="+", choices=sections, default=sections,
                    help="run only these (a partial run when device time is short; not for a baseline)")  # fmt: skip
     p.add_argument("--update-baseline", action="store_true", help="write this run as the baseline")
+    p.add_argument("--against", help="compare with this gate output (a run of the reference code on the same "
+                   "machine, e.g. main's, minutes before) instead of the committed baseline")  # fmt: skip
     p.add_argument("--out-dir", default=str(HERE / "results"))
     args = p.parse_args()
     if args.update_baseline and len(args.sections) < 3:
         p.error("--update-baseline needs every section")
+    if args.update_baseline and args.against:
+        p.error("--update-baseline writes the committed baseline: not with --against")
+    if args.against and not Path(args.against).is_file():
+        p.error(f"--against: no such file {args.against}")
     if args.tokenizer is None:
         from fusionrag_integrations import default_model_path
         from fusionrag_integrations.config import default_model_cache_dir
@@ -273,8 +280,9 @@ def main() -> None:
         serving(gate, loaded, args)
     if "ingest" in args.sections:
         ingest_int4(gate, loaded, args)
-    rows = compare(gate.rows, HERE / "baselines" / f"gate_{slug}.json")
-    print(f"\n{gpu}, {args.shape}, {time.perf_counter() - started:.0f} s\n")
+    reference = Path(args.against) if args.against else HERE / "baselines" / f"gate_{slug}.json"
+    rows = compare(gate.rows, reference)
+    print(f"\n{gpu}, {args.shape}, {time.perf_counter() - started:.0f} s, against {reference}\n")
     print("| metric | value | unit | baseline | change | gated |\n| --- | --- | --- | --- | --- | --- |")
     for r in rows:
         change = f"{r['change']:+.1%}" if "change" in r else "-"
