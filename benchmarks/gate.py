@@ -16,6 +16,7 @@ What it measures, all on one model (Llama-3.1-8B shape, the tokenizer's vocabula
 - serving: closed-loop clients at c=1 and c=16 (fusion, and `full` over an engine with no chunks), 32
   output tokens, over a pool of chunks at least 4x the GPU tier (8 GiB GPU tier, persist off);
 - ingest: chunks/s of 512-token chunks, native (the pool) and int4.
+
 Every row is `{"metric", "value", "unit", "baseline", "gated"}`; gated rows that fall more than 7%
 behind the baseline (in their direction: ratios and rates up, latencies down) fail the run (exit 1).
 Writes benchmarks/results/gate_<gpu>.json; the baseline is benchmarks/baselines/gate_<gpu>.json.

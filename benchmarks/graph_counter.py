@@ -27,8 +27,14 @@ from collections import Counter, defaultdict
 
 from fusionrag_integrations.model import graphs as graphs_module
 
+COUNTS = ("passes", "replayed", "captured")
 MISSES = ("second_sighting", "new_layout", "new_bucket", "evicted", "first")
 _ever_seen: set[tuple] = set()  # graph keys any counter saw, across counters and installs
+
+
+def bucket_of(tokens: int) -> int:
+    """The token count a graphed pass of `tokens` tokens is padded to, and keyed by (model/graphs.py)."""
+    return -(-tokens // graphs_module.BUCKET) * graphs_module.BUCKET
 
 
 def miss_reason(graph_cache, key: tuple) -> str:
@@ -62,8 +68,7 @@ class GraphCounter:
             return capture(*args, **kwargs)
 
         def counting_replayed(graph_cache, kind, kv_cache, ids, positions, *args, **kwargs):
-            bucket = -(-int(positions.numel()) // graphs_module.BUCKET) * graphs_module.BUCKET
-            key = (*kind, bucket, *kv_cache.layout())
+            key = (*kind, bucket_of(int(positions.numel())), *kv_cache.layout())
             had_graph = graph_cache._graphs.peek(key) is not None  # peek: the LRU's order stays
             reason = None if had_graph else miss_reason(graph_cache, key)
             before, captures["now"] = graph_cache.replays[kind[0]], 0
@@ -85,12 +90,9 @@ class GraphCounter:
             graphs_module.GraphCache._replayed, graphs_module.warm_up_and_capture = self._originals
             self._originals = None
 
-    def reset(self) -> None:
-        self.counts.clear()
-
     def summary(self) -> dict[str, dict[str, int]]:
-        keys = ("passes", "replayed", "captured", *MISSES)
-        return {kind: {k: c[k] for k in keys if k in c or k in ("passes", "replayed", "captured")}
+        """Per kind: passes, replayed, captured, and each miss reason that occurred."""
+        return {kind: {k: c[k] for k in (*COUNTS, *MISSES) if k in COUNTS or k in c}
                 for kind, c in sorted(self.counts.items())}  # fmt: skip
 
     def replayed_share(self) -> float | None:

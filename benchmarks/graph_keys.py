@@ -23,22 +23,19 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 from common import markdown_table  # noqa: E402
-from gate import TINY  # noqa: E402
-from graph_counter import MISSES, GraphCounter  # noqa: E402
+from gate import build  # noqa: E402
+from graph_counter import MISSES, GraphCounter, bucket_of  # noqa: E402
 from serving import random_text  # noqa: E402
 
 from fusionrag_integrations import EngineConfig, FusionEngine  # noqa: E402
 from fusionrag_integrations.config import FusionConfig  # noqa: E402
 from fusionrag_integrations.model import graphs as graphs_module  # noqa: E402
 from fusionrag_integrations.model.attention import KVCache  # noqa: E402
-from fusionrag_integrations.model.identity import model_fingerprint, tokenizer_fingerprint  # noqa: E402
-from fusionrag_integrations.model.loader import LoadedModel, load_tokenizer, model_from_hf  # noqa: E402
 
 SETTINGS = {  # the gate's methods, in its order ("hf" draws a question and touches no graph)
     "hf": None,
@@ -67,14 +64,9 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out-dir", default=str(HERE / "results"))
     args = p.parse_args()
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = load_tokenizer(Path(args.tokenizer))
-    torch.manual_seed(0)
-    hf = LlamaForCausalLM(LlamaConfig(**dict(TINY, vocab_size=len(tok)))).eval()
-    model = model_from_hf(hf, torch.device("cpu"), torch.float32)
-    loaded = LoadedModel(model, tok, frozenset(), "tiny-random", Path(args.tokenizer), model_fingerprint(model),
-                         tokenizer_fingerprint(tok))  # fmt: skip
+    smoke = argparse.Namespace(tokenizer=args.tokenizer, shape="tiny", device="cpu")
+    loaded, _ = build(smoke)  # the gate's own CPU smoke model (a 2-layer random Llama)
+    tok, model = loaded.tokenizer, loaded.model
     never = FusionConfig(guard_threshold=1.01)
     engine = FusionEngine(loaded, EngineConfig(persist=False, gpu_cache_bytes=0, cpu_cache_bytes=4 << 30, fusion=never))
     graphs = engine.runner.graphs
@@ -88,7 +80,7 @@ def main() -> None:
     original = graphs_module.GraphCache._replayed
 
     def noting_bucket(graph_cache, kind, cache, ids, positions, *rest, **kw):
-        buckets[(kind[0], -(-int(positions.numel()) // graphs_module.BUCKET) * graphs_module.BUCKET)] += 1
+        buckets[(kind[0], bucket_of(int(positions.numel())))] += 1
         return original(graph_cache, kind, cache, ids, positions, *rest, **kw)
 
     graphs_module.GraphCache._replayed = noting_bucket
