@@ -9,6 +9,7 @@ A client's mistake is logged as one line (status, route, code, message); only ou
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -49,12 +50,15 @@ def error_response(status: int, message: str, code: str | None = None, param: st
     return JSONResponse(error_body(status, message, code, param), status_code=status)
 
 
+PROMPT_FIELD: ContextVar[str] = ContextVar("prompt_field", default="messages")  # set by a route: where its prompt is
+
+
 def as_api_error(exc: Exception) -> APIError:
     """The engine's typed errors -> statuses (a prompt too long is the client's 400, as in OpenAI)."""
     if isinstance(exc, APIError):
         return exc
     if isinstance(exc, ContextLengthError):
-        return APIError(400, str(exc), "context_length_exceeded", "messages")
+        return APIError(400, str(exc), "context_length_exceeded", PROMPT_FIELD.get())
     if isinstance(exc, OutOfMemoryError):
         return APIError(503, str(exc), "out_of_memory")
     if isinstance(exc, EngineUnavailableError):
@@ -78,8 +82,10 @@ def install(app: FastAPI) -> None:
         where = ".".join(str(p) for p in first.get("loc", ()) if p != "body") or None
         if first.get("type") == "json_invalid":
             return client_error(request, APIError(400, "the request body is not valid JSON", "invalid_json"))
-        message = f"{where or 'body'}: {first.get('msg', 'invalid')}"
-        return client_error(request, APIError(400, message, "invalid_value", where))
+        refused = (first.get("ctx") or {}).get("param")  # a field refused by name (schemas.py) names itself
+        message = str(first.get("msg", "invalid")).removeprefix("Value error, ")
+        message = message if refused else f"{where or 'body'}: {message}"
+        return client_error(request, APIError(400, message, "invalid_value", refused or where))
 
     @app.exception_handler(HTTPException)
     async def _http(request: Request, exc: HTTPException) -> JSONResponse:

@@ -79,9 +79,9 @@ def _arguments(function: dict) -> dict:
     return args
 
 
-def completion_prompt(body: CompletionRequest) -> tuple[str, dict[str, Any]]:
+def completion_prompts(body: CompletionRequest) -> tuple[list[str], dict[str, Any]]:
     settings = engine_settings(body, body.max_tokens if body.max_tokens is not None else 16)
-    return body.text(), {**settings, "response_format": requested_format(body)}
+    return body.texts(), {**settings, "response_format": requested_format(body)}
 
 
 def usage_json(usage: Usage | None) -> dict[str, Any]:
@@ -157,15 +157,28 @@ def completion_response(
     }
 
 
-def merge_choices(responses: list[dict]) -> dict:
-    """n responses to one prompt as one with n choices (indexed in order): the prompt counted once, as
-    OpenAI counts it, the completions summed; the fusion statistics are the first choice's."""
+def merge_choices(responses: list[dict], per_prompt: int) -> dict:
+    """Responses of one choice each as one response (choices indexed in order): every `per_prompt`
+    consecutive ones answer one prompt, whose tokens are counted once, as OpenAI counts n > 1; the
+    completions and the prompts are summed. The fusion statistics are the first choice's."""
     merged = dict(responses[0])
     merged["choices"] = [{**r["choices"][0], "index": i} for i, r in enumerate(responses)]
-    completion = sum(r["usage"]["completion_tokens"] for r in responses)
-    usage = merged["usage"]
-    merged["usage"] = {**usage, "completion_tokens": completion, "total_tokens": usage["prompt_tokens"] + completion}
+    merged["usage"] = summed_usage([r["usage"] for r in responses], per_prompt)
     return merged
+
+
+def summed_usage(usages: list[dict[str, Any]], per_prompt: int) -> dict[str, Any]:
+    """One usage for the choices of several prompts (`per_prompt` consecutive choices share one)."""
+    firsts = usages[::per_prompt]
+    prompt = sum(u["prompt_tokens"] for u in firsts)
+    completion = sum(u["completion_tokens"] for u in usages)
+    cached = sum(u["prompt_tokens_details"]["cached_tokens"] for u in firsts)
+    return {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+        "prompt_tokens_details": {"cached_tokens": cached},
+    }
 
 
 def stream_chunk(

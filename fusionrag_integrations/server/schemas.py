@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 # numbers are numbers: `true` is not 1 (pydantic's lax mode would take it)
 Int = Annotated[int, Field(strict=True)]
@@ -82,6 +83,12 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 
 
+def _refused(field: str, message: str) -> PydanticCustomError:
+    """A refusal that names its field, which the error's `param` reports (errors.py)."""
+    # `message` goes in as context, substituted last: braces a client sent are never read as a template
+    return PydanticCustomError("refused", "{message}", {"param": field, "message": message})
+
+
 def _same(value: Any, neutral: Any) -> bool:
     """Equal and of the same kind (True is not 1 here; 0 and 0.0 are one number)."""
     if isinstance(value, bool) or isinstance(neutral, bool):
@@ -97,13 +104,14 @@ class _Generation(_Body):
             return data
         unknown = sorted(k for k in data if k not in cls.model_fields and k not in METADATA and k not in NEUTRAL)
         if unknown:
-            raise ValueError(
-                f"unsupported field(s): {', '.join(map(repr, unknown))}; this server refuses what it does not honour"
+            raise _refused(
+                unknown[0],
+                f"unsupported field(s): {', '.join(map(repr, unknown))}; this server refuses what it does not honour",
             )
         for name, neutral in NEUTRAL.items():
             if name in data and name not in cls.model_fields and not any(_same(data[name], n) for n in neutral):
                 shown = ", ".join(repr(n) for n in neutral if n is not None) or "none"
-                raise ValueError(f"{name}={data[name]!r} is not supported (accepted: {shown})")
+                raise _refused(name, f"{name}={data[name]!r} is not supported (accepted: {shown})")
         return data
 
     model: str
@@ -182,18 +190,28 @@ class ChatCompletionRequest(_Generation):
         return (self.top_logprobs or 0) if self.logprobs else None
 
 
+MAX_PROMPTS = 64  # a completions request's prompts: each with its n choices, all queued at once
+
+
 class CompletionRequest(_Generation):
-    prompt: str | list[str]
+    prompt: str | list[str] = Field(
+        description=f"one text, or a list of 1 to {MAX_PROMPTS} answered together (choice i x n + j answers prompt i)"
+    )
     logprobs: Int | None = Field(None, ge=0, le=20, description="the likeliest alternatives per token")
 
-    @model_validator(mode="after")
-    def _one_prompt(self) -> CompletionRequest:
-        if isinstance(self.prompt, list) and len(self.prompt) != 1:
-            raise ValueError("prompt: one prompt per request")
-        return self
+    @field_validator("prompt", mode="before")
+    @classmethod
+    def _texts(cls, prompt: Any) -> Any:
+        """Token-id prompts (a list of ints, or of lists) are refused by name: the engine reads text, and
+        decoding ids back to text would not give the same ids again."""
+        if isinstance(prompt, list) and any(isinstance(p, (int, list)) for p in prompt):
+            raise ValueError("token ids are not supported: send the prompt as text")
+        if isinstance(prompt, list) and not 1 <= len(prompt) <= MAX_PROMPTS:
+            raise ValueError(f"a list of 1 to {MAX_PROMPTS} prompts, got {len(prompt)}")
+        return prompt
 
-    def text(self) -> str:
-        return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
+    def texts(self) -> list[str]:
+        return [self.prompt] if isinstance(self.prompt, str) else list(self.prompt)
 
     def logprob_count(self) -> int | None:
         return self.logprobs

@@ -1,8 +1,9 @@
-"""Server-sent events for a streamed request of n choices: each choice is an engine stream of its own
-(sampled with seed + i), their pieces interleaved as they come, each chunk naming its choice's index,
-as OpenAI streams n > 1. The first piece of every choice is awaited before the response starts, so a
-bad request still gets its status code; after that an error is an event. With include_usage the last
-event counts the prompt once and the completions summed."""
+"""Server-sent events for a streamed request of several choices (n per prompt, and a completions request
+may hold several prompts): each choice is an engine stream of its own (sampled with seed + j for a
+prompt's choice j), their pieces interleaved as they come, each chunk naming its choice's index, as
+OpenAI streams them. The first piece of every choice is awaited before the response starts, so a bad
+request still gets its status code; after that an error is an event. With include_usage the last event
+counts each prompt once and the completions summed."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ from typing import Any
 
 import anyio
 
-from ..outputs import GenerationChunk, Usage
+from ..outputs import GenerationChunk
 from ..threads import iterate_in_thread
 from . import errors
 from .errors import as_api_error
-from .openai_format import ResponseIds, stats_json, stream_chunk, usage_json
+from .openai_format import ResponseIds, stats_json, stream_chunk, summed_usage, usage_json
 from .tool_stream import ToolCallStream, tool_stream_chunks
 
 _END = object()
@@ -30,8 +31,11 @@ def sse(obj: dict) -> str:
 class ChoiceStreams:
     """The n engine streams of one request, opened; `events()` is the response body."""
 
-    def __init__(self, sources: list[Iterator[GenerationChunk]], close: Callable[[Iterator], None]) -> None:
-        self.sources, self.close = sources, close
+    def __init__(
+        self, sources: list[Iterator[GenerationChunk]], close: Callable[[Iterator], None], per_prompt: int
+    ) -> None:
+        """sources: the choices in order, `per_prompt` consecutive ones answering one prompt."""
+        self.sources, self.close, self.per_prompt = sources, close, per_prompt
         self.pieces: list[AsyncGenerator[GenerationChunk, None]] = [iterate_in_thread(s) for s in sources]
         self.firsts: list[GenerationChunk] = []
 
@@ -74,13 +78,8 @@ class ChoiceStreams:
                     yield sse(chunk)
                 offsets[i] += len(piece.text)
             if include_usage and all(last.usage is not None for last in lasts):
-                usages = [last.usage for last in lasts if last.usage is not None]
-                usage = Usage(
-                    usages[0].prompt_tokens, sum(u.completion_tokens for u in usages), usages[0].cached_tokens
-                )
-                yield sse(
-                    {**stream_chunk(ids, None), "usage": usage_json(usage), "fusionrag": stats_json(lasts[0].stats)}
-                )
+                usage = summed_usage([usage_json(last.usage) for last in lasts], self.per_prompt)
+                yield sse({**stream_chunk(ids, None), "usage": usage, "fusionrag": stats_json(lasts[0].stats)})
             yield "data: [DONE]\n\n"
         except Exception as exc:  # noqa: BLE001 - mid-stream: the status line is gone, the error is an event
             err = as_api_error(exc)
