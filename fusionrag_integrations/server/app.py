@@ -5,7 +5,8 @@ together; streams are server-sent events that end with `data: [DONE]`, and a cli
 cancels its request (its slot frees at the next step), streamed or not. Errors are OpenAI-style JSON
 (errors.py). What reaches a route has passed the guard (guard.py: header count, API key before the
 body, body deadline) and Starlette's body-size limit. Routes: generation.py (chat, completions),
-chunks.py (chunk ingest, lookup, delete); health, version, models and metrics here.
+responses.py (OpenAI's Responses API), chunks.py (chunk ingest, lookup, delete); health, version, models
+and metrics here.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from starlette.middleware.body_limit import RequestBodyLimitMiddleware
 
 from ..engine import FusionEngine
 from ..fidelity.report import AGREEMENT_BUCKETS, KL_BUCKETS
-from . import chunks, errors, generation, text_tools
+from . import chunks, errors, generation, responses, text_tools
+from .engine_calls import EngineCalls
 from .guard import RequestGuard
 from .metrics import Metrics
 from .settings import ServerSettings
@@ -77,7 +79,9 @@ def create_app(
         bounds = {"kl_bucket_bounds": KL_BUCKETS, "agreement_bucket_bounds": AGREEMENT_BUCKETS}
         return {"object": "fidelity_report", **report, **bounds}
 
-    generation.register(app, engine, model_name, metrics)
+    calls = EngineCalls(engine, model_name, metrics)
+    generation.register(app, calls)
+    responses.register(app, calls)
     chunks.register(app, engine, settings)
     text_tools.register(app, engine, model_name, settings)
     app.state.metrics = metrics

@@ -10,8 +10,8 @@ from fastapi.responses import StreamingResponse
 
 from ..engine import FusionEngine
 from . import errors
+from .engine_calls import in_thread, request_salt
 from .errors import APIError, as_api_error
-from .generation import in_thread, request_salt
 from .schemas import ChunkKeysRequest, ChunksRequest, ForgetRequest
 from .settings import ServerSettings
 from .streaming import sse

@@ -9,6 +9,7 @@ observe here (`user`, `metadata`, ...) are accepted. `selector`, `recompute_rati
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -83,7 +84,7 @@ NEUTRAL: dict[str, tuple[Any, ...]] = {
 }
 
 
-def _refused(field: str, message: str) -> PydanticCustomError:
+def refused(field: str, message: str) -> PydanticCustomError:
     """A refusal that names its field, which the error's `param` reports (errors.py)."""
     # `message` goes in as context, substituted last: braces a client sent are never read as a template
     return PydanticCustomError("refused", "{message}", {"param": field, "message": message})
@@ -96,23 +97,32 @@ def _same(value: Any, neutral: Any) -> bool:
     return value == neutral
 
 
+def refuse_what_is_not_honoured(
+    data: Any, fields: Iterable[str], neutral: Mapping[str, tuple[Any, ...]] = NEUTRAL, metadata=METADATA
+) -> Any:
+    """A body's fields checked by name before validation: one that is neither a field of the schema nor
+    metadata is refused, and one of `neutral` is taken only at a value that asks for nothing."""
+    if not isinstance(data, dict):
+        return data
+    fields = set(fields)
+    unknown = sorted(k for k in data if k not in fields and k not in metadata and k not in neutral)
+    if unknown:
+        raise refused(
+            unknown[0],
+            f"unsupported field(s): {', '.join(map(repr, unknown))}; this server refuses what it does not honour",
+        )
+    for name, values in neutral.items():
+        if name in data and name not in fields and not any(_same(data[name], n) for n in values):
+            shown = ", ".join(repr(n) for n in values if n is not None) or "none"
+            raise refused(name, f"{name}={data[name]!r} is not supported (accepted: {shown})")
+    return data
+
+
 class _Generation(_Body):
     @model_validator(mode="before")
     @classmethod
     def _refuse_what_is_not_honoured(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        unknown = sorted(k for k in data if k not in cls.model_fields and k not in METADATA and k not in NEUTRAL)
-        if unknown:
-            raise _refused(
-                unknown[0],
-                f"unsupported field(s): {', '.join(map(repr, unknown))}; this server refuses what it does not honour",
-            )
-        for name, neutral in NEUTRAL.items():
-            if name in data and name not in cls.model_fields and not any(_same(data[name], n) for n in neutral):
-                shown = ", ".join(repr(n) for n in neutral if n is not None) or "none"
-                raise _refused(name, f"{name}={data[name]!r} is not supported (accepted: {shown})")
-        return data
+        return refuse_what_is_not_honoured(data, cls.model_fields)
 
     model: str
     max_tokens: Int | None = Field(None, ge=1)

@@ -17,8 +17,8 @@ from pydantic import Field, model_validator
 
 from ..engine import FusionEngine
 from ..fusion.prompt import encode_text, render_prompt
+from .engine_calls import in_thread
 from .errors import APIError
-from .generation import in_thread
 from .openai_format import chat_prompt
 from .schemas import ChatCompletionRequest, ChatMessage, Int, _Body
 from .settings import ServerSettings

@@ -1,4 +1,4 @@
-"""Every request field the installed `openai` package defines for chat and completions is either
+"""Every request field the installed `openai` package defines for chat, completions and responses is either
 answered or refused with a 400 that names it: one request per field, with a value that asks for
 something, its kind read from the server's own schemas (honoured, accepted as metadata, or taken only
 at the value that asks for nothing). What each honoured field does is tested with its feature.
@@ -12,7 +12,9 @@ import httpx
 import pytest
 from openai.types import completion_create_params as completion_params
 from openai.types.chat import completion_create_params as chat_params
+from openai.types.responses import response_create_params as responses_params
 
+from fusionrag_integrations.server.responses_format import RESPONSES_NEUTRAL, ResponsesRequest
 from fusionrag_integrations.server.schemas import METADATA, NEUTRAL, ChatCompletionRequest, CompletionRequest
 from tests.server.conftest import API_KEY, MODEL
 
@@ -20,7 +22,9 @@ AUTH = {"Authorization": f"Bearer {API_KEY}"}
 ENDPOINTS = {
     "chat": ("/v1/chat/completions", chat_params.CompletionCreateParamsBase, ChatCompletionRequest),
     "completions": ("/v1/completions", completion_params.CompletionCreateParamsBase, CompletionRequest),
+    "responses": ("/v1/responses", responses_params.ResponseCreateParamsBase, ResponsesRequest),
 }
+NEUTRALS = {"chat": NEUTRAL, "completions": NEUTRAL, "responses": RESPONSES_NEUTRAL}
 TOOL = {"type": "function", "function": {"name": "add", "parameters": {"type": "object", "properties": {}}}}
 # a value that asks for something, per field: an honoured field must answer it, any other must refuse it
 ASKING: dict[str, object] = {
@@ -64,12 +68,29 @@ ASKING: dict[str, object] = {
     "top_logprobs": 2,
 }
 ASKING_COMPLETIONS = {"logprobs": 2}  # the completions endpoint counts alternatives here
-REQUIRED = {"model", "messages", "prompt"}
+ASKING_RESPONSES = {  # the Responses API's own fields, and its spelling of tools and formats
+    "background": True,
+    "context_management": [{"type": "compaction"}],
+    "conversation": "conv_1",
+    "include": ["message.output_text.logprobs"],
+    "instructions": "Be brief.",
+    "max_output_tokens": 3,
+    "max_tool_calls": 2,
+    "previous_response_id": "resp_1",
+    "prompt": {"id": "pmpt_1"},
+    "reasoning": {"effort": "low"},
+    "stream_options": {"include_obfuscation": True},
+    "text": {"format": {"type": "json_object"}},
+    "tools": [{"type": "function", **TOOL["function"]}],
+    "truncation": "auto",
+}
+REQUIRED = {"model", "messages", "prompt", "input"}
 
 
 def openai_fields(endpoint: str) -> list[str]:
     _, params, _ = ENDPOINTS[endpoint]
-    return sorted((set(params.__annotations__) | {"stream"}) - REQUIRED)
+    required = REQUIRED - {"prompt"} if endpoint == "responses" else REQUIRED  # there a stored prompt template
+    return sorted((set(params.__annotations__) | {"stream"}) - required)
 
 
 def classify(endpoint: str, field: str) -> str:
@@ -78,12 +99,14 @@ def classify(endpoint: str, field: str) -> str:
         return "honoured"
     if field in METADATA:
         return "accepted"
-    return "neutral only" if field in NEUTRAL else "refused"
+    return "neutral only" if field in NEUTRALS[endpoint] else "refused"
 
 
 def body(endpoint: str, **fields) -> dict:
     if endpoint == "chat":
         return {"model": MODEL, "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 3, **fields}
+    if endpoint == "responses":
+        return {"model": MODEL, "input": "Say hi.", "max_output_tokens": 3, **fields}
     return {"model": MODEL, "prompt": "Say hi.", "max_tokens": 3, **fields}
 
 
@@ -92,10 +115,12 @@ CASES = [(e, f) for e in ENDPOINTS for f in openai_fields(e)]
 
 @pytest.mark.parametrize(("endpoint", "field"), CASES, ids=[f"{e}-{f}" for e, f in CASES])
 def test_every_openai_field_works_or_is_refused_by_name(server, endpoint, field):
-    assert field in ASKING, f"{field}: a field this test has no value for (a new one in the openai package?)"
+    asking = {**ASKING, **ASKING_COMPLETIONS} if endpoint == "completions" else ASKING
+    asking = {**ASKING, **ASKING_RESPONSES} if endpoint == "responses" else asking
+    assert field in asking, f"{field}: a field this test has no value for (a new one in the openai package?)"
     kind = classify(endpoint, field)
-    extra = {"logprobs": True} if field == "top_logprobs" else {}
-    value = ASKING_COMPLETIONS.get(field, ASKING[field]) if endpoint == "completions" else ASKING[field]
+    extra = {"logprobs": True} if field == "top_logprobs" and endpoint == "chat" else {}
+    value = asking[field]
     path = ENDPOINTS[endpoint][0]
     response = httpx.post(f"{server}{path}", json=body(endpoint, **{field: value}, **extra), headers=AUTH, timeout=120)
     if kind in ("honoured", "accepted"):
@@ -103,7 +128,8 @@ def test_every_openai_field_works_or_is_refused_by_name(server, endpoint, field)
     else:
         assert response.status_code == 400 and field in response.json()["error"]["message"], response.text
     if kind == "neutral only":  # not sent, or sent at the value that asks for nothing: answered
-        neutral = next(v for v in NEUTRAL[field] if v is not None) if len(NEUTRAL[field]) > 1 else None
+        values = NEUTRALS[endpoint][field]
+        neutral = next(v for v in values if v is not None) if len(values) > 1 else None
         ok = httpx.post(f"{server}{path}", json=body(endpoint, **{field: neutral}), headers=AUTH, timeout=120)
         assert ok.status_code == 200, ok.text
 
