@@ -28,18 +28,29 @@ def chunk_token(text: str) -> str:
 
 
 def request_text(path: str, body: dict[str, Any]) -> str:
-    """The text of a request in which chunks may appear: message contents, or a completion prompt."""
+    """The text of a request in which chunks may appear: message contents (chat), input items and
+    instructions (responses), or a completion prompt."""
     if path.endswith("chat/completions"):
-        parts = []
-        for message in body.get("messages") or []:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                parts.append(content)
-            elif isinstance(content, list):
-                parts += [p.get("text", "") for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
-        return "\n\n".join(parts)
+        return "\n\n".join(_texts(m.get("content") for m in body.get("messages") or [] if isinstance(m, dict)))
+    if path.endswith("/responses"):
+        items = body.get("input")
+        contents = [items] if isinstance(items, str) else [
+            i.get("content", i.get("output")) for i in items or [] if isinstance(i, dict)
+        ]  # fmt: skip
+        return "\n\n".join(_texts([body.get("instructions"), *contents]))
     prompt = body.get("prompt")
     return prompt if isinstance(prompt, str) else "\n\n".join(p for p in prompt or [] if isinstance(p, str))
+
+
+def _texts(contents: Iterable[Any]) -> list[str]:
+    """The text of message contents: strings, and the text parts of lists of parts."""
+    parts: list[str] = []
+    for content in contents:
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str)]
+    return parts
 
 
 def routing_tokens(path: str, body: dict[str, Any], index: ChunkIndex | None, min_chars: int = 32) -> Tokens:

@@ -55,3 +55,18 @@ def test_tokens_without_a_catalog_given_chunks_and_ingests():
     assert [t for t, _ in ingest] == [chunk_token(PASSAGES[0]), chunk_token(PASSAGES[1])]
     assert routing_tokens("/v1/chat/completions", {"messages": "not a list"}, None) == []
     assert request_text("/v1/completions", {"prompt": ["a", "b"]}) == "a\n\nb"
+
+
+def test_a_responses_request_routes_by_the_chunks_in_its_input_and_instructions():
+    index = ChunkIndex()
+    for p in PASSAGES[:4]:
+        index.add(p)
+    items = [
+        {"role": "user", "content": [{"type": "input_text", "text": f"Read this.\n\n{PASSAGES[1]}"}]},
+        {"type": "function_call", "call_id": "c", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "c", "output": PASSAGES[2]},
+    ]
+    body = {"model": "m", "instructions": PASSAGES[0], "input": items}
+    found = routing_tokens("/v1/responses", body, index)
+    assert found == [(chunk_token(p), len(p)) for p in PASSAGES[:3]]
+    assert request_text("/v1/responses", {"input": PASSAGES[3]}) == PASSAGES[3]

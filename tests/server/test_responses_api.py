@@ -5,6 +5,8 @@ taking their results back); what the server does not do is refused naming the fi
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 from pydantic import BaseModel
@@ -13,6 +15,9 @@ from tests.server.conftest import API_KEY, MODEL
 
 CITY = {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city", "parameters": CITY}
+
+
+AUTH = {"Authorization": f"Bearer {API_KEY}"}
 
 
 class Person(BaseModel):
@@ -100,8 +105,7 @@ def test_a_tool_result_goes_back_in(client):
 )
 def test_what_is_not_done_is_refused_naming_the_field(server, extra, param):
     body = {"model": MODEL, "input": "Hi", "max_output_tokens": 4, **extra}
-    response = httpx.post(f"{server}/v1/responses", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
-                          timeout=120)  # fmt: skip
+    response = httpx.post(f"{server}/v1/responses", json=body, headers=AUTH, timeout=120)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
 
@@ -122,3 +126,23 @@ def test_langchain_chat_openai_over_the_responses_api(server):
 
     call = llm.bind_tools([get_weather], tool_choice="get_weather").invoke("Weather in Paris?")
     assert call.tool_calls and call.tool_calls[0]["name"] == "get_weather" and "city" in call.tool_calls[0]["args"]
+
+
+def test_a_client_that_leaves_a_stream_cancels_its_response(server):
+    def cancelled() -> float:
+        page = httpx.get(f"{server}/metrics", headers=AUTH).text
+        line = next((x for x in page.splitlines() if x.startswith('fusionrag_requests_total{outcome="cancelled"}')), "")
+        return float(line.split()[-1]) if line else 0.0
+
+    before = cancelled()
+    # greedy, this prompt runs to max_output_tokens (300 of 300 checked), so only the cancel can end it early
+    body = {"model": MODEL, "input": "Tell a very long story.", "max_output_tokens": 4000, "temperature": 0,
+            "stream": True}  # fmt: skip
+    with httpx.stream("POST", f"{server}/v1/responses", json=body, headers=AUTH, timeout=120) as response:
+        for line in response.iter_lines():
+            if "response.output_text.delta" in line:
+                break  # one delta read, then the connection closes
+    deadline = time.monotonic() + 60  # generous: the step loop drops it at its next step
+    while cancelled() < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert cancelled() == before + 1
