@@ -18,16 +18,14 @@ import torch
 
 from ..errors import OutOfMemoryError
 from ..fidelity.monitor import FidelityMonitor
-from ..fidelity.signals import guard_signals
 from ..fusion.layout import Draft, Layout, PromptLayout
 from ..fusion.selectors import Selector, SelectorFactory
 from ..inputs import check_length
-from ..model.attention import KVCache
-from ..request import FusionParams
 from ..store.chunk_kv import tenant_of
 from .chunk_compute import ChunkCompute
 from .decode import Prefill
 from .grammar import constrain
+from .guarded_prefill import GuardedPrefill
 from .packed_step import packed_step
 from .plan import StepOutcome, StepPlan
 from .prefill_task import PrefillTask
@@ -50,6 +48,7 @@ class StepExecutor:
     ) -> None:
         self.layout, self.runner, self.chunk_compute, self.selectors = layout, runner, chunks, selectors
         self.counters, self.fidelity = counters, fidelity
+        self.guarding = GuardedPrefill(runner, selectors, fidelity)
 
     def check(self, request: Request) -> None:
         """Fail on the caller's thread, not in the loop: an unknown selector, a grammar that does not compile."""
@@ -206,7 +205,7 @@ class StepExecutor:
         """PREFILL -> DECODE: the stats, the decode state, the first token (or, escalated by the guard,
         back to a full prefill)."""
         request = seq.request
-        if self._escalated(seq, logits):
+        if self.guarding.escalated(seq, logits):
             return
         task = seq.prefilling
         pre = self.finish_prefill(task, request, logits)
@@ -220,53 +219,11 @@ class StepExecutor:
         for fork in (f for f in seq.forks if not f.cancelled):  # more answers: from a copy of this cache
             self._guarded(out, fork, partial(self._fork, fork, pre, out))
         if request.shadow is not None:
-            self._finished(seq)
+            self.guarding.finished(seq)
 
     def _fork(self, fork: SeqState, pre: Prefill, out: StepOutcome) -> None:
         fork.decode_state, fork.phase = self.runner.fork_decode(pre, fork.request), Phase.DECODE
         out.pieces[id(fork)] = fork.decode_state.start()
-
-    def _escalated(self, seq: SeqState, logits: torch.Tensor) -> bool:
-        """The fidelity guard on a finished fused prefill (guarded or sampled requests: the shadow keeps the
-        signals): True when it starts a full prefill of the request instead (in the same cache, or in a new
-        one when the shadow samples the request: `_keep_fused`)."""
-        task, request = seq.prefilling, seq.request
-        guarded = self.fidelity.guards(request.fusion)
-        if task.ctx is None or task.selected is None or (not guarded and request.shadow is None):
-            return False
-        recomputed = int(task.selected.numel())
-        if recomputed >= task.n_chunk:
-            return False  # nothing reused: already full attention
-        signals = guard_signals(task.ctx, logits[-1], recomputed, task.n_chunk)
-        if request.shadow is not None:
-            request.shadow.signals = signals
-        if not guarded:
-            return False
-        decision = self.fidelity.guard.decide(signals, sampled=request.shadow is not None)
-        request.stats.guard_decided(decision.score, decision.escalate)
-        if request.shadow is not None:
-            request.shadow.score, request.shadow.weight = decision.score, decision.weight
-        if not decision.escalate:
-            return False
-        full, _ = self.selectors(FusionParams(selector="full"))
-        cache = self._keep_fused(request, task, logits[-1], recomputed)
-        restart = self.runner.start_prefill(task.layout, full, 1.0, request.sampling.max_new_tokens, cache)
-        restart.seconds, seq.prefill_task = task.seconds, restart
-        return True
-
-    def _keep_fused(self, request: Request, task: PrefillTask, logits: torch.Tensor, recomputed: int) -> KVCache:
-        """The cache an escalated request's full prefill runs in: the fused one's own, unless the shadow
-        samples the request; then a new one, and the fused prefill stays to be judged on full's answer."""
-        shadow = request.shadow
-        if shadow is None:
-            return task.cache
-        try:
-            cache = self.runner.new_cache(task.cache.capacity)
-        except torch.OutOfMemoryError:  # no room for both: answer in place, measure nothing
-            request.shadow = None
-            return task.cache
-        shadow.escalate(logits, task.cache, task.layout, task.selector_name, task.ratio, recomputed / task.n_chunk)
-        return cache
 
     def finish_prefill(self, task: PrefillTask, request: Request, logits: torch.Tensor) -> Prefill:
         pre = self.runner.finish_prefill(task, request, logits)
@@ -296,14 +253,7 @@ class StepExecutor:
             except Exception as exc:  # noqa: BLE001 - this request's sampling or detokenising: its own error
                 out.failed.append((seq, exc))
             if seq.request.shadow is not None:
-                self._finished(seq)
-
-    def _finished(self, seq: SeqState) -> None:
-        """A sampled request that just returned its answer: its fidelity shadow is queued."""
-        shadow, decoding, r = seq.request.shadow, seq.decoding, self.runner
-        if shadow is not None and decoding.done:
-            self.fidelity.finished(shadow, decoding.generated, r.model, r.new_cache, r.backend)
-            seq.request.shadow = None
+                self.guarding.finished(seq)
 
 
 def prepare(layout: PromptLayout, request: Request) -> Draft:
