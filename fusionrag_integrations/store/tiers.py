@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .redis_backend import RedisBackend
 from .chunk_kv import ChunkKV
 from .fetch_cost import FetchCost
+from .pinning import use_threaded_pinning
 
 
 class LRUTier:
@@ -73,6 +74,8 @@ class ChunkStore:
         # promotions to the GPU copy on their own stream: a request laid out ahead of its admission has its
         # chunks moving while the step's compute runs (the compute waits for them only where it reads them)
         self.copy_stream = torch.cuda.Stream(device) if self.gpu is not None and device.type == "cuda" else None
+        if self.copy_stream is not None:  # what the GPU tier evicts is pinned: from several threads (pinning.py)
+            use_threaded_pinning()
         self._lock = threading.RLock()  # the tiers are used by the step loop, callers and the writer
         self.cpu = LRUTier(torch.device("cpu"), cpu_bytes)
         self.counts: Counter[str] = Counter()  # hits per tier, misses, corrupt entries, failed writes
@@ -163,8 +166,7 @@ class ChunkStore:
 
     def _into_gpu(self, entry: ChunkKV) -> list[ChunkKV]:
         """Put into the GPU tier; what it evicts and the CPU tier lacks is demoted there, not dropped (into
-        pinned memory, the copy asynchronous; pinning is the cost: an ingest that overflows the GPU tier
-        runs at the rate the OS pins pages, measured in benchmarks/gate.py)."""
+        pinned memory, the copy asynchronous; pinning is the cost, paid from several threads: pinning.py)."""
         assert self.gpu is not None
         evicted = self.gpu.put(entry)
         for old in evicted:
