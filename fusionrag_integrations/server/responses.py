@@ -8,19 +8,18 @@ message item and function_call items with their arguments' events."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
 from ..outputs import GenerationChunk
-from ..threads import iterate_in_thread
 from .engine_calls import EngineCalls, close_soon, request_salt
 from .errors import PROMPT_FIELD, APIError, as_api_error
 from .openai_format import chat_prompt
 from .responses_format import ResponseObject, ResponsesRequest, message_item, new_id, output_items
+from .streaming import ChoiceStreams
 
 
 def register(app: FastAPI, calls: EngineCalls) -> None:
@@ -39,25 +38,20 @@ def register(app: FastAPI, calls: EngineCalls) -> None:
         if not body.stream:
             [(text, last, _)] = await calls.complete_all(request, [prompt], settings, 1)
             return response.finished(output_items(text, tools, new_id("msg")), last)
-        [source] = await calls.open_choices([prompt], settings, 1)
-        pieces = iterate_in_thread(source)
-        try:
-            first = await anext(pieces)  # a bad request still gets its status code
-        except Exception as exc:  # noqa: BLE001 - mapped to its status
-            close_soon(source)
-            raise as_api_error(exc) from None
-        events = Events(response, source, pieces, first, tools)
-        return StreamingResponse(events.stream(), media_type="text/event-stream")
+        choice = ChoiceStreams(await calls.open_choices([prompt], settings, 1), close_soon, 1)
+        await choice.start()  # a bad request still gets its status code
+        return StreamingResponse(Events(response, choice, tools).stream(), media_type="text/event-stream")
 
 
 class Events:
     """One streamed response's server-sent events, numbered in order."""
 
-    def __init__(self, response: ResponseObject, source: Iterator, pieces, first: GenerationChunk, tools) -> None:
-        self.response, self.source, self.pieces, self.first, self.tools = response, source, pieces, first, tools
+    def __init__(self, response: ResponseObject, choice: ChoiceStreams, tools: list[dict] | None) -> None:
+        self.response, self.choice, self.tools = response, choice, tools
+        self.first, self.pieces = choice.firsts[0], choice.pieces[0]
         self.sequence = 0
         self.items: list[dict[str, Any]] = []  # the output, once answered
-        self.last = first
+        self.last = self.first
 
     def event(self, kind: str, **fields: Any) -> str:
         body = {"type": kind, "sequence_number": self.sequence, **fields}
@@ -76,9 +70,7 @@ class Events:
             err = as_api_error(exc)
             yield self.event("error", code=err.code, message=err.message, param=err.param)
         finally:
-            close_soon(self.source)  # a finished stream ignores it; a client that left frees its slot
-            with anyio.CancelScope(shield=True):
-                await self.pieces.aclose()
+            await self.choice.shut()  # a finished stream ignores it; a client that left frees its slot
 
     async def pieces_from_first(self) -> AsyncIterator[GenerationChunk]:
         yield self.first
