@@ -38,6 +38,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from allocator_counter import AllocatorCounter  # noqa: E402
 from common import LLAMA31_8B, device_name, random_hf_llama, sync  # noqa: E402
 from graph_counter import GraphCounter  # noqa: E402
 from load_clients import run_clients  # noqa: E402
@@ -121,16 +122,22 @@ def e2e_ttft(gate: Gate, loaded: LoadedModel, hf, args) -> None:
                 fn()
         samples: dict[str, list[float]] = {name: [] for name in methods}
         graphed = {name: GraphCounter() for name in methods}  # replayed graphs: a bimodal row's first suspect
+        allocator = {name: AllocatorCounter(engine.device) for name in methods}  # the second suspect
         for _ in range(args.repeats):  # interleaved: a drift of the GPU's clocks hits every method alike
             for name, fn in methods.items():
                 graphed[name].install()
-                samples[name].append(fn())
+                with allocator[name]:
+                    samples[name].append(fn())
                 graphed[name].uninstall()
         times = {name: statistics.median(values) for name, values in samples.items()}
         k = f"{context // 1024}k"
         print(f"{k}: {n_tokens} prompt tokens", flush=True)
         for name, ms in times.items():
             gate.add(f"e2e_{k}_{name}_ms", ms, "ms", gated=False)
+            print(f"{k} {name} samples ms: {[round(x, 1) for x in samples[name]]}; allocator per call: "
+                  f"{allocator[name].per_call()}", flush=True)  # fmt: skip
+            gate.add(f"e2e_{k}_{name}_device_allocs", allocator[name].per_call()["device_allocs"], "per call",
+                     gated=False)  # fmt: skip
         for name in ("default", "r005", "full", "none"):
             gate.add(f"e2e_{k}_{name}_x_hf", times["hf"] / times[name], "x")
         for name, share in ((n, c.replayed_share()) for n, c in graphed.items() if c.replayed_share() is not None):
