@@ -7,7 +7,7 @@ the allocator holds pays for new ones, and a retry stalls the device.
     counter = AllocatorCounter(device)
     with counter:
         ...              # one timed call
-    counter.per_call()   # {"device_allocs": 0.0, "device_frees": 0.0, "alloc_retries": 0.0}
+    counter.per_call()   # {"device_allocs": 0.0, "device_frees": 0.0, "alloc_retries": 0.0, ...}
 
 On a CPU every count stays 0.
 """
@@ -16,7 +16,12 @@ from __future__ import annotations
 
 import torch
 
-STATS = {"device_allocs": "num_device_alloc", "device_frees": "num_device_free", "alloc_retries": "num_alloc_retries"}
+STATS = {
+    "device_allocs": "num_device_alloc",
+    "device_frees": "num_device_free",
+    "alloc_retries": "num_alloc_retries",
+    "sync_all_streams": "num_sync_all_streams",  # a free of a block other streams used: waits on them all
+}
 
 
 class AllocatorCounter:

@@ -45,6 +45,7 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
+from allocator_counter import AllocatorCounter  # noqa: E402
 from common import device_name, markdown_table, sync  # noqa: E402
 from gate import build  # noqa: E402
 from graph_counter import GraphCounter  # noqa: E402
@@ -166,17 +167,17 @@ def host_profile(engine: FusionEngine, call, setting: str, calls: int) -> None:
 
     if not one_profiler:
         StepLoop.step = profiled
-    before = torch.cuda.memory_stats() if engine.device.type == "cuda" else {}
+    allocator = AllocatorCounter(engine.device)
     try:
-        for _ in range(calls):
-            caller.enable()
-            call(setting)
-            caller.disable()
+        with allocator:
+            for _ in range(calls):
+                caller.enable()
+                call(setting)
+                caller.disable()
     finally:
         StepLoop.step = original
-    after = torch.cuda.memory_stats() if engine.device.type == "cuda" else {}
-    for name in ("num_device_alloc", "num_device_free", "num_alloc_retries", "num_sync_all_streams"):
-        print(f"{setting}: {name} +{after.get(name, 0) - before.get(name, 0)} over {calls} calls")
+    for name, total in allocator.totals.items():
+        print(f"{setting}: {name} +{total} over {calls} calls")
     profiles = [("all threads", caller)] if one_profiler else [("caller", caller), ("loop", loop)]
     for name, prof in profiles:
         out = io.StringIO()

@@ -23,7 +23,12 @@ def test_counts_are_per_call_deltas(monkeypatch):
     for _ in range(2):
         with counter:
             pass
-    assert counter.per_call() == {"device_allocs": 2.0, "device_frees": 2.0, "alloc_retries": 0.5}
+    assert counter.per_call() == {
+        "device_allocs": 2.0,
+        "device_frees": 2.0,
+        "alloc_retries": 0.5,
+        "sync_all_streams": 0.0,
+    }
 
 
 def test_cpu_reads_nothing(monkeypatch):
@@ -31,4 +36,9 @@ def test_cpu_reads_nothing(monkeypatch):
     counter = AllocatorCounter(torch.device("cpu"))
     with counter:
         pass
-    assert counter.per_call() == {"device_allocs": 0.0, "device_frees": 0.0, "alloc_retries": 0.0}
+    assert counter.per_call() == {
+        "device_allocs": 0.0,
+        "device_frees": 0.0,
+        "alloc_retries": 0.0,
+        "sync_all_streams": 0.0,
+    }
